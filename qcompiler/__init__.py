@@ -1,0 +1,39 @@
+"""qcompiler: a quantization compiler for PyTorch programs captured with ``torch.export``.
+
+The primitives every stage stands on are ``qcompiler::`` torch.library ops,
+re-exported here with typed Python wrappers:
+
+- affine: :func:`choose_qparams_affine`, :func:`quantize_affine`, :func:`dequantize_affine`
+- sub-byte storage: :func:`pack_int`, :func:`unpack_int`
+- codebooks: :func:`kmeans_codebook`, :func:`quantize_codebook`, :func:`dequantize_codebook`
+- float8: :func:`choose_scale_float8`, :func:`quantize_float8`, :func:`dequantize_float8`
+
+The stages (capture, annotate, prepare, convert, lower, package, load) build on them.
+"""
+from .runtime import (
+    INT_TYPE_NAMES,
+    IntType,
+    choose_qparams_affine,
+    choose_scale_float8,
+    dequantize_affine,
+    dequantize_codebook,
+    dequantize_float8,
+    int_type,
+    kmeans_codebook,
+    pack_int,
+    packed_size,
+    quantize_affine,
+    quantize_codebook,
+    quantize_float8,
+    unpack_int,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "choose_qparams_affine", "quantize_affine", "dequantize_affine",
+    "pack_int", "unpack_int", "packed_size",
+    "kmeans_codebook", "quantize_codebook", "dequantize_codebook",
+    "choose_scale_float8", "quantize_float8", "dequantize_float8",
+    "IntType", "int_type", "INT_TYPE_NAMES",
+]

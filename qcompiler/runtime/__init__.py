@@ -1,0 +1,20 @@
+"""What must exist when a quantized program runs: the ``qcompiler::`` torch.library ops.
+
+Importing this package registers every op (``torch.ops.qcompiler.*``) with a
+CPU and a fake implementation. The functions here are their typed Python
+front doors. This package imports nothing else from qcompiler.
+"""
+from .affine import choose_qparams_affine, dequantize_affine, quantize_affine
+from .codebook import dequantize_codebook, quantize_codebook
+from .dtypes import FLOAT8_DTYPES, FLOAT_DTYPES, INT_TYPE_NAMES, IntType, int_type
+from .float8 import choose_scale_float8, dequantize_float8, quantize_float8
+from .kmeans import kmeans_codebook
+from .packing import pack_int, packed_size, unpack_int
+
+__all__ = [
+    "choose_qparams_affine", "quantize_affine", "dequantize_affine",
+    "pack_int", "unpack_int", "packed_size",
+    "kmeans_codebook", "quantize_codebook", "dequantize_codebook",
+    "choose_scale_float8", "quantize_float8", "dequantize_float8",
+    "IntType", "int_type", "INT_TYPE_NAMES", "FLOAT_DTYPES", "FLOAT8_DTYPES",
+]
