@@ -37,3 +37,29 @@ __all__ = [
     "choose_scale_float8", "quantize_float8", "dequantize_float8",
     "IntType", "int_type", "INT_TYPE_NAMES",
 ]
+
+from .capture import capture
+from .configs import (
+    CodebookWeightOnlyConfig,
+    Float8DynamicActivationFloat8WeightConfig,
+    Float8WeightOnlyConfig,
+    Int4WeightOnlyConfig,
+    Int8DynamicActivationInt4WeightConfig,
+    Int8DynamicActivationInt8WeightConfig,
+    Int8StaticActivationInt8WeightConfig,
+    Int8WeightOnlyConfig,
+    config_from_string,
+)
+from .convert import convert
+from .pipeline import quantize
+from .prepare import calibrate, prepare
+from .recipe import Recipe, Rule
+from .report import LayerReport, Report, report
+
+__all__ += [
+    "capture", "prepare", "calibrate", "convert", "quantize", "report", "Report", "LayerReport",
+    "Recipe", "Rule", "config_from_string",
+    "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
+    "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
+    "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig",
+]

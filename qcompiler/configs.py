@@ -1,0 +1,179 @@
+"""User-facing quantization configs: frozen, validated at construction, each with a string alias.
+
+A config says what a linear becomes; ``config.spec()`` builds the
+:class:`~qcompiler.passes.spec.QuantSpec` that the passes read.
+``config_from_string("int4wo-64")`` parses the aliases (the CLI uses them).
+"""
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .passes.spec import ActivationSpec, AffineWeight, CodebookWeight, Float8Weight, QuantSpec
+from .runtime.dtypes import fail
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+OBSERVERS = ("minmax", "moving_average")
+
+
+def _check_group(group_size):
+    if group_size not in INT4_GROUP_SIZES:
+        raise fail("group_size", "one of 32, 64, 128, 256", group_size)
+
+
+@dataclass(frozen=True)
+class Int8WeightOnlyConfig:
+    """``int8wo``: symmetric per-channel int8 weights; activations stay float."""
+
+    alias = "int8wo"
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, AffineWeight("int8"))
+
+
+@dataclass(frozen=True)
+class Int8DynamicActivationInt8WeightConfig:
+    """``int8dq``: per-token dynamic int8 activations (symmetric), per-channel symmetric int8 weights."""
+
+    alias = "int8dq"
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, AffineWeight("int8"), ActivationSpec("int8", "symmetric"))
+
+
+@dataclass(frozen=True)
+class Int4WeightOnlyConfig:
+    """``int4wo-<g>``: 4-bit weights in groups of ``group_size`` along the input dimension.
+
+    ``zero_point_domain``: ``"float"`` (tinygemm style, the default), ``"int"`` or
+    ``"none"`` (symmetric int4). ``zero_point_dtype`` and ``scale_dtype`` are yours to choose;
+    by default the zero point is bfloat16 in the float domain and uint8 in the int domain.
+    """
+
+    group_size: int = 128
+    zero_point_domain: str = "float"
+    zero_point_dtype: Optional[torch.dtype] = None
+    scale_dtype: torch.dtype = torch.bfloat16
+
+    def __post_init__(self):
+        _check_group(self.group_size)
+        self.spec()  # validates domain and dtypes
+
+    @property
+    def alias(self) -> str:
+        return f"int4wo-{self.group_size}"
+
+    def spec(self) -> QuantSpec:
+        if self.zero_point_domain == "none":
+            w = AffineWeight("int4", self.group_size, "symmetric", "none", self.zero_point_dtype, self.scale_dtype)
+        else:
+            zp = self.zero_point_dtype or (torch.bfloat16 if self.zero_point_domain == "float" else None)
+            w = AffineWeight("uint4", self.group_size, "asymmetric", self.zero_point_domain, zp, self.scale_dtype)
+        return QuantSpec(self.alias, w)
+
+
+@dataclass(frozen=True)
+class Int8DynamicActivationInt4WeightConfig:
+    """``int8da-int4w-<g>``: per-token asymmetric int8 activations, symmetric int4 weights in groups."""
+
+    group_size: int = 32
+
+    def __post_init__(self):
+        _check_group(self.group_size)
+
+    @property
+    def alias(self) -> str:
+        return f"int8da-int4w-{self.group_size}"
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, AffineWeight("int4", self.group_size, scale_dtype=torch.float32),
+                         ActivationSpec("int8", "asymmetric"))
+
+
+@dataclass(frozen=True)
+class CodebookWeightOnlyConfig:
+    """``codebook-<bits>``: a k-means codebook of ``2**bits`` entries per tensor, or per ``block_rows`` rows."""
+
+    bits: int = 4
+    block_rows: Optional[int] = None
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise fail("bits", "an integer from 1 to 8", self.bits)
+        if self.block_rows is not None and (not isinstance(self.block_rows, int) or self.block_rows < 1):
+            raise fail("block_rows", "None or a positive integer", self.block_rows)
+
+    @property
+    def alias(self) -> str:
+        return f"codebook-{self.bits}" + (f"-{self.block_rows}" if self.block_rows else "")
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, CodebookWeight(self.bits, self.block_rows))
+
+
+@dataclass(frozen=True)
+class Float8WeightOnlyConfig:
+    """``fp8wo``: float8 e4m3fn weights with a scale per output channel."""
+
+    alias = "fp8wo"
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, Float8Weight())
+
+
+@dataclass(frozen=True)
+class Float8DynamicActivationFloat8WeightConfig:
+    """``fp8dq``: per-token dynamic float8 activations and per-channel float8 weights (e4m3fn)."""
+
+    alias = "fp8dq"
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, Float8Weight(), ActivationSpec(torch.float8_e4m3fn))
+
+
+@dataclass(frozen=True)
+class Int8StaticActivationInt8WeightConfig:
+    """``int8static``: per-tensor int8 activation qparams from calibration, per-channel int8 weights.
+
+    ``observer``: ``"minmax"`` (the range of everything seen) or ``"moving_average"``
+    (an exponential moving average of each batch's range, factor 0.01 as in PT2E).
+    Needs calibration: run the prepared model, or pass ``calibration_data``.
+    """
+
+    observer: str = "minmax"
+    alias = "int8static"
+
+    def __post_init__(self):
+        if self.observer not in OBSERVERS:
+            raise fail("observer", "'minmax' or 'moving_average'", self.observer)
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, AffineWeight("int8"),
+                         ActivationSpec("int8", "asymmetric", static=True, observer=self.observer))
+
+
+Config = (Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Int4WeightOnlyConfig,
+          Int8DynamicActivationInt4WeightConfig, CodebookWeightOnlyConfig, Float8WeightOnlyConfig,
+          Float8DynamicActivationFloat8WeightConfig, Int8StaticActivationInt8WeightConfig)
+
+_FIXED = {"int8wo": Int8WeightOnlyConfig, "int8dq": Int8DynamicActivationInt8WeightConfig,
+          "fp8wo": Float8WeightOnlyConfig, "fp8dq": Float8DynamicActivationFloat8WeightConfig,
+          "int8static": Int8StaticActivationInt8WeightConfig}
+_PARAMETRIC = [
+    (re.compile(r"int4wo-(\d+)"), lambda g: Int4WeightOnlyConfig(group_size=int(g))),
+    (re.compile(r"int8da-int4w-(\d+)"), lambda g: Int8DynamicActivationInt4WeightConfig(group_size=int(g))),
+    (re.compile(r"codebook-(\d+)(?:-(\d+))?"), lambda b, r: CodebookWeightOnlyConfig(int(b), int(r) if r else None)),
+]
+SCHEME_FORMS = tuple(_FIXED) + ("int4wo-<32|64|128|256>", "int8da-int4w-<32|64|128|256>", "codebook-<1..8>[-<block_rows>]")
+
+
+def config_from_string(name: str):
+    """Parse a scheme alias such as ``"int8wo"``, ``"int4wo-64"`` or ``"codebook-3"`` into its config."""
+    if name in _FIXED:
+        return _FIXED[name]()
+    for pattern, build in _PARAMETRIC:
+        m = pattern.fullmatch(name or "")
+        if m:
+            return build(*m.groups())
+    raise fail("scheme", f"one of {', '.join(SCHEME_FORMS)}", name)

@@ -1,0 +1,22 @@
+"""Convert: fold observers into qparams, quantize weights, rewrite to the reference Q/DQ pattern."""
+import torch
+from torch.export import ExportedProgram
+
+from .capture import reexport
+from .passes.reference import rewrite_to_reference
+from .prepare import SOURCE
+from .runtime.dtypes import fail
+
+
+def convert(prepared: torch.fx.GraphModule) -> ExportedProgram:
+    """Turn a prepared (and, where needed, calibrated) module into a portable quantized ExportedProgram.
+
+    The program's linears read ``qcompiler::dequantize_*`` of weights stored in quantized,
+    packed form; it saves with ``torch.export.save`` and loads after ``import qcompiler``.
+    Its per-layer report is ``qcompiler.report(program)``.
+    """
+    if not isinstance(prepared, torch.fx.GraphModule) or SOURCE not in prepared.meta:
+        raise fail("prepared", "the module qcompiler.prepare returned", type(prepared).__name__)
+    with torch.no_grad():
+        rewrite_to_reference(prepared, prepared.meta["qcompiler_names"])
+    return reexport(prepared, prepared.meta[SOURCE])

@@ -1,0 +1,46 @@
+"""Annotate: decide what each linear becomes. Writes ``node.meta["qspec"]`` or ``node.meta["qskip"]``.
+
+A rule function maps a :class:`LinearSite` to ``(config, None)`` or ``(None, reason)``.
+Layers that cannot take their config are skipped with the reason; nothing is skipped silently.
+"""
+from typing import Callable
+
+from torch.fx import GraphModule
+
+from .linears import LinearSite, linear_sites
+
+
+def _unfit(site: LinearSite, gm: GraphModule, spec) -> str:
+    if site.weight is None:
+        return "weight is computed at run time"
+    w = _get(gm, site.weight)
+    if w.ndim != 2:
+        return f"weight has {w.ndim} dimensions, not 2"
+    if not w.is_floating_point():
+        return f"weight dtype {w.dtype} is not floating point"
+    return spec.weight.unfit(tuple(w.shape))
+
+
+def _get(gm: GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def annotate(gm: GraphModule, choose: Callable) -> list:
+    """Mark every linear with its QuantSpec or a skip reason; return the sites."""
+    sites = linear_sites(gm)
+    for site in sites:
+        site.node.meta.pop("qspec", None)
+        site.node.meta.pop("qskip", None)
+        config, reason = choose(site)
+        if config is not None:
+            spec = config.spec()
+            reason = _unfit(site, gm, spec)
+            if reason is None:
+                site.node.meta["qspec"] = spec
+                continue
+            reason = f"{spec.scheme}: {reason}"
+        site.node.meta["qskip"] = reason
+    return sites

@@ -1,0 +1,122 @@
+"""Convert's rewrite: each annotated linear becomes the reference quantize/dequantize pattern.
+
+    linear(x, w, b)  ->  linear(fake_quantize(x)?, dequantize_*(w_q, qparams...), b)
+
+``w_q`` and its qparams are stored as buffers in their quantized form (sub-byte
+values packed). A weight used by several linears is quantized once and stored
+once. Each rewritten (or skipped) linear carries its report record as JSON in
+``node.meta["custom"]["qcompiler"]``, which survives export, save and load.
+"""
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch.fx import GraphModule, Node
+
+from .observe import observer_of, remove_observers
+from .pattern import Match, rewrite
+
+aten = torch.ops.aten
+REPORT_KEY = "qcompiler"
+
+
+def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    noise = (w.float() - w_hat.float()).pow(2).sum()
+    signal = w.float().pow(2).sum()
+    return float("inf") if noise == 0 else round(float(10 * torch.log10(signal / noise)), 2)
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def set_record(node: Node, record: dict) -> None:
+    node.meta.setdefault("custom", {})[REPORT_KEY] = json.dumps(record)
+
+
+def _get(gm: GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class _Weights:
+    """Quantized weights by (weight tensor, spec): each stored once, however many linears read it."""
+
+    stored: dict = field(default_factory=dict)
+
+    def get(self, m: Match, spec, name: str):
+        target = m["w"].target
+        stored_w = _get(m.graph_module, target)
+        w, key = stored_w.detach(), (id(stored_w), spec.weight)  # tied weights are one object
+        if key not in self.stored:
+            tensors = spec.weight.quantize(w)
+            w_hat = spec.weight.dequantize(tensors, w.shape[1], torch.float32)
+            names = {k: m.constant(f"{name}.{k}", v).node.target for k, v in tensors.items()}
+            record = {"layer": name, "weight": target, "scheme": spec.scheme, "kernel": "reference",
+                      "bytes_before": nbytes(w), "bytes_after": sum(nbytes(v) for v in tensors.values()),
+                      "sqnr_db": sqnr_db(w, w_hat)}
+            self.stored[key] = (names, record, w.dtype)
+            return names, record, w.dtype
+        names, record, dtype = self.stored[key]
+        return names, {**record, "layer": name, "shared": True}, dtype
+
+
+def _linear(x, w, b=None):
+    return aten.linear.default(x, w, b)
+
+
+def _static_qparams(m: Match, spec, ndim: int, name: str) -> dict:
+    obs_node, obs = observer_of(m.graph_module, m.anchor)
+    if obs is None or not obs.calibrated:
+        raise ValueError(f"qcompiler: layer {name!r} uses {spec.scheme}, which needs calibration, but its observer "
+                         "saw no data: call the prepared program on representative inputs, or pass calibration_data")
+    qp = spec.activation.qparams_from_range(obs.lo, obs.hi)
+    return {k: m.constant(f"{name}.input_{k}", v.reshape([1] * ndim)) for k, v in qp.items()}
+
+
+def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
+    """Rewrite every linear with a ``qspec``; record skipped ones. ``names`` maps nodes to layer names."""
+    weights = _Weights()
+
+    def replacement(m: Match, x, w, b=None):
+        spec, name = m.anchor.meta["qspec"], names[m.anchor]
+        stored, record, dtype = weights.get(m, spec, name)
+        w_hat = spec.weight.dequantize({k: m.attr(v) for k, v in stored.items()}, record_in(m), dtype)
+        if spec.activation is not None:
+            ndim = m["x"].meta["val"].ndim
+            qparams = _static_qparams(m, spec, ndim, name) if spec.activation.static else None
+            x = spec.activation.fake_quantize(x, ndim, qparams)
+        out = aten.linear.default(x, w_hat, b)
+        set_record(out.node, record)
+        return out
+
+    def record_in(m: Match) -> int:
+        return _get(m.graph_module, m["w"].target).shape[1]
+
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:
+            set_record(node, {"layer": names[node], "skipped": node.meta["qskip"]})
+    done = rewrite(gm, _linear, replacement, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr")
+    remove_observers(gm)
+    drop_unused_attributes(gm)
+    return len(done)
+
+
+def drop_unused_attributes(gm: GraphModule) -> None:
+    """Delete get_attr nodes nothing reads, and the parameters and buffers no node reads any more."""
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            gm.graph.erase_node(node)
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in [n for n, _ in gm.named_parameters(remove_duplicate=False)] + [n for n, _ in gm.named_buffers(remove_duplicate=False)]:
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            mod = gm.get_submodule(owner) if owner else gm
+            if leaf in mod._parameters:
+                del mod._parameters[leaf]
+            elif leaf in mod._buffers:
+                del mod._buffers[leaf]
+    gm.recompile()

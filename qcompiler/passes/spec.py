@@ -1,0 +1,151 @@
+"""QuantSpec: what a linear is to become, stored on ``node.meta["qspec"]`` by annotate.
+
+Each weight spec knows its round-to-nearest quantization (a dict of tensors to
+store) and its dequantization, written once in ``torch.ops.qcompiler`` ops so the
+same code computes eagerly (to measure the error) and emits the reference graph
+(called on ``torch.fx.Proxy`` values). Algorithms that pick better values
+(GPTQ, HQQ, ...) produce the same dict of tensors.
+"""
+from dataclasses import dataclass
+from typing import Mapping, Optional, Union
+
+import torch
+
+from qcompiler.runtime import int_type
+from qcompiler.runtime.affine import resolve_zero_point_dtype
+
+ops = torch.ops.qcompiler
+
+
+@dataclass(frozen=True)
+class AffineWeight:
+    """Integer weights, one scale (and zero point) per row or per group of the input dimension."""
+
+    dtype: str
+    group_size: Optional[int] = None  # None: per output channel
+    mapping: str = "symmetric"
+    zero_point_domain: str = "none"
+    zero_point_dtype: Optional[torch.dtype] = None
+    scale_dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        resolve_zero_point_dtype(int_type(self.dtype), self.mapping, self.zero_point_domain,
+                                 self.zero_point_dtype, self.scale_dtype)
+
+    @property
+    def block(self) -> list:
+        return [1, self.group_size or -1]
+
+    def unfit(self, shape) -> Optional[str]:
+        if self.group_size and shape[1] % self.group_size:
+            return f"input size {shape[1]} is not a multiple of group size {self.group_size}"
+        return None
+
+    def quantize(self, w: torch.Tensor) -> dict:
+        t = int_type(self.dtype)
+        s, z = ops.choose_qparams_affine(w, self.block, t.name, self.mapping, self.zero_point_domain,
+                                         self.zero_point_dtype, self.scale_dtype, torch.finfo(torch.float32).eps)
+        z = None if self.zero_point_domain == "none" else z
+        q = ops.quantize_affine(w, self.block, s, z, t.name, self.zero_point_domain)
+        out = {"q": q if t.bits == 8 else ops.pack_int(q, t.bits), "scale": s}
+        return out if z is None else {**out, "zero_point": z}
+
+    def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
+        it = int_type(self.dtype)
+        q = t["q"] if it.bits == 8 else ops.unpack_int(t["q"], it.bits, in_features, it.signed)
+        return ops.dequantize_affine(q, self.block, t["scale"], t.get("zero_point"), it.name,
+                                     self.zero_point_domain, out_dtype)
+
+
+@dataclass(frozen=True)
+class CodebookWeight:
+    """A k-means codebook per tensor or per block of rows; each weight stores a b-bit index."""
+
+    bits: int = 4
+    block_rows: Optional[int] = None
+
+    def unfit(self, shape) -> Optional[str]:
+        if self.block_rows and shape[0] % self.block_rows:
+            return f"output size {shape[0]} is not a multiple of block_rows {self.block_rows}"
+        return None
+
+    def quantize(self, w: torch.Tensor) -> dict:
+        cb = ops.kmeans_codebook(w, self.bits, self.block_rows, 300, 0, "quantile", None)
+        idx = ops.quantize_codebook(w, cb, self.block_rows)
+        return {"q": idx if self.bits == 8 else ops.pack_int(idx, self.bits), "codebook": cb}
+
+    def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
+        idx = t["q"] if self.bits == 8 else ops.unpack_int(t["q"], self.bits, in_features, False)
+        return ops.dequantize_codebook(idx, t["codebook"], self.block_rows, out_dtype)
+
+
+@dataclass(frozen=True)
+class Float8Weight:
+    """float8 weights with one scale per output channel."""
+
+    float8_dtype: torch.dtype = torch.float8_e4m3fn
+
+    def unfit(self, shape) -> Optional[str]:
+        return None
+
+    def quantize(self, w: torch.Tensor) -> dict:
+        s = ops.choose_scale_float8(w, [1, -1], self.float8_dtype, torch.float32)
+        return {"q": ops.quantize_float8(w, [1, -1], s, self.float8_dtype), "scale": s}
+
+    def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
+        return ops.dequantize_float8(t["q"], [1, -1], t["scale"], out_dtype)
+
+
+WeightSpec = Union[AffineWeight, CodebookWeight, Float8Weight]
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Quantization of a linear's input: dynamic per token, or static per tensor from calibration."""
+
+    dtype: Union[str, torch.dtype] = "int8"  # "int8" or a float8 dtype
+    mapping: str = "symmetric"
+    static: bool = False
+    observer: str = "minmax"
+
+    @property
+    def is_float8(self) -> bool:
+        return isinstance(self.dtype, torch.dtype)
+
+    @property
+    def domain(self) -> str:
+        return "none" if self.mapping == "symmetric" else "int"
+
+    def block(self, ndim: int) -> list:
+        return [-1] * ndim if self.static else [1] * (ndim - 1) + [-1]
+
+    def qparams_from_range(self, lo: torch.Tensor, hi: torch.Tensor) -> dict:
+        """Static per-tensor qparams for observed values in [lo, hi]."""
+        span = torch.stack([lo.float(), hi.float()]).reshape(1, 2)
+        s, z = ops.choose_qparams_affine(span, [-1, -1], "int8", self.mapping, self.domain, None, torch.float32,
+                                         torch.finfo(torch.float32).eps)
+        return {"scale": s} if self.domain == "none" else {"scale": s, "zero_point": z}
+
+    def fake_quantize(self, x, ndim: int, qparams: Optional[Mapping] = None):
+        """Quantize and dequantize ``x`` (the reference form of activation quantization)."""
+        block, eps = self.block(ndim), torch.finfo(torch.float32).eps
+        if self.is_float8:
+            s = ops.choose_scale_float8(x, block, self.dtype, torch.float32)
+            return ops.dequantize_float8(ops.quantize_float8(x, block, s, self.dtype), block, s, x.dtype)
+        if qparams is None:
+            s, z = ops.choose_qparams_affine(x, block, "int8", self.mapping, self.domain, None, torch.float32, eps)
+            z = None if self.domain == "none" else z
+        else:
+            s, z = qparams["scale"], qparams.get("zero_point")
+        q = ops.quantize_affine(x, block, s, z, "int8", self.domain)
+        return ops.dequantize_affine(q, block, s, z, "int8", self.domain, x.dtype)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """The contract on ``node.meta["qspec"]``: a weight spec, an optional activation spec, an algorithm."""
+
+    scheme: str
+    weight: WeightSpec
+    activation: Optional[ActivationSpec] = None
+    algorithm: str = "rtn"

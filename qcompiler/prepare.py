@@ -1,0 +1,49 @@
+"""Prepare: annotate the linears of a program and insert observers where a spec needs data.
+
+The result is a runnable ``torch.fx.GraphModule``: call it on representative
+inputs to calibrate, then hand it to :func:`qcompiler.convert`.
+"""
+from typing import Iterable, Optional
+
+import torch
+from torch.export import ExportedProgram
+
+from .passes.annotate import annotate
+from .passes.linears import canonicalize_linears
+from .passes.observe import insert_observers
+from .progress import progress
+from .recipe import as_recipe
+from .runtime.dtypes import fail
+
+SOURCE = "qcompiler_source"  # gm.meta key: the program the prepared module came from
+
+
+def prepare(program: ExportedProgram, config) -> torch.fx.GraphModule:
+    """Annotate every linear of ``program`` with its spec (from a config or a Recipe) and add observers."""
+    if not isinstance(program, ExportedProgram):
+        raise fail("program", "a torch.export.ExportedProgram (see qcompiler.capture)", type(program).__name__)
+    recipe = as_recipe(config)
+    gm = program.module()
+    canonicalize_linears(gm)
+    sites = annotate(gm, recipe.config_for)
+    gm.meta[SOURCE] = program
+    gm.meta["qcompiler_names"] = {s.node: s.name for s in sites}
+    gm.meta["qcompiler_observers"] = insert_observers(gm)
+    return gm
+
+
+def needs_calibration(prepared: torch.fx.GraphModule) -> bool:
+    return prepared.meta.get("qcompiler_observers", 0) > 0
+
+
+def calibrate(prepared: torch.fx.GraphModule, data: Optional[Iterable]) -> int:
+    """Run ``prepared`` on each item of ``data`` (argument tuples or keyword dicts); return the count."""
+    count = 0
+    with torch.no_grad():
+        for item in progress(data or (), "calibrating"):
+            if isinstance(item, dict):
+                prepared(**item)
+            else:
+                prepared(*(item if isinstance(item, (tuple, list)) else (item,)))
+            count += 1
+    return count

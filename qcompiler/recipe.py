@@ -1,0 +1,81 @@
+"""Recipes: ordered rules from layers to configs. First match wins; ``None`` leaves a layer alone.
+
+    Recipe([
+        ("lm_head", None),                                  # glob on the module name
+        ("*.mlp.*", Int4WeightOnlyConfig(group_size=64)),
+        (torch.nn.Linear, Int8WeightOnlyConfig()),          # a module type
+        (lambda site: site.out_features > 4096, None),      # a predicate on the layer
+    ])
+
+Names are the fully qualified module names from ``nn_module_stack`` (``encoder.layer.0.attention.self.query``).
+A string matches with ``fnmatch`` (``*`` crosses dots); a compiled ``re.Pattern`` with ``fullmatch``.
+"""
+import json
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Callable, Optional, Union
+
+from .configs import Config, config_from_string
+from .passes.linears import LinearSite
+from .runtime.dtypes import fail
+
+Matcher = Union[str, "re.Pattern[str]", type, Callable[[LinearSite], bool]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: which layers (``match``), and what they become (a config, or ``None`` to leave them)."""
+
+    match: Matcher
+    config: Optional[Any]
+
+    def __post_init__(self):
+        if not isinstance(self.match, (str, re.Pattern, type)) and not callable(self.match):
+            raise fail("match", "a name glob, a compiled regex, a module type or a predicate", self.match)
+        if self.config is not None and not isinstance(self.config, Config):
+            raise fail("config", "a qcompiler config or None", self.config)
+
+    def matches(self, site: LinearSite) -> bool:
+        m = self.match
+        if isinstance(m, str):
+            return fnmatchcase(site.name, m)
+        if isinstance(m, re.Pattern):
+            return m.fullmatch(site.name) is not None
+        if isinstance(m, type):
+            return site.module_type == f"{m.__module__}.{m.__qualname__}"
+        return bool(m(site))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Ordered rules; the first whose ``match`` fits a layer decides its config."""
+
+    rules: tuple
+
+    def __init__(self, rules):
+        object.__setattr__(self, "rules", tuple(r if isinstance(r, Rule) else Rule(*r) for r in rules))
+
+    def config_for(self, site: LinearSite):
+        """``(config, None)`` for the first matching rule, or ``(None, reason)``."""
+        for i, rule in enumerate(self.rules):
+            if rule.matches(site):
+                return (rule.config, None) if rule.config is not None else (None, f"left alone by recipe rule {i}")
+        return None, "no recipe rule matched"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        """``[{"match": "*.mlp.*", "config": "int4wo-64"}, {"match": "lm_head", "config": null}, ...]``."""
+        rows = json.loads(text)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "match" in r for r in rows):
+            raise fail("recipe", 'a JSON list of {"match": glob, "config": scheme or null}', text[:80])
+        return cls([(r["match"], None if r.get("config") is None else config_from_string(r["config"])) for r in rows])
+
+
+def as_recipe(config) -> Recipe:
+    """A config means: that config for every eligible linear."""
+    if isinstance(config, Recipe):
+        return config
+    if isinstance(config, Config):
+        return Recipe([(lambda site: True, config)])
+    raise fail("config", "a qcompiler config (e.g. Int8WeightOnlyConfig()) or a Recipe", config)

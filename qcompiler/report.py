@@ -1,0 +1,79 @@
+"""The per-layer report every quantized program carries: read from the graph, printable, JSON.
+
+Records live on the linear nodes (``node.meta["custom"]["qcompiler"]``), so the
+report survives ``torch.export.save``/``load`` and every later stage.
+"""
+import json
+from dataclasses import asdict, dataclass
+from typing import Optional, Union
+
+import torch
+
+from .passes.reference import REPORT_KEY
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One stored weight (a layer, or several layers sharing one weight), or one skipped layer."""
+
+    name: str
+    scheme: Optional[str] = None
+    kernel: Optional[str] = None
+    bytes_before: int = 0
+    bytes_after: int = 0
+    sqnr_db: Optional[float] = None
+    skipped: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Report:
+    layers: tuple
+
+    @property
+    def quantized(self) -> tuple:
+        return tuple(r for r in self.layers if r.skipped is None)
+
+    @property
+    def skipped(self) -> tuple:
+        return tuple(r for r in self.layers if r.skipped is not None)
+
+    def to_json(self) -> str:
+        return json.dumps([asdict(r) for r in self.layers], indent=1)
+
+    def table(self) -> str:
+        """A table for people: one row a layer, then totals."""
+        rows = [("layer", "scheme", "kernel", "bytes before", "bytes after", "SQNR dB")]
+        for r in self.quantized:
+            rows.append((r.name, r.scheme, r.kernel, f"{r.bytes_before:,}", f"{r.bytes_after:,}", f"{r.sqnr_db:.1f}"))
+        before, after = sum(r.bytes_before for r in self.quantized), sum(r.bytes_after for r in self.quantized)
+        rows.append(("total", "", "", f"{before:,}", f"{after:,}", ""))
+        widths = [max(len(str(row[i])) for row in rows) for i in range(6)]
+        lines = ["  ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        lines += [f"skipped {r.name}: {r.skipped}" for r in self.skipped]
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def report(program: Union[torch.export.ExportedProgram, torch.fx.GraphModule]) -> Report:
+    """The per-layer report of a quantized (or lowered) program."""
+    graph = program.graph
+    by_weight: dict = {}
+    skipped = []
+    for node in graph.nodes:
+        raw = (node.meta.get("custom") or {}).get(REPORT_KEY)
+        if raw is None:
+            continue
+        rec = json.loads(raw)
+        if "skipped" in rec:
+            skipped.append(LayerReport(rec["layer"], skipped=rec["skipped"]))
+            continue
+        key = (rec["weight"], rec["scheme"])
+        names = by_weight.get(key, (rec, []))[1] + [rec["layer"]]
+        by_weight[key] = (by_weight.get(key, (rec, []))[0], names)
+    rows = [LayerReport(", ".join(dict.fromkeys(names)), r["scheme"], r["kernel"], r["bytes_before"],
+                        r["bytes_after"], r["sqnr_db"]) for r, names in by_weight.values()]
+    return Report(tuple(rows) + tuple(skipped))
