@@ -17,7 +17,8 @@ def quantize(model: torch.nn.Module, example_args: tuple, config, *, example_kwa
         model: the float model.
         example_args, example_kwargs, dynamic_shapes: as for ``torch.export.export``.
         config: one config for every eligible linear (e.g. ``Int4WeightOnlyConfig(64)``) or a ``Recipe``.
-        calibration_data: an iterable of argument tuples (or keyword dicts), needed by static schemes.
+        calibration_data: an iterable of argument tuples, keyword dicts or ``(args, kwargs)``
+            pairs; static schemes need it.
 
     ``prog.module()(*example_args)`` runs the result; ``qcompiler.report(prog)`` tells what happened to each layer.
     """

@@ -37,13 +37,25 @@ def needs_calibration(prepared: torch.fx.GraphModule) -> bool:
 
 
 def calibrate(prepared: torch.fx.GraphModule, data: Optional[Iterable]) -> int:
-    """Run ``prepared`` on each item of ``data`` (argument tuples or keyword dicts); return the count."""
+    """Run ``prepared`` on each item of ``data``; return how many items ran.
+
+    An item is an argument tuple, a dict of keyword arguments, an ``(args_tuple, kwargs_dict)``
+    pair, or a single tensor (one positional argument).
+    """
     count = 0
     with torch.no_grad():
         for item in progress(data or (), "calibrating"):
-            if isinstance(item, dict):
-                prepared(**item)
-            else:
-                prepared(*(item if isinstance(item, (tuple, list)) else (item,)))
+            args, kwargs = _split(item)
+            prepared(*args, **kwargs)
             count += 1
     return count
+
+
+def _split(item):
+    if isinstance(item, dict):
+        return (), item
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list)) and isinstance(item[1], dict):
+        return tuple(item[0]), item[1]
+    if isinstance(item, (tuple, list)):
+        return tuple(item), {}
+    return (item,), {}

@@ -1,2 +1,9 @@
-"""Graph passes over the ATen graph (annotate, observe, fold, rewrite) and the
-algorithms that choose quantized values. Filled in by the front-end work."""
+"""Graph passes over the ATen graph, written with one pattern-rewrite API (``find``, ``replace``, ``rewrite``).
+
+Stages: annotate (``annotate``), observe (``observe``), convert's rewrite to the
+reference Q/DQ pattern (``reference``); the algorithms that choose quantized
+values sit beside them (round-to-nearest lives on the weight specs in ``spec``).
+"""
+from .pattern import Match, find, replace, rewrite
+
+__all__ = ["Match", "find", "replace", "rewrite"]

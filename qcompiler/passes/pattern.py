@@ -62,12 +62,16 @@ class Match:
 
     def constant(self, name: str, tensor: torch.Tensor) -> Proxy:
         """Store ``tensor`` as a buffer of the module and return a node that reads it."""
+        return self.attr(self.store(name, tensor))
+
+    def store(self, name: str, tensor: torch.Tensor) -> str:
+        """Store ``tensor`` as a buffer under a free name derived from ``name``; return that name."""
         gm, base = self.graph_module, _attr_name(name)
         unique, i = base, 1
         while hasattr(gm, unique):
             unique, i = f"{base}_{i}", i + 1
         gm.register_buffer(unique, tensor)
-        return self.attr(unique)
+        return unique
 
     def attr(self, target: str) -> Proxy:
         """A node that reads an existing attribute (parameter, buffer, constant) of the module."""
@@ -120,8 +124,10 @@ def rewrite(gm: GraphModule, pattern: Callable, replacement: Callable[..., Any],
             where: Optional[Callable[[Match], bool]] = None) -> list:
     """Replace every match of ``pattern`` (kept by ``where``); return the matches replaced."""
     matches = find(gm, pattern, where)
-    for m in matches:
-        replace(m, replacement)
+    replaced: dict = {}
+    for m in matches:  # a match may read what an earlier one computed: point it at the new node
+        m.inputs = {k: replaced.get(v, v) for k, v in m.inputs.items()}
+        replaced[m.anchor] = replace(m, replacement)
     if matches:
         gm.graph.lint()
         gm.recompile()

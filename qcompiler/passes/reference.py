@@ -54,7 +54,7 @@ class _Weights:
         if key not in self.stored:
             tensors = spec.weight.quantize(w)
             w_hat = spec.weight.dequantize(tensors, w.shape[1], torch.float32)
-            names = {k: m.constant(f"{name}.{k}", v).node.target for k, v in tensors.items()}
+            names = {k: m.store(f"{name}.{k}", v) for k, v in tensors.items()}
             record = {"layer": name, "weight": target, "scheme": spec.scheme, "kernel": "reference",
                       "bytes_before": nbytes(w), "bytes_after": sum(nbytes(v) for v in tensors.values()),
                       "sqnr_db": sqnr_db(w, w_hat)}
