@@ -165,3 +165,25 @@ def test_int4_file_is_small():
     bits_per_weight = len(buf.getvalue()) * 8 / (2 * 1024 * 1024)
     # 4 bits + (bf16 scale + bf16 zero point) / 128 = 4.25 bits, plus the program's own bytes
     assert 4.25 <= bits_per_weight < 4.5, bits_per_weight
+
+
+def test_matmul_and_addmm_forms_of_a_linear_are_quantized():
+    class Forms(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = torch.nn.Parameter(torch.randn(64, 64) * 0.1)
+            self.w2 = torch.nn.Parameter(torch.randn(64, 64) * 0.1)
+            self.b2 = torch.nn.Parameter(torch.randn(64) * 0.1)
+            self.w3 = torch.nn.Parameter(torch.randn(32, 64) * 0.1)
+
+        def forward(self, x):
+            x = torch.mm(x, self.w1.t())
+            x = torch.addmm(self.b2, x, self.w2.t())
+            return torch.matmul(x, self.w3.t())
+
+    model = Forms().eval()
+    prog = qc.quantize(model, (torch.randn(4, 64),), qc.Int8WeightOnlyConfig())
+    assert len(qc.report(prog).quantized) == 3
+    assert all(k.endswith(("_q", "_scale", "b2")) for k in prog.state_dict)
+    x = torch.randn(4, 64)
+    assert cosine(prog.module()(x), model(x)) > 0.9999

@@ -114,9 +114,12 @@ def replace(m: Match, replacement: Callable[..., Any]) -> Node:
                 if key in m.anchor.meta and key not in n.meta:
                     n.meta[key] = m.anchor.meta[key]
     m.anchor.replace_all_uses_with(new)
-    for n in reversed(m.nodes):
-        if not n.users:
+    dead, left = True, list(m.nodes)
+    while dead:  # erase matched nodes nothing reads any more, consumers before producers
+        dead = [n for n in left if not n.users]
+        for n in dead:
             graph.erase_node(n)
+        left = [n for n in left if n not in dead]
     return new
 
 
