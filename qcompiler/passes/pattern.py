@@ -60,6 +60,18 @@ class Match:
     def __getitem__(self, name: str) -> Optional[Node]:
         return self.inputs[name]
 
+    def value(self, name: str) -> Optional[torch.Tensor]:
+        """The stored tensor (parameter, buffer, constant) bound to ``name``; ``None`` if absent."""
+        node = self.inputs[name]
+        if node is None:
+            return None
+        if not isinstance(node, Node) or node.op != "get_attr":
+            raise ValueError(f"qcompiler: pattern input {name!r} is not a stored tensor at this match; got {node!r}")
+        obj = self.graph_module
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
     def constant(self, name: str, tensor: torch.Tensor) -> Proxy:
         """Store ``tensor`` as a buffer of the module and return a node that reads it."""
         return self.attr(self.store(name, tensor))

@@ -34,13 +34,6 @@ def set_record(node: Node, record: dict) -> None:
     node.meta.setdefault("custom", {})[REPORT_KEY] = json.dumps(record)
 
 
-def _get(gm: GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 @dataclass
 class _Weights:
     """Quantized weights by (weight tensor, spec): each stored once, however many linears read it."""
@@ -48,8 +41,7 @@ class _Weights:
     stored: dict = field(default_factory=dict)
 
     def get(self, m: Match, spec, name: str):
-        target = m["w"].target
-        stored_w = _get(m.graph_module, target)
+        target, stored_w = m["w"].target, m.value("w")
         w, key = stored_w.detach(), (id(stored_w), spec.weight)  # tied weights are one object
         if key not in self.stored:
             tensors = spec.weight.quantize(w)
@@ -94,7 +86,7 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
         return out
 
     def record_in(m: Match) -> int:
-        return _get(m.graph_module, m["w"].target).shape[1]
+        return m.value("w").shape[1]
 
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:
