@@ -11,7 +11,7 @@ from torch.export import ExportedProgram
 from .passes.annotate import annotate
 from .passes.linears import canonicalize_linears
 from .passes.observe import insert_observers
-from .progress import progress
+from .passes.progress import progress
 from .recipe import as_recipe
 from .runtime.dtypes import fail
 

@@ -136,11 +136,14 @@ def replace(m: Match, replacement: Callable[..., Any]) -> Node:
 
 
 def rewrite(gm: GraphModule, pattern: Callable, replacement: Callable[..., Any],
-            where: Optional[Callable[[Match], bool]] = None) -> list:
-    """Replace every match of ``pattern`` (kept by ``where``); return the matches replaced."""
+            where: Optional[Callable[[Match], bool]] = None, progress: Optional[Callable] = None) -> list:
+    """Replace every match of ``pattern`` (kept by ``where``); return the matches replaced.
+
+    ``progress``, if given, wraps the list of matches (e.g. ``qcompiler.progress.progress``-like).
+    """
     matches = find(gm, pattern, where)
     replaced: dict = {}
-    for m in matches:  # a match may read what an earlier one computed: point it at the new node
+    for m in (progress(matches) if progress else matches):  # a match may read what an earlier one computed: point it at the new node
         m.inputs = {k: replaced.get(v, v) for k, v in m.inputs.items()}
         replaced[m.anchor] = replace(m, replacement)
     if matches:

@@ -15,6 +15,7 @@ from torch.fx import GraphModule, Node
 
 from .observe import observer_of, remove_observers
 from .pattern import Match, rewrite
+from .progress import progress
 
 aten = torch.ops.aten
 REPORT_KEY = "qcompiler"
@@ -91,7 +92,8 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:
             set_record(node, {"layer": names[node], "skipped": node.meta["qskip"]})
-    done = rewrite(gm, _linear, replacement, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr")
+    done = rewrite(gm, _linear, replacement, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr",
+                   progress=lambda ms: progress(ms, "quantizing layers"))
     remove_observers(gm)
     drop_unused_attributes(gm)
     return len(done)
