@@ -1,4 +1,4 @@
-"""Tiny models for the front-end tests (fast to export; the real models live in models.py)."""
+"""Tiny models for the front-end tests (fast to export; real models are in test_real_models.py and qcompiler.zoo)."""
 import torch
 import torch.nn.functional as F
 from torch.export import Dim
