@@ -37,8 +37,15 @@ class Report:
     def skipped(self) -> tuple:
         return tuple(r for r in self.layers if r.skipped is not None)
 
+    def to_dict(self) -> list:
+        return [asdict(r) for r in self.layers]
+
+    @classmethod
+    def from_dict(cls, rows: list) -> "Report":
+        return cls(tuple(LayerReport(**r) for r in rows))
+
     def to_json(self) -> str:
-        return json.dumps([asdict(r) for r in self.layers], indent=1)
+        return json.dumps(self.to_dict(), indent=1)
 
     def table(self) -> str:
         """A table for people: one row a layer, then totals."""

@@ -1,0 +1,99 @@
+"""Packaging with AOTInductor and loading: one round trip in a fresh process (packaging is slow), bad files."""
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+import torch
+
+import qcompiler as qc
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
+    prog = qc.quantize(model, (torch.randn(4, 64),), qc.Int8WeightOnlyConfig(),
+                       dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},))
+    path = qc.package(prog, tmp_path_factory.mktemp("pkg") / "mlp.pt2")
+    return prog, path
+
+
+def test_round_trip_in_a_fresh_process_with_dynamic_batch(packaged, tmp_path):
+    prog, path = packaged
+    xs = [torch.randn(b, 64) for b in (4, 1, 33)]
+    torch.save({"xs": xs, "ys": [prog.module()(x) for x in xs]}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import torch, qcompiler as qc
+        run = qc.load({str(path)!r})
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        for x, y in zip(io["xs"], io["ys"]):
+            torch.testing.assert_close(run(x), y, rtol=1e-2, atol=1e-2)  # within bf16 rounding
+        assert [r.scheme for r in run.report.quantized] == ["int8wo", "int8wo"], run.report
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_package_carries_the_report(packaged):
+    _, path = packaged
+    meta = qc.runtime.package.read_metadata(path)
+    assert meta["torch"] == torch.__version__ and len(meta["report"]) == 2
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cannot load .*nothing.pt2: no such file"):
+        qc.load(tmp_path / "nothing.pt2")
+
+
+def test_truncated_file(packaged, tmp_path):
+    _, path = packaged
+    cut = tmp_path / "cut.pt2"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cannot load .*cut.pt2: not a .pt2 package"):
+        qc.load(cut)
+
+
+def test_foreign_files(tmp_path):
+    text = tmp_path / "notes.pt2"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"cannot load .*notes.pt2: not a .pt2 package"):
+        qc.load(text)
+    other = tmp_path / "other.pt2"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("x/readme.txt", "not a model")
+    with pytest.raises(ValueError, match=r"cannot load .*other.pt2: it holds no AOTInductor model"):
+        qc.load(other)
+
+
+def test_an_exported_program_file_is_named_as_such(tmp_path):
+    saved = tmp_path / "program.pt2"
+    torch.export.save(torch.export.export(torch.nn.Linear(4, 4), (torch.randn(1, 4),)), saved)
+    with pytest.raises(ValueError, match=r"holds no AOTInductor model \(a torch.export.save file\? load it with torch.export.load\)"):
+        qc.load(saved)
+
+
+def test_bad_package_paths(tmp_path):
+    prog = qc.capture(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
+    with pytest.raises(ValueError, match="package path must end in .pt2"):
+        qc.package(prog, tmp_path / "model.zip")
+    with pytest.raises(ValueError, match=r"cannot write .*: folder .*missing does not exist"):
+        qc.package(prog, tmp_path / "missing" / "model.pt2")
+
+
+def test_a_failed_compile_leaves_nothing_behind(tmp_path, monkeypatch):
+    prog = qc.capture(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
+
+    def broken(program, package_path):
+        with open(package_path, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken)
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        qc.package(prog, tmp_path / "model.pt2")
+    assert list(tmp_path.iterdir()) == []
