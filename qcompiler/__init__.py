@@ -51,6 +51,7 @@ from .configs import (
     config_from_string,
 )
 from .convert import convert
+from .lower import lower
 from .package import Loaded, load, package
 from .pipeline import quantize
 from .prepare import calibrate, prepare
@@ -59,7 +60,7 @@ from .report import LayerReport, Report, report
 
 __all__ += [
     "capture", "prepare", "calibrate", "convert", "quantize", "report", "Report", "LayerReport",
-    "package", "load", "Loaded",
+    "lower", "package", "load", "Loaded",
     "Recipe", "Rule", "config_from_string",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",

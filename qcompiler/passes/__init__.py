@@ -4,6 +4,6 @@ Stages: annotate (``annotate``), observe (``observe``), convert's rewrite to the
 reference Q/DQ pattern (``reference``); the algorithms that choose quantized
 values sit beside them (round-to-nearest lives on the weight specs in ``spec``).
 """
-from .pattern import Match, find, replace, rewrite
+from .pattern import Match, find, prune, replace, rewrite
 
-__all__ = ["Match", "find", "replace", "rewrite"]
+__all__ = ["Match", "find", "replace", "rewrite", "prune"]

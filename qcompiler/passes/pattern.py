@@ -31,7 +31,7 @@ import torch
 from torch.fx import GraphModule, Node, Proxy
 from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
-KEPT_META = ("nn_module_stack", "stack_trace", "source_fn_stack", "custom")
+KEPT_META = ("nn_module_stack", "stack_trace", "source_fn_stack")  # to every new node; "custom" to the output only
 
 
 @lru_cache(maxsize=None)
@@ -94,11 +94,20 @@ def _attr_name(name: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "const"
 
 
-def find(gm: GraphModule, pattern: Callable, where: Optional[Callable[[Match], bool]] = None) -> list:
-    """Every non-overlapping place ``pattern`` matches in ``gm``, in graph order, kept by ``where``."""
+def find(gm: GraphModule, pattern: Callable, where: Optional[Callable[[Match], bool]] = None,
+         literals: str = "equal") -> list:
+    """Every non-overlapping place ``pattern`` matches in ``gm``, in graph order, kept by ``where``.
+
+    ``literals="equal"`` (default): the pattern's literal arguments (numbers, strings, dtypes,
+    lists) must equal the graph's; ``"any"``: they match anything, and ``where`` may inspect
+    the matched nodes' arguments.
+    """
+    if literals not in ("equal", "any"):
+        raise ValueError(f"qcompiler: literals must be 'equal' or 'any'; got {literals!r}")
     pg = pattern_graph(pattern)
     names = [n.target for n in pg.nodes if n.op == "placeholder"]
-    matcher = SubgraphMatcher(pg, match_output=False, match_placeholder=False, remove_overlapping_matches=True)
+    matcher = SubgraphMatcher(pg, match_output=False, match_placeholder=False, remove_overlapping_matches=True,
+                              ignore_literals=literals == "any")
     found = []
     for internal in matcher.match(gm.graph):
         anchor = internal.returning_nodes[0]
@@ -122,7 +131,7 @@ def replace(m: Match, replacement: Callable[..., Any]) -> Node:
         raise TypeError(f"qcompiler: a replacement must return a graph value (a Proxy or Node); got {type(out).__name__}")
     for n in graph.nodes:
         if n not in before:
-            for key in KEPT_META:
+            for key in KEPT_META + (("custom",) if n is new else ()):
                 if key in m.anchor.meta and key not in n.meta:
                     n.meta[key] = m.anchor.meta[key]
     m.anchor.replace_all_uses_with(new)
@@ -136,12 +145,13 @@ def replace(m: Match, replacement: Callable[..., Any]) -> Node:
 
 
 def rewrite(gm: GraphModule, pattern: Callable, replacement: Callable[..., Any],
-            where: Optional[Callable[[Match], bool]] = None, progress: Optional[Callable] = None) -> list:
+            where: Optional[Callable[[Match], bool]] = None, progress: Optional[Callable] = None,
+            literals: str = "equal") -> list:
     """Replace every match of ``pattern`` (kept by ``where``); return the matches replaced.
 
     ``progress``, if given, wraps the list of matches (e.g. ``qcompiler.progress.progress``-like).
     """
-    matches = find(gm, pattern, where)
+    matches = find(gm, pattern, where, literals)
     replaced: dict = {}
     for m in (progress(matches) if progress else matches):  # a match may read what an earlier one computed: point it at the new node
         m.inputs = {k: replaced.get(v, v) for k, v in m.inputs.items()}
@@ -150,3 +160,19 @@ def rewrite(gm: GraphModule, pattern: Callable, replacement: Callable[..., Any],
         gm.graph.lint()
         gm.recompile()
     return matches
+
+
+def prune(gm: GraphModule) -> None:
+    """Delete reads of attributes nothing uses, then the parameters and buffers no node reads."""
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            gm.graph.erase_node(node)
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    names = [n for n, _ in gm.named_parameters(remove_duplicate=False)] + [n for n, _ in gm.named_buffers(remove_duplicate=False)]
+    for name in names:
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            mod = gm.get_submodule(owner) if owner else gm
+            mod._parameters.pop(leaf, None)
+            mod._buffers.pop(leaf, None)
+    gm.recompile()

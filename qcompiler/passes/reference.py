@@ -14,7 +14,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .observe import observer_of, remove_observers
-from .pattern import Match, rewrite
+from .pattern import Match, prune, rewrite
 from .progress import progress
 
 aten = torch.ops.aten
@@ -95,22 +95,5 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
     done = rewrite(gm, _linear, replacement, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr",
                    progress=lambda ms: progress(ms, "quantizing layers"))
     remove_observers(gm)
-    drop_unused_attributes(gm)
+    prune(gm)
     return len(done)
-
-
-def drop_unused_attributes(gm: GraphModule) -> None:
-    """Delete get_attr nodes nothing reads, and the parameters and buffers no node reads any more."""
-    for node in list(gm.graph.nodes):
-        if node.op == "get_attr" and not node.users:
-            gm.graph.erase_node(node)
-    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    for name in [n for n, _ in gm.named_parameters(remove_duplicate=False)] + [n for n, _ in gm.named_buffers(remove_duplicate=False)]:
-        if name not in used:
-            owner, _, leaf = name.rpartition(".")
-            mod = gm.get_submodule(owner) if owner else gm
-            if leaf in mod._parameters:
-                del mod._parameters[leaf]
-            elif leaf in mod._buffers:
-                del mod._buffers[leaf]
-    gm.recompile()

@@ -1,0 +1,22 @@
+"""Lower: a quantized program to a backend's fused kernels (API front door)."""
+from torch.export import ExportedProgram
+
+from .capture import reexport
+from .lowering import BACKENDS, lower_graph
+from .runtime.dtypes import fail
+
+
+def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
+    """Replace each quantized linear's reference pattern with ``backend``'s fused kernel.
+
+    Backends: ``"cpu"`` (ATen's packed CPU kernels) and ``"reference"`` (no change).
+    Weights are prepacked into the kernel's layout now. Linears no rule matches keep
+    their reference form; ``qcompiler.report(lowered)`` lists the kernel of each layer.
+    """
+    if not isinstance(program, ExportedProgram):
+        raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert)", type(program).__name__)
+    if backend not in BACKENDS:
+        raise fail("backend", f"one of {', '.join(BACKENDS)}", backend)
+    gm = program.module()
+    lower_graph(gm, backend)
+    return reexport(gm, program)

@@ -1,0 +1,44 @@
+"""A backend is a table of lowering rules: match a reference pattern, replace it with a fused kernel.
+
+Rules are tried in order (specific patterns first); a linear no rule matches stays
+in reference form, correct and slower, and its report record keeps ``kernel: reference``.
+"""
+import json
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch.fx import GraphModule
+
+from ..passes.pattern import Match, prune, rewrite
+from ..passes.reference import REPORT_KEY
+
+
+@dataclass(frozen=True)
+class LoweringRule:
+    """``pattern`` (an example function), ``where`` (which matches), ``replace`` (emits the kernel), ``kernel`` (its name)."""
+
+    name: str
+    pattern: Callable
+    replace: Callable
+    kernel: str
+    where: Optional[Callable[[Match], bool]] = None
+
+
+def _with_kernel(custom: dict, kernel: str) -> dict:
+    if REPORT_KEY not in custom:
+        return custom
+    return {**custom, REPORT_KEY: json.dumps({**json.loads(custom[REPORT_KEY]), "kernel": kernel})}
+
+
+def apply_rules(gm: GraphModule, rules) -> dict:
+    """Apply each rule in order; return how many linears each rule lowered."""
+    counts = {}
+    for rule in rules:
+        def replacement(m: Match, _rule=rule, **inputs):
+            out = _rule.replace(m, **inputs)
+            out.node.meta["custom"] = _with_kernel(m.anchor.meta.get("custom") or {}, _rule.kernel)
+            return out
+
+        counts[rule.name] = len(rewrite(gm, rule.pattern, replacement, where=rule.where))
+    prune(gm)
+    return counts

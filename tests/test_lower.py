@@ -1,0 +1,45 @@
+"""Lowering to the CPU backend: each rule against the reference program, dynamic shapes, reporting."""
+import pytest
+import torch
+
+import qcompiler as qc
+
+DIMS = ({0: torch.export.Dim("batch", max=256), 1: torch.export.Dim("seq", max=256)},)
+
+
+def model(dtype):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=False)).eval().to(dtype)
+
+
+def kernels(prog):
+    return [r.kernel for r in qc.report(prog).quantized]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_int8_weight_only_lowers_to_the_int8_pack_kernel(dtype, tol):
+    m = model(dtype)
+    prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), qc.Int8WeightOnlyConfig(), dynamic_shapes=DIMS)
+    low = qc.lower(prog, "cpu")
+    assert kernels(low) == ["aten._weight_int8pack_mm"] * 2
+    targets = {str(n.target) for n in low.graph.nodes if n.op == "call_function"}
+    assert "aten._weight_int8pack_mm.default" in targets and not any(t.startswith("qcompiler.") for t in targets)
+    for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
+        x = torch.randn(shape, dtype=dtype)
+        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
+
+
+def test_what_no_rule_matches_stays_reference_and_is_reported():
+    m = model(torch.float32)
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), qc.CodebookWeightOnlyConfig(4), dynamic_shapes=DIMS)
+    low = qc.lower(prog, "cpu")
+    assert kernels(low) == ["reference", "reference"]
+    x = torch.randn(2, 3, 64)
+    torch.testing.assert_close(low.module()(x), prog.module()(x))
+
+
+def test_reference_backend_changes_nothing_and_bad_backends_are_named():
+    prog = qc.quantize(model(torch.float32), (torch.randn(2, 3, 64),), qc.Int8WeightOnlyConfig())
+    assert kernels(qc.lower(prog, "reference")) == ["reference", "reference"]
+    with pytest.raises(ValueError, match="backend must be one of cpu, reference; got 'tpu'"):
+        qc.lower(prog, "tpu")
