@@ -65,3 +65,18 @@ def test_int4_weight_only_lowers_to_the_int4_pack_kernel(config, dtype, tol):
     for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("config,kernel", [(qc.Int8DynamicActivationInt8WeightConfig(), "aten._int_mm"),
+                                           (qc.Int8DynamicActivationInt4WeightConfig(32), "aten._weight_int4pack_mm_for_cpu")],
+                         ids=["int8dq", "int8da-int4w"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+def test_dynamic_activation_schemes_lower(config, kernel, dtype, tol):
+    m = model(dtype)
+    prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
+    low = qc.lower(prog, "cpu")
+    assert kernels(low) == [kernel] * 2
+    assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
+    for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
+        x = torch.randn(shape, dtype=dtype)
+        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)

@@ -18,6 +18,8 @@ def lower_graph(gm: torch.fx.GraphModule, backend: str) -> dict:
     """Apply ``backend``'s rules to a graph module in place; return how many linears each rule lowered."""
     if backend not in BACKENDS:
         raise fail("backend", f"one of {', '.join(BACKENDS)}", backend)
+    gm.graph.eliminate_dead_code()  # e.g. an unused zero point of a symmetric choose_qparams
+    gm.recompile()
     with torch.no_grad():
         return apply_rules(gm, BACKENDS[backend])
 

@@ -4,6 +4,8 @@
 | --- | --- |
 | int8wo | ``aten._weight_int8pack_mm`` (per-channel scales) |
 | int4wo, every zero-point domain | ``aten._convert_weight_to_int4pack_for_cpu`` + ``aten._weight_int4pack_mm_for_cpu`` |
+| int8dq | per-token int8 quantization in ATen ops + ``aten._int_mm`` + rescale |
+| int8da-int4w | per-token int8 fake quantization in ATen ops + ``aten._weight_int4pack_mm_for_cpu`` |
 
 The int4 kernel computes ``w = (u - 8)·scale + zero`` for ``u`` in [0, 15], with scales and
 zeros in the activation dtype: the float zero-point domain as it is. The int domain
@@ -82,7 +84,82 @@ def _int4_weight_only(m, x, w_q, bits, n, signed, block, scale, zero_point, dtyp
     return y if b is None else y + b
 
 
+def _per_token_int8(x2, mapping: str, eps: float):
+    """Per-token int8 quantization of (rows, K) ``x2`` in ATen ops, as ``ActivationSpec`` does it.
+
+    Returns float32 ``(q, scale, zero)``; ``zero`` is None for the symmetric mapping.
+    """
+    xf = aten._to_copy.default(x2, dtype=torch.float32)
+    lo, hi = aten.amin.default(xf, [-1], True), aten.amax.default(xf, [-1], True)
+    if mapping == "symmetric":
+        s = aten.clamp_min.default(aten.div.Tensor(aten.maximum.default(aten.neg.default(lo), hi), 127.5), eps)
+        return aten.clamp.default(aten.round.default(aten.div.Tensor(xf, s)), -128, 127), s, None
+    lo, hi = aten.clamp_max.default(lo, 0.0), aten.clamp_min.default(hi, 0.0)
+    s = aten.clamp_min.default(aten.div.Tensor(aten.sub.Tensor(hi, lo), 255.0), eps)
+    z = aten.clamp.default(aten.rsub.Scalar(aten.round.default(aten.div.Tensor(lo, s)), -128), -128, 127)
+    q = aten.clamp.default(aten.add.Tensor(aten.round.default(aten.div.Tensor(xf, s)), z), -128, 127)
+    return q, s, z
+
+
+def _dynamic_int8_int8(x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):
+    s = qops.choose_qparams_affine.default(x, block, "int8", "symmetric", "none", None, torch.float32, eps)[0]
+    xq = qops.quantize_affine.default(x, block, s, None, "int8", "none")
+    xd = qops.dequantize_affine.default(xq, block, s, None, "int8", "none", out_x)
+    return aten.linear.default(xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
+
+
+def _per_token_block(m) -> bool:
+    block = list(m["block"])
+    return block[-1] == -1 and all(v == 1 for v in block[:-1])
+
+
+def _int8dq(m) -> bool:
+    return _per_token_block(m) and list(m["w_block"]) == [1, -1] and m["w_q"].op == "get_attr"
+
+
+def _int8_dynamic_int8(m, x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):
+    w = m.value("w_q")
+    n, k = w.shape
+    name = m["w_q"].target.removesuffix("_q")
+    x2, back = _rows(m, x, k, n)
+    q, s, _ = _per_token_int8(x2, "symmetric", eps)
+    acc = aten._int_mm.default(aten._to_copy.default(q, dtype=torch.int8), m.constant(f"{name}_int8_t", w.t().contiguous()))
+    w_s = m.constant(f"{name}_int8_scale", m.value("w_scale").reshape(-1).float())
+    y = aten.mul.Tensor(aten.mul.Tensor(aten._to_copy.default(acc, dtype=torch.float32), s), w_s)
+    y = back(aten._to_copy.default(y, dtype=out_w))
+    return y if b is None else y + b
+
+
+def _dynamic_int8_int4(x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
+    sz = qops.choose_qparams_affine.default(x, block, "int8", "asymmetric", "int", None, torch.float32, eps)
+    s, z = sz[0], sz[1]
+    xd = qops.dequantize_affine.default(qops.quantize_affine.default(x, block, s, z, "int8", "int"), block, s, z, "int8", "int", out_x)
+    w = qops.dequantize_affine.default(qops.unpack_int.default(w_q, 4, n, True), w_block, w_scale, None, "int4", "none", out_w)
+    return aten.linear.default(xd, w, b)
+
+
+def _int8da_int4w(m) -> bool:
+    wb = list(m["w_block"])
+    return (_per_token_block(m) and len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256)
+            and m["w_q"].op == "get_attr" and m["out_w"] in (torch.float32, torch.bfloat16, torch.float16))
+
+
+def _int8_dynamic_int4(m, x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
+    u = qops.unpack_int(m.value("w_q"), 4, n, True).to(torch.int32) + 8
+    name = m["w_q"].target.removesuffix("_q")
+    s = m.value("w_scale").float()
+    sz = torch.stack([s, torch.zeros_like(s)], dim=-1).transpose(0, 1).contiguous().to(out_w)
+    x2, back = _rows(m, x, n, u.shape[0])
+    q, xs, xz = _per_token_int8(x2, "asymmetric", eps)
+    xd = aten._to_copy.default(aten.mul.Tensor(aten.sub.Tensor(q, xz), xs), dtype=out_x)
+    packed = m.constant(f"{name}_int4pack", aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1))
+    y = back(aten._weight_int4pack_mm_for_cpu.default(xd, packed, w_block[1], m.constant(f"{name}_int4pack_scales_zeros", sz)))
+    return y if b is None else y + b
+
+
 RULES = (
+    LoweringRule("int8dq", _dynamic_int8_int8, _int8_dynamic_int8, "aten._int_mm", _int8dq),
+    LoweringRule("int8da-int4w", _dynamic_int8_int4, _int8_dynamic_int4, "aten._weight_int4pack_mm_for_cpu", _int8da_int4w),
     LoweringRule("int4wo", _weight_only_4bit, _int4_weight_only, "aten._weight_int4pack_mm_for_cpu", _int4_groups),
     LoweringRule("int8wo", _weight_only_8bit, _int8_weight_only, "aten._weight_int8pack_mm", _int8_per_channel),
 )
