@@ -3,6 +3,7 @@ from torch.export import ExportedProgram
 
 from .capture import reexport
 from .lowering import BACKENDS, lower_graph
+from .runtime.decompositions import DECOMPOSITIONS
 from .runtime.dtypes import fail
 
 
@@ -10,8 +11,10 @@ def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
     """Replace each quantized linear's reference pattern with ``backend``'s fused kernel.
 
     Backends: ``"cpu"`` (ATen's packed CPU kernels) and ``"reference"`` (no change).
-    Weights are prepacked into the kernel's layout now. Linears no rule matches keep
-    their reference form; ``qcompiler.report(lowered)`` lists the kernel of each layer.
+    Weights are prepacked into the kernel's layout now. For linears no rule fuses, the
+    ``qcompiler::`` ops are decomposed into ATen ops (kernel ``decomposed``: Inductor
+    compiles them when packaged), so a lowered program needs no qcompiler to run.
+    ``qcompiler.report(lowered)`` lists the kernel of each layer.
     """
     if not isinstance(program, ExportedProgram):
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert)", type(program).__name__)
@@ -19,4 +22,5 @@ def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
         raise fail("backend", f"one of {', '.join(BACKENDS)}", backend)
     gm = program.module()
     lower_graph(gm, backend)
-    return reexport(gm, program)
+    lowered = reexport(gm, program)
+    return lowered if backend == "reference" else lowered.run_decompositions(DECOMPOSITIONS)

@@ -29,13 +29,18 @@ def test_int8_weight_only_lowers_to_the_int8_pack_kernel(dtype, tol):
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
-def test_what_no_rule_matches_stays_reference_and_is_reported():
+@pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4), qc.CodebookWeightOnlyConfig(3, block_rows=32),
+                                    qc.Float8WeightOnlyConfig(), qc.Float8DynamicActivationFloat8WeightConfig()],
+                         ids=lambda c: c.alias)
+def test_what_no_rule_fuses_is_decomposed_into_aten_and_reported(config):
     m = model(torch.float32)
-    prog = qc.quantize(m, (torch.randn(2, 3, 64),), qc.CodebookWeightOnlyConfig(4), dynamic_shapes=DIMS)
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS, calibration_data=[torch.randn(4, 5, 64)])
     low = qc.lower(prog, "cpu")
-    assert kernels(low) == ["reference", "reference"]
-    x = torch.randn(2, 3, 64)
-    torch.testing.assert_close(low.module()(x), prog.module()(x))
+    assert kernels(low) == ["decomposed", "decomposed"]
+    assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
+    for shape in ((2, 3, 64), (5, 1, 64)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=0, atol=0)
 
 
 def test_reference_backend_changes_nothing_and_bad_backends_are_named():
@@ -59,7 +64,7 @@ def test_int4_weight_only_lowers_to_the_int4_pack_kernel(config, dtype, tol):
     got = kernels(low)
     if config.zero_point_domain == "int" and dtype != torch.float32:
         # (8 - z)·s rarely fits bfloat16 exactly: such layers keep the exact reference form
-        assert set(got) <= {"aten._weight_int4pack_mm_for_cpu", "reference"}
+        assert set(got) <= {"aten._weight_int4pack_mm_for_cpu", "decomposed"}
     else:
         assert got == ["aten._weight_int4pack_mm_for_cpu"] * 2
     for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
@@ -80,3 +85,15 @@ def test_dynamic_activation_schemes_lower(config, kernel, dtype, tol):
     for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
+
+
+def test_static_int8_fuses_its_weight_and_decomposes_its_activation_quantization():
+    m = model(torch.float32)
+    calib = [torch.randn(4, 5, 64) for _ in range(3)]
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), qc.Int8StaticActivationInt8WeightConfig(), dynamic_shapes=DIMS,
+                       calibration_data=calib)
+    low = qc.lower(prog, "cpu")
+    assert kernels(low) == ["aten._weight_int8pack_mm"] * 2
+    assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
+    x = torch.randn(3, 2, 64)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-5, atol=1e-5)

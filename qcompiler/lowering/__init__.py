@@ -1,15 +1,16 @@
 """Lowering: a backend's rule table turns reference Q/DQ patterns into fused kernels.
 
-``lower(program, backend)`` applies the table of ``lowering/<backend>.py`` to the
-program and re-exports it. What no rule matches stays in reference form and the
-report says so (``kernel: reference``).
+``lower_graph`` applies the table of ``lowering/<backend>.py``. What no rule matches
+keeps its reference pattern, and the API's ``lower`` then decomposes the remaining
+``qcompiler::`` ops into ATen (``runtime.decompositions``) so that Inductor compiles them
+and the program needs no qcompiler at run time; the report names those layers'
+kernel ``decomposed``.
 """
 import torch
-from torch.export import ExportedProgram
 
 from ..runtime.dtypes import fail
 from . import cpu
-from .rules import LoweringRule, apply_rules
+from .rules import DECOMPOSED, LoweringRule, apply_rules, mark_unfused
 
 BACKENDS = {"cpu": cpu.RULES, "reference": ()}
 
@@ -21,7 +22,10 @@ def lower_graph(gm: torch.fx.GraphModule, backend: str) -> dict:
     gm.graph.eliminate_dead_code()  # e.g. an unused zero point of a symmetric choose_qparams
     gm.recompile()
     with torch.no_grad():
-        return apply_rules(gm, BACKENDS[backend])
+        counts = apply_rules(gm, BACKENDS[backend])
+    if backend != "reference":
+        counts[DECOMPOSED] = mark_unfused(gm)
+    return counts
 
 
-__all__ = ["BACKENDS", "LoweringRule", "lower_graph", "ExportedProgram"]
+__all__ = ["BACKENDS", "DECOMPOSED", "LoweringRule", "lower_graph"]

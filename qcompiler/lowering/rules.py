@@ -30,6 +30,20 @@ def _with_kernel(custom: dict, kernel: str) -> dict:
     return {**custom, REPORT_KEY: json.dumps({**json.loads(custom[REPORT_KEY]), "kernel": kernel})}
 
 
+DECOMPOSED = "decomposed"  # the kernel of a layer no rule fused: its ops decomposed into ATen for Inductor
+
+
+def mark_unfused(gm: GraphModule, kernel: str = DECOMPOSED) -> int:
+    """Set ``kernel`` on every quantized linear still in reference form; return how many."""
+    count = 0
+    for node in gm.graph.nodes:
+        custom = node.meta.get("custom") or {}
+        if REPORT_KEY in custom and json.loads(custom[REPORT_KEY]).get("kernel") == "reference":
+            node.meta["custom"] = _with_kernel(custom, kernel)
+            count += 1
+    return count
+
+
 def apply_rules(gm: GraphModule, rules) -> dict:
     """Apply each rule in order; return how many linears each rule lowered."""
     counts = {}
