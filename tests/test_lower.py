@@ -16,7 +16,8 @@ def kernels(prog):
     return [r.kernel for r in qc.report(prog).quantized]
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+# float32 activations run through the packed kernels in bfloat16: agreement within bf16 rounding
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-2), (torch.bfloat16, 2e-2)])
 def test_int8_weight_only_lowers_to_the_int8_pack_kernel(dtype, tol):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), qc.Int8WeightOnlyConfig(), dynamic_shapes=DIMS)
@@ -24,6 +25,8 @@ def test_int8_weight_only_lowers_to_the_int8_pack_kernel(dtype, tol):
     assert kernels(low) == ["aten._weight_int8pack_mm"] * 2
     targets = {str(n.target) for n in low.graph.nodes if n.op == "call_function"}
     assert "aten._weight_int8pack_mm.default" in targets and not any(t.startswith("qcompiler.") for t in targets)
+    mm = next(n for n in low.graph.nodes if str(n.target) == "aten._weight_int8pack_mm.default")
+    assert mm.args[0].meta["val"].dtype == torch.bfloat16  # the fast form for either activation dtype
     for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
@@ -56,13 +59,13 @@ INT4 = [qc.Int4WeightOnlyConfig(32), qc.Int4WeightOnlyConfig(32, zero_point_doma
 
 
 @pytest.mark.parametrize("config", INT4, ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-2), (torch.bfloat16, 5e-2)])
 def test_int4_weight_only_lowers_to_the_int4_pack_kernel(config, dtype, tol):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
     low = qc.lower(prog, "cpu")
     got = kernels(low)
-    if config.zero_point_domain == "int" and dtype != torch.float32:
+    if config.zero_point_domain == "int":
         # (8 - z)·s rarely fits bfloat16 exactly: such layers keep the exact reference form
         assert set(got) <= {"aten._weight_int4pack_mm_for_cpu", "decomposed"}
     else:
@@ -75,7 +78,7 @@ def test_int4_weight_only_lowers_to_the_int4_pack_kernel(config, dtype, tol):
 @pytest.mark.parametrize("config,kernel", [(qc.Int8DynamicActivationInt8WeightConfig(), "aten._int_mm"),
                                            (qc.Int8DynamicActivationInt4WeightConfig(32), "aten._weight_int4pack_mm_for_cpu")],
                          ids=["int8dq", "int8da-int4w"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-2), (torch.bfloat16, 5e-2)])
 def test_dynamic_activation_schemes_lower(config, kernel, dtype, tol):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
@@ -96,4 +99,4 @@ def test_static_int8_fuses_its_weight_and_decomposes_its_activation_quantization
     assert kernels(low) == ["aten._weight_int8pack_mm"] * 2
     assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
     x = torch.randn(3, 2, 64)
-    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
