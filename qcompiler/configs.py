@@ -75,7 +75,7 @@ class Int4WeightOnlyConfig:
 
 @dataclass(frozen=True)
 class Int8DynamicActivationInt4WeightConfig:
-    """``int8da-int4w-<g>``: per-token asymmetric int8 activations, symmetric int4 weights in groups."""
+    """``int8da-int4w-<g>``: per-token asymmetric int8 activations, symmetric int4 weights in groups (bf16 scales)."""
 
     group_size: int = 32
 
@@ -87,7 +87,7 @@ class Int8DynamicActivationInt4WeightConfig:
         return f"int8da-int4w-{self.group_size}"
 
     def spec(self) -> QuantSpec:
-        return QuantSpec(self.alias, AffineWeight("int4", self.group_size, scale_dtype=torch.float32),
+        return QuantSpec(self.alias, AffineWeight("int4", self.group_size, scale_dtype=torch.bfloat16),
                          ActivationSpec("int8", "asymmetric"))
 
 

@@ -75,8 +75,8 @@ def test_int4_weight_only_lowers_to_the_int4_pack_kernel(config, dtype, tol):
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("config,kernel", [(qc.Int8DynamicActivationInt8WeightConfig(), "aten._int_mm"),
-                                           (qc.Int8DynamicActivationInt4WeightConfig(32), "aten._weight_int4pack_mm_for_cpu")],
+@pytest.mark.parametrize("config,kernel", [(qc.Int8DynamicActivationInt8WeightConfig(), "aten._weight_int8pack_mm (int8 activations)"),
+                                           (qc.Int8DynamicActivationInt4WeightConfig(32), "aten._weight_int4pack_mm_for_cpu (int8 activations)")],
                          ids=["int8dq", "int8da-int4w"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-2), (torch.bfloat16, 5e-2)])
 def test_dynamic_activation_schemes_lower(config, kernel, dtype, tol):
@@ -99,4 +99,23 @@ def test_static_int8_fuses_its_weight_and_decomposes_its_activation_quantization
     assert kernels(low) == ["aten._weight_int8pack_mm"] * 2
     assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
     x = torch.randn(3, 2, 64)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
+
+
+def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
+    torch.manual_seed(0)
+    dims = ({0: torch.export.Dim("batch", max=64)},)
+    # int8: K = 100 is not a multiple of 8, where the bf16 int8 kernel returns wrong values
+    m = torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.ReLU(), torch.nn.Linear(64, 48)).eval()
+    prog = qc.quantize(m, (torch.randn(3, 100),), qc.Int8WeightOnlyConfig(), dynamic_shapes=dims)
+    low = qc.lower(prog, "cpu")
+    assert kernels(low) == ["decomposed", "aten._weight_int8pack_mm"]
+    x = torch.randn(5, 100)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
+    # int4: N = 40 is not a multiple of 16, which the int4 packer needs
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 40)).eval()
+    prog = qc.quantize(m, (torch.randn(3, 64),), qc.Int4WeightOnlyConfig(32), dynamic_shapes=dims)
+    low = qc.lower(prog, "cpu")
+    assert kernels(low) == ["aten._weight_int4pack_mm_for_cpu", "decomposed"]
+    x = torch.randn(5, 64)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
