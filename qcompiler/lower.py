@@ -2,7 +2,7 @@
 from torch.export import ExportedProgram
 
 from .capture import reexport
-from .lowering import BACKENDS, lower_graph
+from .lowering import lower_graph
 from .runtime.decompositions import DECOMPOSITIONS
 from .runtime.dtypes import fail
 
@@ -18,8 +18,6 @@ def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
     """
     if not isinstance(program, ExportedProgram):
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert)", type(program).__name__)
-    if backend not in BACKENDS:
-        raise fail("backend", f"one of {', '.join(BACKENDS)}", backend)
     gm = program.module()
     lower_graph(gm, backend)
     lowered = reexport(gm, program)

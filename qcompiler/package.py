@@ -7,9 +7,9 @@ from typing import Callable, Union
 import torch
 
 from . import __version__
-from .report import report
+from .report import Report, report
 from .runtime.dtypes import fail
-from .runtime.package import load_package, read_metadata, write_package
+from .runtime.package import load_package, write_package
 
 
 def package(program: torch.export.ExportedProgram, path: Union[str, Path]) -> Path:
@@ -38,8 +38,7 @@ class Loaded:
         return self._run(*args, **kwargs)
 
     @property
-    def report(self):
-        from .report import Report
+    def report(self) -> Report:
         return Report.from_dict(self.metadata.get("report", []))
 
 
@@ -50,5 +49,5 @@ def load(path: Union[str, Path]) -> Loaded:
     ValueError; both messages name the file.
     """
     path = Path(path).resolve()
-    run = load_package(path)
-    return Loaded(path, run, read_metadata(path))
+    run, metadata = load_package(path)
+    return Loaded(path, run, metadata)

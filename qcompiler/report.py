@@ -78,9 +78,8 @@ def report(program: Union[torch.export.ExportedProgram, torch.fx.GraphModule]) -
         if "skipped" in rec:
             skipped.append(LayerReport(rec["layer"], skipped=rec["skipped"]))
             continue
-        key = (rec["weight"], rec["scheme"])
-        names = by_weight.get(key, (rec, []))[1] + [rec["layer"]]
-        by_weight[key] = (by_weight.get(key, (rec, []))[0], names)
+        _, names = by_weight.setdefault((rec["weight"], rec["scheme"]), (rec, []))
+        names.append(rec["layer"])
     rows = [LayerReport(", ".join(dict.fromkeys(names)), r["scheme"], r["kernel"], r["bytes_before"],
                         r["bytes_after"], r["sqnr_db"]) for r, names in by_weight.values()]
     return Report(tuple(rows) + tuple(skipped))

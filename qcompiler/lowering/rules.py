@@ -1,7 +1,8 @@
 """A backend is a table of lowering rules: match a reference pattern, replace it with a fused kernel.
 
-Rules are tried in order (specific patterns first); a linear no rule matches stays
-in reference form, correct and slower, and its report record keeps ``kernel: reference``.
+Rules are tried in order (specific patterns first). A linear no rule matches keeps its
+reference pattern; ``mark_unfused`` names its kernel ``decomposed``, since ``qcompiler.lower``
+then decomposes its qcompiler ops into ATen for Inductor.
 """
 import json
 from dataclasses import dataclass

@@ -8,24 +8,18 @@ from typing import Callable
 from torch.fx import GraphModule
 
 from .linears import LinearSite, linear_sites
+from .pattern import stored
 
 
 def _unfit(site: LinearSite, gm: GraphModule, spec) -> str:
     if site.weight is None:
         return "weight is computed at run time"
-    w = _get(gm, site.weight)
+    w = stored(gm, site.weight)
     if w.ndim != 2:
         return f"weight has {w.ndim} dimensions, not 2"
     if not w.is_floating_point():
         return f"weight dtype {w.dtype} is not floating point"
     return spec.weight.unfit(tuple(w.shape))
-
-
-def _get(gm: GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def annotate(gm: GraphModule, choose: Callable) -> list:

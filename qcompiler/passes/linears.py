@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
-from .pattern import Match, rewrite
+from .pattern import Match, rewrite, stored
 
 aten = torch.ops.aten
 
@@ -72,7 +72,7 @@ def linear_sites(gm: GraphModule) -> list:
         w = node.args[1]
         weight = w.target if isinstance(w, Node) and w.op == "get_attr" else None
         shape = w.meta["val"].shape if isinstance(w, Node) and "val" in w.meta else \
-            (gm.get_parameter(weight).shape if weight else (0, 0))
+            (stored(gm, weight).shape if weight else (0, 0))
         name, typ = _module_of(node)
         name = name or (weight.rsplit(".", 1)[0] if weight else node.name)
         sites.append(LinearSite(node, name, typ, weight, int(shape[0]), int(shape[-1])))

@@ -23,6 +23,7 @@ constants with ``m.constant(name, tensor)``. New nodes inherit the matched
 output node's ``nn_module_stack``, ``stack_trace`` and ``custom`` metadata, so
 module names and source lines survive the rewrite.
 """
+import operator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Optional
@@ -30,6 +31,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch.fx import GraphModule, Node, Proxy
 from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
+
+def stored(gm: torch.nn.Module, target: str):
+    """The attribute a ``get_attr`` target names (``"blocks.0.fc1.weight"``): parameter, buffer or constant."""
+    return operator.attrgetter(target)(gm)
+
 
 KEPT_META = ("nn_module_stack", "stack_trace", "source_fn_stack")  # to every new node; "custom" to the output only
 
@@ -67,10 +73,7 @@ class Match:
             return None
         if not isinstance(node, Node) or node.op != "get_attr":
             raise ValueError(f"qcompiler: pattern input {name!r} is not a stored tensor at this match; got {node!r}")
-        obj = self.graph_module
-        for part in node.target.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return stored(self.graph_module, node.target)
 
     def constant(self, name: str, tensor: torch.Tensor) -> Proxy:
         """Store ``tensor`` as a buffer of the module and return a node that reads it."""
@@ -122,18 +125,19 @@ def find(gm: GraphModule, pattern: Callable, where: Optional[Callable[[Match], b
 
 def replace(m: Match, replacement: Callable[..., Any]) -> Node:
     """Replace one match by what ``replacement(m, **inputs)`` computes; return the new output node."""
-    graph, before = m.graph_module.graph, set(m.graph_module.graph.nodes)
+    graph, first = m.graph_module.graph, m.anchor.prev  # new nodes land between ``first`` and the anchor
     with graph.inserting_before(m.anchor):
         proxies = {k: (Proxy(v, m.tracer) if isinstance(v, Node) else v) for k, v in m.inputs.items()}
         out = replacement(m, **proxies)
     new = out.node if isinstance(out, Proxy) else out
     if not isinstance(new, Node):
         raise TypeError(f"qcompiler: a replacement must return a graph value (a Proxy or Node); got {type(out).__name__}")
-    for n in graph.nodes:
-        if n not in before:
-            for key in KEPT_META + (("custom",) if n is new else ()):
-                if key in m.anchor.meta and key not in n.meta:
-                    n.meta[key] = m.anchor.meta[key]
+    n = first.next
+    while n is not m.anchor:
+        for key in KEPT_META + (("custom",) if n is new else ()):
+            if key in m.anchor.meta and key not in n.meta:
+                n.meta[key] = m.anchor.meta[key]
+        n = n.next
     m.anchor.replace_all_uses_with(new)
     dead, left = True, list(m.nodes)
     while dead:  # erase matched nodes nothing reads any more, consumers before producers

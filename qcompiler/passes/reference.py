@@ -51,10 +51,10 @@ class _Weights:
             record = {"layer": name, "weight": target, "scheme": spec.scheme, "kernel": "reference",
                       "bytes_before": nbytes(w), "bytes_after": sum(nbytes(v) for v in tensors.values()),
                       "sqnr_db": sqnr_db(w, w_hat)}
-            self.stored[key] = (names, record, w.dtype)
-            return names, record, w.dtype
-        names, record, dtype = self.stored[key]
-        return names, {**record, "layer": name, "shared": True}, dtype
+            self.stored[key] = (names, record, w)
+            return names, record, w
+        names, record, w = self.stored[key]
+        return names, {**record, "layer": name, "shared": True}, w
 
 
 def _linear(x, w, b=None):
@@ -62,7 +62,7 @@ def _linear(x, w, b=None):
 
 
 def _static_qparams(m: Match, spec, ndim: int, name: str) -> dict:
-    obs_node, obs = observer_of(m.graph_module, m.anchor)
+    _, obs = observer_of(m.graph_module, m.anchor)
     if obs is None or not obs.calibrated:
         raise ValueError(f"qcompiler: layer {name!r} uses {spec.scheme}, which needs calibration, but its observer "
                          "saw no data: call the prepared program on representative inputs, or pass calibration_data")
@@ -76,8 +76,8 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
 
     def replacement(m: Match, x, w, b=None):
         spec, name = m.anchor.meta["qspec"], names[m.anchor]
-        stored, record, dtype = weights.get(m, spec, name)
-        w_hat = spec.weight.dequantize({k: m.attr(v) for k, v in stored.items()}, record_in(m), dtype)
+        stored, record, weight = weights.get(m, spec, name)
+        w_hat = spec.weight.dequantize({k: m.attr(v) for k, v in stored.items()}, weight.shape[1], weight.dtype)
         if spec.activation is not None:
             ndim = m["x"].meta["val"].ndim
             qparams = _static_qparams(m, spec, ndim, name) if spec.activation.static else None
@@ -85,9 +85,6 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
         out = aten.linear.default(x, w_hat, b)
         set_record(out.node, record)
         return out
-
-    def record_in(m: Match) -> int:
-        return m.value("w").shape[1]
 
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:

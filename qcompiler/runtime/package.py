@@ -11,7 +11,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Tuple, Union
 
 import torch
 
@@ -45,33 +45,29 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
     return path
 
 
-def _check_package(path: Path) -> zipfile.ZipFile:
+def _check_package(path: Path) -> dict:
+    """Check ``path`` is an intact AOTInductor package; return its qcompiler metadata ({} if none)."""
     if not path.is_file():
         raise FileNotFoundError(f"qcompiler: cannot load {path}: no such file")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"qcompiler: cannot load {path}: not a .pt2 package (not a zip archive: truncated, or another kind of file)")
-    z = zipfile.ZipFile(path)
-    if not any("/data/aotinductor/" in n for n in z.namelist()):
-        hint = " (a torch.export.save file? load it with torch.export.load)" if any(n.endswith("models/model.json") for n in z.namelist()) else ""
-        raise ValueError(f"qcompiler: cannot load {path}: it holds no AOTInductor model{hint}")
-    bad = z.testzip()
-    if bad is not None:
-        raise ValueError(f"qcompiler: cannot load {path}: member {bad} is corrupt")
-    return z
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        if not any("/data/aotinductor/" in n for n in names):
+            hint = " (a torch.export.save file? load it with torch.export.load)" if any(n.endswith("models/model.json") for n in names) else ""
+            raise ValueError(f"qcompiler: cannot load {path}: it holds no AOTInductor model{hint}")
+        bad = z.testzip()
+        if bad is not None:
+            raise ValueError(f"qcompiler: cannot load {path}: member {bad} is corrupt")
+        meta = [n for n in names if n.endswith(METADATA)]
+        return json.loads(z.read(meta[0])) if meta else {}
 
 
-def read_metadata(path: Union[str, Path]) -> dict:
-    """The qcompiler metadata stored in a package (empty for a package qcompiler did not write)."""
-    z = _check_package(Path(path))
-    names = [n for n in z.namelist() if n.endswith(METADATA)]
-    return json.loads(z.read(names[0])) if names else {}
-
-
-def load_package(path: Union[str, Path]) -> Callable:
-    """Load a ``.pt2`` into a callable taking the program's inputs. qcompiler's ops are registered first."""
+def load_package(path: Union[str, Path]) -> Tuple[Callable, dict]:
+    """Check and load a ``.pt2``: a callable taking the program's inputs, and the qcompiler metadata."""
     path = Path(path).resolve()
-    _check_package(path)
+    metadata = _check_package(path)
     try:
-        return torch._inductor.aoti_load_package(str(path))
+        return torch._inductor.aoti_load_package(str(path)), metadata
     except Exception as e:  # the loader raises RuntimeError for any broken archive
         raise ValueError(f"qcompiler: cannot load {path}: {e}") from e
