@@ -119,3 +119,15 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
     assert kernels(low) == ["aten._weight_int4pack_mm_for_cpu", "decomposed"]
     x = torch.randn(5, 64)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("scheme", ["int8wo", "int8dq", "int4wo-32", "int8da-int4w-32", "int8static"])
+def test_back_to_back_linears_lower(scheme):
+    # the second layer's input is the first layer's freshly emitted kernel output
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)).eval()
+    x = torch.randn(2, 3, 64)
+    prog = qc.quantize(m, (x,), qc.config_from_string(scheme), calibration_data=[(x,)])
+    low = qc.lower(prog, "cpu")
+    assert "decomposed" not in kernels(low)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=5e-2, atol=5e-2)

@@ -1,4 +1,5 @@
 """Packaging with AOTInductor and loading: one round trip in a fresh process (packaging is slow), bad files."""
+import json
 import os
 import subprocess
 import sys
@@ -9,24 +10,30 @@ import pytest
 import torch
 
 import qcompiler as qc
+from qcompiler.runtime.int4_layout import native_layout
 
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
-    prog = qc.quantize(model, (torch.randn(4, 64),), qc.Int8WeightOnlyConfig(),
-                       dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},))
+    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.Int8WeightOnlyConfig())])
+    prog = qc.quantize(model, (torch.randn(4, 64),), recipe, dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},))
     lowered = qc.lower(prog, "cpu")
-    path = qc.package(lowered, tmp_path_factory.mktemp("pkg") / "mlp.pt2")
+    path = qc.package(lowered, tmp_path_factory.mktemp("pkg") / "mlp.pt2", portable=True)
     return lowered, path
+
+
+def _run_script(script: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd(), **env})
 
 
 def test_lowered_package_runs_in_a_fresh_process_that_imports_only_torch(packaged, tmp_path):
     prog, path = packaged
     xs = [torch.randn(b, 64) for b in (4, 1, 33)]
     torch.save({"xs": xs, "ys": [prog.module()(x) for x in xs]}, tmp_path / "io.pt")
-    script = textwrap.dedent(f"""
+    out = _run_script(f"""
         import sys, torch
         run = torch._inductor.aoti_load_package({str(path)!r})
         io = torch.load({str(tmp_path / 'io.pt')!r})
@@ -35,9 +42,42 @@ def test_lowered_package_runs_in_a_fresh_process_that_imports_only_torch(package
         assert "qcompiler" not in sys.modules
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_qc_load_repacks_portable_int4_weights_for_a_machine_with_another_layout(packaged, tmp_path):
+    prog, path = packaged
+    x = torch.randn(7, 64)
+    torch.save({"x": x, "y": prog.module()(x)}, tmp_path / "io.pt")
+    # ATen without its AVX2 kernels lays int4 weights out in neighbouring-row pairs: another machine, here
+    out = _run_script(f"""
+        import torch, qcompiler as qc
+        from qcompiler.runtime.int4_layout import native_layout
+        assert native_layout() == "pairs32", native_layout()
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        torch.testing.assert_close(qc.load({str(path)!r})(io["x"]), io["y"], rtol=1e-2, atol=1e-2)
+        print("ok")
+    """, ATEN_CPU_CAPABILITY="default")
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    assert "repacking 1 int4 weights of mlp.pt2 from the 'avx2' to the 'pairs32' layout" in out.stderr
+
+
+def test_qc_load_refuses_int4_weights_packed_for_another_layout(packaged, tmp_path, monkeypatch):
+    _, path = packaged
+    meta = qc.load(path).metadata
+    assert meta["cpu_int4"] == {"layout": native_layout(), "weights": ["0_int4pack"], "portable": True}
+    moved = tmp_path / "moved.pt2"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(moved, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("qcompiler/metadata.json"):
+                data = json.dumps({**meta, "cpu_int4": {**meta["cpu_int4"], "layout": "avx512", "portable": False}})
+            dst.writestr(item, data)
+    monkeypatch.setattr(sys.modules["qcompiler.package"], "native_layout", lambda: "avx2")
+    with pytest.raises(ValueError, match=r"cannot run .*moved.pt2 here: its int4 weights were packed in the 'avx512' "
+                                         r"layout and this machine's ATen reads int4 weights in the 'avx2' layout; "
+                                         r"re-package it .* portable=True"):
+        qc.load(moved)
 
 
 def test_qc_load_runs_it_and_carries_the_report(packaged):
@@ -45,7 +85,7 @@ def test_qc_load_runs_it_and_carries_the_report(packaged):
     run = qc.load(path)
     x = torch.randn(5, 64)
     torch.testing.assert_close(run(x), prog.module()(x), rtol=1e-2, atol=1e-2)
-    assert [r.kernel for r in run.report.quantized] == ["aten._weight_int8pack_mm"] * 2
+    assert [r.kernel for r in run.report.quantized] == ["aten._weight_int4pack_mm_for_cpu", "aten._weight_int8pack_mm"]
     assert run.metadata["torch"] == torch.__version__
 
 

@@ -72,7 +72,7 @@ def _out_of_kernel_dtype(y, dtype):
 
 def _rows(m, x, k, n):
     """x as (rows, k), and a function giving an (rows, n) result x's leading dimensions back."""
-    ndim = m["x"].meta["val"].ndim
+    ndim = m.anchor.meta["val"].ndim  # x may be a node a previous rule just emitted, without "val"
     lead = [aten.sym_size.int(x, i) for i in range(ndim - 1)]
     return aten.reshape.default(x, [-1, k]), lambda y: aten.reshape.default(y, lead + [n])
 

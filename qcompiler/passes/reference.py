@@ -79,7 +79,7 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
         stored, record, weight = weights.get(m, spec, name)
         w_hat = spec.weight.dequantize({k: m.attr(v) for k, v in stored.items()}, weight.shape[1], weight.dtype)
         if spec.activation is not None:
-            ndim = m["x"].meta["val"].ndim
+            ndim = m.anchor.meta["val"].ndim  # x may be the node a previous replacement just emitted
             qparams = _static_qparams(m, spec, ndim, name) if spec.activation.static else None
             x = spec.activation.fake_quantize(x, ndim, qparams)
         out = aten.linear.default(x, w_hat, b)

@@ -11,7 +11,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -27,8 +27,9 @@ def _writable_target(path: Path) -> None:
         raise ValueError(f"qcompiler: cannot write {path}: permission denied")
 
 
-def write_package(program: torch.export.ExportedProgram, path: Union[str, Path], metadata: dict) -> Path:
-    """AOTInductor-compile ``program`` into ``path`` (.pt2) with ``metadata`` stored beside the model."""
+def write_package(program: torch.export.ExportedProgram, path: Union[str, Path], metadata: dict,
+                  members: Optional[Dict[str, bytes]] = None) -> Path:
+    """AOTInductor-compile ``program`` into ``path`` (.pt2) with ``metadata`` (and ``members``) beside the model."""
     path = Path(path).resolve()
     _writable_target(path)
     fd, tmp = tempfile.mkstemp(suffix=".pt2", prefix=f".{path.stem}.", dir=path.parent)
@@ -38,6 +39,8 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
         with zipfile.ZipFile(tmp, "a") as z:
             root = z.namelist()[0].split("/", 1)[0]
             z.writestr(f"{root}/{METADATA}", json.dumps(metadata, indent=1))
+            for name, data in (members or {}).items():
+                z.writestr(f"{root}/qcompiler/{name}", data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -71,3 +74,10 @@ def load_package(path: Union[str, Path]) -> Tuple[Callable, dict]:
         return torch._inductor.aoti_load_package(str(path)), metadata
     except Exception as e:  # the loader raises RuntimeError for any broken archive
         raise ValueError(f"qcompiler: cannot load {path}: {e}") from e
+
+
+def read_member(path: Union[str, Path], name: str) -> Optional[bytes]:
+    """The bytes of ``qcompiler/<name>`` stored by :func:`write_package` in ``path``, or None."""
+    with zipfile.ZipFile(path) as z:
+        found = [n for n in z.namelist() if n.endswith(f"/qcompiler/{name}")]
+        return z.read(found[0]) if found else None
