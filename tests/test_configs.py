@@ -5,7 +5,7 @@ import torch
 import qcompiler as qc
 
 ALIASES = ["int8wo", "int8dq", "int4wo-32", "int4wo-64", "int4wo-128", "int4wo-256", "int8da-int4w-32",
-           "codebook-3", "codebook-4-16", "fp8wo", "fp8dq", "int8static"]
+           "codebook-3", "codebook-4-16", "codebook-4-float", "codebook-2-8-float", "fp8wo", "fp8dq", "int8static"]
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -23,6 +23,7 @@ def test_alias_round_trip(alias):
     (lambda: qc.Int8DynamicActivationInt4WeightConfig(group_size=16), r"group_size must be one of"),
     (lambda: qc.CodebookWeightOnlyConfig(bits=9), r"bits must be an integer from 1 to 8"),
     (lambda: qc.CodebookWeightOnlyConfig(block_rows=0), r"block_rows must be None or a positive integer"),
+    (lambda: qc.CodebookWeightOnlyConfig(grid="int4"), r"grid must be None or 'int8'; got 'int4'"),
     (lambda: qc.Int8StaticActivationInt8WeightConfig(observer="histogram"), r"observer must be 'minmax' or 'moving_average'"),
     (lambda: qc.config_from_string("int3wo"), r"scheme must be one of int8wo, .*codebook-<1..8>"),
     (lambda: qc.config_from_string("int4wo-48"), r"group_size must be one of"),
@@ -47,3 +48,19 @@ def test_int4_zero_point_dtype_and_domain_are_the_users_choice(domain, zp):
 def test_configs_are_frozen():
     with pytest.raises(Exception):
         qc.Int4WeightOnlyConfig().group_size = 64
+
+
+@pytest.mark.parametrize("block_rows", [None, 4])
+def test_int8_grid_codebooks_are_int8_values_times_one_scale_per_codebook(block_rows):
+    spec = qc.CodebookWeightOnlyConfig(3, block_rows=block_rows).spec().weight
+    w = torch.randn(8, 32)
+    t = spec.quantize(w)
+    assert t["codebook"].dtype == torch.int8 and t["codebook"].shape == (8 // (block_rows or 8), 8)
+    assert t["codebook_scale"].shape == (t["codebook"].shape[0], 1)
+    w_hat = spec.dequantize(t, 32, torch.float32)
+    rows = torch.arange(8) // (block_rows or 8)
+    on_grid = w_hat / t["codebook_scale"][rows]
+    torch.testing.assert_close(on_grid, on_grid.round(), rtol=0, atol=1e-4)
+    float_grid = qc.CodebookWeightOnlyConfig(3, block_rows=block_rows, grid=None).spec().weight
+    # snapping costs little: the error stays within 10% of the float codebook's
+    assert (w_hat - w).pow(2).mean() <= 1.1 * (float_grid.dequantize(float_grid.quantize(w), 32, torch.float32) - w).pow(2).mean()

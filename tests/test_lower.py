@@ -32,8 +32,8 @@ def test_int8_weight_only_lowers_to_the_int8_pack_kernel(dtype, tol):
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4), qc.CodebookWeightOnlyConfig(3, block_rows=32),
-                                    qc.Float8WeightOnlyConfig(), qc.Float8DynamicActivationFloat8WeightConfig()],
+@pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4, grid=None),
+                                    qc.CodebookWeightOnlyConfig(3, block_rows=32, grid=None), qc.Float8WeightOnlyConfig(), qc.Float8DynamicActivationFloat8WeightConfig()],
                          ids=lambda c: c.alias)
 def test_what_no_rule_fuses_is_decomposed_into_aten_and_reported(config):
     m = model(torch.float32)
@@ -44,6 +44,21 @@ def test_what_no_rule_fuses_is_decomposed_into_aten_and_reported(config):
     for shape in ((2, 3, 64), (5, 1, 64)):
         x = torch.randn(shape)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4), qc.CodebookWeightOnlyConfig(3, block_rows=32),
+                                    qc.CodebookWeightOnlyConfig(8)], ids=lambda c: c.alias)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_grid_codebooks_lower_to_the_int8_pack_kernel(config, dtype):
+    m = model(dtype)
+    prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
+    low = qc.lower(prog, "cpu")
+    assert kernels(low) == ["aten._weight_int8pack_mm (int8-grid codebook)"] * 2
+    # the report counts what the kernel stores: int8 weights and bf16 row scales
+    assert [r.bytes_after for r in qc.report(low).quantized] == [96 * 64 + 96 * 2, 32 * 96 + 32 * 2]
+    for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
+        x = torch.randn(shape, dtype=dtype)
+        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
 
 
 def test_reference_backend_changes_nothing_and_bad_backends_are_named():

@@ -6,6 +6,7 @@
 | int4wo, every zero-point domain | ``aten._convert_weight_to_int4pack_for_cpu`` + ``aten._weight_int4pack_mm_for_cpu`` |
 | int8dq | per-token int8 quantization in ATen ops; the integers ``q`` into ``aten._weight_int8pack_mm``; times the row scale |
 | int8da-int4w | per-token int8 quantization; the integers ``q - zp`` into ``aten._weight_int4pack_mm_for_cpu``; times the row scale |
+| codebook on an int8 grid (the default) | its int8 entries gathered into int8 weights, per-row scales: ``aten._weight_int8pack_mm`` |
 
 Dynamic activations: integers with ``|q| <= 255`` are exact in bfloat16, so the packed
 kernels compute ``sum q·ŵ`` exactly up to their float32 accumulation and bf16 output
@@ -77,14 +78,47 @@ def _rows(m, x, k, n):
     return aten.reshape.default(x, [-1, k]), lambda y: aten.reshape.default(y, lead + [n])
 
 
-def _int8_weight_only(m, x, w_q, block, scale, zero_point, dtype, domain, out_dtype, b):
-    w = m.value("w_q")
-    x2, back = _rows(m, x, w.shape[1], w.shape[0])
-    name = m["w_q"].target.removesuffix("_q")
-    s = m.constant(f"{name}_int8pack_scale", m.value("scale").reshape(-1).to(_kernel_dtype(out_dtype)))
-    y = aten._weight_int8pack_mm.default(_in_kernel_dtype(x2, out_dtype), m.constant(f"{name}_int8pack", w.contiguous()), s)
+def _int8_kernel(m, x, w8: torch.Tensor, row_scale: torch.Tensor, name: str, out_dtype, b):
+    """``x @ (w8·s)ᵀ (+ b)`` on ``_weight_int8pack_mm``, ``w8`` int8 [N, K] and ``s`` [N] stored as constants."""
+    x2, back = _rows(m, x, w8.shape[1], w8.shape[0])
+    s = m.constant(f"{name}_int8pack_scale", row_scale.reshape(-1).to(_kernel_dtype(out_dtype)))
+    y = aten._weight_int8pack_mm.default(_in_kernel_dtype(x2, out_dtype), m.constant(f"{name}_int8pack", w8.contiguous()), s)
     y = back(_out_of_kernel_dtype(y, out_dtype))
     return y if b is None else y + b
+
+
+def _int8_weight_only(m, x, w_q, block, scale, zero_point, dtype, domain, out_dtype, b):
+    return _int8_kernel(m, x, m.value("w_q"), m.value("scale"), m["w_q"].target.removesuffix("_q"), out_dtype, b)
+
+
+def _grid_codebook(idx, cb_q, cb_scale, block_rows, out_dtype):
+    cb = qops.dequantize_affine.default(cb_q, [1, -1], cb_scale, None, "int8", "none", torch.float32)
+    return qops.dequantize_codebook.default(idx, cb, block_rows, out_dtype)
+
+
+def _packed_grid_codebook(x, w_q, bits, n, cb_q, cb_scale, block_rows, out_dtype, b):
+    idx = qops.unpack_int.default(w_q, bits, n, False)
+    return aten.linear.default(x, _grid_codebook(idx, cb_q, cb_scale, block_rows, out_dtype), b)
+
+
+def _byte_grid_codebook(x, w_q, cb_q, cb_scale, block_rows, out_dtype, b):  # 8-bit indices are stored unpacked
+    return aten.linear.default(x, _grid_codebook(w_q, cb_q, cb_scale, block_rows, out_dtype), b)
+
+
+def _int8_grid_codebook(m) -> bool:
+    k = m["n"] if "bits" in m.inputs else m.value("w_q").shape[1]
+    return all(m[name].op == "get_attr" for name in ("w_q", "cb_q", "cb_scale")) and k % 8 == 0
+
+
+def _int8_grid_codebook_kernel(m, x, out_dtype, b, **_):
+    """Each weight is its codebook's int8 entry times the codebook's scale: int8 weights, per-row scales."""
+    idx = m.value("w_q")
+    if "bits" in m.inputs:
+        idx = qops.unpack_int(idx, m["bits"], m["n"], False)
+    cb_q, cb_s = m.value("cb_q"), m.value("cb_scale").reshape(-1)
+    block_of_row = torch.arange(idx.shape[0]) // (idx.shape[0] // cb_q.shape[0])
+    w8 = cb_q[block_of_row[:, None], idx.long()]
+    return _int8_kernel(m, x, w8, cb_s[block_of_row], m["w_q"].target.removesuffix("_q"), out_dtype, b)
 
 
 def _weight_only_4bit(x, w_q, bits, n, signed, block, scale, zero_point, dtype, domain, out_dtype, b):
@@ -206,4 +240,8 @@ RULES = (
                  "aten._weight_int4pack_mm_for_cpu (int8 activations)", _int8da_int4w),
     LoweringRule("int4wo", _weight_only_4bit, _int4_weight_only, "aten._weight_int4pack_mm_for_cpu", _int4_groups),
     LoweringRule("int8wo", _weight_only_8bit, _int8_weight_only, "aten._weight_int8pack_mm", _int8_per_channel),
+    LoweringRule("codebook (int8 grid)", _packed_grid_codebook, _int8_grid_codebook_kernel,
+                 "aten._weight_int8pack_mm (int8-grid codebook)", _int8_grid_codebook),
+    LoweringRule("codebook-8 (int8 grid)", _byte_grid_codebook, _int8_grid_codebook_kernel,
+                 "aten._weight_int8pack_mm (int8-grid codebook)", _int8_grid_codebook),
 )

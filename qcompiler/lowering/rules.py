@@ -25,10 +25,14 @@ class LoweringRule:
     where: Optional[Callable[[Match], bool]] = None
 
 
-def _with_kernel(custom: dict, kernel: str) -> dict:
+def _with_kernel(custom: dict, kernel: str, stored_bytes: int = 0) -> dict:
+    """The report record with its kernel, and the bytes the kernel's weights take where it stored new ones."""
     if REPORT_KEY not in custom:
         return custom
-    return {**custom, REPORT_KEY: json.dumps({**json.loads(custom[REPORT_KEY]), "kernel": kernel})}
+    record = {**json.loads(custom[REPORT_KEY]), "kernel": kernel}
+    if stored_bytes:
+        record["bytes_after"] = stored_bytes
+    return {**custom, REPORT_KEY: json.dumps(record)}
 
 
 DECOMPOSED = "decomposed"  # the kernel of a layer no rule fused: its ops decomposed into ATen for Inductor
@@ -51,7 +55,7 @@ def apply_rules(gm: GraphModule, rules) -> dict:
     for rule in rules:
         def replacement(m: Match, _rule=rule, **inputs):
             out = _rule.replace(m, **inputs)
-            out.node.meta["custom"] = _with_kernel(m.anchor.meta.get("custom") or {}, _rule.kernel)
+            out.node.meta["custom"] = _with_kernel(m.anchor.meta.get("custom") or {}, _rule.kernel, m.stored_bytes)
             return out
 
         counts[rule.name] = len(rewrite(gm, rule.pattern, replacement, where=rule.where))

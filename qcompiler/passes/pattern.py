@@ -54,6 +54,7 @@ class Match:
     anchor: Node
     inputs: dict = field(default_factory=dict)
     nodes: tuple = ()
+    stored_bytes: int = 0  # bytes of the tensors this match's replacement stored (``store``/``constant``)
     _tracer: object = field(default=None, repr=False)
 
     @property
@@ -86,6 +87,7 @@ class Match:
         while hasattr(gm, unique):
             unique, i = f"{base}_{i}", i + 1
         gm.register_buffer(unique, tensor)
+        self.stored_bytes += tensor.numel() * tensor.element_size()
         return unique
 
     def attr(self, target: str) -> Proxy:

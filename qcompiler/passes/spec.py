@@ -59,10 +59,17 @@ class AffineWeight:
 
 @dataclass(frozen=True)
 class CodebookWeight:
-    """A k-means codebook per tensor or per block of rows; each weight stores a b-bit index."""
+    """A k-means codebook per tensor or per block of rows; each weight stores a b-bit index.
+
+    ``grid="int8"`` snaps each codebook onto an int8 grid (``entry = s·q``, one scale per
+    codebook, symmetric int8 ``q``) and stores ``q`` and ``s``; the weights are then
+    int8 values times a per-row scale, which the CPU backend runs on its int8 kernel.
+    ``grid=None`` keeps float32 entries.
+    """
 
     bits: int = 4
     block_rows: Optional[int] = None
+    grid: Optional[str] = "int8"
 
     def unfit(self, shape) -> Optional[str]:
         if self.block_rows and shape[0] % self.block_rows:
@@ -71,12 +78,23 @@ class CodebookWeight:
 
     def quantize(self, w: torch.Tensor) -> dict:
         cb = ops.kmeans_codebook(w, self.bits, self.block_rows, 300, 0, "quantile", None)
+        stored = {}
+        if self.grid == "int8":
+            s, _ = ops.choose_qparams_affine(cb, [1, -1], "int8", "symmetric", "none", None, torch.float32,
+                                             torch.finfo(torch.float32).eps)
+            stored = {"codebook": ops.quantize_affine(cb, [1, -1], s, None, "int8", "none"), "codebook_scale": s}
+            cb = self._entries(stored)
         idx = ops.quantize_codebook(w, cb, self.block_rows)
-        return {"q": idx if self.bits == 8 else ops.pack_int(idx, self.bits), "codebook": cb}
+        return {"q": idx if self.bits == 8 else ops.pack_int(idx, self.bits), **(stored or {"codebook": cb})}
+
+    def _entries(self, t: Mapping):
+        if self.grid is None:
+            return t["codebook"]
+        return ops.dequantize_affine(t["codebook"], [1, -1], t["codebook_scale"], None, "int8", "none", torch.float32)
 
     def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
         idx = t["q"] if self.bits == 8 else ops.unpack_int(t["q"], self.bits, in_features, False)
-        return ops.dequantize_codebook(idx, t["codebook"], self.block_rows, out_dtype)
+        return ops.dequantize_codebook(idx, self._entries(t), self.block_rows, out_dtype)
 
 
 @dataclass(frozen=True)
