@@ -18,7 +18,8 @@ def packaged(tmp_path_factory):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
     recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.Int8WeightOnlyConfig())])
-    prog = qc.quantize(model, (torch.randn(4, 64),), recipe, dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},))
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=512)},)
+    prog = qc.quantize(model, (torch.randn(2, 8, 64),), recipe, dynamic_shapes=dims)
     lowered = qc.lower(prog, "cpu")
     path = qc.package(lowered, tmp_path_factory.mktemp("pkg") / "mlp.pt2", portable=True)
     return lowered, path
@@ -31,7 +32,7 @@ def _run_script(script: str, **env) -> subprocess.CompletedProcess:
 
 def test_lowered_package_runs_in_a_fresh_process_that_imports_only_torch(packaged, tmp_path):
     prog, path = packaged
-    xs = [torch.randn(b, 64) for b in (4, 1, 33)]
+    xs = [torch.randn(b, t, 64) for b, t in ((2, 8), (1, 1), (33, 5), (3, 200))]  # batch and sequence stay dynamic
     torch.save({"xs": xs, "ys": [prog.module()(x) for x in xs]}, tmp_path / "io.pt")
     out = _run_script(f"""
         import sys, torch
@@ -47,7 +48,7 @@ def test_lowered_package_runs_in_a_fresh_process_that_imports_only_torch(package
 
 def test_qc_load_repacks_portable_int4_weights_for_a_machine_with_another_layout(packaged, tmp_path):
     prog, path = packaged
-    x = torch.randn(7, 64)
+    x = torch.randn(7, 4, 64)
     torch.save({"x": x, "y": prog.module()(x)}, tmp_path / "io.pt")
     # ATen without its AVX2 kernels lays int4 weights out in neighbouring-row pairs: another machine, here
     out = _run_script(f"""
@@ -83,7 +84,7 @@ def test_qc_load_refuses_int4_weights_packed_for_another_layout(packaged, tmp_pa
 def test_qc_load_runs_it_and_carries_the_report(packaged):
     prog, path = packaged
     run = qc.load(path)
-    x = torch.randn(5, 64)
+    x = torch.randn(5, 3, 64)
     torch.testing.assert_close(run(x), prog.module()(x), rtol=1e-2, atol=1e-2)
     assert [r.kernel for r in run.report.quantized] == ["aten._weight_int4pack_mm_for_cpu", "aten._weight_int8pack_mm"]
     assert run.metadata["torch"] == torch.__version__

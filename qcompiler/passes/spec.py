@@ -61,9 +61,12 @@ class AffineWeight:
 class CodebookWeight:
     """A k-means codebook per tensor or per block of rows; each weight stores a b-bit index.
 
-    ``grid="int8"`` snaps each codebook onto an int8 grid (``entry = s·q``, one scale per
-    codebook, symmetric int8 ``q``) and stores ``q`` and ``s``; the weights are then
-    int8 values times a per-row scale, which the CPU backend runs on its int8 kernel.
+    ``grid="int8"`` then snaps the codebook onto an int8 grid *per row*: row ``n`` stores
+    the table ``q[n]`` (int8, ``2**bits`` entries) and a scale ``s[n]`` fitted to the
+    entries that row uses, and each index is re-chosen against its row's snapped table.
+    Weights are then int8 values times a per-row scale, which the CPU backend runs on its
+    int8 kernel; the tables cost ``N·(2**bits + 4)`` bytes. A per-row scale keeps a
+    codebook's outlier entry (one cluster of large weights) from coarsening every row.
     ``grid=None`` keeps float32 entries.
     """
 
@@ -78,14 +81,21 @@ class CodebookWeight:
 
     def quantize(self, w: torch.Tensor) -> dict:
         cb = ops.kmeans_codebook(w, self.bits, self.block_rows, 300, 0, "quantile", None)
-        stored = {}
-        if self.grid == "int8":
-            s, _ = ops.choose_qparams_affine(cb, [1, -1], "int8", "symmetric", "none", None, torch.float32,
-                                             torch.finfo(torch.float32).eps)
-            stored = {"codebook": ops.quantize_affine(cb, [1, -1], s, None, "int8", "none"), "codebook_scale": s}
-            cb = self._entries(stored)
         idx = ops.quantize_codebook(w, cb, self.block_rows)
-        return {"q": idx if self.bits == 8 else ops.pack_int(idx, self.bits), **(stored or {"codebook": cb})}
+        if self.grid == "int8":
+            stored = self._row_tables(w, cb, idx)
+            idx = ops.quantize_codebook(w, self._entries(stored), 1)
+        else:
+            stored = {"codebook": cb}
+        return {"q": idx if self.bits == 8 else ops.pack_int(idx, self.bits), **stored}
+
+    def _row_tables(self, w: torch.Tensor, cb: torch.Tensor, idx: torch.Tensor) -> dict:
+        """Each row's codebook as int8 entries and a scale that fits the entries the row uses."""
+        used = ops.dequantize_codebook(idx, cb, self.block_rows, torch.float32)
+        s, _ = ops.choose_qparams_affine(used, [1, -1], "int8", "symmetric", "none", None, torch.float32,
+                                         torch.finfo(torch.float32).eps)
+        rows = cb.repeat_interleave(w.shape[0] // cb.shape[0], dim=0)  # (N, 2**bits)
+        return {"codebook": ops.quantize_affine(rows, [1, -1], s, None, "int8", "none"), "codebook_scale": s}
 
     def _entries(self, t: Mapping):
         if self.grid is None:
@@ -94,7 +104,7 @@ class CodebookWeight:
 
     def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
         idx = t["q"] if self.bits == 8 else ops.unpack_int(t["q"], self.bits, in_features, False)
-        return ops.dequantize_codebook(idx, self._entries(t), self.block_rows, out_dtype)
+        return ops.dequantize_codebook(idx, self._entries(t), 1 if self.grid else self.block_rows, out_dtype)
 
 
 @dataclass(frozen=True)
