@@ -18,7 +18,7 @@ from machine import machine
 from qcompiler.zoo import CALIBRATION_SENTENCES, SENTENCES, minilm
 
 SCHEMES = ["int8wo", "int8dq", "int4wo-32", "int4wo-64", "int4wo-128", "int4wo-256", "int8da-int4w-32",
-           "codebook-3", "codebook-4", "fp8wo", "fp8dq", "int8static"]
+           "codebook-3", "codebook-4", "codebook-3-float", "codebook-4-float", "fp8wo", "fp8dq", "int8static"]
 
 
 def main():

@@ -8,6 +8,10 @@ rotates over several copies of the layer so M=1 reads its weights from memory, n
 cache. Reports microseconds, effective GB/s of weight bytes read, and speedup over
 bf16 eager ``F.linear``, all measured side by side in one run. Packaging costs
 10-30 s per layer and scheme here.
+
+Where torchao is installed, its matching config runs beside ours on the same layers
+(modes ``torchao-eager`` and ``torchao-compile``; see ``peer_torchao.py``), rotated
+over as many copies as ours (eager) and as our packaged copies (compile).
 """
 import argparse
 import json
@@ -19,9 +23,11 @@ from pathlib import Path
 import torch
 
 import qcompiler as qc
+import peer_torchao
 from machine import machine
 
-SCHEMES = ["int8wo", "int8dq", "int4wo-32", "int4wo-128", "int8da-int4w-32", "codebook-4", "fp8wo", "int8static"]
+SCHEMES = ["int8wo", "int8dq", "int4wo-32", "int4wo-128", "int8da-int4w-32", "codebook-4", "codebook-4-float", "fp8wo",
+           "int8static"]
 CACHE_BYTES = 64 << 20  # rotate until the copies exceed this
 PACKAGED_COPIES = 2  # packaging costs 10-30 s a copy: fewer packaged copies (the larger layers exceed cache anyway)
 
@@ -65,6 +71,21 @@ def quantized_layers(n, k, scheme, dtype, count, package_dir):
     return eager, packed, nbytes, kernel
 
 
+def peer_layers(n, k, scheme, dtype, eager_count):
+    """torchao's copies of the layer, by mode, and their weight bytes; ({}, 0) where it has no CPU path."""
+    if not peer_torchao.available():
+        return {}, 0
+    modes, nbytes = {}, 0
+    for mode, compiled, count in (("torchao-eager", False, eager_count), ("torchao-compile", True, PACKAGED_COPIES)):
+        try:
+            fns = [peer_torchao.torchao_layer(layer(n, k, dtype, i), scheme, compile=compiled) for i in range(count)]
+        except NotImplementedError as e:
+            print(f"torchao {mode} {scheme}: {e}", flush=True)
+            continue
+        modes[mode], nbytes = fns, peer_torchao.torchao_weight_bytes(fns[0])
+    return modes, nbytes
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="*", default=["4096x4096", "11008x4096", "4096x11008"])
@@ -72,6 +93,7 @@ def main():
     ap.add_argument("--schemes", nargs="*", default=SCHEMES)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--no-package", action="store_true")
+    ap.add_argument("--no-peer", action="store_true", help="skip torchao even where it is installed")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_layers.json"))
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -91,15 +113,18 @@ def main():
                 one = quantized_layers(n, k, scheme, dtype, 1, None)[2]
                 eager, packed, nbytes, kernel = quantized_layers(n, k, scheme, dtype, copies_for(one),
                                                                  None if args.no_package else tmp)
+                runs = {"eager": (eager, nbytes, kernel), "pt2": (packed, nbytes, kernel)}
+                peers, peer_bytes = ({}, 0) if args.no_peer else peer_layers(n, k, scheme, dtype, len(eager))
+                runs.update({mode: (fns, peer_bytes, "torchao 0.18") for mode, fns in peers.items()})
                 for m in args.m:
                     x = torch.randn(m, k, dtype=dtype)
                     bf16 = next(r["us"] for r in rows if r["shape"] == shape and r["m"] == m and r["scheme"] == "bf16")
-                    for mode, fns in (("eager", eager), ("pt2", packed)):
+                    for mode, (fns, nb, kern) in runs.items():
                         if not fns:
                             continue
                         us = bench(fns, x)
-                        rows.append({"shape": shape, "m": m, "scheme": scheme, "mode": mode, "kernel": kernel,
-                                     "us": round(us, 1), "weight_gbps": round(nbytes / us / 1e3, 2),
+                        rows.append({"shape": shape, "m": m, "scheme": scheme, "mode": mode, "kernel": kern,
+                                     "us": round(us, 1), "weight_gbps": round(nb / us / 1e3, 2),
                                      "speedup_vs_bf16": round(bf16 / us, 2)})
                         print(rows[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import qcompiler as qc
 from machine import machine
 from qcompiler.zoo import CALIBRATION_SENTENCES, SENTENCES, minilm
 
-SCHEMES = ["int8wo", "int8dq", "int4wo-64", "int8da-int4w-32", "codebook-4", "fp8wo", "int8static"]
+SCHEMES = ["int8wo", "int8dq", "int4wo-64", "int8da-int4w-32", "codebook-4", "codebook-4-float", "fp8wo", "int8static"]
 
 
 def latency_ms(run, inputs, min_time=2.0):
