@@ -35,13 +35,11 @@ parameters of a pattern also bind literal arguments (dtype names, block sizes), 
 """
 import torch
 
+from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, rows,
+                       weight_only_packed, weight_only_unpacked)
 from .rules import LoweringRule
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
-
-
-def _weight_only_8bit(x, w_q, block, scale, zero_point, dtype, domain, out_dtype, b):
-    return aten.linear.default(x, qops.dequantize_affine.default(w_q, block, scale, zero_point, dtype, domain, out_dtype), b)
 
 
 def _int8_kernel_fits(w) -> bool:
@@ -71,16 +69,9 @@ def _out_of_kernel_dtype(y, dtype):
     return y if _kernel_dtype(dtype) == dtype else aten._to_copy.default(y, dtype=dtype)
 
 
-def _rows(m, x, k, n):
-    """x as (rows, k), and a function giving an (rows, n) result x's leading dimensions back."""
-    ndim = m.anchor.meta["val"].ndim  # x may be a node a previous rule just emitted, without "val"
-    lead = [aten.sym_size.int(x, i) for i in range(ndim - 1)]
-    return aten.reshape.default(x, [-1, k]), lambda y: aten.reshape.default(y, lead + [n])
-
-
 def _int8_kernel(m, x, w8: torch.Tensor, row_scale: torch.Tensor, name: str, out_dtype, b):
     """``x @ (w8·s)ᵀ (+ b)`` on ``_weight_int8pack_mm``, ``w8`` int8 [N, K] and ``s`` [N] stored as constants."""
-    x2, back = _rows(m, x, w8.shape[1], w8.shape[0])
+    x2, back = rows(m, x, w8.shape[1], w8.shape[0])
     s = m.constant(f"{name}_int8pack_scale", row_scale.reshape(-1).to(_kernel_dtype(out_dtype)))
     y = aten._weight_int8pack_mm.default(_in_kernel_dtype(x2, out_dtype), m.constant(f"{name}_int8pack", w8.contiguous()), s)
     y = back(_out_of_kernel_dtype(y, out_dtype))
@@ -89,20 +80,6 @@ def _int8_kernel(m, x, w8: torch.Tensor, row_scale: torch.Tensor, name: str, out
 
 def _int8_weight_only(m, x, w_q, block, scale, zero_point, dtype, domain, out_dtype, b):
     return _int8_kernel(m, x, m.value("w_q"), m.value("scale"), m["w_q"].target.removesuffix("_q"), out_dtype, b)
-
-
-def _grid_codebook(idx, cb_q, cb_scale, block_rows, out_dtype):
-    cb = qops.dequantize_affine.default(cb_q, [1, -1], cb_scale, None, "int8", "none", torch.float32)
-    return qops.dequantize_codebook.default(idx, cb, block_rows, out_dtype)
-
-
-def _packed_grid_codebook(x, w_q, bits, n, cb_q, cb_scale, block_rows, out_dtype, b):
-    idx = qops.unpack_int.default(w_q, bits, n, False)
-    return aten.linear.default(x, _grid_codebook(idx, cb_q, cb_scale, block_rows, out_dtype), b)
-
-
-def _byte_grid_codebook(x, w_q, cb_q, cb_scale, block_rows, out_dtype, b):  # 8-bit indices are stored unpacked
-    return aten.linear.default(x, _grid_codebook(w_q, cb_q, cb_scale, block_rows, out_dtype), b)
 
 
 def _int8_grid_codebook(m) -> bool:
@@ -119,11 +96,6 @@ def _int8_grid_codebook_kernel(m, x, out_dtype, b, **_):
     block_of_row = torch.arange(idx.shape[0]) // (idx.shape[0] // cb_q.shape[0])
     w8 = cb_q[block_of_row[:, None], idx.long()]
     return _int8_kernel(m, x, w8, cb_s[block_of_row], m["w_q"].target.removesuffix("_q"), out_dtype, b)
-
-
-def _weight_only_4bit(x, w_q, bits, n, signed, block, scale, zero_point, dtype, domain, out_dtype, b):
-    q = qops.unpack_int.default(w_q, bits, n, signed)
-    return aten.linear.default(x, qops.dequantize_affine.default(q, block, scale, zero_point, dtype, domain, out_dtype), b)
 
 
 def _int4_scales_and_zeros(m):
@@ -152,7 +124,7 @@ def _int4_weight_only(m, x, w_q, bits, n, signed, block, scale, zero_point, dtyp
     name = m["w_q"].target.removesuffix("_q")
     packed = m.constant(f"{name}_int4pack", aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1))
     sz = m.constant(f"{name}_int4pack_scales_zeros", _int4_scales_and_zeros(m))
-    x2, back = _rows(m, x, n, u.shape[0])
+    x2, back = rows(m, x, n, u.shape[0])
     y = aten._weight_int4pack_mm_for_cpu.default(_in_kernel_dtype(x2, out_dtype), packed, block[1], sz)
     y = back(_out_of_kernel_dtype(y, out_dtype))
     return y if b is None else y + b
@@ -175,13 +147,6 @@ def _per_token_int8(x2, mapping: str, eps: float):
     return q, s, z
 
 
-def _dynamic_int8_int8(x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):
-    s = qops.choose_qparams_affine.default(x, block, "int8", "symmetric", "none", None, torch.float32, eps)[0]
-    xq = qops.quantize_affine.default(x, block, s, None, "int8", "none")
-    xd = qops.dequantize_affine.default(xq, block, s, None, "int8", "none", out_x)
-    return aten.linear.default(xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
-
-
 def _per_token_block(m) -> bool:
     block = list(m["block"])
     return block[-1] == -1 and all(v == 1 for v in block[:-1])
@@ -196,20 +161,12 @@ def _int8_dynamic_int8(m, x, block, eps, out_x, w_q, w_block, w_scale, out_w, b)
     w = m.value("w_q")
     n, k = w.shape
     name = m["w_q"].target.removesuffix("_q")
-    x2, back = _rows(m, x, k, n)
+    x2, back = rows(m, x, k, n)
     q, s, _ = _per_token_int8(x2, "symmetric", eps)
     w_s = m.constant(f"{name}_int8pack_scale", m.value("w_scale").reshape(-1).to(torch.bfloat16))
     acc = aten._weight_int8pack_mm.default(aten._to_copy.default(q, dtype=torch.bfloat16), m.constant(f"{name}_int8pack", w.contiguous()), w_s)
     y = back(aten._to_copy.default(aten.mul.Tensor(aten._to_copy.default(acc, dtype=torch.float32), s), dtype=out_w))
     return y if b is None else y + b
-
-
-def _dynamic_int8_int4(x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
-    sz = qops.choose_qparams_affine.default(x, block, "int8", "asymmetric", "int", None, torch.float32, eps)
-    s, z = sz[0], sz[1]
-    xd = qops.dequantize_affine.default(qops.quantize_affine.default(x, block, s, z, "int8", "int"), block, s, z, "int8", "int", out_x)
-    w = qops.dequantize_affine.default(qops.unpack_int.default(w_q, 4, n, True), w_block, w_scale, None, "int4", "none", out_w)
-    return aten.linear.default(xd, w, b)
 
 
 def _int8da_int4w(m) -> bool:
@@ -225,7 +182,7 @@ def _int8_dynamic_int4(m, x, block, eps, out_x, w_q, n, w_block, w_scale, out_w,
     name = m["w_q"].target.removesuffix("_q")
     s = m.value("w_scale").float()
     sz = torch.stack([s, torch.zeros_like(s)], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-    x2, back = _rows(m, x, n, u.shape[0])
+    x2, back = rows(m, x, n, u.shape[0])
     q, xs, xz = _per_token_int8(x2, "asymmetric", eps)
     xi = aten._to_copy.default(aten.sub.Tensor(q, xz), dtype=torch.bfloat16)  # |q - zp| <= 255: exact
     packed = m.constant(f"{name}_int4pack", aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1))
@@ -235,13 +192,13 @@ def _int8_dynamic_int4(m, x, block, eps, out_x, w_q, n, w_block, w_scale, out_w,
 
 
 RULES = (
-    LoweringRule("int8dq", _dynamic_int8_int8, _int8_dynamic_int8, "aten._weight_int8pack_mm (int8 activations)", _int8dq),
-    LoweringRule("int8da-int4w", _dynamic_int8_int4, _int8_dynamic_int4,
+    LoweringRule("int8dq", dynamic_int8_int8, _int8_dynamic_int8, "aten._weight_int8pack_mm (int8 activations)", _int8dq),
+    LoweringRule("int8da-int4w", dynamic_int8_int4, _int8_dynamic_int4,
                  "aten._weight_int4pack_mm_for_cpu (int8 activations)", _int8da_int4w),
-    LoweringRule("int4wo", _weight_only_4bit, _int4_weight_only, "aten._weight_int4pack_mm_for_cpu", _int4_groups),
-    LoweringRule("int8wo", _weight_only_8bit, _int8_weight_only, "aten._weight_int8pack_mm", _int8_per_channel),
-    LoweringRule("codebook (int8 grid)", _packed_grid_codebook, _int8_grid_codebook_kernel,
+    LoweringRule("int4wo", weight_only_packed, _int4_weight_only, "aten._weight_int4pack_mm_for_cpu", _int4_groups),
+    LoweringRule("int8wo", weight_only_unpacked, _int8_weight_only, "aten._weight_int8pack_mm", _int8_per_channel),
+    LoweringRule("codebook (int8 grid)", grid_codebook_packed, _int8_grid_codebook_kernel,
                  "aten._weight_int8pack_mm (int8-grid codebook)", _int8_grid_codebook),
-    LoweringRule("codebook-8 (int8 grid)", _byte_grid_codebook, _int8_grid_codebook_kernel,
+    LoweringRule("codebook-8 (int8 grid)", grid_codebook_bytes, _int8_grid_codebook_kernel,
                  "aten._weight_int8pack_mm (int8-grid codebook)", _int8_grid_codebook),
 )

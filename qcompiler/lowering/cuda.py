@@ -1,0 +1,89 @@
+"""The CUDA backend: weight-only reference patterns -> one Triton kernel that decodes weights in its tiles.
+
+| scheme | kernel |
+| --- | --- |
+| int8wo, int4wo (every zero-point domain), any b-bit affine weight | ``qcompiler::triton_wo_matmul`` (affine) |
+| codebook, int8-grid or float, any block of rows | ``qcompiler::triton_wo_matmul`` (table lookup) |
+
+The kernel (``lowering/triton_matmul.py``) reads the reference program's packed storage
+as it is. Lowering converts the affine qparams to the kernel's float32 ``(scale, zero)``
+and codebooks to float32 tables. Dynamic-activation schemes, fp8 and static int8 keep
+their reference pattern here, and ``qcompiler.lower`` decomposes them into ATen ops for
+Inductor. The kernel is registered with ``torch.library.triton_op``, so AOTInductor
+compiles it into a CUDA ``.pt2``.
+"""
+import torch
+
+from ..runtime.dtypes import int_type
+from .patterns import (float_codebook_bytes, float_codebook_packed, grid_codebook_bytes, grid_codebook_packed, rows,
+                       weight_only_packed, weight_only_unpacked)
+from .rules import LoweringRule
+from .triton_matmul import affine_scale_zero
+
+triton_wo_matmul = torch.ops.qcompiler.triton_wo_matmul
+
+
+def _stored(m, *names) -> bool:
+    return all(m[name] is None or m[name].op == "get_attr" for name in names)
+
+
+def _affine(m) -> bool:
+    block = list(m["block"])
+    return (_stored(m, "w_q", "scale", "zero_point") and len(block) == 2 and block[0] == 1
+            and (block[1] == -1 or block[1] > 0))
+
+
+def _weight_shape(m):
+    """(N, K, bits) of the matched weight."""
+    w = m.value("w_q")
+    return (w.shape[0], m["n"], m["bits"]) if "bits" in m.inputs else (w.shape[0], w.shape[1], 8)
+
+
+def _launch(m, x, out_dtype, b, **qparams):
+    n, k, bits = _weight_shape(m)
+    name = m["w_q"].target.removesuffix("_q")
+    x2, back = rows(m, x, k, n)
+    signed = qparams.pop("signed", False)
+    consts = {key: m.constant(f"{name}_triton_{key}", t.contiguous()) for key, t in qparams.items()}
+    q = m.constant(f"{name}_triton_q", m.value("w_q"))  # the stored weight as it is; counted in the report
+    y = back(triton_wo_matmul(x2, q, bits, k, signed, consts.get("scale"), consts.get("zero"), consts.get("table")))
+    return y if b is None else y + b
+
+
+def _affine_kernel(m, x, out_dtype, b, **_):
+    n, k, _bits = _weight_shape(m)
+    s, z = affine_scale_zero(m.value("scale"), m.value("zero_point"), m["dtype"], m["domain"])
+    groups = 1 if m["block"][1] == -1 else k // m["block"][1]
+    return _launch(m, x, out_dtype, b, signed=int_type(m["dtype"]).signed,
+                   scale=s.reshape(n, groups), zero=z.reshape(n, groups))
+
+
+def _codebook_table(m) -> torch.Tensor:
+    if "cb_q" in m.inputs:
+        return m.value("cb_q").float() * m.value("cb_scale").float()
+    return m.value("codebook").float()
+
+
+def _codebook_kernel(m, x, out_dtype, b, **_):
+    return _launch(m, x, out_dtype, b, table=_codebook_table(m))
+
+
+def _grid_codebook(m) -> bool:
+    return _stored(m, "w_q", "cb_q", "cb_scale")
+
+
+def _float_codebook(m) -> bool:
+    return _stored(m, "w_q", "codebook")
+
+
+AFFINE_KERNEL = "qcompiler::triton_wo_matmul (affine)"
+CODEBOOK_KERNEL = "qcompiler::triton_wo_matmul (codebook)"
+
+RULES = (
+    LoweringRule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine),
+    LoweringRule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine),
+    LoweringRule("codebook (int8 grid)", grid_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook),
+    LoweringRule("codebook-8 (int8 grid)", grid_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook),
+    LoweringRule("codebook (float)", float_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook),
+    LoweringRule("codebook-8 (float)", float_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook),
+)

@@ -1,0 +1,125 @@
+"""Triton matmul with the weight decoded inside the kernel: ``y = x @ decode(W)ᵀ``, for the CUDA backend.
+
+One kernel reads every weight-only format straight from the reference program's
+storage, so lowering repacks nothing:
+
+- ``W`` is b-bit values (b = 1..8) packed along K as ``runtime.packing`` packs them (a
+  little-endian bit stream per row, ``ceil(K·b/8)`` bytes a row); int8 is b = 8, signed.
+- affine (``codebook=None``): ``w = v·scale + zero`` per (row, group of ``group_size``
+  along K), in float32. Every zero-point domain maps onto that form exactly in float32:
+  int ``(v - z)·s`` is ``zero = -z·s``, the tinygemm float domain ``(v - 8)·s + z`` is
+  ``zero = z - 8·s``, and symmetric is ``zero = 0`` with signed ``v``.
+- codebook: ``w = table[row // rows_per_table][v]``, a float32 table of ``2**b`` entries per
+  block of rows; the lookups read the small table (cached), never a dequantized weight.
+
+The decoded tile is cast to x's dtype, as the reference dequantizes to the activation
+dtype, and multiplied with ``tl.dot`` (float32 accumulation). ``wo_matmul`` launches it
+directly; the kernel also runs on the CPU under ``TRITON_INTERPRET=1`` for tests (where
+it multiplies in float32, since the interpreter's bfloat16 ``tl.dot`` returns garbage).
+"""
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from torch.library import wrap_triton
+
+from ..runtime.dtypes import int_type
+
+
+@triton.jit
+def _decode(q_ptr, row_bytes, offs_n, offs_k, mask, BITS: tl.constexpr, SIGNED: tl.constexpr):
+    """The b-bit values of rows ``offs_n`` at positions ``offs_k`` (a [BN, BK] tile), as int32."""
+    bit = offs_k[None, :] * BITS
+    byte = bit >> 3
+    row = q_ptr + offs_n[:, None] * row_bytes
+    lo = tl.load(row + byte, mask=mask, other=0).to(tl.int32)
+    if BITS == 8:
+        v = lo
+    else:
+        hi = tl.load(row + byte + 1, mask=mask & (byte + 1 < row_bytes), other=0).to(tl.int32)
+        v = ((lo | (hi << 8)) >> (bit & 7)) & ((1 << BITS) - 1)
+    if SIGNED:
+        v = v - ((v >> (BITS - 1)) << BITS)
+    return v
+
+
+@triton.jit
+def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N, K, row_bytes, group_size,
+                      groups, rows_per_table, stride_xm, stride_ym,
+                      BITS: tl.constexpr, SIGNED: tl.constexpr, CODEBOOK: tl.constexpr, DOT_F32: tl.constexpr,
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        w_mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
+        v = _decode(q_ptr, row_bytes, offs_n, offs_k, w_mask, BITS, SIGNED)
+        if CODEBOOK:
+            table = table_ptr + (offs_n[:, None] // rows_per_table) * (1 << BITS)
+            w = tl.load(table + v, mask=w_mask, other=0.0)
+        else:
+            g = offs_n[:, None] * groups + offs_k[None, :] // group_size
+            w = v.to(tl.float32) * tl.load(scale_ptr + g, mask=w_mask, other=0.0) \
+                + tl.load(zero_ptr + g, mask=w_mask, other=0.0)
+        w = tl.where(w_mask, w, 0.0).to(x.dtype)
+        if DOT_F32:  # the interpreter's bf16 tl.dot is wrong; same values, multiplied in float32
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def affine_scale_zero(scale: torch.Tensor, zero_point: Optional[torch.Tensor], dtype: str, domain: str) -> tuple:
+    """The kernel's float32 (scale, zero) with ``w = v·scale + zero`` for an affine weight's stored qparams.
+
+    ``v`` is the stored value as unpacked (signed types sign-extended); exact algebra,
+    float32 rounding: int domain ``(v - z)·s``, float domain ``(v - mid)·s + z``, none ``(v - mid)·s``.
+    """
+    s, mid = scale.float(), int_type(dtype).mid
+    if domain == "int":
+        zero = -zero_point.float() * s
+    elif domain == "float":
+        zero = zero_point.float() - mid * s
+    else:
+        zero = -mid * s
+    return s, zero
+
+
+def _blocks(m: int) -> tuple:
+    """(BM, BN, BK): a 16-row tile for decode-sized M, 64 rows for prefill."""
+    return (16, 64, 64) if m <= 16 else (64, 64, 64)
+
+
+@torch.library.triton_op("qcompiler::triton_wo_matmul", mutates_args=())
+def wo_matmul(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool = False,
+              scale: Optional[torch.Tensor] = None, zero: Optional[torch.Tensor] = None,
+              table: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ decode(q)ᵀ`` for ``x`` [M, K] and ``q`` [N, ceil(K·bits/8)] (uint8, or int8 for bits = 8).
+
+    Affine: ``scale`` and ``zero`` are float32 [N, K / group_size]. Codebook: ``table`` is
+    float32 [T, 2**bits] with T dividing N (one table per N / T rows).
+    """
+    m, n = x.shape[0], q.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    x, q = x.contiguous(), q.contiguous().view(torch.uint8)
+    codebook = table is not None
+    dummy = torch.empty(1, dtype=torch.float32, device=x.device)
+    scale = scale.contiguous() if scale is not None else dummy
+    zero = zero.contiguous() if zero is not None else dummy
+    groups = scale.shape[1] if not codebook else 1
+    bm, bn, bk = _blocks(m)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    wrap_triton(_wo_matmul_kernel)[grid](
+        x, q, scale, zero, table.contiguous() if codebook else dummy, y, m, n, k, q.shape[1],
+        k // groups, groups, n // table.shape[0] if codebook else 1, x.stride(0), y.stride(0),
+        BITS=bits, SIGNED=signed, CODEBOOK=codebook, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1",
+        BM=bm, BN=bn, BK=bk)
+    return y

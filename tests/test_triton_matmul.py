@@ -1,0 +1,97 @@
+"""The Triton weight-decoding matmul against the reference dequantization (Triton's interpreter without a GPU).
+
+Small shapes: M = 1 and odd M, N and K that are not multiples of the blocks, every
+affine zero-point domain and bit width the schemes use, and codebooks per tensor,
+per block of rows and per row (int8 grid).
+"""
+import pytest
+import torch
+
+import qcompiler as qc
+from qcompiler.lowering.triton_matmul import affine_scale_zero, wo_matmul
+from qcompiler.passes.spec import AffineWeight, CodebookWeight
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(1, 48, 64), (3, 50, 96), (17, 33, 128)]
+
+AFFINE = [
+    AffineWeight("int8"),                                              # int8wo: per channel, symmetric
+    AffineWeight("int4", group_size=32),                               # symmetric int4 (int8da-int4w's weight)
+    AffineWeight("uint4", 32, "asymmetric", "float", torch.bfloat16),  # tinygemm float zero point
+    AffineWeight("uint4", 32, "asymmetric", "int", torch.uint8),       # integer zero point
+    AffineWeight("uint4", 32, "asymmetric", "int", torch.bfloat16, torch.bfloat16),
+    AffineWeight("uint2", 32, "asymmetric", "int"),
+]
+
+
+def _x(m, k, dtype):
+    return torch.randn(m, k, dtype=dtype, device=DEVICE)
+
+
+def _affine_case(spec, n, k):
+    w = torch.randn(n, k)
+    stored = spec.quantize(w)
+    it = qc.int_type(spec.dtype)
+    s, z = affine_scale_zero(stored["scale"], stored.get("zero_point"), spec.dtype, spec.zero_point_domain)
+    groups = k // (spec.group_size or k)
+    return stored, it, s.reshape(n, groups), z.reshape(n, groups)
+
+
+@pytest.mark.parametrize("spec", AFFINE, ids=lambda s: f"{s.dtype}-{s.zero_point_domain}-{s.group_size}")
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_affine_weights_decode_in_the_kernel(spec, m, n, k):
+    torch.manual_seed(0)
+    stored, it, s, z = _affine_case(spec, n, k)
+    x = _x(m, k, torch.float32)
+    ref = x @ spec.dequantize(stored, k, torch.float32).to(DEVICE).t()
+    y = wo_matmul(x, stored["q"].to(DEVICE), it.bits, k, it.signed, scale=s.to(DEVICE), zero=z.to(DEVICE))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", [CodebookWeight(2), CodebookWeight(3, block_rows=16), CodebookWeight(4, grid=None),
+                                  CodebookWeight(4, block_rows=8, grid=None)], ids=repr)
+@pytest.mark.parametrize("m,n,k", [(1, 48, 64), (5, 32, 70)])
+def test_codebook_weights_look_up_in_the_kernel(spec, m, n, k):
+    torch.manual_seed(0)
+    stored = spec.quantize(torch.randn(n, k))
+    table = spec._entries(stored)
+    x = _x(m, k, torch.float32)
+    ref = x @ spec.dequantize(stored, k, torch.float32).to(DEVICE).t()
+    y = wo_matmul(x, stored["q"].to(DEVICE), spec.bits, k, table=table.to(DEVICE))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_activations_match_the_reference_in_that_dtype(dtype):
+    torch.manual_seed(0)
+    spec = AffineWeight("uint4", 32, "asymmetric", "float", torch.bfloat16)
+    stored, it, s, z = _affine_case(spec, 64, 128)
+    x = _x(16, 128, dtype)
+    ref = (x.float() @ spec.dequantize(stored, 128, dtype).to(DEVICE).float().t())
+    y = wo_matmul(x, stored["q"].to(DEVICE), it.bits, 128, it.signed, scale=s.to(DEVICE), zero=z.to(DEVICE))
+    assert y.dtype == dtype
+    # the kernel rounds v·s + zero, the reference (v - mid)·s + z, to the half dtype: weights differ by
+    # at most an ulp, which averages out over K; the output is then rounded once. Triton's interpreter
+    # converts float32 to bfloat16 by truncation (checked: |bf16(x)| <= |x| always), which biases both
+    # roundings toward zero, so it gets a looser bound there
+    interpreted_bf16 = DEVICE == "cpu" and dtype == torch.bfloat16
+    assert ((y.float() - ref).norm() / ref.norm()).item() < (1.5e-2 if interpreted_bf16 else 5e-3)
+
+
+# The CUDA rule table, applied to the converted graph and run eagerly (the kernel interpreted on the CPU).
+# Export of a lowered CUDA program needs a GPU: Triton's interpreter cannot be traced.
+@pytest.mark.parametrize("scheme,kernel", [
+    ("int8wo", "affine"), ("int4wo-32", "affine"), ("codebook-4", "codebook"), ("codebook-3-16-float", "codebook"),
+    ("codebook-8", "codebook"), ("int8dq", "affine")])
+def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kernel):
+    from qcompiler.lowering import cuda
+    from qcompiler.lowering.rules import apply_rules
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 64)).eval()
+    x = torch.randn(2, 3, 64)
+    gm = qc.quantize(model, (x,), qc.config_from_string(scheme)).module()
+    ref = gm(x)
+    apply_rules(gm, cuda.RULES)
+    quantized = qc.report(gm).quantized
+    assert quantized and all(r.kernel == f"qcompiler::triton_wo_matmul ({kernel})" for r in quantized)
+    torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4)
