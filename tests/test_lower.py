@@ -64,7 +64,7 @@ def test_int8_grid_codebooks_lower_to_the_int8_pack_kernel(config, dtype):
 def test_reference_backend_changes_nothing_and_bad_backends_are_named():
     prog = qc.quantize(model(torch.float32), (torch.randn(2, 3, 64),), qc.Int8WeightOnlyConfig())
     assert kernels(qc.lower(prog, "reference")) == ["reference", "reference"]
-    with pytest.raises(ValueError, match="backend must be one of cpu, reference; got 'tpu'"):
+    with pytest.raises(ValueError, match="backend must be one of cpu, cuda, reference; got 'tpu'"):
         qc.lower(prog, "tpu")
 
 

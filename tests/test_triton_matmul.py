@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import qcompiler as qc
-from qcompiler.lowering.triton_matmul import affine_scale_zero, wo_matmul
+from qcompiler.lowering.triton_matmul import affine_scale_zero, dq_matmul, wo_matmul
 from qcompiler.passes.spec import AffineWeight, CodebookWeight
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,16 +82,41 @@ def test_half_precision_activations_match_the_reference_in_that_dtype(dtype):
 # Export of a lowered CUDA program needs a GPU: Triton's interpreter cannot be traced.
 @pytest.mark.parametrize("scheme,kernel", [
     ("int8wo", "affine"), ("int4wo-32", "affine"), ("codebook-4", "codebook"), ("codebook-3-16-float", "codebook"),
-    ("codebook-8", "codebook"), ("int8dq", "affine")])
+    ("codebook-8", "codebook"), ("int8dq", "dq"), ("int8da-int4w-32", "dq")])
 def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kernel):
-    from qcompiler.lowering import cuda
-    from qcompiler.lowering.rules import apply_rules
+    from qcompiler.lowering import lower_graph
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 64)).eval()
     x = torch.randn(2, 3, 64)
     gm = qc.quantize(model, (x,), qc.config_from_string(scheme)).module()
     ref = gm(x)
-    apply_rules(gm, cuda.RULES)
+    lower_graph(gm, "cuda")
     quantized = qc.report(gm).quantized
-    assert quantized and all(r.kernel == f"qcompiler::triton_wo_matmul ({kernel})" for r in quantized)
+    name = "qcompiler::triton_dq_matmul (int8 activations)" if kernel == "dq" else f"qcompiler::triton_wo_matmul ({kernel})"
+    assert quantized and all(r.kernel == name for r in quantized)
     torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,n,k,bits,group,asymmetric", [
+    (1, 48, 64, 8, 64, False), (5, 33, 70, 8, 70, False), (3, 40, 128, 4, 32, True), (17, 64, 256, 4, 128, True),
+    (2, 16, 96, 4, 32, False)])
+def test_int8_activation_kernel_is_exact_integer_arithmetic_then_scales(m, n, k, bits, group, asymmetric):
+    torch.manual_seed(0)
+    v = torch.randint(-(1 << bits - 1), 1 << bits - 1, (n, k), dtype=torch.int8)
+    q = qc.pack_int(v, bits) if bits < 8 else v
+    w_scale = torch.rand(n, k // group) / 10
+    xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    x_scale = torch.rand(m) / 10
+    x_zero = torch.randint(-20, 20, (m,), dtype=torch.int32) if asymmetric else None
+    y = dq_matmul(xq.to(DEVICE), x_scale.to(DEVICE), None if x_zero is None else x_zero.to(DEVICE), q.to(DEVICE), bits, k,
+                  w_scale.to(DEVICE), torch.float32)
+    x_hat = (xq.float() - (x_zero.float()[:, None] if asymmetric else 0)) * x_scale[:, None]
+    ref = x_hat @ (v.float() * w_scale.repeat_interleave(group, 1)).t()
+    torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_lowering_for_cuda_without_a_gpu_says_so():
+    prog = qc.quantize(torch.nn.Linear(64, 32), (torch.randn(2, 64),), qc.Int8WeightOnlyConfig())
+    with pytest.raises(ValueError, match="backend 'cuda' needs a CUDA device"):
+        qc.lower(prog, "cuda")

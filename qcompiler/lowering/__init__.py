@@ -9,10 +9,10 @@ kernel ``decomposed``.
 import torch
 
 from ..runtime.dtypes import fail
-from . import cpu
+from . import cpu, cuda
 from .rules import DECOMPOSED, LoweringRule, apply_rules, mark_unfused
 
-BACKENDS = {"cpu": cpu.RULES, "reference": ()}
+BACKENDS = {"cpu": cpu.RULES, "cuda": cuda.RULES, "reference": ()}
 
 
 def lower_graph(gm: torch.fx.GraphModule, backend: str) -> dict:

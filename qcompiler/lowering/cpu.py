@@ -35,8 +35,8 @@ parameters of a pattern also bind literal arguments (dtype names, block sizes), 
 """
 import torch
 
-from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, rows,
-                       weight_only_packed, weight_only_unpacked)
+from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, per_token_int8,
+                       rows, weight_only_packed, weight_only_unpacked)
 from .rules import LoweringRule
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
@@ -130,23 +130,6 @@ def _int4_weight_only(m, x, w_q, bits, n, signed, block, scale, zero_point, dtyp
     return y if b is None else y + b
 
 
-def _per_token_int8(x2, mapping: str, eps: float):
-    """Per-token int8 quantization of (rows, K) ``x2`` in ATen ops, as ``ActivationSpec`` does it.
-
-    Returns float32 ``(q, scale, zero)``; ``zero`` is None for the symmetric mapping.
-    """
-    xf = aten._to_copy.default(x2, dtype=torch.float32)
-    lo, hi = aten.amin.default(xf, [-1], True), aten.amax.default(xf, [-1], True)
-    if mapping == "symmetric":
-        s = aten.clamp_min.default(aten.div.Tensor(aten.maximum.default(aten.neg.default(lo), hi), 127.5), eps)
-        return aten.clamp.default(aten.round.default(aten.div.Tensor(xf, s)), -128, 127), s, None
-    lo, hi = aten.clamp_max.default(lo, 0.0), aten.clamp_min.default(hi, 0.0)
-    s = aten.clamp_min.default(aten.div.Tensor(aten.sub.Tensor(hi, lo), 255.0), eps)
-    z = aten.clamp.default(aten.rsub.Scalar(aten.round.default(aten.div.Tensor(lo, s)), -128), -128, 127)
-    q = aten.clamp.default(aten.add.Tensor(aten.round.default(aten.div.Tensor(xf, s)), z), -128, 127)
-    return q, s, z
-
-
 def _per_token_block(m) -> bool:
     block = list(m["block"])
     return block[-1] == -1 and all(v == 1 for v in block[:-1])
@@ -162,7 +145,7 @@ def _int8_dynamic_int8(m, x, block, eps, out_x, w_q, w_block, w_scale, out_w, b)
     n, k = w.shape
     name = m["w_q"].target.removesuffix("_q")
     x2, back = rows(m, x, k, n)
-    q, s, _ = _per_token_int8(x2, "symmetric", eps)
+    q, s, _ = per_token_int8(x2, "symmetric", eps)
     w_s = m.constant(f"{name}_int8pack_scale", m.value("w_scale").reshape(-1).to(torch.bfloat16))
     acc = aten._weight_int8pack_mm.default(aten._to_copy.default(q, dtype=torch.bfloat16), m.constant(f"{name}_int8pack", w.contiguous()), w_s)
     y = back(aten._to_copy.default(aten.mul.Tensor(aten._to_copy.default(acc, dtype=torch.float32), s), dtype=out_w))
@@ -183,7 +166,7 @@ def _int8_dynamic_int4(m, x, block, eps, out_x, w_q, n, w_block, w_scale, out_w,
     s = m.value("w_scale").float()
     sz = torch.stack([s, torch.zeros_like(s)], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
     x2, back = rows(m, x, n, u.shape[0])
-    q, xs, xz = _per_token_int8(x2, "asymmetric", eps)
+    q, xs, xz = per_token_int8(x2, "asymmetric", eps)
     xi = aten._to_copy.default(aten.sub.Tensor(q, xz), dtype=torch.bfloat16)  # |q - zp| <= 255: exact
     packed = m.constant(f"{name}_int4pack", aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1))
     acc = aten._weight_int4pack_mm_for_cpu.default(xi, packed, w_block[1], m.constant(f"{name}_int4pack_scales_zeros", sz))

@@ -4,10 +4,11 @@
 | --- | --- |
 | int8wo, int4wo (every zero-point domain), any b-bit affine weight | ``qcompiler::triton_wo_matmul`` (affine) |
 | codebook, int8-grid or float, any block of rows | ``qcompiler::triton_wo_matmul`` (table lookup) |
+| int8dq, int8da-int4w | per-token int8 quantization in ATen ops, then ``qcompiler::triton_dq_matmul`` (exact int32 dot per group) |
 
 The kernel (``lowering/triton_matmul.py``) reads the reference program's packed storage
 as it is. Lowering converts the affine qparams to the kernel's float32 ``(scale, zero)``
-and codebooks to float32 tables. Dynamic-activation schemes, fp8 and static int8 keep
+and codebooks to float32 tables. fp8 and static int8 keep
 their reference pattern here, and ``qcompiler.lower`` decomposes them into ATen ops for
 Inductor. The kernel is registered with ``torch.library.triton_op``, so AOTInductor
 compiles it into a CUDA ``.pt2``.
@@ -15,12 +16,14 @@ compiles it into a CUDA ``.pt2``.
 import torch
 
 from ..runtime.dtypes import int_type
-from .patterns import (float_codebook_bytes, float_codebook_packed, grid_codebook_bytes, grid_codebook_packed, rows,
-                       weight_only_packed, weight_only_unpacked)
+from .patterns import (dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes, float_codebook_packed,
+                       grid_codebook_bytes, grid_codebook_packed, per_token_int8, rows, weight_only_packed,
+                       weight_only_unpacked)
 from .rules import LoweringRule
 from .triton_matmul import affine_scale_zero
 
-triton_wo_matmul = torch.ops.qcompiler.triton_wo_matmul
+aten = torch.ops.aten
+triton_wo_matmul, triton_dq_matmul = torch.ops.qcompiler.triton_wo_matmul, torch.ops.qcompiler.triton_dq_matmul
 
 
 def _stored(m, *names) -> bool:
@@ -36,7 +39,9 @@ def _affine(m) -> bool:
 def _weight_shape(m):
     """(N, K, bits) of the matched weight."""
     w = m.value("w_q")
-    return (w.shape[0], m["n"], m["bits"]) if "bits" in m.inputs else (w.shape[0], w.shape[1], 8)
+    if "n" not in m.inputs:
+        return w.shape[0], w.shape[1], 8
+    return w.shape[0], m["n"], m.inputs.get("bits", 4)  # dynamic_int8_int4 fixes its weights at int4
 
 
 def _launch(m, x, out_dtype, b, **qparams):
@@ -76,10 +81,36 @@ def _float_codebook(m) -> bool:
     return _stored(m, "w_q", "codebook")
 
 
+def _dynamic(m) -> bool:
+    block, w_block = list(m["block"]), list(m["w_block"])
+    return (block[-1] == -1 and all(v == 1 for v in block[:-1]) and len(w_block) == 2 and w_block[0] == 1
+            and _stored(m, "w_q", "w_scale"))
+
+
+def _dynamic_kernel(m, x, eps, out_w, b, **_):
+    """Per-token int8 activations in ATen ops, then the exact integer matmul with the scales applied after."""
+    n, k, bits = _weight_shape(m)
+    name = m["w_q"].target.removesuffix("_q")
+    x2, back = rows(m, x, k, n)
+    q, s, z = per_token_int8(x2, "symmetric" if bits == 8 else "asymmetric", eps)
+    xq = aten._to_copy.default(q, dtype=torch.int8)
+    xz = None if z is None else aten._to_copy.default(aten.reshape.default(z, [-1]), dtype=torch.int32)
+    groups = 1 if m["w_block"][1] == -1 else k // m["w_block"][1]
+    w_scale = m.constant(f"{name}_triton_scale", m.value("w_scale").float().reshape(n, groups).contiguous())
+    y = triton_dq_matmul(xq, aten.reshape.default(s, [-1]), xz, m.constant(f"{name}_triton_q", m.value("w_q")),
+                         bits, k, w_scale, out_w)
+    y = back(y)
+    return y if b is None else y + b
+
+
 AFFINE_KERNEL = "qcompiler::triton_wo_matmul (affine)"
 CODEBOOK_KERNEL = "qcompiler::triton_wo_matmul (codebook)"
 
+DYNAMIC_KERNEL = "qcompiler::triton_dq_matmul (int8 activations)"
+
 RULES = (
+    LoweringRule("int8dq", dynamic_int8_int8, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic),
+    LoweringRule("int8da-int4w", dynamic_int8_int4, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic),
     LoweringRule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine),
     LoweringRule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine),
     LoweringRule("codebook (int8 grid)", grid_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook),

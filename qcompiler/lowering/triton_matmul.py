@@ -77,6 +77,36 @@ def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N,
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+@triton.jit
+def _dq_matmul_kernel(xq_ptr, x_scale_ptr, x_zero_ptr, q_ptr, w_scale_ptr, y_ptr, M, N, K, row_bytes,
+                      group_size, groups, stride_xm, stride_ym,
+                      BITS: tl.constexpr, ASYMMETRIC: tl.constexpr,
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Per-token int8 activations times signed b-bit weights: an exact int32 dot per group, then the scales."""
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    m_mask, n_mask = offs_m < M, offs_n < N
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if ASYMMETRIC:
+        x_zero = tl.load(x_zero_ptr + offs_m, mask=m_mask, other=0)
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        xq = tl.load(xq_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                     mask=m_mask[:, None] & (offs_k[None, :] < K), other=0)
+        w_mask = n_mask[:, None] & (offs_k[None, :] < K)
+        v = _decode(q_ptr, row_bytes, offs_n, offs_k, w_mask, BITS, True)
+        v = tl.where(w_mask, v, 0)
+        part = tl.dot(xq, tl.trans(v.to(tl.int8)))  # int32, exact
+        g = offs_n * groups + k0 // group_size
+        if ASYMMETRIC:  # sum (q - zp)·v = sum q·v - zp·sum v, over this tile
+            part -= x_zero[:, None] * tl.sum(v, axis=1)[None, :]
+        acc += part.to(tl.float32) * tl.load(w_scale_ptr + g, mask=n_mask, other=0.0)[None, :]
+    acc *= tl.load(x_scale_ptr + offs_m, mask=m_mask, other=0.0)[:, None]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
 def affine_scale_zero(scale: torch.Tensor, zero_point: Optional[torch.Tensor], dtype: str, domain: str) -> tuple:
     """The kernel's float32 (scale, zero) with ``w = v·scale + zero`` for an affine weight's stored qparams.
 
@@ -122,4 +152,28 @@ def wo_matmul(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool 
         k // groups, groups, n // table.shape[0] if codebook else 1, x.stride(0), y.stride(0),
         BITS=bits, SIGNED=signed, CODEBOOK=codebook, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1",
         BM=bm, BN=bn, BK=bk)
+    return y
+
+
+@torch.library.triton_op("qcompiler::triton_dq_matmul", mutates_args=())
+def dq_matmul(xq: torch.Tensor, x_scale: torch.Tensor, x_zero: Optional[torch.Tensor], q: torch.Tensor, bits: int,
+              k: int, w_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``(xq - x_zero)·x_scale @ (v·w_scale)ᵀ`` with per-token int8 ``xq`` [M, K] and signed b-bit weights ``q``.
+
+    ``x_scale`` float32 [M]; ``x_zero`` int32 [M] or None (symmetric); ``w_scale`` float32
+    [N, G] for G groups along K. Integer products are exact (the zero point enters as
+    ``zp·sum v`` per tile); the scales apply per group in float32.
+    """
+    m, n = xq.shape[0], q.shape[0]
+    y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+    groups = w_scale.shape[1]
+    group_size = k // groups
+    bm, bn, bk = _blocks(m)
+    bk = min(bk, group_size) if groups > 1 else bk  # a K tile never spans two groups
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    asym = x_zero is not None
+    wrap_triton(_dq_matmul_kernel)[grid](
+        xq.contiguous(), x_scale.contiguous(), x_zero.contiguous() if asym else x_scale, q.contiguous().view(torch.uint8),
+        w_scale.contiguous(), y, m, n, k, q.shape[1], group_size, groups,
+        xq.stride(0), y.stride(0), BITS=bits, ASYMMETRIC=asym, BM=bm, BN=bn, BK=bk)
     return y
