@@ -123,9 +123,11 @@ def affine_scale_zero(scale: torch.Tensor, zero_point: Optional[torch.Tensor], d
     return s, zero
 
 
-def _blocks(m: int) -> tuple:
-    """(BM, BN, BK): a 16-row tile for decode-sized M, 64 rows for prefill."""
-    return (16, 64, 64) if m <= 16 else (64, 64, 64)
+def _blocks() -> tuple:
+    """(BM, BN, BK). Fixed: a Python branch on M would guard the symbolic batch size when the op is
+    exported, and AOTInductor bakes one choice per kernel anyway. Decode- and prefill-shaped
+    variants chosen per shape need a GPU to build and measure (issue 5)."""
+    return 16, 64, 64
 
 
 @torch.library.triton_op("qcompiler::triton_wo_matmul", mutates_args=())
@@ -145,7 +147,7 @@ def wo_matmul(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool 
     scale = scale.contiguous() if scale is not None else dummy
     zero = zero.contiguous() if zero is not None else dummy
     groups = scale.shape[1] if not codebook else 1
-    bm, bn, bk = _blocks(m)
+    bm, bn, bk = _blocks()
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     wrap_triton(_wo_matmul_kernel)[grid](
         x, q, scale, zero, table.contiguous() if codebook else dummy, y, m, n, k, q.shape[1],
@@ -168,7 +170,7 @@ def dq_matmul(xq: torch.Tensor, x_scale: torch.Tensor, x_zero: Optional[torch.Te
     y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
     groups = w_scale.shape[1]
     group_size = k // groups
-    bm, bn, bk = _blocks(m)
+    bm, bn, bk = _blocks()
     bk = min(bk, group_size) if groups > 1 else bk  # a K tile never spans two groups
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     asym = x_zero is not None
