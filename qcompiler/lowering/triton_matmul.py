@@ -10,7 +10,9 @@ storage, so lowering repacks nothing:
   int ``(v - z)·s`` is ``zero = -z·s``, the tinygemm float domain ``(v - 8)·s + z`` is
   ``zero = z - 8·s``, and symmetric is ``zero = 0`` with signed ``v``.
 - codebook: ``w = table[row // rows_per_table][v]``, a float32 table of ``2**b`` entries per
-  block of rows; the lookups read the small table (cached), never a dequantized weight.
+  block of rows. For b <= 4 each program loads its rows' tables into registers once and
+  looks up with ``tl.gather``; wider tables are read through the cache. No dequantized
+  weight is ever written to memory.
 
 The decoded tile is cast to x's dtype, as the reference dequantizes to the activation
 dtype, and multiplied with ``tl.dot`` (float32 accumulation). ``wo_matmul`` launches it
@@ -55,6 +57,10 @@ def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N,
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if CODEBOOK:  # each row's table, held in registers for the whole K loop
+        table_rows = table_ptr + (offs_n[:, None] // rows_per_table) * (1 << BITS)
+        if BITS <= 4:
+            tables = tl.load(table_rows + tl.arange(0, 1 << BITS)[None, :], mask=offs_n[:, None] < N, other=0.0)
     for k0 in range(0, K, BK):
         offs_k = k0 + tl.arange(0, BK)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
@@ -62,8 +68,10 @@ def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N,
         w_mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
         v = _decode(q_ptr, row_bytes, offs_n, offs_k, w_mask, BITS, SIGNED)
         if CODEBOOK:
-            table = table_ptr + (offs_n[:, None] // rows_per_table) * (1 << BITS)
-            w = tl.load(table + v, mask=w_mask, other=0.0)
+            if BITS <= 4:
+                w = tl.gather(tables, v, axis=1)
+            else:  # up to 256 entries a row: too many registers; read through the cache
+                w = tl.load(table_rows + v, mask=w_mask, other=0.0)
         else:
             g = offs_n[:, None] * groups + offs_k[None, :] // group_size
             w = v.to(tl.float32) * tl.load(scale_ptr + g, mask=w_mask, other=0.0) \
