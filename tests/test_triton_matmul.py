@@ -120,3 +120,20 @@ def test_lowering_for_cuda_without_a_gpu_says_so():
     prog = qc.quantize(torch.nn.Linear(64, 32), (torch.randn(2, 64),), qc.Int8WeightOnlyConfig())
     with pytest.raises(ValueError, match="backend 'cuda' needs a CUDA device"):
         qc.lower(prog, "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
+@pytest.mark.parametrize("scheme", ["int8wo", "int4wo-128", "codebook-4", "int8dq", "int8da-int4w-128"])
+def test_cuda_pt2_round_trip_at_full_size(scheme, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.Linear(4096, 1024)).eval().to("cuda", torch.bfloat16)
+    x = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
+    prog = qc.quantize(model, (x,), qc.config_from_string(scheme),
+                       dynamic_shapes=({0: torch.export.Dim("m", min=1, max=2048)},))
+    low = qc.lower(prog, "cuda")
+    assert all(r.kernel.startswith("qcompiler::triton_") for r in qc.report(low).quantized)
+    run = qc.load(qc.package(low, tmp_path / f"{scheme}.pt2"))
+    for m in (1, 16, 129):
+        xm = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        ref = prog.module()(xm).float()
+        assert ((run(xm).float() - ref).norm() / ref.norm()).item() < 1e-2
