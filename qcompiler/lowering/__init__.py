@@ -4,15 +4,23 @@
 keeps its reference pattern, and the API's ``lower`` then decomposes the remaining
 ``qcompiler::`` ops into ATen (``runtime.decompositions``) so that Inductor compiles them
 and the program needs no qcompiler at run time; the report names those layers'
-kernel ``decomposed``.
+kernel ``decomposed``. The CUDA table is imported on first use, since it imports Triton;
+loading a saved CUDA-lowered program with ``torch.export.load`` needs
+``import qcompiler.lowering.cuda`` first, which registers its Triton ops.
 """
 import torch
 
 from ..runtime.dtypes import fail
-from . import cpu, cuda
+from . import cpu
 from .rules import DECOMPOSED, LoweringRule, apply_rules, mark_unfused
 
-BACKENDS = {"cpu": cpu.RULES, "cuda": cuda.RULES, "reference": ()}
+
+def _cuda_rules() -> tuple:
+    from . import cuda  # imports Triton and registers its ops (about 1.7 s): only when lowering for CUDA
+    return cuda.RULES
+
+
+BACKENDS = {"cpu": lambda: cpu.RULES, "cuda": _cuda_rules, "reference": tuple}  # name -> its rule table
 
 
 def lower_graph(gm: torch.fx.GraphModule, backend: str) -> dict:
@@ -22,7 +30,7 @@ def lower_graph(gm: torch.fx.GraphModule, backend: str) -> dict:
     gm.graph.eliminate_dead_code()  # e.g. an unused zero point of a symmetric choose_qparams
     gm.recompile()
     with torch.no_grad():
-        counts = apply_rules(gm, BACKENDS[backend])
+        counts = apply_rules(gm, BACKENDS[backend]())
     if backend != "reference":
         counts[DECOMPOSED] = mark_unfused(gm)
     return counts

@@ -35,8 +35,9 @@ parameters of a pattern also bind literal arguments (dtype names, block sizes), 
 """
 import torch
 
-from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, per_token_int8,
-                       rows, weight_only_packed, weight_only_unpacked)
+from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, per_token_block,
+                       per_token_int8, rows, stored_inputs, weight_name, weight_only_packed, weight_only_unpacked,
+                       with_bias)
 from .rules import LoweringRule
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
@@ -52,7 +53,7 @@ def _int4_kernel_fits(n_out: int, k: int) -> bool:
 
 def _int8_per_channel(m) -> bool:
     return (m["dtype"] == "int8" and m["domain"] == "none" and list(m["block"]) == [1, -1]
-            and m["w_q"].op == "get_attr" and _int8_kernel_fits(m.value("w_q")))
+            and stored_inputs(m, "w_q") and _int8_kernel_fits(m.value("w_q")))
 
 
 def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,16 +76,16 @@ def _int8_kernel(m, x, w8: torch.Tensor, row_scale: torch.Tensor, name: str, out
     s = m.constant(f"{name}_int8pack_scale", row_scale.reshape(-1).to(_kernel_dtype(out_dtype)))
     y = aten._weight_int8pack_mm.default(_in_kernel_dtype(x2, out_dtype), m.constant(f"{name}_int8pack", w8.contiguous()), s)
     y = back(_out_of_kernel_dtype(y, out_dtype))
-    return y if b is None else y + b
+    return with_bias(y, b)
 
 
 def _int8_weight_only(m, x, w_q, block, scale, zero_point, dtype, domain, out_dtype, b):
-    return _int8_kernel(m, x, m.value("w_q"), m.value("scale"), m["w_q"].target.removesuffix("_q"), out_dtype, b)
+    return _int8_kernel(m, x, m.value("w_q"), m.value("scale"), weight_name(m), out_dtype, b)
 
 
 def _int8_grid_codebook(m) -> bool:
     k = m["n"] if "bits" in m.inputs else m.value("w_q").shape[1]
-    return all(m[name].op == "get_attr" for name in ("w_q", "cb_q", "cb_scale")) and k % 8 == 0
+    return stored_inputs(m, "w_q", "cb_q", "cb_scale") and k % 8 == 0
 
 
 def _int8_grid_codebook_kernel(m, x, out_dtype, b, **_):
@@ -95,7 +96,7 @@ def _int8_grid_codebook_kernel(m, x, out_dtype, b, **_):
     cb_q, cb_s = m.value("cb_q"), m.value("cb_scale").reshape(-1)
     block_of_row = torch.arange(idx.shape[0]) // (idx.shape[0] // cb_q.shape[0])
     w8 = cb_q[block_of_row[:, None], idx.long()]
-    return _int8_kernel(m, x, w8, cb_s[block_of_row], m["w_q"].target.removesuffix("_q"), out_dtype, b)
+    return _int8_kernel(m, x, w8, cb_s[block_of_row], weight_name(m), out_dtype, b)
 
 
 def _int4_scales_and_zeros(m):
@@ -115,54 +116,49 @@ def _int4_scales_and_zeros(m):
 def _int4_groups(m) -> bool:
     ok = (m["bits"] == 4 and (m["dtype"], m["domain"]) in (("uint4", "float"), ("uint4", "int"), ("int4", "none"))
           and len(m["block"]) == 2 and m["block"][0] == 1 and m["block"][1] in (32, 64, 128, 256)
-          and m["w_q"].op == "get_attr" and m["out_dtype"] in (torch.float32, torch.bfloat16, torch.float16))
+          and stored_inputs(m, "w_q") and m["out_dtype"] in (torch.float32, torch.bfloat16, torch.float16))
     return ok and _int4_kernel_fits(m.value("w_q").shape[0], m["n"]) and _int4_scales_and_zeros(m) is not None
 
 
 def _int4_weight_only(m, x, w_q, bits, n, signed, block, scale, zero_point, dtype, domain, out_dtype, b):
     u = qops.unpack_int(m.value("w_q"), 4, n, signed).to(torch.int32) + (8 if signed else 0)
-    name = m["w_q"].target.removesuffix("_q")
+    name = weight_name(m)
     packed = m.constant(f"{name}_int4pack", aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1))
     sz = m.constant(f"{name}_int4pack_scales_zeros", _int4_scales_and_zeros(m))
     x2, back = rows(m, x, n, u.shape[0])
     y = aten._weight_int4pack_mm_for_cpu.default(_in_kernel_dtype(x2, out_dtype), packed, block[1], sz)
     y = back(_out_of_kernel_dtype(y, out_dtype))
-    return y if b is None else y + b
-
-
-def _per_token_block(m) -> bool:
-    block = list(m["block"])
-    return block[-1] == -1 and all(v == 1 for v in block[:-1])
+    return with_bias(y, b)
 
 
 def _int8dq(m) -> bool:
-    return (_per_token_block(m) and list(m["w_block"]) == [1, -1] and m["w_q"].op == "get_attr"
+    return (per_token_block(m) and list(m["w_block"]) == [1, -1] and stored_inputs(m, "w_q")
             and _int8_kernel_fits(m.value("w_q")))
 
 
 def _int8_dynamic_int8(m, x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):
     w = m.value("w_q")
     n, k = w.shape
-    name = m["w_q"].target.removesuffix("_q")
+    name = weight_name(m)
     x2, back = rows(m, x, k, n)
     q, s, _ = per_token_int8(x2, "symmetric", eps)
     w_s = m.constant(f"{name}_int8pack_scale", m.value("w_scale").reshape(-1).to(torch.bfloat16))
     acc = aten._weight_int8pack_mm.default(aten._to_copy.default(q, dtype=torch.bfloat16), m.constant(f"{name}_int8pack", w.contiguous()), w_s)
     y = back(aten._to_copy.default(aten.mul.Tensor(aten._to_copy.default(acc, dtype=torch.float32), s), dtype=out_w))
-    return y if b is None else y + b
+    return with_bias(y, b)
 
 
 def _int8da_int4w(m) -> bool:
     wb = list(m["w_block"])
-    return (_per_token_block(m) and len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256)
-            and m["w_q"].op == "get_attr" and m["out_w"] in (torch.float32, torch.bfloat16, torch.float16)
+    return (per_token_block(m) and len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256)
+            and stored_inputs(m, "w_q") and m["out_w"] in (torch.float32, torch.bfloat16, torch.float16)
             and _int4_kernel_fits(m.value("w_q").shape[0], m["n"])
             and torch.equal(m.value("w_scale").to(torch.bfloat16).float(), m.value("w_scale").float()))
 
 
 def _int8_dynamic_int4(m, x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
     u = qops.unpack_int(m.value("w_q"), 4, n, True).to(torch.int32) + 8
-    name = m["w_q"].target.removesuffix("_q")
+    name = weight_name(m)
     s = m.value("w_scale").float()
     sz = torch.stack([s, torch.zeros_like(s)], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
     x2, back = rows(m, x, n, u.shape[0])
@@ -171,7 +167,7 @@ def _int8_dynamic_int4(m, x, block, eps, out_x, w_q, n, w_block, w_scale, out_w,
     packed = m.constant(f"{name}_int4pack", aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 1))
     acc = aten._weight_int4pack_mm_for_cpu.default(xi, packed, w_block[1], m.constant(f"{name}_int4pack_scales_zeros", sz))
     y = back(aten._to_copy.default(aten.mul.Tensor(aten._to_copy.default(acc, dtype=torch.float32), xs), dtype=out_w))
-    return y if b is None else y + b
+    return with_bias(y, b)
 
 
 RULES = (

@@ -17,22 +17,18 @@ import torch
 
 from ..runtime.dtypes import int_type
 from .patterns import (dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes, float_codebook_packed,
-                       grid_codebook_bytes, grid_codebook_packed, per_token_int8, rows, weight_only_packed,
-                       weight_only_unpacked)
+                       grid_codebook_bytes, grid_codebook_packed, per_token_block, per_token_int8, rows,
+                       stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule
-from .triton_matmul import affine_scale_zero
+from .triton_matmul import affine_scale_zero  # also registers the qcompiler::triton_* ops used below
 
-aten = torch.ops.aten
+aten, qops = torch.ops.aten, torch.ops.qcompiler
 triton_wo_matmul, triton_dq_matmul = torch.ops.qcompiler.triton_wo_matmul, torch.ops.qcompiler.triton_dq_matmul
-
-
-def _stored(m, *names) -> bool:
-    return all(m[name] is None or m[name].op == "get_attr" for name in names)
 
 
 def _affine(m) -> bool:
     block = list(m["block"])
-    return (_stored(m, "w_q", "scale", "zero_point") and len(block) == 2 and block[0] == 1
+    return (stored_inputs(m, "w_q", "scale", "zero_point") and len(block) == 2 and block[0] == 1
             and (block[1] == -1 or block[1] > 0))
 
 
@@ -44,53 +40,53 @@ def _weight_shape(m):
     return w.shape[0], m["n"], m.inputs.get("bits", 4)  # dynamic_int8_int4 fixes its weights at int4
 
 
-def _launch(m, x, out_dtype, b, **qparams):
+def _launch(m, x, b, **qparams):
     n, k, bits = _weight_shape(m)
-    name = m["w_q"].target.removesuffix("_q")
+    name = weight_name(m)
     x2, back = rows(m, x, k, n)
     signed = qparams.pop("signed", False)
     consts = {key: m.constant(f"{name}_triton_{key}", t.contiguous()) for key, t in qparams.items()}
     q = m.constant(f"{name}_triton_q", m.value("w_q"))  # the stored weight as it is; counted in the report
     y = back(triton_wo_matmul(x2, q, bits, k, signed, consts.get("scale"), consts.get("zero"), consts.get("table")))
-    return y if b is None else y + b
+    return with_bias(y, b)
 
 
 def _affine_kernel(m, x, out_dtype, b, **_):
     n, k, _bits = _weight_shape(m)
     s, z = affine_scale_zero(m.value("scale"), m.value("zero_point"), m["dtype"], m["domain"])
     groups = 1 if m["block"][1] == -1 else k // m["block"][1]
-    return _launch(m, x, out_dtype, b, signed=int_type(m["dtype"]).signed,
+    return _launch(m, x, b, signed=int_type(m["dtype"]).signed,
                    scale=s.reshape(n, groups), zero=z.reshape(n, groups))
 
 
 def _codebook_table(m) -> torch.Tensor:
+    """The float32 table the kernel looks up: the int8-grid tables dequantized as the reference does."""
     if "cb_q" in m.inputs:
-        return m.value("cb_q").float() * m.value("cb_scale").float()
+        return qops.dequantize_affine(m.value("cb_q"), [1, -1], m.value("cb_scale"), None, "int8", "none", torch.float32)
     return m.value("codebook").float()
 
 
 def _codebook_kernel(m, x, out_dtype, b, **_):
-    return _launch(m, x, out_dtype, b, table=_codebook_table(m))
+    return _launch(m, x, b, table=_codebook_table(m))
 
 
 def _grid_codebook(m) -> bool:
-    return _stored(m, "w_q", "cb_q", "cb_scale")
+    return stored_inputs(m, "w_q", "cb_q", "cb_scale")
 
 
 def _float_codebook(m) -> bool:
-    return _stored(m, "w_q", "codebook")
+    return stored_inputs(m, "w_q", "codebook")
 
 
 def _dynamic(m) -> bool:
-    block, w_block = list(m["block"]), list(m["w_block"])
-    return (block[-1] == -1 and all(v == 1 for v in block[:-1]) and len(w_block) == 2 and w_block[0] == 1
-            and _stored(m, "w_q", "w_scale"))
+    w_block = list(m["w_block"])
+    return per_token_block(m) and len(w_block) == 2 and w_block[0] == 1 and stored_inputs(m, "w_q", "w_scale")
 
 
 def _dynamic_kernel(m, x, eps, out_w, b, **_):
     """Per-token int8 activations in ATen ops, then the exact integer matmul with the scales applied after."""
     n, k, bits = _weight_shape(m)
-    name = m["w_q"].target.removesuffix("_q")
+    name = weight_name(m)
     x2, back = rows(m, x, k, n)
     q, s, z = per_token_int8(x2, "symmetric" if bits == 8 else "asymmetric", eps)
     xq = aten._to_copy.default(q, dtype=torch.int8)
@@ -99,8 +95,7 @@ def _dynamic_kernel(m, x, eps, out_w, b, **_):
     w_scale = m.constant(f"{name}_triton_scale", m.value("w_scale").float().reshape(n, groups).contiguous())
     y = triton_dq_matmul(xq, aten.reshape.default(s, [-1]), xz, m.constant(f"{name}_triton_q", m.value("w_q")),
                          bits, k, w_scale, out_w)
-    y = back(y)
-    return y if b is None else y + b
+    return with_bias(back(y), b)
 
 
 AFFINE_KERNEL = "qcompiler::triton_wo_matmul (affine)"

@@ -8,6 +8,26 @@ import torch
 aten, qops = torch.ops.aten, torch.ops.qcompiler
 
 
+def weight_name(m) -> str:
+    """The matched layer's name, from its stored weight ``<name>_q``: the prefix of the constants a rule stores."""
+    return m["w_q"].target.removesuffix("_q")
+
+
+def stored_inputs(m, *names) -> bool:
+    """Whether each named pattern input is a stored tensor (or absent, like a symmetric zero point)."""
+    return all(m[name] is None or m[name].op == "get_attr" for name in names)
+
+
+def per_token_block(m) -> bool:
+    """Whether the matched activation quantization has one scale per token (row)."""
+    block = list(m["block"])
+    return block[-1] == -1 and all(v == 1 for v in block[:-1])
+
+
+def with_bias(y, b):
+    return y if b is None else y + b
+
+
 def rows(m, x, k, n):
     """x as (rows, k), and a function giving an (rows, n) result x's leading dimensions back."""
     ndim = m.anchor.meta["val"].ndim  # x may be a node a previous rule just emitted, without "val"
