@@ -8,6 +8,12 @@ from .runtime.decompositions import DECOMPOSITIONS
 from .runtime.dtypes import fail
 
 
+def off_device(program: ExportedProgram, device_type: str) -> list:
+    """Names of the program's parameters, buffers and constants that are not on ``device_type``."""
+    tensors = {**program.state_dict, **program.constants}
+    return [name for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.device.type != device_type]
+
+
 def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
     """Replace each quantized linear's reference pattern with ``backend``'s fused kernel.
 
@@ -23,6 +29,9 @@ def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
     if backend == "cuda" and not torch.cuda.is_available():
         raise ValueError("qcompiler: backend 'cuda' needs a CUDA device (exporting its Triton kernels runs them); "
                          "none is available here")
+    if backend == "cuda" and (elsewhere := off_device(program, "cuda")):
+        raise ValueError(f"qcompiler: backend 'cuda' needs the model captured on the GPU; {len(elsewhere)} weights are "
+                         f"not (first: {elsewhere[0]}). Call model.to('cuda') and pass CUDA example inputs to capture")
     gm = program.module()
     lower_graph(gm, backend)
     lowered = reexport(gm, program)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qcompiler as qc
+from qcompiler.lowering import triton_matmul as tm
 from qcompiler.lowering.triton_matmul import affine_scale_zero, dq_matmul, wo_matmul
 from qcompiler.passes.spec import AffineWeight, CodebookWeight
 
@@ -115,11 +116,60 @@ def test_int8_activation_kernel_is_exact_integer_arithmetic_then_scales(m, n, k,
     torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-4)
 
 
+ALL_CONFIGS = [(kind, c) for kind in ("decode", "prefill") for c in tm.configs(kind)]
+
+
+@pytest.mark.parametrize("kind,config", ALL_CONFIGS, ids=lambda v: v if isinstance(v, str) else
+                         "x".join(str(v.kwargs[b]) for b in ("BM", "BN", "BK")) + f"-w{v.num_warps}s{v.num_stages}")
+def test_every_autotune_config_computes_the_same_product(kind, config):
+    """Each config the autotuner may pick, run explicitly on shapes that none of its tiles divide."""
+    torch.manual_seed(0)
+    m = 1 if kind == "decode" else 19
+    n, k = 37, 150
+    stored, it, s, z = _affine_case(AffineWeight("uint4", 50, "asymmetric", "int"), n, k)
+    x = _x(m, k, torch.float32)
+    w = AffineWeight("uint4", 50, "asymmetric", "int").dequantize(stored, k, torch.float32).to(DEVICE)
+    y = tm.wo_launch(x, stored["q"].to(DEVICE), 4, k, scale=s.to(DEVICE), zero=z.to(DEVICE)).run_config(config)
+    torch.testing.assert_close(y, x @ w.t(), rtol=1e-4, atol=1e-4)
+    k, group = 144, 48  # K tiles are capped at 16, the largest power of two dividing the group
+    v = torch.randint(-8, 8, (n, k), dtype=torch.int8)
+    xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    launch = tm.dq_launch(xq.to(DEVICE), torch.ones(m, device=DEVICE), None, qc.pack_int(v, 4).to(DEVICE), 4, k,
+                          torch.ones(n, k // group, device=DEVICE), torch.float32)
+    capped = tm.configs(kind, launch.max_bk)[0]
+    y = launch.run_config(type(config)({**config.kwargs, "BK": capped.kwargs["BK"]}, num_warps=config.num_warps,
+                                       num_stages=config.num_stages))
+    torch.testing.assert_close(y.cpu(), xq.float() @ v.float().t(), rtol=0, atol=0)
+
+
+def test_symbolic_batch_launches_both_variants_with_one_of_them_empty():
+    """Under export the batch is a SymInt: no guard on it, and exactly one variant gets programs."""
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    from torch._dynamo.source import ConstantSource
+    env = ShapeEnv()
+    m = env.create_symintnode(env.create_symbol(5, ConstantSource("m")), hint=5)
+    (decode_kind, decode), (prefill_kind, prefill) = tm._variants(m)
+    assert (decode_kind, prefill_kind) == ("decode", "prefill")
+    sym = m.node.expr
+    for rows in (1, 5, tm.DECODE_MAX_M, tm.DECODE_MAX_M + 1, 2048, 1 << 31):
+        want = int(rows <= tm.DECODE_MAX_M)
+        assert (int(decode.node.expr.subs(sym, rows)), int(prefill.node.expr.subs(sym, rows))) == (want, 1 - want)
+    assert not env.guards
+    assert tm._variants(3) == [("decode", 1)] and tm._variants(17) == [("prefill", 1)]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_lowering_for_cuda_without_a_gpu_says_so():
     prog = qc.quantize(torch.nn.Linear(64, 32), (torch.randn(2, 64),), qc.Int8WeightOnlyConfig())
     with pytest.raises(ValueError, match="backend 'cuda' needs a CUDA device"):
         qc.lower(prog, "cuda")
+
+
+def test_a_program_captured_on_the_cpu_is_named_as_off_the_gpu():
+    from qcompiler.lower import off_device
+    prog = qc.quantize(torch.nn.Linear(64, 32), (torch.randn(2, 64),), qc.Int8WeightOnlyConfig())
+    assert off_device(prog, "cpu") == []
+    assert set(off_device(prog, "cuda")) == set(prog.state_dict) | set(prog.constants) and off_device(prog, "cuda")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
@@ -137,3 +187,17 @@ def test_cuda_pt2_round_trip_at_full_size(scheme, tmp_path):
         xm = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
         ref = prog.module()(xm).float()
         assert ((run(xm).float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_cuda_benchmark_runs_in_smoke_mode_without_a_gpu():
+    """The GPU benchmark (benchmarks/bench_cuda_layers.py) stays runnable for the session that gets a GPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).parent.parent / "benchmarks"
+    env = {**os.environ, "TRITON_INTERPRET": "1"} if not torch.cuda.is_available() else os.environ
+    out = subprocess.run([sys.executable, "bench_cuda_layers.py", "--smoke", "--schemes", "int4wo-64", "int8dq"],
+                         cwd=bench, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "int4wo-64" in out.stdout and "int8dq" in out.stdout and "M=17" in out.stdout

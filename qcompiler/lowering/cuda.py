@@ -80,7 +80,8 @@ def _float_codebook(m) -> bool:
 
 def _dynamic(m) -> bool:
     w_block = list(m["w_block"])
-    return per_token_block(m) and len(w_block) == 2 and w_block[0] == 1 and stored_inputs(m, "w_q", "w_scale")
+    return (per_token_block(m) and len(w_block) == 2 and w_block[0] == 1 and stored_inputs(m, "w_q", "w_scale")
+            and (w_block[1] == -1 or w_block[1] % 16 == 0))  # the kernel's K tiles stay inside a group
 
 
 def _dynamic_kernel(m, x, eps, out_w, b, **_):

@@ -15,11 +15,15 @@ storage, so lowering repacks nothing:
   weight is ever written to memory.
 
 The decoded tile is cast to x's dtype, as the reference dequantizes to the activation
-dtype, and multiplied with ``tl.dot`` (float32 accumulation). ``wo_matmul`` launches it
-directly; the kernel also runs on the CPU under ``TRITON_INTERPRET=1`` for tests (where
+dtype, and multiplied with ``tl.dot`` (float32 accumulation). Each op launches a decode
+(M <= 16) or a prefill config family, each autotuned; under export both, with grids
+that are empty for the one M does not call (``_variants``; docs/cuda-kernels.md). The
+kernel also runs on the CPU under ``TRITON_INTERPRET=1`` for tests (where
 it multiplies in float32, since the interpreter's bfloat16 ``tl.dot`` returns garbage).
 """
+import functools
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -131,11 +135,121 @@ def affine_scale_zero(scale: torch.Tensor, zero_point: Optional[torch.Tensor], d
     return s, zero
 
 
-def _blocks() -> tuple:
-    """(BM, BN, BK). Fixed: a Python branch on M would guard the symbolic batch size when the op is
-    exported, and AOTInductor bakes one choice per kernel anyway. Decode- and prefill-shaped
-    variants chosen per shape need a GPU to build and measure (issue 5)."""
-    return 16, 64, 64
+DECODE_MAX_M = 16  # at most this many rows run the decode-shaped configs
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+# (BM, BN, BK, num_warps, num_stages); the first of each list is the default where nothing is measured.
+# Decode: one 16-row tile, narrow N tiles for many programs and long K tiles for bytes in flight
+# (GEMV-shaped, bandwidth-bound). Prefill: square tensor-core tiles, pipelined (a tiled GEMM).
+SHAPES = {
+    "decode": ((16, 32, 128, 4, 3), (16, 16, 256, 4, 3), (16, 64, 128, 4, 4), (16, 32, 256, 8, 3)),
+    "prefill": ((64, 64, 64, 4, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3),
+                (128, 128, 32, 8, 4)),
+}
+
+
+def configs(kind: str, max_bk: Optional[int] = None) -> list:
+    """Triton configs for one variant ("decode" or "prefill"); ``max_bk`` caps the K tile (a tile
+    of the int8-activation kernel never spans two weight groups)."""
+    seen, out = set(), []
+    for bm, bn, bk, warps, stages in SHAPES[kind]:
+        bk = min(bk, max_bk) if max_bk else bk
+        if (bm, bn, bk, warps, stages) not in seen:
+            seen.add((bm, bn, bk, warps, stages))
+            out.append(triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(kernel, kind: str, max_bk: Optional[int]):
+    """``kernel`` autotuned over one variant's configs (only the default under the interpreter,
+    which has nothing to time; tests run every config explicitly)."""
+    cfgs = configs(kind, max_bk)
+    return triton.autotune(cfgs[:1] if _INTERPRETED else cfgs, key=["N", "K", "BITS"])(kernel)
+
+
+def _variants(m):
+    """(variant, on) pairs to launch for ``m`` rows; ``on`` multiplies the grid's first axis.
+
+    A concrete ``m`` picks one variant here. A symbolic ``m`` (the op inside an exported
+    program) launches both with guard-free factors that are 1 for the variant ``m`` calls for
+    and 0 for the other, so one AOTInductor ``.pt2`` picks per call; its C++ launcher returns
+    early on an empty grid.
+    """
+    if not isinstance(m, torch.SymInt):
+        return [("decode" if m <= DECODE_MAX_M else "prefill", 1)]
+    decode = 1 + (DECODE_MAX_M - m) // (1 << 40)  # 1 when m <= DECODE_MAX_M, else 0
+    return [("decode", decode), ("prefill", 1 - decode)]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One call of a kernel: its arguments, output and the bounds its configs must respect."""
+
+    kernel: object
+    m: object  # rows: an int, or a SymInt under export
+    n: int
+    max_bk: Optional[int]
+    args: tuple
+    kwargs: dict
+    out: torch.Tensor
+
+    def _grid(self, on):
+        return lambda meta: (triton.cdiv(self.m, meta["BM"]) * on, triton.cdiv(self.n, meta["BN"]))
+
+    def run(self) -> torch.Tensor:
+        """Launch the variant(s) ``m`` calls for, each autotuned over its configs."""
+        for kind, on in _variants(self.m):
+            wrap_triton(_tuned(self.kernel, kind, self.max_bk))[self._grid(on)](*self.args, **self.kwargs)
+        return self.out
+
+    def run_config(self, config) -> torch.Tensor:
+        """Launch one given ``triton.Config`` (for tests of every config)."""
+        self.kernel[self._grid(1)](*self.args, **self.kwargs, **config.kwargs, num_warps=config.num_warps,
+                                   num_stages=config.num_stages)
+        return self.out
+
+
+def dq_max_bk(group_size: int) -> int:
+    """The widest K tile of the int8-activation kernel for a group: the largest power of two dividing
+    it, so that no tile spans two groups (``tl.dot`` needs at least 16)."""
+    bk = group_size & -group_size
+    if bk < 16:
+        raise ValueError(f"triton_dq_matmul needs groups of a multiple of 16 along K, not {group_size}")
+    return bk
+
+
+def wo_launch(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool = False,
+              scale: Optional[torch.Tensor] = None, zero: Optional[torch.Tensor] = None,
+              table: Optional[torch.Tensor] = None) -> Launch:
+    """The weight-decoding kernel's launch for ``wo_matmul``'s arguments."""
+    m, n = x.shape[0], q.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    x, q = x.contiguous(), q.contiguous().view(torch.uint8)
+    codebook = table is not None
+    dummy = torch.empty(1, dtype=torch.float32, device=x.device)
+    scale = scale.contiguous() if scale is not None else dummy
+    zero = zero.contiguous() if zero is not None else dummy
+    groups = scale.shape[1] if not codebook else 1
+    args = (x, q, scale, zero, table.contiguous() if codebook else dummy, y, m, n, k, q.shape[1],
+            k // groups, groups, n // table.shape[0] if codebook else 1, x.stride(0), y.stride(0))
+    return Launch(_wo_matmul_kernel, m, n, None, args,
+                  dict(BITS=bits, SIGNED=signed, CODEBOOK=codebook, DOT_F32=_INTERPRETED), y)
+
+
+def dq_launch(xq: torch.Tensor, x_scale: torch.Tensor, x_zero: Optional[torch.Tensor], q: torch.Tensor, bits: int,
+              k: int, w_scale: torch.Tensor, out_dtype: torch.dtype) -> Launch:
+    """The int8-activation kernel's launch for ``dq_matmul``'s arguments."""
+    m, n = xq.shape[0], q.shape[0]
+    y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+    groups = w_scale.shape[1]
+    group_size = k // groups
+    asym = x_zero is not None
+    args = (xq.contiguous(), x_scale.contiguous(), x_zero.contiguous() if asym else x_scale,
+            q.contiguous().view(torch.uint8), w_scale.contiguous(), y, m, n, k, q.shape[1], group_size, groups,
+            xq.stride(0), y.stride(0))
+    return Launch(_dq_matmul_kernel, m, n, dq_max_bk(group_size) if groups > 1 else None, args,
+                  dict(BITS=bits, ASYMMETRIC=asym), y)
 
 
 @torch.library.triton_op("qcompiler::triton_wo_matmul", mutates_args=())
@@ -147,22 +261,7 @@ def wo_matmul(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool 
     Affine: ``scale`` and ``zero`` are float32 [N, K / group_size]. Codebook: ``table`` is
     float32 [T, 2**bits] with T dividing N (one table per N / T rows).
     """
-    m, n = x.shape[0], q.shape[0]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    x, q = x.contiguous(), q.contiguous().view(torch.uint8)
-    codebook = table is not None
-    dummy = torch.empty(1, dtype=torch.float32, device=x.device)
-    scale = scale.contiguous() if scale is not None else dummy
-    zero = zero.contiguous() if zero is not None else dummy
-    groups = scale.shape[1] if not codebook else 1
-    bm, bn, bk = _blocks()
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    wrap_triton(_wo_matmul_kernel)[grid](
-        x, q, scale, zero, table.contiguous() if codebook else dummy, y, m, n, k, q.shape[1],
-        k // groups, groups, n // table.shape[0] if codebook else 1, x.stride(0), y.stride(0),
-        BITS=bits, SIGNED=signed, CODEBOOK=codebook, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1",
-        BM=bm, BN=bn, BK=bk)
-    return y
+    return wo_launch(x, q, bits, k, signed, scale, zero, table).run()
 
 
 @torch.library.triton_op("qcompiler::triton_dq_matmul", mutates_args=())
@@ -174,16 +273,4 @@ def dq_matmul(xq: torch.Tensor, x_scale: torch.Tensor, x_zero: Optional[torch.Te
     [N, G] for G groups along K. Integer products are exact (the zero point enters as
     ``zp·sum v`` per tile); the scales apply per group in float32.
     """
-    m, n = xq.shape[0], q.shape[0]
-    y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
-    groups = w_scale.shape[1]
-    group_size = k // groups
-    bm, bn, bk = _blocks()
-    bk = min(bk, group_size) if groups > 1 else bk  # a K tile never spans two groups
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    asym = x_zero is not None
-    wrap_triton(_dq_matmul_kernel)[grid](
-        xq.contiguous(), x_scale.contiguous(), x_zero.contiguous() if asym else x_scale, q.contiguous().view(torch.uint8),
-        w_scale.contiguous(), y, m, n, k, q.shape[1], group_size, groups,
-        xq.stride(0), y.stride(0), BITS=bits, ASYMMETRIC=asym, BM=bm, BN=bn, BK=bk)
-    return y
+    return dq_launch(xq, x_scale, x_zero, q, bits, k, w_scale, out_dtype).run()
