@@ -1,3 +1,4 @@
+# `make demo`: MiniLM quantized four ways, packaged for the CPU, measured (.pt2 files in demo-out/).
 # `make test`: create .venv if missing, install qcompiler with its dev extra
 # under constraints.txt (torch pinned to the CPU build), run the tests.
 PYTHON ?= python3
@@ -5,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qcompiler-installed
 
-.PHONY: test install clean
+.PHONY: demo test install clean
 
 install: $(STAMP)
 
@@ -15,8 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(VENV)/bin/qcompiler demo -o demo-out
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info demo-out

@@ -21,7 +21,10 @@ def capture(model: torch.nn.Module, example_args: tuple, *, example_kwargs: Opti
         raise fail("model", "a torch.nn.Module", type(model).__name__)
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # an exported program's module() (e.g. after your own pass) is already in eval form
+        pass
     with torch.no_grad():
         return torch.export.export(model, example_args, example_kwargs or {}, dynamic_shapes=dynamic_shapes, strict=False)
 

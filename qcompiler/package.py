@@ -10,6 +10,7 @@ import torch
 from . import __version__
 from .report import Report, report
 from .runtime.dtypes import fail
+from .runtime.inputs import describe_inputs
 from .runtime.int4_layout import BY_NAME, int4_weights, native_layout, repack
 from .runtime.package import load_package, read_member, write_package
 
@@ -30,7 +31,8 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert or qcompiler.lower)", type(program).__name__)
     start = time.perf_counter()
     print(f"packaging {Path(path).name} with AOTInductor ...", file=sys.stderr, flush=True)
-    metadata = {"qcompiler": __version__, "torch": torch.__version__, "report": report(program).to_dict()}
+    metadata = {"qcompiler": __version__, "torch": torch.__version__, "report": report(program).to_dict(),
+                "inputs": describe_inputs(program)}
     int4 = int4_weights(program)
     members = {}
     if int4:

@@ -53,3 +53,14 @@ def mlp_case(batch=4):
     torch.manual_seed(0)
     model = torch.nn.Sequential(Block(64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
     return model, (torch.randn(batch, 64),), ({0: Dim("batch", max=1024)},)
+
+
+def mixed_factory():
+    """``qcompiler quantize small_models:mixed_factory``: (model, example inputs)."""
+    model, args, _ = mixed_case()
+    return model, args
+
+
+def mlp_factory():
+    model, args, _ = mlp_case()
+    return model, args

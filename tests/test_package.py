@@ -124,7 +124,7 @@ def test_an_exported_program_file_is_named_as_such(tmp_path):
 
 def test_bad_package_paths(tmp_path):
     prog = qc.capture(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
-    with pytest.raises(ValueError, match="package path must end in .pt2"):
+    with pytest.raises(ValueError, match="output path must end in .pt2"):
         qc.package(prog, tmp_path / "model.zip")
     with pytest.raises(ValueError, match=r"cannot write .*: folder .*missing does not exist"):
         qc.package(prog, tmp_path / "missing" / "model.pt2")

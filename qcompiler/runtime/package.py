@@ -6,50 +6,89 @@ Writing goes to a temporary file beside the target, renamed into place at the en
 so a failure never leaves a half-written package. Loading checks the file first,
 so a missing, truncated or foreign file fails with a message naming it.
 """
+import contextlib
+import importlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
 METADATA = "qcompiler/metadata.json"
 
 
-def _writable_target(path: Path) -> None:
+def check_writable(path: Union[str, Path]) -> Path:
+    """``path`` resolved, if a ``.pt2`` can be written there; else ValueError saying why."""
+    path = Path(path).resolve()
     if path.suffix != ".pt2":
-        raise ValueError(f"qcompiler: package path must end in .pt2; got {str(path)!r}")
+        raise ValueError(f"qcompiler: output path must end in .pt2; got {str(path)!r}")
     if not path.parent.is_dir():
         raise ValueError(f"qcompiler: cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"qcompiler: cannot write {path}: it is a folder")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"qcompiler: cannot write {path}: permission denied")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: Union[str, Path]) -> Iterator[str]:
+    """Yield a temporary file name beside ``path``; rename it to ``path`` if the block succeeds,
+    remove it if not, so a failure never leaves a half-written file."""
+    path = check_writable(path)
+    fd, tmp = tempfile.mkstemp(suffix=".pt2", prefix=f".{path.stem}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_package(program: torch.export.ExportedProgram, path: Union[str, Path], metadata: dict,
                   members: Optional[Dict[str, bytes]] = None) -> Path:
     """AOTInductor-compile ``program`` into ``path`` (.pt2) with ``metadata`` (and ``members``) beside the model."""
-    path = Path(path).resolve()
-    _writable_target(path)
-    fd, tmp = tempfile.mkstemp(suffix=".pt2", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch._inductor.aoti_compile_and_package(program, package_path=tmp)
         with zipfile.ZipFile(tmp, "a") as z:
             root = z.namelist()[0].split("/", 1)[0]
             z.writestr(f"{root}/{METADATA}", json.dumps(metadata, indent=1))
             for name, data in (members or {}).items():
                 z.writestr(f"{root}/qcompiler/{name}", data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path).resolve()
 
 
-def _check_package(path: Path) -> dict:
+def save_program(program: torch.export.ExportedProgram, path: Union[str, Path]) -> Path:
+    """``torch.export.save`` ``program`` to ``path`` (.pt2), all or nothing."""
+    with atomic_write(path) as tmp:
+        torch.export.save(program, tmp)
+    return Path(path).resolve()
+
+
+def file_kind(path: Union[str, Path]) -> str:
+    """``"package"`` (AOTInductor) or ``"program"`` (``torch.export.save``); ValueError naming the file
+    for anything else, FileNotFoundError if there is none."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"qcompiler: cannot read {path}: no such file")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any("/data/aotinductor/" in n for n in names):
+            return "package"
+        if any(n.endswith("models/model.json") or n.endswith("models/model.pt") for n in names):
+            return "program"
+    raise ValueError(f"qcompiler: {path} is neither a .pt2 package nor a saved program (truncated, or another kind of file)")
+
+
+def package_metadata(path: Union[str, Path]) -> dict:
     """Check ``path`` is an intact AOTInductor package; return its qcompiler metadata ({} if none)."""
+    path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"qcompiler: cannot load {path}: no such file")
     if not zipfile.is_zipfile(path):
@@ -69,11 +108,34 @@ def _check_package(path: Path) -> dict:
 def load_package(path: Union[str, Path]) -> Tuple[Callable, dict]:
     """Check and load a ``.pt2``: a callable taking the program's inputs, and the qcompiler metadata."""
     path = Path(path).resolve()
-    metadata = _check_package(path)
+    metadata = package_metadata(path)
     try:
-        return torch._inductor.aoti_load_package(str(path)), metadata
+        run = torch._inductor.aoti_load_package(str(path))
     except Exception as e:  # the loader raises RuntimeError for any broken archive
         raise ValueError(f"qcompiler: cannot load {path}: {e}") from e
+    _import_pytree_types(path, run)
+    return run, metadata
+
+
+_TYPE = re.compile(r'"type": "([\w.]+)"')
+
+
+def _import_pytree_types(path: Path, run) -> None:
+    """Import the modules defining the input/output types the package's call spec names (e.g. a
+    transformers ``ModelOutput``), so that its first call does not fail on an unknown type."""
+    known = torch.utils._pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE
+    for name in sorted(set(_TYPE.findall("".join(run.loader.get_call_spec())))):
+        parts = name.split(".")
+        for end in range(len(parts) - 1, 0, -1):
+            if name in known:
+                break
+            try:
+                importlib.import_module(".".join(parts[:end]))
+            except ImportError:
+                continue
+        if name not in known:
+            raise ValueError(f"qcompiler: cannot load {path}: its outputs are a {name}, which no importable module "
+                             "registers with torch.utils._pytree (import the package that defines it first)")
 
 
 def read_member(path: Union[str, Path], name: str) -> Optional[bytes]:

@@ -1,0 +1,87 @@
+"""The ``qcompiler`` command: quantize, inspect, bench, eval and demo.
+
+    qcompiler quantize MODEL --scheme int4wo-64 -o out.pt2
+    qcompiler inspect out.pt2
+    qcompiler bench out.pt2 --baseline fp32.pt2 --shape 1x128 --shape 32x128
+    qcompiler eval [FILE ...] [--scheme int8wo ...]
+    qcompiler demo [-o demo-out]
+
+Results go to stdout (a table, or JSON with ``--json``); progress to stderr. A mistake
+in the input gets one line on stderr and exit status 1; no output file is left
+half-written.
+"""
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ..configs import SCHEME_FORMS
+from . import commands
+from .tables import emit
+
+COMMANDS = {"quantize": commands.quantize_cmd, "inspect": commands.inspect_cmd, "bench": commands.bench_cmd,
+            "eval": commands.eval_cmd, "demo": commands.demo_cmd}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcompiler", description="Quantize PyTorch models captured with torch.export, "
+                                "lower them to fast kernels and package them with AOTInductor.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    schemes = ", ".join(SCHEME_FORMS)
+
+    q = sub.add_parser("quantize", help="capture, quantize, lower and package a model")
+    q.add_argument("model", metavar="MODEL", help="'minilm' (bundled all-MiniLM-L6-v2) or package.module:factory, "
+                   "a callable returning (model, example_inputs)")
+    how = q.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scheme", help=f"one scheme for every linear: {schemes}")
+    how.add_argument("--recipe", metavar="FILE.json", help='per-layer rules: [{"match": "*.mlp.*", "config": "int4wo-64"}, ...]')
+    q.add_argument("--calib", metavar="N|FILE", help="calibration: N batches, sentences (.txt, bundled model) or a "
+                   "torch.save'd list of inputs; static schemes need it (the bundled model has a default)")
+    q.add_argument("--backend", choices=["cpu", "cuda", "reference"], default="cpu",
+                   help="kernels to lower to; 'reference' saves the portable program (torch.export.save) instead")
+    q.add_argument("--dynamic", metavar="DIMS", help="dynamic dims by position, e.g. 'batch,seq' (dim 0 of every input "
+                   "is batch, dim 1 seq), or 'none'; default: the bundled model's batch,seq, a factory's static shapes")
+    q.add_argument("-o", "--output", required=True, metavar="OUT.pt2")
+
+    i = sub.add_parser("inspect", help="what is in a .pt2 or saved program: layers, schemes, kernels, sizes, inputs")
+    i.add_argument("file", metavar="FILE")
+
+    b = sub.add_parser("bench", help="latency of a .pt2 or saved program, against a baseline")
+    b.add_argument("file", metavar="FILE")
+    b.add_argument("--baseline", metavar="FILE", help="another file taking the same inputs (e.g. the fp32 .pt2)")
+    b.add_argument("--shape", action="append", metavar="AxB", help="sizes of the dynamic dims (repeatable); "
+                   "default: the example's")
+    b.add_argument("--seconds", type=float, default=2.0, help="time spent per measurement (median taken)")
+
+    e = sub.add_parser("eval", help="embedding cosine against fp32 on the bundled model (all-MiniLM-L6-v2)")
+    e.add_argument("files", nargs="*", metavar="FILE", help="MiniLM .pt2 packages or saved programs")
+    e.add_argument("--scheme", action="append", help="quantize in memory with this scheme (repeatable); "
+                   f"default without FILEs: {', '.join(commands.DEMO_SCHEMES)}")
+
+    d = sub.add_parser("demo", help="MiniLM quantized four ways, packaged for the CPU: size, latency, cosine")
+    d.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="folder for the .pt2 files")
+    d.add_argument("--schemes", nargs="+", default=list(commands.DEMO_SCHEMES))
+    d.add_argument("--shape", default="1x128", metavar="BATCHxSEQ", help="input size timed")
+    d.add_argument("--seconds", type=float, default=2.0)
+
+    for s in (q, i, b, e, d):
+        s.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result, text = COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("qcompiler: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError, OSError, NotImplementedError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"qcompiler: error: {message.removeprefix('qcompiler: ')}", file=sys.stderr)
+        return 1
+    emit(result, args.json, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

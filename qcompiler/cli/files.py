@@ -1,0 +1,53 @@
+"""Opening what the command line writes: a ``.pt2`` package or a saved (reference) program."""
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..report import Report, report
+from ..runtime.inputs import describe_inputs
+from ..runtime.package import file_kind, package_metadata
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file and what it holds: its kind, per-layer report, input description and (if loaded) a callable."""
+
+    path: Path
+    kind: str  # "package" or "program"
+    report: Report
+    inputs: Optional[dict]
+    metadata: dict
+    run: Optional[Callable] = None
+
+    @property
+    def size(self) -> int:
+        return os.path.getsize(self.path)
+
+
+def open_artifact(path, load: bool = True) -> Artifact:
+    """Read ``path``'s report and inputs; with ``load``, also a callable that runs it."""
+    path = Path(path).resolve()
+    kind = file_kind(path)
+    if kind == "package":
+        from ..package import load as load_package
+        metadata = package_metadata(path)
+        run = load_package(path) if load else None
+        return Artifact(path, kind, Report.from_dict(metadata.get("report", [])), metadata.get("inputs"), metadata, run)
+    program = _load_program(path)
+    meta = {"torch": torch.__version__}
+    return Artifact(path, kind, report(program), describe_inputs(program), meta, program.module() if load else None)
+
+
+def _load_program(path: Path) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.load(str(path))
+    except Exception as first:  # a CUDA-lowered program names Triton ops registered on import
+        try:
+            importlib.import_module("qcompiler.lowering.cuda")  # registers its Triton ops
+            return torch.export.load(str(path))
+        except Exception:
+            raise ValueError(f"qcompiler: cannot load the program in {path}: {first}") from first

