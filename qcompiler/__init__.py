@@ -52,6 +52,7 @@ from .configs import (
 )
 from .convert import convert
 from .lower import lower
+from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
 from .package import Loaded, load, package
 from .pipeline import quantize
 from .prepare import calibrate, prepare
@@ -61,7 +62,7 @@ from .report import LayerReport, Report, report
 __all__ += [
     "capture", "prepare", "calibrate", "convert", "quantize", "report", "Report", "LayerReport",
     "lower", "package", "load", "Loaded",
-    "Recipe", "Rule", "config_from_string",
+    "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
     "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig",

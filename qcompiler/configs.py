@@ -4,12 +4,14 @@ A config says what a linear becomes; ``config.spec()`` builds the
 :class:`~qcompiler.passes.spec.QuantSpec` that the passes read.
 ``config_from_string("int4wo-64")`` parses the aliases (the CLI uses them).
 """
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from .passes.algorithms import check_algorithm, from_name
 from .passes.spec import ActivationSpec, AffineWeight, CodebookWeight, Float8Weight, QuantSpec
 from .runtime.dtypes import fail
 
@@ -17,29 +19,47 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 OBSERVERS = ("minmax", "moving_average")
 
 
+def _suffixed(alias: str, algorithm) -> str:
+    return alias if algorithm is None else f"{alias}+{getattr(algorithm, 'name', algorithm)}"
+
+
 def _check_group(group_size):
     if group_size not in INT4_GROUP_SIZES:
         raise fail("group_size", "one of 32, 64, 128, 256", group_size)
 
 
-@dataclass(frozen=True)
-class Int8WeightOnlyConfig:
-    """``int8wo``: symmetric per-channel int8 weights; activations stay float."""
+class _Algorithmic:
+    """A config with a fixed alias (``family``) and an optional ``algorithm`` field."""
 
-    alias = "int8wo"
+    def __post_init__(self):
+        check_algorithm(self.algorithm, self.family, self.alias)
+
+    @property
+    def alias(self) -> str:
+        return _suffixed(self.family, self.algorithm)
+
+
+@dataclass(frozen=True)
+class Int8WeightOnlyConfig(_Algorithmic):
+    """``int8wo``: symmetric per-channel int8 weights; activations stay float. ``algorithm``: GPTQ."""
+
+    algorithm: Optional[object] = None
+    family = "int8wo"
 
     def spec(self) -> QuantSpec:
-        return QuantSpec(self.alias, AffineWeight("int8"))
+        return QuantSpec(self.alias, AffineWeight("int8"), algorithm=self.algorithm)
 
 
 @dataclass(frozen=True)
-class Int8DynamicActivationInt8WeightConfig:
-    """``int8dq``: per-token dynamic int8 activations (symmetric), per-channel symmetric int8 weights."""
+class Int8DynamicActivationInt8WeightConfig(_Algorithmic):
+    """``int8dq``: per-token dynamic int8 activations (symmetric), per-channel symmetric int8 weights.
+    ``algorithm``: SmoothQuant."""
 
-    alias = "int8dq"
+    algorithm: Optional[object] = None
+    family = "int8dq"
 
     def spec(self) -> QuantSpec:
-        return QuantSpec(self.alias, AffineWeight("int8"), ActivationSpec("int8", "symmetric"))
+        return QuantSpec(self.alias, AffineWeight("int8"), ActivationSpec("int8", "symmetric"), self.algorithm)
 
 
 @dataclass(frozen=True)
@@ -49,20 +69,22 @@ class Int4WeightOnlyConfig:
     ``zero_point_domain``: ``"float"`` (tinygemm style, the default), ``"int"`` or
     ``"none"`` (symmetric int4). ``zero_point_dtype`` and ``scale_dtype`` are yours to choose;
     by default the zero point is bfloat16 in the float domain and uint8 in the int domain.
+    ``algorithm``: GPTQ, HQQ (float zero point) or AWQ.
     """
 
     group_size: int = 128
     zero_point_domain: str = "float"
     zero_point_dtype: Optional[torch.dtype] = None
     scale_dtype: torch.dtype = torch.bfloat16
+    algorithm: Optional[object] = None
 
     def __post_init__(self):
         _check_group(self.group_size)
-        self.spec()  # validates domain and dtypes
+        check_algorithm(self.algorithm, "int4wo", self.alias, self.spec().weight)  # spec() validates domain, dtypes
 
     @property
     def alias(self) -> str:
-        return f"int4wo-{self.group_size}"
+        return _suffixed(f"int4wo-{self.group_size}", self.algorithm)
 
     def spec(self) -> QuantSpec:
         if self.zero_point_domain == "none":
@@ -70,7 +92,7 @@ class Int4WeightOnlyConfig:
         else:
             zp = self.zero_point_dtype or (torch.bfloat16 if self.zero_point_domain == "float" else None)
             w = AffineWeight("uint4", self.group_size, "asymmetric", self.zero_point_domain, zp, self.scale_dtype)
-        return QuantSpec(self.alias, w)
+        return QuantSpec(self.alias, w, algorithm=self.algorithm)
 
 
 @dataclass(frozen=True)
@@ -106,8 +128,10 @@ class CodebookWeightOnlyConfig:
     bits: int = 4
     block_rows: Optional[int] = None
     grid: Optional[str] = "int8"
+    algorithm: Optional[object] = None
 
     def __post_init__(self):
+        check_algorithm(self.algorithm, "codebook", self.alias)
         if self.grid not in (None, "int8"):
             raise fail("grid", "None or 'int8'", self.grid)
         if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
@@ -117,10 +141,11 @@ class CodebookWeightOnlyConfig:
 
     @property
     def alias(self) -> str:
-        return f"codebook-{self.bits}" + (f"-{self.block_rows}" if self.block_rows else "") + ("" if self.grid else "-float")
+        name = f"codebook-{self.bits}" + (f"-{self.block_rows}" if self.block_rows else "") + ("" if self.grid else "-float")
+        return _suffixed(name, self.algorithm)
 
     def spec(self) -> QuantSpec:
-        return QuantSpec(self.alias, CodebookWeight(self.bits, self.block_rows, self.grid))
+        return QuantSpec(self.alias, CodebookWeight(self.bits, self.block_rows, self.grid), algorithm=self.algorithm)
 
 
 @dataclass(frozen=True)
@@ -144,7 +169,7 @@ class Float8DynamicActivationFloat8WeightConfig:
 
 
 @dataclass(frozen=True)
-class Int8StaticActivationInt8WeightConfig:
+class Int8StaticActivationInt8WeightConfig(_Algorithmic):
     """``int8static``: per-tensor int8 activation qparams from calibration, per-channel int8 weights.
 
     ``observer``: ``"minmax"`` (the range of everything seen) or ``"moving_average"``
@@ -153,15 +178,17 @@ class Int8StaticActivationInt8WeightConfig:
     """
 
     observer: str = "minmax"
-    alias = "int8static"
+    algorithm: Optional[object] = None
+    family = "int8static"
 
     def __post_init__(self):
         if self.observer not in OBSERVERS:
             raise fail("observer", "'minmax' or 'moving_average'", self.observer)
+        super().__post_init__()
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.alias, AffineWeight("int8"),
-                         ActivationSpec("int8", "asymmetric", static=True, observer=self.observer))
+                         ActivationSpec("int8", "asymmetric", static=True, observer=self.observer), self.algorithm)
 
 
 Config = (Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Int4WeightOnlyConfig,
@@ -177,11 +204,20 @@ _PARAMETRIC = [
     (re.compile(r"codebook-(\d+)(?:-(\d+))?(-float)?"),
      lambda b, r, f: CodebookWeightOnlyConfig(int(b), int(r) if r else None, None if f else "int8")),
 ]
-SCHEME_FORMS = tuple(_FIXED) + ("int4wo-<32|64|128|256>", "int8da-int4w-<32|64|128|256>", "codebook-<1..8>[-<block_rows>][-float]")
+SCHEME_FORMS = tuple(_FIXED) + ("int4wo-<32|64|128|256>", "int8da-int4w-<32|64|128|256>",
+                                "codebook-<1..8>[-<block_rows>][-float]", "any of these +gptq|+hqq|+awq|+smoothquant")
 
 
 def config_from_string(name: str):
-    """Parse a scheme alias such as ``"int8wo"``, ``"int4wo-64"`` or ``"codebook-3"`` into its config."""
+    """Parse a scheme alias such as ``"int8wo"``, ``"int4wo-64"`` or ``"codebook-3"`` into its config;
+    a ``+gptq`` / ``+hqq`` / ``+awq`` / ``+smoothquant`` suffix adds that algorithm (its defaults)."""
+    base, plus, algo = (name or "").partition("+")
+    if plus:
+        config, algorithm = config_from_string(base), from_name(algo)
+        if "algorithm" not in {f.name for f in dataclasses.fields(config)}:
+            raise ValueError(f"qcompiler: {type(algorithm).__name__} does not apply to {base}; it supports "
+                             f"{', '.join(algorithm.schemes)}")
+        return dataclasses.replace(config, algorithm=algorithm)
     if name in _FIXED:
         return _FIXED[name]()
     for pattern, build in _PARAMETRIC:

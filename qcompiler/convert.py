@@ -4,6 +4,7 @@ from torch.export import ExportedProgram
 
 from .capture import reexport
 from .passes.reference import rewrite_to_reference
+from .passes.smoothing import smooth_inputs
 from .prepare import SOURCE
 from .runtime.dtypes import fail
 
@@ -18,5 +19,6 @@ def convert(prepared: torch.fx.GraphModule) -> ExportedProgram:
     if not isinstance(prepared, torch.fx.GraphModule) or SOURCE not in prepared.meta:
         raise fail("prepared", "the module qcompiler.prepare returned", type(prepared).__name__)
     with torch.no_grad():
+        smooth_inputs(prepared)  # SmoothQuant and AWQ rescale inputs and weights first
         rewrite_to_reference(prepared, prepared.meta["qcompiler_names"])
     return reexport(prepared, prepared.meta[SOURCE])

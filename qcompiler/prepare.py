@@ -10,7 +10,8 @@ from torch.export import ExportedProgram
 
 from .passes.annotate import annotate
 from .passes.linears import canonicalize_linears
-from .passes.observe import insert_observers
+from .passes.calibration import solve, windows
+from .passes.observe import insert_observers, observers
 from .passes.progress import progress
 from .recipe import as_recipe
 from .runtime.dtypes import fail
@@ -36,19 +37,38 @@ def needs_calibration(prepared: torch.fx.GraphModule) -> bool:
     return prepared.meta.get("qcompiler_observers", 0) > 0
 
 
-def calibrate(prepared: torch.fx.GraphModule, data: Optional[Iterable]) -> int:
+HESSIAN_BUDGET_MB = 2048
+
+
+def calibrate(prepared: torch.fx.GraphModule, data: Optional[Iterable], hessian_budget_mb: float = HESSIAN_BUDGET_MB) -> int:
     """Run ``prepared`` on each item of ``data``; return how many items ran.
 
     An item is an argument tuple, a dict of keyword arguments, an ``(args_tuple, kwargs_dict)``
-    pair, or a single tensor (one positional argument).
+    pair, or a single tensor (one positional argument). GPTQ and AWQ keep a ``K×K`` float32
+    Hessian per distinct linear input; if those exceed ``hessian_budget_mb``, the data is run
+    once per window of layers whose Hessians fit, each window solved and freed in turn
+    (``passes.calibration``), so memory stays bounded at the cost of more passes.
     """
-    count = 0
+    items = list(data or ())
+    cuts = windows(prepared, int(hessian_budget_mb * 2**20))
+    if len(cuts) <= 1:  # everything fits: one pass; convert solves from the Hessians
+        _run(prepared, items, "calibrating")
+        return len(items)
+    for i, window in enumerate(cuts):
+        for node, obs in observers(prepared):
+            obs.collect, obs.frozen = any(node is n for n, _ in window), i > 0
+        _run(prepared, items, f"calibrating (Hessian window {i + 1}/{len(cuts)})")
+        solve(prepared, window)
+    for _, obs in observers(prepared):
+        obs.frozen = False
+    return len(items)
+
+
+def _run(prepared, items: list, label: str) -> None:
     with torch.no_grad():
-        for item in progress(data or (), "calibrating"):
+        for item in progress(items, label):
             args, kwargs = _split(item)
             prepared(*args, **kwargs)
-            count += 1
-    return count
 
 
 def _split(item):

@@ -58,6 +58,51 @@ CALIBRATION_SENTENCES = (
     "The patient recovered quickly after the surgery.",
 )
 
+# A larger calibration set for the algorithms that learn from data (GPTQ's Hessians want more input
+# rows than a layer has input channels); none of these sentences is in SENTENCES.
+CALIBRATION_CORPUS = CALIBRATION_SENTENCES + (
+    "The farmers' market on Saturday mornings sells honey, cheese and fresh vegetables from nearby villages.",
+    "Researchers measured the melting rate of the glacier with satellites and ground stations over ten years.",
+    "If the parcel does not arrive within five working days, contact customer service with your order number.",
+    "The goalkeeper saved two penalties, and the crowd sang until long after the final whistle.",
+    "Interest on the loan is charged monthly, and early repayment carries no additional fee.",
+    "A lighthouse keeper once lived alone on this rocky island, tending the lamp through winter storms.",
+    "The software update fixes a memory leak that caused the application to crash after several hours.",
+    "Her grandmother taught her to knit scarves, and now she sells them at craft fairs across the region.",
+    "The river flooded the lower town twice this century, so the council built a higher embankment.",
+    "Before the exam, the students formed study groups and reviewed every chapter of the textbook.",
+    "Solar panels on the school roof now supply most of the electricity the building needs in summer.",
+    "The detective noticed that the clock in the hallway had stopped at exactly a quarter past three.",
+    "Add the onions to the pan, cook them slowly until golden, then stir in the garlic and tomatoes.",
+    "The city plans to replace its diesel buses with electric ones by the end of the decade.",
+    "A long queue formed outside the bakery as soon as word spread about its new cinnamon rolls.",
+    "The telescope captured faint light from a galaxy that formed shortly after the Big Bang.",
+    "Employees can choose to work from home two days a week under the company's new policy.",
+    "The old railway line has been turned into a cycling path that runs along the coast.",
+    "Doctors recommend drinking water regularly during hot weather, especially for older people.",
+    "The chess champion defended her title after a tense final game that lasted more than six hours.",
+    "Wildfires spread quickly through the dry forest, forcing hundreds of residents to evacuate.",
+    "The database query was slow because the table lacked an index on the customer identifier column.",
+    "A local choir performed traditional folk songs at the opening of the new community centre.",
+    "The hikers reached the summit at dawn and watched the clouds drift through the valley below.",
+    "Negotiators from both countries met in Geneva to discuss a new trade agreement.",
+    "The puppy chewed through the garden hose and then fell asleep in a patch of sunlight.",
+    "Students in the robotics club built a machine that sorts recycling by material.",
+    "The price of coffee rose after a drought reduced the harvest in several producing countries.",
+    "Museum visitors can now explore the ancient city through a virtual reality headset.",
+    "The pharmacist explained how often to take the medicine and which foods to avoid.",
+    "Thunder rolled across the plains as the first heavy drops of rain hit the dusty road.",
+    "The author spent seven years researching the history of the spice trade for her new book.",
+    "Our internet connection drops every evening, so the provider is sending a technician.",
+    "The orchestra's conductor raised his baton, and the hall fell completely silent.",
+    "Engineers tested the bridge by driving a convoy of loaded trucks across it.",
+    "The startup's app helps people split bills and track shared expenses with friends.",
+    "Migrating geese fly in a V formation to save energy on their long journey south.",
+    "The court ruled that the company must compensate customers affected by the data breach.",
+    "He learned to bake sourdough during the winter and now shares loaves with his neighbours.",
+    "The satellite will monitor ocean temperatures to improve hurricane forecasts.",
+)
+
 
 @dataclass(frozen=True)
 class BundledModel:

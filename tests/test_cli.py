@@ -71,6 +71,12 @@ def test_recipe_file_and_calibration_count(tmp_path, capsys):
     assert any(r["name"] == "head" and r["skipped"] for r in result["layers"])
 
 
+def test_scheme_with_an_algorithm(tmp_path, capsys):
+    result = run_json(capsys, "quantize", FACTORY, "--scheme", "int4wo-32+gptq", "--calib", "2", "--backend", "reference",
+                      "-o", tmp_path / "g.pt2")
+    assert {r["scheme"] for r in result["layers"] if r["skipped"] is None} == {"int4wo-32+gptq"}
+
+
 def test_calibration_from_a_saved_list(tmp_path, capsys):
     data = tmp_path / "calib.pt"
     torch.save([(torch.randint(0, 96, (2, 8)),) for _ in range(2)], data)
@@ -88,6 +94,9 @@ def test_calibration_from_a_saved_list(tmp_path, capsys):
     (["quantize", FACTORY, "--scheme", "int8static", "--backend", "reference", "-o", "{tmp}/a.pt2"], r"needs calibration"),
     (["quantize", FACTORY, "--recipe", "{tmp}/none.json", "-o", "{tmp}/a.pt2"], r"--recipe .*: no such file"),
     (["quantize", FACTORY, "--scheme", "int8wo", "--calib", "{tmp}/none.pt", "-o", "{tmp}/a.pt2"], r"no such file"),
+    (["quantize", FACTORY, "--scheme", "int4wo-32+gptq", "--backend", "reference", "-o", "{tmp}/a.pt2"],
+     r"uses GPTQ, which needs calibration"),
+    (["quantize", FACTORY, "--scheme", "int8dq+hqq", "-o", "{tmp}/a.pt2"], r"HQQ does not apply to int8dq"),
     (["inspect", "{tmp}/nothing.pt2"], r"no such file"),
     (["inspect", "{tmp}/junk.pt2"], r"neither a .pt2 package nor a saved program"),
     (["bench", "{tmp}/junk.pt2"], r"neither a .pt2 package nor a saved program"),

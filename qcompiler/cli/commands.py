@@ -35,9 +35,11 @@ def _config(scheme: Optional[str], recipe: Optional[str]):
 
 
 def needs_calibration(config) -> bool:
-    """Whether ``config`` (or any rule of a Recipe) quantizes activations statically."""
+    """Whether ``config`` (or any rule of a Recipe) quantizes activations statically or runs an algorithm
+    that learns from data (GPTQ, AWQ, SmoothQuant)."""
     configs = [r.config for r in config.rules] if isinstance(config, Recipe) else [config]
-    return any(c is not None and c.spec().activation is not None and c.spec().activation.static for c in configs)
+    specs = [c.spec() for c in configs if c is not None]
+    return any((s.activation is not None and s.activation.static) or getattr(s.algorithm, "needs", ()) for s in specs)
 
 
 def build(source: Source, config, backend: str, out: Path, calib: Optional[list]) -> dict:

@@ -123,8 +123,8 @@ def calibration(source: Source, calib: Optional[str], device: str = "cpu") -> Op
 
 
 def _sentences(source: Source, n: Optional[int], device: str) -> list:
-    from ..zoo import CALIBRATION_SENTENCES
-    pool = list(CALIBRATION_SENTENCES)
+    from ..zoo import CALIBRATION_CORPUS
+    pool = list(CALIBRATION_CORPUS)
     count = n * CALIBRATION_BATCH if n else len(pool)
     return _batches(source, [pool[i % len(pool)] for i in range(count)], device)
 

@@ -1,4 +1,10 @@
-"""Observers: record the range of a linear's input during calibration (prepare inserts them)."""
+"""Observers: record what a linear's input looks like during calibration (prepare inserts them).
+
+Every observer tracks the input's range (for static activations). For the algorithms it
+can also track per-channel statistics along the last dimension (``channels``: min, max
+and mean magnitude; SmoothQuant, AWQ) and the Hessian ``XᵀX`` of the rows (``hessian``:
+``K×K`` float32, the memory GPTQ and AWQ pay per distinct linear input).
+"""
 import torch
 from torch.fx import GraphModule, Node
 
@@ -6,17 +12,58 @@ OBSERVER_PREFIX = "qcompiler_observer_"
 
 
 class RangeObserver(torch.nn.Module):
-    """Tracks min and max of what passes through; ``moving_average`` smooths per-batch ranges (factor 0.01)."""
+    """Tracks min and max of what passes through; ``moving_average`` smooths per-batch ranges (factor 0.01).
 
-    def __init__(self, kind: str = "minmax", averaging: float = 0.01):
+    With ``features`` (the last dimension's size), also per-channel statistics (``channels``)
+    and the Hessian of the rows (``hessian``).
+    """
+
+    def __init__(self, kind: str = "minmax", averaging: float = 0.01, features: int = 0, channels: bool = False,
+                 hessian: bool = False):
         super().__init__()
         self.kind, self.averaging = kind, averaging
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
         self.register_buffer("batches", torch.tensor(0))
+        self.register_buffer("rows", torch.tensor(0))
+        if channels:
+            self.register_buffer("channel_lo", torch.full((features,), float("inf")))
+            self.register_buffer("channel_hi", torch.full((features,), float("-inf")))
+            self.register_buffer("channel_abs_sum", torch.zeros(features, dtype=torch.float64))
+        # The Hessian is no buffer (never exported). ``collect`` switches it on and off (calibration in
+        # windows); ``frozen`` stops every other statistic (a later pass over the same data); ``solved``
+        # holds what was computed from a freed Hessian (GPTQ's stored tensors by weight, AWQ's scales).
+        self.features, self.wants_hessian, self.hessian = features, hessian, None
+        self.collect, self.frozen, self.solved = hessian, False, {}
+
+    @property
+    def hessian_bytes(self) -> int:
+        return self.features * self.features * 4 if self.wants_hessian else 0
+
+    @torch.no_grad()
+    def _statistics(self, x: torch.Tensor) -> None:
+        rows = x.detach().reshape(-1, x.shape[-1]).float()
+        if self.collect:
+            if self.hessian is None:
+                self.hessian = torch.zeros(self.features, self.features)
+            self.hessian.addmm_(rows.t(), rows)
+        if self.frozen:
+            return
+        if hasattr(self, "channel_lo"):
+            self.channel_lo.copy_(torch.minimum(self.channel_lo, rows.amin(0)))
+            self.channel_hi.copy_(torch.maximum(self.channel_hi, rows.amax(0)))
+            self.channel_abs_sum += rows.abs().sum(0, dtype=torch.float64)
+        self.rows += rows.shape[0]
+
+    @property
+    def channel_abs_mean(self) -> torch.Tensor:
+        return (self.channel_abs_sum / max(int(self.rows), 1)).float()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._statistics(x)
+        if self.frozen:
+            return x
         lo, hi = x.detach().min().float(), x.detach().max().float()
         if self.kind == "moving_average" and self.batches > 0:
             lo = self.lo + self.averaging * (lo - self.lo)
@@ -33,23 +80,45 @@ class RangeObserver(torch.nn.Module):
         return int(self.batches) > 0
 
 
+def _needs(spec) -> set:
+    needs = set(getattr(spec.algorithm, "needs", ()))
+    if spec.activation is not None and spec.activation.static:
+        needs.add("range")
+    return needs
+
+
 def insert_observers(gm: GraphModule) -> int:
-    """Observe the input of every linear whose spec has a static activation; one observer per input value."""
+    """Observe the input of every linear whose spec has a static activation or an algorithm that needs
+    calibration; one observer per input value, tracking what all its linears need."""
+    wanted: dict = {}
+    for node in gm.graph.nodes:
+        spec = node.meta.get("qspec")
+        if spec is not None and _needs(spec):
+            x = node.args[0]
+            kind = spec.activation.observer if spec.activation is not None and spec.activation.static else None
+            needs, old_kind = wanted.get(x, (set(), None))
+            wanted[x] = (needs | _needs(spec), old_kind or kind)
     made: dict = {}
+    for x, (needs, kind) in wanted.items():
+        name = f"{OBSERVER_PREFIX}{len(made)}"
+        features = x.meta["val"].shape[-1] if "val" in x.meta else 0
+        gm.add_submodule(name, RangeObserver(kind or "minmax", features=features, channels="channels" in needs,
+                                             hessian="hessian" in needs))
+        with gm.graph.inserting_after(x):
+            made[x] = gm.graph.call_module(name, (x,))
+        made[x].meta.update({k: v for k, v in x.meta.items() if k in ("val", "nn_module_stack")})
     for node in list(gm.graph.nodes):
         spec = node.meta.get("qspec")
-        if spec is None or spec.activation is None or not spec.activation.static:
-            continue
-        x = node.args[0]
-        if x not in made:
-            name = f"{OBSERVER_PREFIX}{len(made)}"
-            gm.add_submodule(name, RangeObserver(spec.activation.observer))
-            with gm.graph.inserting_after(x):
-                made[x] = gm.graph.call_module(name, (x,))
-            made[x].meta.update({k: v for k, v in x.meta.items() if k in ("val", "nn_module_stack")})
-        node.replace_input_with(x, made[x])
+        if spec is not None and node.args[0] in made:
+            node.replace_input_with(node.args[0], made[node.args[0]])
     gm.recompile()
     return len(made)
+
+
+def observers(gm: GraphModule) -> list:
+    """``(node, observer)`` pairs in graph order."""
+    return [(n, gm.get_submodule(n.target)) for n in gm.graph.nodes
+            if n.op == "call_module" and str(n.target).startswith(OBSERVER_PREFIX)]
 
 
 def observer_of(gm: GraphModule, node: Node):

@@ -16,6 +16,8 @@ from torch.fx import GraphModule, Node
 from .observe import observer_of, remove_observers
 from .pattern import Match, prune, rewrite
 from .progress import progress
+from .calibration import weight_key
+from .weights import quantize_weight
 
 aten = torch.ops.aten
 REPORT_KEY = "qcompiler"
@@ -43,9 +45,9 @@ class _Weights:
 
     def get(self, m: Match, spec, name: str):
         target, stored_w = m["w"].target, m.value("w")
-        w, key = stored_w.detach(), (id(stored_w), spec.weight)  # tied weights are one object
+        w, key = stored_w.detach(), (id(stored_w), spec.weight, spec.algorithm)  # tied weights are one object
         if key not in self.stored:
-            tensors = spec.weight.quantize(w)
+            tensors = quantize_weight(spec, w, observer_of(m.graph_module, m.anchor)[1], name, weight_key(m.anchor, spec))
             w_hat = spec.weight.dequantize(tensors, w.shape[1], torch.float32)
             names = {k: m.store(f"{name}.{k}", v) for k, v in tensors.items()}
             record = {"layer": name, "weight": target, "scheme": spec.scheme, "kernel": "reference",

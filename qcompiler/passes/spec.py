@@ -176,4 +176,4 @@ class QuantSpec:
     scheme: str
     weight: WeightSpec
     activation: Optional[ActivationSpec] = None
-    algorithm: str = "rtn"
+    algorithm: Optional[object] = None  # None: round to nearest; else a passes.algorithms config (GPTQ(), ...)

@@ -1,0 +1,152 @@
+"""Per-input-channel smoothing: SmoothQuant and AWQ rewrite ``x @ Wᵀ`` as ``(x/s) @ (W·s)ᵀ``.
+
+For each observed linear input whose linears use one of the two algorithms, a scale ``s``
+per input channel is chosen (SmoothQuant from channel ranges, AWQ by a search against the
+input Hessian), every such linear's weight becomes ``W·s`` (a new buffer; the original,
+maybe tied, is left alone), and ``1/s`` is applied to the input:
+
+- folded into the op that produces it, where only these linears read it: a ``layer_norm``'s
+  weight and bias, or a linear's output rows (and bias);
+- otherwise a ``mul`` by ``1/s`` is inserted before them (post-norm transformers such as
+  BERT read the norm's output in the residual too, so it cannot be folded there).
+
+The input's observed range is rescaled the same way (exact from the per-channel ranges),
+so static activations calibrate on what the linear will see.
+"""
+import torch
+from torch.fx import GraphModule, Node
+
+from .algorithms import AWQ, SmoothQuant
+from .observe import OBSERVER_PREFIX
+from .pattern import stored
+from .spec import AffineWeight
+
+aten = torch.ops.aten
+ops = torch.ops.qcompiler
+MIN_SCALE = 1e-5
+
+
+def smooth_inputs(gm: GraphModule) -> int:
+    """Apply SmoothQuant / AWQ to every observed input whose linears ask for it; how many inputs."""
+    done = 0
+    for obs_node in [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target).startswith(OBSERVER_PREFIX)]:
+        linears = [u for u in obs_node.users if isinstance(getattr(u.meta.get("qspec"), "algorithm", None), (AWQ, SmoothQuant))]
+        if not linears:
+            continue
+        kinds = {type(u.meta["qspec"].algorithm) for u in linears}
+        if len(linears) != len(obs_node.users) or len(kinds) > 1 or not all(u.args[1].op == "get_attr" for u in linears):
+            raise ValueError(f"qcompiler: {', '.join(sorted(str(u) for u in obs_node.users))} read one input; "
+                             f"{' and '.join(sorted(k.__name__ for k in kinds))} rescales it for all of them, so give them "
+                             "all the same algorithm (one recipe rule), with weights stored in the model")
+        obs = gm.get_submodule(obs_node.target)
+        if int(obs.rows) == 0:
+            raise ValueError(f"qcompiler: {type(algo_of(linears[0])).__name__} needs calibration, but no input of "
+                             f"{linears[0]} was observed: pass calibration_data (or call the prepared program on inputs)")
+        weights = [stored(gm, u.args[1].target).detach().float() for u in linears]
+        algo = algo_of(linears[0])
+        if isinstance(algo, SmoothQuant):
+            s = smoothquant_scales(obs, weights, algo.alpha)
+        else:
+            s = obs.solved.get("awq")  # computed during windowed calibration, or now from the Hessian
+            s = awq_scales(obs, weights, [u.meta["qspec"].weight for u in linears], algo.grid) if s is None else s
+        _apply(gm, obs_node, linears, s)
+        _rescale_range(obs, 1 / s)
+        done += 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return done
+
+
+def algo_of(node: Node):
+    return node.meta["qspec"].algorithm
+
+
+def smoothquant_scales(obs, weights: list, alpha: float) -> torch.Tensor:
+    """``s_j = max|x_j|^alpha / max|W_j|^(1-alpha)``, the weight maximum over every linear reading x."""
+    x_max = torch.maximum(obs.channel_hi.abs(), obs.channel_lo.abs()).clamp_min(MIN_SCALE)
+    w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).clamp_min(MIN_SCALE)
+    return (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp_min(MIN_SCALE)
+
+
+def awq_scales(obs, weights: list, specs: list, grid: int) -> torch.Tensor:
+    """``s = mean|x|^a`` (normalized), ``a`` on a grid in [0, 1) minimizing the summed output error
+    ``tr(ΔW H ΔWᵀ)`` of every linear reading x, ``ΔW = W - Q(W·s)/s``."""
+    h, magnitude = obs.hessian / max(int(obs.rows), 1), obs.channel_abs_mean.clamp_min(MIN_SCALE)
+    best, best_loss = torch.ones_like(magnitude), float("inf")
+    for i in range(grid):
+        s = magnitude.pow(i / grid)
+        s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1
+        loss = sum(_output_error(w, w_hat(spec, w * s) / s, h) for w, spec in zip(weights, specs))
+        if loss < best_loss:
+            best, best_loss = s, loss
+    return best
+
+
+def w_hat(spec: AffineWeight, w: torch.Tensor) -> torch.Tensor:
+    """Round to nearest and back, as the spec stores it."""
+    return spec.dequantize(spec.quantize(w), w.shape[1], torch.float32)
+
+
+def _output_error(w: torch.Tensor, w_q: torch.Tensor, h: torch.Tensor) -> float:
+    d = w - w_q
+    return float(((d @ h) * d).sum())
+
+
+def _apply(gm: GraphModule, obs_node: Node, linears: list, s: torch.Tensor) -> None:
+    for u in linears:
+        w = stored(gm, u.args[1].target)
+        name = _free_name(gm, f"{u.args[1].target}_smoothed")
+        gm.register_buffer(name, (w.detach().float() * s).to(w.dtype))
+        with gm.graph.inserting_before(u):
+            u.replace_input_with(u.args[1], gm.graph.get_attr(name))
+    x = obs_node.args[0]
+    if not _fold(gm, x, obs_node, 1 / s):
+        name = _free_name(gm, f"{obs_node.target}_inverse_scale")
+        gm.register_buffer(name, (1 / s).to(x.meta["val"].dtype))
+        with gm.graph.inserting_before(obs_node):
+            mul = gm.graph.call_function(aten.mul.Tensor, (x, gm.graph.get_attr(name)))
+        mul.meta.update({k: v for k, v in x.meta.items() if k in ("val", "nn_module_stack")})
+        obs_node.replace_input_with(x, mul)
+
+
+def _fold(gm: GraphModule, x: Node, obs_node: Node, inv: torch.Tensor) -> bool:
+    """Scale the output channels of ``x``'s producer by ``inv`` where only the observer reads it."""
+    if len(x.users) != 1 or x.op != "call_function":
+        return False
+    if x.target == aten.layer_norm.default and len(x.args) >= 4 and _stored_args(x, (2, 3)):
+        _replace_arg(gm, x, 2, stored(gm, x.args[2].target) * inv)
+        _replace_arg(gm, x, 3, stored(gm, x.args[3].target) * inv)
+        return True
+    if x.target == aten.linear.default and _stored_args(x, (1,)) and (len(x.args) < 3 or _stored_args(x, (2,))):
+        _replace_arg(gm, x, 1, stored(gm, x.args[1].target) * inv[:, None])
+        if len(x.args) >= 3 and x.args[2] is not None:
+            _replace_arg(gm, x, 2, stored(gm, x.args[2].target) * inv)
+        return True
+    return False
+
+
+def _stored_args(node: Node, positions) -> bool:
+    return all(isinstance(node.args[i], Node) and node.args[i].op == "get_attr" for i in positions)
+
+
+def _replace_arg(gm: GraphModule, node: Node, i: int, value: torch.Tensor) -> None:
+    old = node.args[i]
+    name = _free_name(gm, f"{old.target}_smoothed")
+    gm.register_buffer(name, value.detach().to(stored(gm, old.target).dtype))
+    with gm.graph.inserting_before(node):
+        node.update_arg(i, gm.graph.get_attr(name))
+
+
+def _rescale_range(obs, inv: torch.Tensor) -> None:
+    """The input's range once divided by ``s`` per channel (``inv = 1/s`` > 0), from the channel ranges."""
+    lo, hi = obs.channel_lo * inv, obs.channel_hi * inv
+    obs.lo.copy_(lo.min())
+    obs.hi.copy_(hi.max())
+
+
+def _free_name(gm: GraphModule, base: str) -> str:
+    base = "".join(c if c.isalnum() or c == "_" else "_" for c in base)
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    return name
