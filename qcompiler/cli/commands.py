@@ -12,8 +12,9 @@ from ..configs import config_from_string
 from ..lower import lower
 from ..package import package
 from ..pipeline import quantize
+from ..passes.observe import needs
 from ..recipe import Recipe
-from ..report import report
+from ..report import Report, report
 from ..runtime.inputs import dynamic_dims, make_inputs
 from ..runtime.package import check_writable, save_program
 from .files import open_artifact
@@ -21,8 +22,6 @@ from .models import CliError, Source, calibration, resolve_model
 from .tables import table
 
 DEMO_SCHEMES = ("int8wo", "int8dq", "int4wo-64", "codebook-4")
-LAYER_COLUMNS = [("name", "layer"), ("scheme", "scheme"), ("kernel", "kernel"), ("bytes_before", "bytes before"),
-                 ("bytes_after", "bytes after"), ("sqnr_db", "SQNR dB")]
 
 
 def _config(scheme: Optional[str], recipe: Optional[str]):
@@ -35,11 +34,14 @@ def _config(scheme: Optional[str], recipe: Optional[str]):
 
 
 def needs_calibration(config) -> bool:
-    """Whether ``config`` (or any rule of a Recipe) quantizes activations statically or runs an algorithm
-    that learns from data (GPTQ, AWQ, SmoothQuant)."""
+    """Whether ``config`` (or any rule of a Recipe) needs data: static activations, GPTQ, AWQ, SmoothQuant."""
     configs = [r.config for r in config.rules] if isinstance(config, Recipe) else [config]
-    specs = [c.spec() for c in configs if c is not None]
-    return any((s.activation is not None and s.activation.static) or getattr(s.algorithm, "needs", ()) for s in specs)
+    return any(needs(c.spec()) for c in configs if c is not None)
+
+
+def calibration_for(source: Source, config, calib: Optional[str] = None, device: str = "cpu") -> Optional[list]:
+    """The calibration data ``--calib`` names, or the model's default where ``config`` needs some; else None."""
+    return calibration(source, calib, device) if calib or needs_calibration(config) else None
 
 
 def build(source: Source, config, backend: str, out: Path, calib: Optional[list]) -> dict:
@@ -63,12 +65,9 @@ def quantize_cmd(a) -> tuple:
     config = _config(a.scheme, a.recipe)
     device = "cuda" if a.backend == "cuda" else "cpu"
     source = resolve_model(a.model, a.dynamic, device)
-    calib = calibration(source, a.calib, device) if a.calib or needs_calibration(config) else None
-    result = build(source, config, a.backend, out, calib)
-    rows = [r for r in result["layers"] if r["skipped"] is None]
-    skipped = [f"skipped {r['name']}: {r['skipped']}" for r in result["layers"] if r["skipped"] is not None]
-    text = "\n".join([table(rows, LAYER_COLUMNS), *skipped, f"wrote {result['output']} ({result['bytes']:,} bytes)"])
-    return result, text
+    result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device))
+    layers = Report.from_dict(result["layers"]).table()
+    return result, f"{layers}\nwrote {result['output']} ({result['bytes']:,} bytes)"
 
 
 def inspect_cmd(a) -> tuple:
@@ -82,9 +81,7 @@ def inspect_cmd(a) -> tuple:
         i4 = result["cpu_int4"]
         lines.append(f"  int4 layout: {i4['layout']} ({len(i4['weights'])} weights{', portable' if i4['portable'] else ''})")
     lines += _describe(art.inputs)
-    quantized = [r for r in result["layers"] if r["skipped"] is None]
-    lines += ["", table(quantized, LAYER_COLUMNS) if quantized else "no quantized layers"]
-    lines += [f"skipped {r['name']}: {r['skipped']}" for r in result["layers"] if r["skipped"] is not None]
+    lines += ["", art.report.table() if art.report.quantized else "no quantized layers"]
     return result, "\n".join(lines)
 
 
@@ -170,7 +167,7 @@ def eval_cmd(a) -> tuple:
     for scheme in a.scheme or (() if a.files else DEMO_SCHEMES):
         config = config_from_string(scheme)
         program = quantize(source.model, (), config, example_kwargs=source.kwargs, dynamic_shapes=source.dynamic_shapes,
-                           calibration_data=calibration(source, None) if needs_calibration(config) else None)
+                           calibration_data=calibration_for(source, config))
         rows.append({"what": scheme, **cosine(source.bundled, program.module(), reference, SENTENCES)})
     result = {"model": "all-MiniLM-L6-v2", "sentences": len(SENTENCES), "rows": rows}
     return result, table(rows, [("what", "scheme or file"), ("cosine_mean", "mean cosine"),
@@ -195,7 +192,7 @@ def demo_cmd(a) -> tuple:
             package(capture(source.model, (), example_kwargs=source.kwargs, dynamic_shapes=source.dynamic_shapes), out)
         else:
             config = config_from_string(scheme)
-            build(source, config, "cpu", out, calibration(source, None) if needs_calibration(config) else None)
+            build(source, config, "cpu", out, calibration_for(source, config))
         art = open_artifact(out)
         row = {"scheme": scheme, "mb": out.stat().st_size / 1e6, "ms": median_ms(art.run, (), inputs, a.seconds),
                **cosine(source.bundled, art.run, reference, SENTENCES), "file": out.name,

@@ -34,8 +34,8 @@ def open_artifact(path, load: bool = True) -> Artifact:
     kind = file_kind(path)
     if kind == "package":
         from ..package import load as load_package
-        metadata = package_metadata(path)
-        run = load_package(path) if load else None
+        run = load_package(path) if load else None  # checks the file and reads its metadata once
+        metadata = run.metadata if load else package_metadata(path)
         return Artifact(path, kind, Report.from_dict(metadata.get("report", [])), metadata.get("inputs"), metadata, run)
     program = _load_program(path)
     meta = {"torch": torch.__version__}

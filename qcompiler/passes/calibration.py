@@ -14,7 +14,7 @@ from .algorithms import AWQ, GPTQ
 from .gptq import gptq_quantize
 from .observe import observers
 from .pattern import stored
-from .smoothing import awq_scales
+from .smoothing import awq_for
 
 
 def windows(gm: GraphModule, budget: int) -> list:
@@ -49,6 +49,5 @@ def solve(gm: GraphModule, window: list) -> None:
                                                     spec.algorithm)
         awq = [u for u in users if isinstance(u.meta["qspec"].algorithm, AWQ)]
         if awq and len(awq) == len(users) and int(obs.rows) > 0:
-            obs.solved["awq"] = awq_scales(obs, [stored(gm, u.args[1].target).detach().float() for u in awq],
-                                           [u.meta["qspec"].weight for u in awq], awq[0].meta["qspec"].algorithm.grid)
+            obs.solved["awq"] = awq_for(gm, obs, awq)
         obs.hessian, obs.collect = None, False

@@ -97,7 +97,7 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
 def gptq_quantize(spec, w: torch.Tensor, hessian: torch.Tensor, algo: GPTQ, rows_seen: Optional[int] = None) -> dict:
     """GPTQ for ``w`` [N, K] under ``spec`` with the input Hessian ``XᵀX`` [K, K]; the stored tensors."""
     w = w.detach().float().clone()
-    h = hessian.double().clone().float()
+    h = hessian.float().clone()
     dead = h.diagonal() == 0  # inputs never non-zero: their weights cannot matter
     h[dead, dead] = 1
     w[:, dead] = 0

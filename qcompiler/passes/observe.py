@@ -80,7 +80,9 @@ class RangeObserver(torch.nn.Module):
         return int(self.batches) > 0
 
 
-def _needs(spec) -> set:
+def needs(spec) -> set:
+    """What calibration must observe for a QuantSpec: ``range`` (static activations), ``channels``,
+    ``hessian`` (its algorithm's); empty if it needs no data."""
     needs = set(getattr(spec.algorithm, "needs", ()))
     if spec.activation is not None and spec.activation.static:
         needs.add("range")
@@ -93,17 +95,18 @@ def insert_observers(gm: GraphModule) -> int:
     wanted: dict = {}
     for node in gm.graph.nodes:
         spec = node.meta.get("qspec")
-        if spec is not None and _needs(spec):
+        wants = needs(spec) if spec is not None else set()
+        if wants:
             x = node.args[0]
-            kind = spec.activation.observer if spec.activation is not None and spec.activation.static else None
-            needs, old_kind = wanted.get(x, (set(), None))
-            wanted[x] = (needs | _needs(spec), old_kind or kind)
+            kind = spec.activation.observer if "range" in wants else None
+            seen, old_kind = wanted.get(x, (set(), None))
+            wanted[x] = (seen | wants, old_kind or kind)
     made: dict = {}
-    for x, (needs, kind) in wanted.items():
+    for x, (wants, kind) in wanted.items():
         name = f"{OBSERVER_PREFIX}{len(made)}"
         features = x.meta["val"].shape[-1] if "val" in x.meta else 0
-        gm.add_submodule(name, RangeObserver(kind or "minmax", features=features, channels="channels" in needs,
-                                             hessian="hessian" in needs))
+        gm.add_submodule(name, RangeObserver(kind or "minmax", features=features, channels="channels" in wants,
+                                             hessian="hessian" in wants))
         with gm.graph.inserting_after(x):
             made[x] = gm.graph.call_module(name, (x,))
         made[x].meta.update({k: v for k, v in x.meta.items() if k in ("val", "nn_module_stack")})

@@ -17,7 +17,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .algorithms import AWQ, SmoothQuant
-from .observe import OBSERVER_PREFIX
+from .observe import observers
 from .pattern import stored
 from .spec import AffineWeight
 
@@ -29,7 +29,7 @@ MIN_SCALE = 1e-5
 def smooth_inputs(gm: GraphModule) -> int:
     """Apply SmoothQuant / AWQ to every observed input whose linears ask for it; how many inputs."""
     done = 0
-    for obs_node in [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target).startswith(OBSERVER_PREFIX)]:
+    for obs_node, obs in observers(gm):
         linears = [u for u in obs_node.users if isinstance(getattr(u.meta.get("qspec"), "algorithm", None), (AWQ, SmoothQuant))]
         if not linears:
             continue
@@ -38,17 +38,14 @@ def smooth_inputs(gm: GraphModule) -> int:
             raise ValueError(f"qcompiler: {', '.join(sorted(str(u) for u in obs_node.users))} read one input; "
                              f"{' and '.join(sorted(k.__name__ for k in kinds))} rescales it for all of them, so give them "
                              "all the same algorithm (one recipe rule), with weights stored in the model")
-        obs = gm.get_submodule(obs_node.target)
         if int(obs.rows) == 0:
             raise ValueError(f"qcompiler: {type(algo_of(linears[0])).__name__} needs calibration, but no input of "
                              f"{linears[0]} was observed: pass calibration_data (or call the prepared program on inputs)")
-        weights = [stored(gm, u.args[1].target).detach().float() for u in linears]
         algo = algo_of(linears[0])
         if isinstance(algo, SmoothQuant):
-            s = smoothquant_scales(obs, weights, algo.alpha)
-        else:
-            s = obs.solved.get("awq")  # computed during windowed calibration, or now from the Hessian
-            s = awq_scales(obs, weights, [u.meta["qspec"].weight for u in linears], algo.grid) if s is None else s
+            s = smoothquant_scales(obs, _weights(gm, linears), algo.alpha)
+        else:  # computed during windowed calibration, or now from the Hessian
+            s = obs.solved["awq"] if "awq" in obs.solved else awq_for(gm, obs, linears)
         _apply(gm, obs_node, linears, s)
         _rescale_range(obs, 1 / s)
         done += 1
@@ -59,6 +56,15 @@ def smooth_inputs(gm: GraphModule) -> int:
 
 def algo_of(node: Node):
     return node.meta["qspec"].algorithm
+
+
+def _weights(gm: GraphModule, linears: list) -> list:
+    return [stored(gm, u.args[1].target).detach().float() for u in linears]
+
+
+def awq_for(gm: GraphModule, obs, linears: list) -> torch.Tensor:
+    """AWQ's scales for the input ``obs`` watched, shared by ``linears`` (all AWQ)."""
+    return awq_scales(obs, _weights(gm, linears), [u.meta["qspec"].weight for u in linears], algo_of(linears[0]).grid)
 
 
 def smoothquant_scales(obs, weights: list, alpha: float) -> torch.Tensor:

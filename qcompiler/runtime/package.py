@@ -70,6 +70,14 @@ def save_program(program: torch.export.ExportedProgram, path: Union[str, Path]) 
     return Path(path).resolve()
 
 
+def _holds_package(names: list) -> bool:
+    return any("/data/aotinductor/" in n for n in names)
+
+
+def _holds_program(names: list) -> bool:
+    return any(n.endswith("models/model.json") for n in names)
+
+
 def file_kind(path: Union[str, Path]) -> str:
     """``"package"`` (AOTInductor) or ``"program"`` (``torch.export.save``); ValueError naming the file
     for anything else, FileNotFoundError if there is none."""
@@ -79,9 +87,9 @@ def file_kind(path: Union[str, Path]) -> str:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-        if any("/data/aotinductor/" in n for n in names):
+        if _holds_package(names):
             return "package"
-        if any(n.endswith("models/model.json") or n.endswith("models/model.pt") for n in names):
+        if _holds_program(names):
             return "program"
     raise ValueError(f"qcompiler: {path} is neither a .pt2 package nor a saved program (truncated, or another kind of file)")
 
@@ -95,8 +103,8 @@ def package_metadata(path: Union[str, Path]) -> dict:
         raise ValueError(f"qcompiler: cannot load {path}: not a .pt2 package (not a zip archive: truncated, or another kind of file)")
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
-        if not any("/data/aotinductor/" in n for n in names):
-            hint = " (a torch.export.save file? load it with torch.export.load)" if any(n.endswith("models/model.json") for n in names) else ""
+        if not _holds_package(names):
+            hint = " (a torch.export.save file? load it with torch.export.load)" if _holds_program(names) else ""
             raise ValueError(f"qcompiler: cannot load {path}: it holds no AOTInductor model{hint}")
         bad = z.testzip()
         if bad is not None:
