@@ -58,10 +58,11 @@ from .pipeline import quantize
 from .prepare import calibrate, prepare
 from .recipe import Recipe, Rule
 from .report import LayerReport, Report, report
+from .runtime.target import CPU_CAPABILITIES, Target
 
 __all__ += [
     "capture", "prepare", "calibrate", "convert", "quantize", "report", "Report", "LayerReport",
-    "lower", "package", "load", "Loaded",
+    "lower", "package", "load", "Loaded", "Target", "CPU_CAPABILITIES",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",

@@ -1,4 +1,6 @@
-"""Lower: a quantized program to a backend's fused kernels (API front door)."""
+"""Lower: a quantized program to a target's fused kernels (API front door)."""
+from typing import Union
+
 import torch
 from torch.export import ExportedProgram
 
@@ -6,6 +8,7 @@ from .capture import reexport
 from .lowering import lower_graph
 from .runtime.decompositions import DECOMPOSITIONS
 from .runtime.dtypes import fail
+from .runtime.target import Target
 
 
 def off_device(program: ExportedProgram, device_type: str) -> list:
@@ -14,18 +17,22 @@ def off_device(program: ExportedProgram, device_type: str) -> list:
     return [name for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.device.type != device_type]
 
 
-def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
-    """Replace each quantized linear's reference pattern with ``backend``'s fused kernel.
+def lower(program: ExportedProgram, target: Union[str, Target] = "cpu") -> ExportedProgram:
+    """Replace each quantized linear's reference pattern with the fastest kernel ``target`` has for it.
 
-    Backends: ``"cpu"`` (ATen's packed CPU kernels), ``"cuda"`` (Triton kernels that
-    decode weights in their tiles; needs a CUDA device) and ``"reference"`` (no change).
-    Weights are prepacked into the kernel's layout now. For linears no rule fuses, the
-    ``qcompiler::`` ops are decomposed into ATen ops (kernel ``decomposed``: Inductor
-    compiles them when packaged), so a lowered program needs no qcompiler to run.
-    ``qcompiler.report(lowered)`` lists the kernel of each layer.
+    ``target``: a backend name for this machine (``"cpu"``: integer GEMMs where the CPU has
+    VNNI, ATen's packed kernels elsewhere; ``"cuda"``: Triton kernels that decode weights in
+    their tiles, needs a CUDA device; ``"reference"``: no change), or a :class:`Target`
+    naming another machine (``Target.parse("cpu:avx2")``). Weights are prepacked into the
+    kernel's layout now. For linears no rule fuses, the ``qcompiler::`` ops are decomposed
+    into ATen ops (kernel ``decomposed``: Inductor compiles them when packaged), so a lowered
+    program needs no qcompiler to run. ``qcompiler.report(lowered)`` lists each layer's
+    kernel, why it was chosen, and the target.
     """
     if not isinstance(program, ExportedProgram):
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert)", type(program).__name__)
+    target = target if isinstance(target, Target) else Target.parse(target)
+    backend = target.backend
     if backend == "cuda" and not torch.cuda.is_available():
         raise ValueError("qcompiler: backend 'cuda' needs a CUDA device (exporting its Triton kernels runs them); "
                          "none is available here")
@@ -33,6 +40,6 @@ def lower(program: ExportedProgram, backend: str = "cpu") -> ExportedProgram:
         raise ValueError(f"qcompiler: backend 'cuda' needs the model captured on the GPU; {len(elsewhere)} weights are "
                          f"not (first: {elsewhere[0]}). Call model.to('cuda') and pass CUDA example inputs to capture")
     gm = program.module()
-    lower_graph(gm, backend)
+    lower_graph(gm, target)
     lowered = reexport(gm, program)
     return lowered if backend == "reference" else lowered.run_decompositions(DECOMPOSITIONS)

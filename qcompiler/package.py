@@ -1,5 +1,6 @@
 """Package: a lowered (or reference) program into an AOTInductor ``.pt2``; load one back."""
 import io
+import logging
 import sys
 import time
 from pathlib import Path
@@ -11,17 +12,28 @@ from . import __version__
 from .report import Report, report
 from .runtime.dtypes import fail
 from .runtime.inputs import describe_inputs
-from .runtime.int4_layout import BY_NAME, int4_weights, native_layout, repack
+from .runtime.int4_layout import BY_NAME, LAYOUT_OF_ISA, int4_weights, native_layout, repack
 from .runtime.package import load_package, read_member, write_package
+from .runtime.target import Target, code_needs, compile_options, missing
+
+log = logging.getLogger(__name__)
+
+# Inductor options every package is compiled with, chosen by measurement (docs/cpu-kernels.md):
+# freezing folds weights into the compiled code as constants and lets Inductor prepack them.
+INDUCTOR_OPTIONS = {"freezing": True}
 
 
-def package(program: torch.export.ExportedProgram, path: Union[str, Path], portable: bool = False) -> Path:
+def package(program: torch.export.ExportedProgram, path: Union[str, Path], portable: bool = False,
+            inductor_options: Optional[dict] = None) -> Path:
     """Compile ``program`` with AOTInductor into ``path`` (must end in .pt2); return the path.
 
     The per-layer report travels inside the package (``qcompiler.load(path).report``
-    and ``qcompiler inspect``). Nothing is left behind if compilation fails.
+    and ``qcompiler inspect``), with the target the program was lowered for and the
+    capabilities its kernels need. Nothing is left behind if compilation fails.
+    ``inductor_options`` are added to ``INDUCTOR_OPTIONS`` (freezing on); compilation
+    runs under ``torch.no_grad()``, without which AOTInductor ignores freezing.
 
-    ATen's packed int4 CPU weights are laid out for this machine's vector ISA (AVX2,
+    ATen's packed int4 CPU weights are laid out for the target's vector ISA (AVX2,
     AVX-512, ...). The package records that layout, and :func:`load` refuses to run it
     where ATen expects another. ``portable=True`` also stores the int4 weights beside
     the model (the package grows by their size), so that :func:`load` repacks them for
@@ -31,17 +43,35 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert or qcompiler.lower)", type(program).__name__)
     start = time.perf_counter()
     print(f"packaging {Path(path).name} with AOTInductor ...", file=sys.stderr, flush=True)
-    metadata = {"qcompiler": __version__, "torch": torch.__version__, "report": report(program).to_dict(),
-                "inputs": describe_inputs(program)}
+    rep = report(program)
+    target = _lowered_for(rep)
+    options = {**INDUCTOR_OPTIONS, **compile_options(target or Target.host()), **(inductor_options or {})}
+    metadata = {"qcompiler": __version__, "torch": torch.__version__, "report": rep.to_dict(),
+                "inputs": describe_inputs(program), "inductor_options": options}
+    if target is not None:
+        metadata["target"] = target.to_json()
+        metadata["needs"] = sorted(code_needs(target))
     int4 = int4_weights(program)
     members = {}
     if int4:
-        metadata["cpu_int4"] = {"layout": native_layout(), "weights": sorted(int4), "portable": portable}
+        isa = Target.from_json(metadata["target"]).aten_isa if "target" in metadata else None
+        layout = LAYOUT_OF_ISA[isa] if isa else native_layout()
+        metadata["cpu_int4"] = {"layout": layout, "weights": sorted(int4), "portable": portable}
         if portable:
             members[INT4_MEMBER] = _tensor_bytes(int4)
-    out = write_package(program, path, metadata, members)
+    with torch.no_grad():
+        out = write_package(program, path, metadata, members, options)
     print(f"packaged {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return out
+
+
+def _lowered_for(rep: Report) -> Optional[Target]:
+    """The target the program was lowered for (None if it was not lowered)."""
+    targets = rep.targets
+    if len(targets) > 1:
+        raise ValueError(f"qcompiler: the program's layers were lowered for different targets ({', '.join(targets)}); "
+                         "lower the whole program once, for one target")
+    return Target.parse(targets[0]) if targets else None
 
 
 class Loaded:
@@ -62,12 +92,35 @@ def load(path: Union[str, Path]) -> Loaded:
     """Load a ``.pt2`` written by :func:`package` (or any AOTInductor package) into a callable.
 
     A missing file raises FileNotFoundError; a truncated or foreign file raises
-    ValueError; both messages name the file.
+    ValueError; both messages name the file. A package compiled for a target whose
+    code this machine cannot run (``needs`` in its metadata: e.g. ``avx512`` for code
+    built with ``-march=native`` on an AVX-512 machine) is refused, naming what is
+    missing. One whose kernels were chosen for a capability this machine lacks (e.g.
+    ``vnni``) runs, slower, with a warning. Packed int4 weights laid out for another
+    vector ISA are never run as they are: they are repacked (``portable=True``
+    packages) or refused.
     """
     path = Path(path).resolve()
     run, metadata = load_package(path)
+    _check_target(path, metadata)
     _fit_int4_layout(path, run, metadata.get("cpu_int4"))
     return Loaded(path, run, metadata)
+
+
+def _check_target(path: Path, metadata: dict) -> None:
+    if "target" not in metadata:
+        return
+    target = Target.from_json(metadata["target"])
+    here = Target.host(target.backend)
+    lacking = missing(target, metadata.get("needs", ()))
+    if lacking:
+        raise ValueError(f"qcompiler: cannot run {path} here: it was compiled for {target} and needs "
+                         f"{', '.join(lacking)}, which this machine lacks (it is {here}); lower and package it "
+                         f"for a target this machine has, e.g. qcompiler.lower(program, {str(here)!r})")
+    slower = missing(target, target.capabilities)
+    if slower:
+        log.warning("qcompiler: %s was lowered for %s; this machine lacks %s: its kernels run, slower", path, target,
+                    ", ".join(slower))
 
 
 INT4_MEMBER = "int4_weights.pt"

@@ -23,6 +23,8 @@ class LayerReport:
     bytes_after: int = 0
     sqnr_db: Optional[float] = None
     skipped: Optional[str] = None
+    kernel_reason: Optional[str] = None  # why this kernel; for a ``decomposed`` layer, why no kernel took it
+    target: Optional[str] = None  # what it was lowered for (``Target``'s text form), once lowered
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,22 @@ class Report:
                  for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        lines += self._reasons()
         lines += [f"skipped {r.name}: {r.skipped}" for r in self.skipped]
         return "\n".join(lines)
+
+    def _reasons(self) -> list:
+        """One line per distinct (kernel, reason): why the layers got their kernels."""
+        layers: dict = {}
+        for r in self.quantized:
+            if r.kernel_reason:
+                layers.setdefault((r.kernel, r.kernel_reason), []).append(r.name)
+        return [f"{kernel} ({len(names)} layer{'s' * (len(names) > 1)}): {why}" for (kernel, why), names in layers.items()]
+
+    @property
+    def targets(self) -> tuple:
+        """The targets the layers were lowered for (one, for a lowered program; none before lowering)."""
+        return tuple(dict.fromkeys(r.target for r in self.layers if r.target))
 
     __str__ = table
 
@@ -81,5 +97,6 @@ def report(program: Union[torch.export.ExportedProgram, torch.fx.GraphModule]) -
         _, names = by_weight.setdefault((rec["weight"], rec["scheme"]), (rec, []))
         names.append(rec["layer"])
     rows = [LayerReport(", ".join(dict.fromkeys(names)), r["scheme"], r["kernel"], r["bytes_before"],
-                        r["bytes_after"], r["sqnr_db"]) for r, names in by_weight.values()]
+                        r["bytes_after"], r["sqnr_db"], None, r.get("kernel_reason"), r.get("target"))
+            for r, names in by_weight.values()]
     return Report(tuple(rows) + tuple(skipped))

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import qcompiler as qc
 import torch
 
 from qcompiler.cli import main
@@ -29,7 +31,7 @@ def run_json(capsys, *argv):
 def packaged(tmp_path_factory):
     """One small int8wo .pt2 with dynamic batch, written by the command (AOTInductor: ~15 s)."""
     out = tmp_path_factory.mktemp("cli") / "mlp.pt2"
-    assert main(["quantize", MLP, "--scheme", "int8wo", "--dynamic", "batch", "-o", str(out)]) == 0
+    assert main(["quantize", MLP, "--scheme", "int8wo", "--dynamic", "batch", "--target", "cpu:avx2", "-o", str(out)]) == 0
     return out
 
 
@@ -42,7 +44,8 @@ def test_quantize_writes_a_package_that_inspect_and_bench_read(packaged, capsys)
     bench = run_json(capsys, "bench", packaged, "--shape", "1", "--shape", "7", "--seconds", "0.05")
     assert [r["shape"] for r in bench["rows"]] == ["1", "7"] and all(r["ms"] > 0 for r in bench["rows"])
     code, out, _ = run(capsys, "inspect", packaged)
-    assert code == 0 and "AOTInductor package" in out and "aten._weight_int8pack_mm" in out
+    assert code == 0 and "AOTInductor package" in out and "aten._weight_int8pack_mm" in out  # AVX2: no VNNI
+    assert info["target"] == {"backend": "cpu", "capabilities": ["avx2"]}
 
 
 def test_reference_backend_saves_the_portable_program(tmp_path, capsys):
@@ -135,5 +138,6 @@ def test_demo_packages_fp32_and_each_scheme_and_leaves_the_files(tmp_path, capsy
     fp32, int8 = result["rows"]
     assert (fp32["scheme"], int8["scheme"]) == ("fp32", "int8wo") and fp32["vs_fp32"] == 1.0
     assert int8["mb"] < 0.7 * fp32["mb"] and int8["cosine_mean"] > 0.999 and int8["ms"] > 0
-    assert int8["kernels"] == ["aten._weight_int8pack_mm"]
+    vnni = qc.Target.host().has("vnni")  # for this machine: the integer GEMM where it has VNNI
+    assert int8["kernels"] == ["aten._int_mm (u8s8, VNNI) (16-bit activations)" if vnni else "aten._weight_int8pack_mm"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["minilm_fp32.pt2", "minilm_int8wo.pt2"]

@@ -12,24 +12,52 @@ def model(dtype):
     return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=False)).eval().to(dtype)
 
 
+# Kernel choices depend on the target, named explicitly: the same choices on any machine running the tests
+VNNI, AVX2 = qc.Target.parse("cpu:avx2+vnni"), qc.Target.parse("cpu:avx2")
+INT_MM, INT8PACK = "aten._int_mm (u8s8, VNNI)", "aten._weight_int8pack_mm"
+
+
 def kernels(prog):
     return [r.kernel for r in qc.report(prog).quantized]
 
 
-# float32 activations run through the packed kernels in bfloat16: agreement within bf16 rounding
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-2), (torch.bfloat16, 2e-2)])
-def test_int8_weight_only_lowers_to_the_int8_pack_kernel(dtype, tol):
+def call_targets(prog) -> set:
+    return {str(n.target) for n in prog.graph.nodes if n.op == "call_function"}
+
+
+# float32 activations run through the packed kernel in bfloat16: agreement within bf16 rounding;
+# the VNNI form splits activations into 16 bits as two int8 rows: far closer to the reference
+@pytest.mark.parametrize("target,kernel,tol", [(AVX2, INT8PACK, 2e-2), (VNNI, INT_MM + " (16-bit activations)", 1e-3)],
+                         ids=["avx2", "vnni"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_weight_only_lowers_to_the_targets_kernel(target, kernel, tol, dtype):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), qc.Int8WeightOnlyConfig(), dynamic_shapes=DIMS)
-    low = qc.lower(prog, "cpu")
-    assert kernels(low) == ["aten._weight_int8pack_mm"] * 2
-    targets = {str(n.target) for n in low.graph.nodes if n.op == "call_function"}
-    assert "aten._weight_int8pack_mm.default" in targets and not any(t.startswith("qcompiler.") for t in targets)
-    mm = next(n for n in low.graph.nodes if str(n.target) == "aten._weight_int8pack_mm.default")
-    assert mm.args[0].meta["val"].dtype == torch.bfloat16  # the fast form for either activation dtype
+    low = qc.lower(prog, target)
+    assert kernels(low) == [kernel] * 2
+    assert not any(t.startswith("qcompiler.") for t in call_targets(low))
+    if target is AVX2:
+        mm = next(n for n in low.graph.nodes if str(n.target) == "aten._weight_int8pack_mm.default")
+        assert mm.args[0].meta["val"].dtype == torch.bfloat16  # the fast form for either activation dtype
+    else:
+        assert "aten._int_mm.default" in call_targets(low)
+    tol = max(tol, 2e-2) if dtype == torch.bfloat16 else tol  # bf16 outputs round at 2^-8
     for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
+
+
+def test_16_bit_activations_stay_within_their_bound_where_rows_have_outliers():
+    # the split's error per element is at most max|x_row| / 64770: a row with a 1000x outlier
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 64).eval()
+    prog = qc.quantize(lin, (torch.randn(4, 256),), qc.Int8WeightOnlyConfig())
+    x = torch.randn(4, 256)
+    x[:, 7] = 1000.0
+    ref, got = prog.module()(x), qc.lower(prog, VNNI).module()(x)
+    # per output: max|x_row| / 64770 times the (dequantized, within 2% of the float) weight row's 1-norm
+    bound = x.abs().amax(-1, keepdim=True) / 64770 * lin.weight.abs().sum(-1) * 1.02 + 1e-4
+    assert ((got - ref).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4, grid=None),
@@ -49,13 +77,16 @@ def test_what_no_rule_fuses_is_decomposed_into_aten_and_reported(config):
 @pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4), qc.CodebookWeightOnlyConfig(3, block_rows=32),
                                     qc.CodebookWeightOnlyConfig(8)], ids=lambda c: c.alias)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_grid_codebooks_lower_to_the_int8_pack_kernel(config, dtype):
+@pytest.mark.parametrize("target", [AVX2, VNNI], ids=["avx2", "vnni"])
+def test_int8_grid_codebooks_lower_to_the_int8_weight_kernels(config, dtype, target):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
-    low = qc.lower(prog, "cpu")
-    assert kernels(low) == ["aten._weight_int8pack_mm (int8-grid codebook)"] * 2
-    # the report counts what the kernel stores: int8 weights and bf16 row scales
-    assert [r.bytes_after for r in qc.report(low).quantized] == [96 * 64 + 96 * 2, 32 * 96 + 32 * 2]
+    low = qc.lower(prog, target)
+    assert kernels(low) == [INT8PACK if target is AVX2 else INT_MM + " (16-bit activations)"] * 2
+    # the report counts what the kernel stores: int8 weights and bf16 row scales; or int8 weights,
+    # float32 row scales and the int32 column sums the uint8 shift subtracts
+    per_row = 2 if target is AVX2 else 4 + 4
+    assert [r.bytes_after for r in qc.report(low).quantized] == [96 * 64 + 96 * per_row, 32 * 96 + 32 * per_row]
     for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
@@ -66,6 +97,9 @@ def test_reference_backend_changes_nothing_and_bad_backends_are_named():
     assert kernels(qc.lower(prog, "reference")) == ["reference", "reference"]
     with pytest.raises(ValueError, match="backend must be one of cpu, cuda, reference; got 'tpu'"):
         qc.lower(prog, "tpu")
+    with pytest.raises(ValueError, match="capabilities of a 'cpu' target must be among avx2, avx512, vnni, "
+                                         "avx512_bf16, amx; got 'sse9'"):
+        qc.lower(prog, "cpu:avx2+sse9")
 
 
 INT4 = [qc.Int4WeightOnlyConfig(32), qc.Int4WeightOnlyConfig(32, zero_point_domain="int"),
@@ -90,14 +124,16 @@ def test_int4_weight_only_lowers_to_the_int4_pack_kernel(config, dtype, tol):
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("config,kernel", [(qc.Int8DynamicActivationInt8WeightConfig(), "aten._weight_int8pack_mm (int8 activations)"),
-                                           (qc.Int8DynamicActivationInt4WeightConfig(32), "aten._weight_int4pack_mm_for_cpu (int8 activations)")],
-                         ids=["int8dq", "int8da-int4w"])
+@pytest.mark.parametrize("config,target,kernel", [
+    (qc.Int8DynamicActivationInt8WeightConfig(), AVX2, "aten._weight_int8pack_mm (int8 activations)"),
+    (qc.Int8DynamicActivationInt8WeightConfig(), VNNI, INT_MM + " (int8 activations)"),
+    (qc.Int8DynamicActivationInt4WeightConfig(32), qc.Target.host(), "aten._weight_int4pack_mm_for_cpu (int8 activations)")],
+    ids=["int8dq-avx2", "int8dq-vnni", "int8da-int4w"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-2), (torch.bfloat16, 5e-2)])
-def test_dynamic_activation_schemes_lower(config, kernel, dtype, tol):
+def test_dynamic_activation_schemes_lower(config, target, kernel, dtype, tol):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
-    low = qc.lower(prog, "cpu")
+    low = qc.lower(prog, target)
     assert kernels(low) == [kernel] * 2
     assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
     for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
@@ -105,16 +141,18 @@ def test_dynamic_activation_schemes_lower(config, kernel, dtype, tol):
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
-def test_static_int8_fuses_its_weight_and_decomposes_its_activation_quantization():
+@pytest.mark.parametrize("target,kernel,tol", [(AVX2, "aten._weight_int8pack_mm (int8 activations)", 2e-2),
+                                               (VNNI, INT_MM + " (int8 activations)", 1e-4)], ids=["avx2", "vnni"])
+def test_static_int8_runs_integer_activations_through_the_targets_kernel(target, kernel, tol):
     m = model(torch.float32)
     calib = [torch.randn(4, 5, 64) for _ in range(3)]
     prog = qc.quantize(m, (torch.randn(2, 3, 64),), qc.Int8StaticActivationInt8WeightConfig(), dynamic_shapes=DIMS,
                        calibration_data=calib)
-    low = qc.lower(prog, "cpu")
-    assert kernels(low) == ["aten._weight_int8pack_mm"] * 2
-    assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
+    low = qc.lower(prog, target)
+    assert kernels(low) == [kernel] * 2
+    assert not any(t.startswith("qcompiler.") for t in call_targets(low))
     x = torch.randn(3, 2, 64)
-    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
 def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
@@ -123,26 +161,35 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
     # int8: K = 100 is not a multiple of 8, where the bf16 int8 kernel returns wrong values
     m = torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.ReLU(), torch.nn.Linear(64, 48)).eval()
     prog = qc.quantize(m, (torch.randn(3, 100),), qc.Int8WeightOnlyConfig(), dynamic_shapes=dims)
-    low = qc.lower(prog, "cpu")
+    low = qc.lower(prog, AVX2)
     assert kernels(low) == ["decomposed", "aten._weight_int8pack_mm"]
+    first = qc.report(low).quantized[0]
+    assert first.kernel_reason == ("no kernel took it: aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:avx2 "
+                                   "lacks vnni; aten._weight_int8pack_mm: K = 100 is not a multiple of 8 (the bfloat16 "
+                                   "int8 kernel needs that)")
     x = torch.randn(5, 100)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
+    assert kernels(qc.lower(prog, VNNI)) == [INT_MM + " (16-bit activations)"] * 2  # the integer GEMM takes any K
     # int4: N = 40 is not a multiple of 16, which the int4 packer needs
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 40)).eval()
     prog = qc.quantize(m, (torch.randn(3, 64),), qc.Int4WeightOnlyConfig(32), dynamic_shapes=dims)
     low = qc.lower(prog, "cpu")
     assert kernels(low) == ["aten._weight_int4pack_mm_for_cpu", "decomposed"]
+    assert "N = 40, K = 64: the int4 packer needs N % 16 == 0" in qc.report(low).quantized[1].kernel_reason
     x = torch.randn(5, 64)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("scheme", ["int8wo", "int8dq", "int4wo-32", "int8da-int4w-32", "int8static"])
-def test_back_to_back_linears_lower(scheme):
+@pytest.mark.parametrize("target", [AVX2, VNNI], ids=["avx2", "vnni"])
+def test_back_to_back_linears_lower(scheme, target):
     # the second layer's input is the first layer's freshly emitted kernel output
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)).eval()
     x = torch.randn(2, 3, 64)
     prog = qc.quantize(m, (x,), qc.config_from_string(scheme), calibration_data=[(x,)])
-    low = qc.lower(prog, "cpu")
+    if "int4" in scheme:  # int4 weights are packed for the target's ISA: run them where ATen reads that layout
+        target = qc.Target.host()
+    low = qc.lower(prog, target)
     assert "decomposed" not in kernels(low)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=5e-2, atol=5e-2)

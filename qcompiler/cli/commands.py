@@ -17,6 +17,7 @@ from ..recipe import Recipe
 from ..report import Report, report
 from ..runtime.inputs import dynamic_dims, make_inputs
 from ..runtime.package import check_writable, save_program
+from ..runtime.target import Target
 from .files import open_artifact
 from .models import CliError, Source, calibration, resolve_model
 from .tables import table
@@ -44,16 +45,16 @@ def calibration_for(source: Source, config, calib: Optional[str] = None, device:
     return calibration(source, calib, device) if calib or needs_calibration(config) else None
 
 
-def build(source: Source, config, backend: str, out: Path, calib: Optional[list]) -> dict:
-    """Quantize ``source``, lower for ``backend`` and write ``out``: a .pt2 package, or the
-    portable program (``torch.export.save``) for ``reference``. Returns what was written."""
+def build(source: Source, config, backend: str, out: Path, calib: Optional[list], target: Optional[str] = None) -> dict:
+    """Quantize ``source``, lower for ``backend`` (or the machine ``target`` names) and write ``out``: a .pt2
+    package, or the portable program (``torch.export.save``) for ``reference``. Returns what was written."""
     program = quantize(source.model, source.args, config, example_kwargs=source.kwargs,
                        dynamic_shapes=source.dynamic_shapes, calibration_data=calib)
     if backend == "reference":
         print(f"saving the reference program to {out} ...", file=sys.stderr, flush=True)
         written, rep = save_program(program, out), report(program)
     else:
-        lowered = lower(program, backend)
+        lowered = lower(program, target or backend)
         written, rep = package(lowered, out), report(lowered)
     return {"output": str(written), "bytes": written.stat().st_size, "backend": backend, "layers": rep.to_dict()}
 
@@ -62,10 +63,13 @@ def quantize_cmd(a) -> tuple:
     out = check_writable(a.output)  # before any long work
     if a.backend == "cuda" and not torch.cuda.is_available():
         raise CliError("--backend cuda needs a CUDA device; none is available here")
+    if a.target and not a.target.startswith(f"{a.backend}:"):
+        raise CliError(f"--target must name a {a.backend} machine, e.g. {a.backend}:avx2; got {a.target!r}")
+    target = str(Target.parse(a.target)) if a.target else None  # a bad capability fails before any work
     config = _config(a.scheme, a.recipe)
     device = "cuda" if a.backend == "cuda" else "cpu"
     source = resolve_model(a.model, a.dynamic, device)
-    result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device))
+    result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device), target)
     layers = Report.from_dict(result["layers"]).table()
     return result, f"{layers}\nwrote {result['output']} ({result['bytes']:,} bytes)"
 
@@ -73,10 +77,13 @@ def quantize_cmd(a) -> tuple:
 def inspect_cmd(a) -> tuple:
     art = open_artifact(a.file, load=False)
     result = {"file": str(art.path), "kind": art.kind, "bytes": art.size, "layers": art.report.to_dict(),
-              "inputs": art.inputs, **{k: art.metadata[k] for k in ("qcompiler", "torch", "cpu_int4") if k in art.metadata}}
+              "inputs": art.inputs, **{k: art.metadata[k] for k in ("qcompiler", "torch", "target", "needs", "inductor_options", "cpu_int4")
+                 if k in art.metadata}}
     kinds = {"package": "AOTInductor package", "program": "saved program (torch.export.save)"}
     lines = [f"{art.path}: {kinds[art.kind]}, {art.size:,} bytes"]
     lines += [f"  {k}: {result[k]}" for k in ("qcompiler", "torch") if k in result]
+    if "target" in result:
+        lines.append(f"  target: {Target.from_json(result['target'])} (needs: {', '.join(result['needs']) or 'nothing'})")
     if "cpu_int4" in result:
         i4 = result["cpu_int4"]
         lines.append(f"  int4 layout: {i4['layout']} ({len(i4['weights'])} weights{', portable' if i4['portable'] else ''})")

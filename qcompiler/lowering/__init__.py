@@ -8,32 +8,32 @@ kernel ``decomposed``. The CUDA table is imported on first use, since it imports
 loading a saved CUDA-lowered program with ``torch.export.load`` needs
 ``import qcompiler.lowering.cuda`` first, which registers its Triton ops.
 """
+from typing import Union
+
 import torch
 
-from ..runtime.dtypes import fail
+from ..runtime.target import Target
 from . import cpu
 from .rules import DECOMPOSED, LoweringRule, apply_rules, mark_unfused
 
 
-def _cuda_rules() -> tuple:
+def _cuda_rules(target: Target) -> tuple:
     from . import cuda  # imports Triton and registers its ops (about 1.7 s): only when lowering for CUDA
     return cuda.RULES
 
 
-BACKENDS = {"cpu": lambda: cpu.RULES, "cuda": _cuda_rules, "reference": tuple}  # name -> its rule table
+BACKENDS = {"cpu": lambda target: cpu.rules(target.aten_isa), "cuda": _cuda_rules,
+            "reference": lambda target: ()}  # name -> the rule table for a target
 
 
-def lower_graph(gm: torch.fx.GraphModule, backend: str) -> dict:
-    """Apply ``backend``'s rules to a graph module in place; return how many linears each rule lowered."""
-    if backend not in BACKENDS:
-        raise fail("backend", f"one of {', '.join(BACKENDS)}", backend)
+def lower_graph(gm: torch.fx.GraphModule, target: Union[str, Target]) -> dict:
+    """Apply the rules of ``target``'s backend (a name: this machine) to a graph module in place;
+    return how many linears each rule lowered."""
+    target = target if isinstance(target, Target) else Target.parse(target)
     gm.graph.eliminate_dead_code()  # e.g. an unused zero point of a symmetric choose_qparams
     gm.recompile()
     with torch.no_grad():
-        counts = apply_rules(gm, BACKENDS[backend]())
-    if backend != "reference":
-        counts[DECOMPOSED] = mark_unfused(gm)
-    return counts
+        return apply_rules(gm, BACKENDS[target.backend](target), target)
 
 
-__all__ = ["BACKENDS", "DECOMPOSED", "LoweringRule", "lower_graph"]
+__all__ = ["BACKENDS", "DECOMPOSED", "LoweringRule", "lower_graph", "mark_unfused"]

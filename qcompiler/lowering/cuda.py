@@ -104,13 +104,20 @@ CODEBOOK_KERNEL = "qcompiler::triton_wo_matmul (codebook)"
 
 DYNAMIC_KERNEL = "qcompiler::triton_dq_matmul (int8 activations)"
 
+_WHY = "the CUDA backend's one kernel for this pattern"
+
+
+def _rule(name, pattern, replace, kernel, ok, what: str) -> LoweringRule:
+    return LoweringRule(name, pattern, replace, kernel, _WHY, check=lambda m, target: None if ok(m) else what)
+
+
 RULES = (
-    LoweringRule("int8dq", dynamic_int8_int8, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic),
-    LoweringRule("int8da-int4w", dynamic_int8_int4, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic),
-    LoweringRule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine),
-    LoweringRule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine),
-    LoweringRule("codebook (int8 grid)", grid_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook),
-    LoweringRule("codebook-8 (int8 grid)", grid_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook),
-    LoweringRule("codebook (float)", float_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook),
-    LoweringRule("codebook-8 (float)", float_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook),
+    _rule("int8dq", dynamic_int8_int8, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, "weight blocks or qparams unsupported"),
+    _rule("int8da-int4w", dynamic_int8_int4, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, "weight blocks or qparams unsupported"),
+    _rule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine, "qparams not stored or block unsupported"),
+    _rule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine, "qparams not stored or block unsupported"),
+    _rule("codebook (int8 grid)", grid_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, "tables not stored"),
+    _rule("codebook-8 (int8 grid)", grid_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, "tables not stored"),
+    _rule("codebook (float)", float_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, "tables not stored"),
+    _rule("codebook-8 (float)", float_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, "tables not stored"),
 )

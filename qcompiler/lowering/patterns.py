@@ -97,3 +97,9 @@ def per_token_int8(x2, mapping: str, eps: float):
     z = aten.clamp.default(aten.rsub.Scalar(aten.round.default(aten.div.Tensor(lo, s)), -128), -128, 127)
     q = aten.clamp.default(aten.add.Tensor(aten.round.default(aten.div.Tensor(xf, s)), z), -128, 127)
     return q, s, z
+
+
+def static_int8_int8(x, block, scale, zero_point, out_x, w_q, w_block, w_scale, out_w, b):
+    xq = qops.quantize_affine.default(x, block, scale, zero_point, "int8", "int")
+    xd = qops.dequantize_affine.default(xq, block, scale, zero_point, "int8", "int", out_x)
+    return aten.linear.default(xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)

@@ -1,63 +1,101 @@
 """A backend is a table of lowering rules: match a reference pattern, replace it with a fused kernel.
 
-Rules are tried in order (specific patterns first). A linear no rule matches keeps its
-reference pattern; ``mark_unfused`` names its kernel ``decomposed``, since ``qcompiler.lower``
-then decomposes its qcompiler ops into ATen for Inductor.
+Each rule declares what it takes: its ``pattern`` (which fixes the spec kind, bits and
+packing it handles), the target capabilities it ``needs``, and a ``check`` that returns
+``None`` to take a match or a sentence saying why it declines. Rules are tried in order
+(fastest kernels first); a rule that declines a layer leaves it to the next one, and the
+report keeps every reason. A linear no rule takes keeps its reference pattern;
+``mark_unfused`` names its kernel ``decomposed`` (``qcompiler.lower`` then decomposes its
+qcompiler ops into ATen for Inductor) with the reasons no kernel took it.
 """
 import json
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from torch.fx import GraphModule
 
 from ..passes.pattern import Match, prune, rewrite
 from ..passes.reference import REPORT_KEY
+from ..runtime.target import Target
 
 
 @dataclass(frozen=True)
 class LoweringRule:
-    """``pattern`` (an example function), ``where`` (which matches), ``replace`` (emits the kernel), ``kernel`` (its name)."""
+    """``pattern`` (an example function) -> ``replace`` (emits ``kernel``), for targets with ``needs``.
+
+    ``check(m, target)`` returns None to take a match, else why not; ``why`` says why this
+    kernel is the one chosen when it takes a layer (the report's ``kernel_reason``).
+    """
 
     name: str
     pattern: Callable
     replace: Callable
     kernel: str
-    where: Optional[Callable[[Match], bool]] = None
+    why: str
+    needs: frozenset = field(default_factory=frozenset)
+    check: Optional[Callable[[Match, Target], Optional[str]]] = None
+
+    def declines(self, m: Match, target: Target) -> Optional[str]:
+        """Why this rule does not take ``m`` on ``target``; None when it does."""
+        lacking = sorted(self.needs - target.capabilities)
+        if lacking:
+            return f"target {target} lacks {', '.join(lacking)}"
+        return self.check(m, target) if self.check else None
 
 
-def _with_kernel(custom: dict, kernel: str, stored_bytes: int = 0) -> dict:
-    """The report record with its kernel, and the bytes the kernel's weights take where it stored new ones."""
+def _updated(custom: dict, **fields) -> dict:
+    """The node's custom metadata with its report record updated by ``fields`` (None values left out)."""
     if REPORT_KEY not in custom:
         return custom
-    record = {**json.loads(custom[REPORT_KEY]), "kernel": kernel}
-    if stored_bytes:
-        record["bytes_after"] = stored_bytes
+    record = {**json.loads(custom[REPORT_KEY]), **{k: v for k, v in fields.items() if v is not None}}
     return {**custom, REPORT_KEY: json.dumps(record)}
 
 
 DECOMPOSED = "decomposed"  # the kernel of a layer no rule fused: its ops decomposed into ATen for Inductor
 
 
-def mark_unfused(gm: GraphModule, kernel: str = DECOMPOSED) -> int:
-    """Set ``kernel`` on every quantized linear still in reference form; return how many."""
+def _joined(reasons: list) -> str:
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def mark_unfused(gm: GraphModule, declined: dict, target: Target, kernel: str = DECOMPOSED) -> int:
+    """Set ``kernel`` and the reasons no rule took it on every quantized linear still in reference form."""
     count = 0
     for node in gm.graph.nodes:
         custom = node.meta.get("custom") or {}
         if REPORT_KEY in custom and json.loads(custom[REPORT_KEY]).get("kernel") == "reference":
-            node.meta["custom"] = _with_kernel(custom, kernel)
+            why = _joined(declined.get(node, [])) or f"no {target.backend} rule matches this layer's reference pattern"
+            node.meta["custom"] = _updated(custom, kernel=kernel, kernel_reason=f"no kernel took it: {why}",
+                                           target=str(target))
             count += 1
     return count
 
 
-def apply_rules(gm: GraphModule, rules) -> dict:
-    """Apply each rule in order; return how many linears each rule lowered."""
-    counts = {}
+def apply_rules(gm: GraphModule, rules, target: Target) -> dict:
+    """Apply each rule in order; return how many linears each rule lowered (and record why, per layer).
+
+    Reasons rules gave for declining a layer are kept (``declined``: node -> reasons) for the
+    rule that takes it and, for layers none takes, for ``mark_unfused``.
+    """
+    counts, declined = {}, defaultdict(list)
     for rule in rules:
+        def where(m: Match, _rule=rule) -> bool:
+            reason = _rule.declines(m, target)
+            if reason:
+                declined[m.anchor].append(f"{_rule.kernel}: {reason}")
+            return reason is None
+
         def replacement(m: Match, _rule=rule, **inputs):
             out = _rule.replace(m, **inputs)
-            out.node.meta["custom"] = _with_kernel(m.anchor.meta.get("custom") or {}, _rule.kernel, m.stored_bytes)
+            why = _rule.why + (f" (declined: {_joined(declined[m.anchor])})" if declined.get(m.anchor) else "")
+            out.node.meta["custom"] = _updated(m.anchor.meta.get("custom") or {}, kernel=_rule.kernel,
+                                               kernel_reason=why, target=str(target),
+                                               bytes_after=m.stored_bytes or None)
             return out
 
-        counts[rule.name] = len(rewrite(gm, rule.pattern, replacement, where=rule.where))
+        counts[rule.name] = counts.get(rule.name, 0) + len(rewrite(gm, rule.pattern, replacement, where=where))
     prune(gm)
+    if target.backend != "reference":
+        counts[DECOMPOSED] = mark_unfused(gm, declined, target)
     return counts

@@ -90,6 +90,14 @@ def native_layout() -> Optional[str]:
     return next((lay.name for lay in LAYOUTS if torch.equal(pack(probe, lay), packed)), None)
 
 
+LAYOUT_OF_ISA = {"avx512": "avx512", "avx2": "avx2", "default": "pairs32"}  # ATen's dispatch ISA -> its layout
+
+
+def pack_for(u: torch.Tensor, isa: str) -> torch.Tensor:
+    """int32 [N, K] values 0..15 packed as ATen's ``isa`` kernels read them (on any machine)."""
+    return pack(u, BY_NAME[LAYOUT_OF_ISA[isa]])
+
+
 def repack(packed: torch.Tensor, layout_name: str) -> torch.Tensor:
     """Bytes packed in ``layout_name`` -> the same weight in this machine's layout."""
     u = unpack(packed, BY_NAME[layout_name])

@@ -51,10 +51,11 @@ def atomic_write(path: Union[str, Path]) -> Iterator[str]:
 
 
 def write_package(program: torch.export.ExportedProgram, path: Union[str, Path], metadata: dict,
-                  members: Optional[Dict[str, bytes]] = None) -> Path:
-    """AOTInductor-compile ``program`` into ``path`` (.pt2) with ``metadata`` (and ``members``) beside the model."""
+                  members: Optional[Dict[str, bytes]] = None, inductor_options: Optional[dict] = None) -> Path:
+    """AOTInductor-compile ``program`` (with ``inductor_options``) into ``path`` (.pt2), with ``metadata``
+    (and ``members``) beside the model."""
     with atomic_write(path) as tmp:
-        torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+        torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=inductor_options or {})
         with zipfile.ZipFile(tmp, "a") as z:
             root = z.namelist()[0].split("/", 1)[0]
             z.writestr(f"{root}/{METADATA}", json.dumps(metadata, indent=1))
