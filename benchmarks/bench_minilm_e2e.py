@@ -32,6 +32,16 @@ def latency_ms(run, inputs, min_time=2.0):
     return statistics.median(times) * 1e3
 
 
+def calibration_batches(bundled):
+    """CALIBRATION_SENTENCES encoded in batches of two: what ``int8static`` calibrates on."""
+    return [bundled.encode(CALIBRATION_SENTENCES[i:i + 2]) for i in range(0, len(CALIBRATION_SENTENCES), 2)]
+
+
+def token_inputs(shape):
+    """Random token ids (batch, seq) and an all-ones attention mask, as keyword inputs."""
+    return {"input_ids": torch.randint(1000, 20000, shape), "attention_mask": torch.ones(shape, dtype=torch.long)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--schemes", nargs="*", default=SCHEMES)
@@ -39,10 +49,9 @@ def main():
     args = ap.parse_args()
     bundled = minilm()
     reference = bundled.embed(bundled.model, SENTENCES)
-    calibration = [bundled.encode(CALIBRATION_SENTENCES[i:i + 2]) for i in range(0, len(CALIBRATION_SENTENCES), 2)]
+    calibration = calibration_batches(bundled)
     shapes = {"1x128": (1, 128), "32x128": (32, 128)}
-    inputs = {name: {"input_ids": torch.randint(1000, 20000, s), "attention_mask": torch.ones(s, dtype=torch.long)}
-              for name, s in shapes.items()}
+    inputs = {name: token_inputs(s) for name, s in shapes.items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for scheme in ["fp32"] + args.schemes:

@@ -4,14 +4,30 @@ import platform
 
 import torch
 
+# /proc/cpuinfo flags that decide which CPU kernels run (VNNI int8 dot products, bf16, AMX tiles).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
+
+def _cpuinfo() -> tuple:
+    """(model name, set of flags) from /proc/cpuinfo; (None, empty set) where it cannot be read."""
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+    return name, flags
+
+
+def machine() -> dict:
+    name, flags = _cpuinfo()
+    return {"cpu": name or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": [f for f in CPU_FLAGS if f in flags],
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

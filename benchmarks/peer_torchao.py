@@ -200,6 +200,20 @@ def quantized_copy(linear: torch.nn.Linear, scheme: str,
     return module
 
 
+WHOLE_MODEL_SCHEMES = ("int8wo", "int8dq", "fp8wo")  # configs that need no per-layer calibration
+
+
+def quantized_model(model: torch.nn.Module, scheme: str) -> torch.nn.Module:
+    """A deep copy of ``model`` with every nn.Linear quantized by torchao's config for ``scheme``."""
+    if not available():
+        raise NotImplementedError("torchao is not importable")
+    if scheme not in WHOLE_MODEL_SCHEMES:
+        raise NotImplementedError(f"{scheme}: whole-model torchao peer only for {WHOLE_MODEL_SCHEMES}")
+    module = copy.deepcopy(model).eval()
+    quantize_(module, _config(scheme, None, None))
+    return module
+
+
 def torchao_layer(linear: torch.nn.Linear, scheme: str, compile: bool,
                   calibration: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The torchao-quantized copy of ``linear`` as a callable, eager or ``torch.compile``'d.

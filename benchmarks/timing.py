@@ -1,0 +1,53 @@
+"""Interleaved timing: every case once per round, rounds repeated, so slow drifts of the host hit all cases alike.
+
+    times = interleaved({"a": fn_a, "b": fn_b}, rounds=5)   # {"a": [s, s, ...], ...}: one median per round
+    ratio = median_ratio(times["base"], times["a"])           # same-round ratios, then their median
+
+A case whose call raises is dropped from later rounds and reported in ``errors`` (one line each).
+"""
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def median_call_s(fn: Callable[[], object], min_calls: int, min_time: float) -> float:
+    """Median seconds of one ``fn()`` over at least ``min_calls`` calls and ``min_time`` seconds (after one warm call)."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def interleaved(cases: Dict[str, Callable[[], object]], rounds: int, min_calls: int = 5, min_time: float = 0.3,
+                errors: Optional[Dict[str, str]] = None) -> Dict[str, List[float]]:
+    """Seconds per call of every case, one median per round; rounds alternate the order of the cases."""
+    errors = {} if errors is None else errors
+    times: Dict[str, List[float]] = {key: [] for key in cases}
+    for r in range(rounds):
+        order = list(cases) if r % 2 == 0 else list(reversed(cases))
+        for key in order:
+            if key in errors:
+                continue
+            try:
+                times[key].append(median_call_s(cases[key], min_calls, min_time))
+            except Exception as e:  # a peer that breaks at run time: record it, time the rest
+                errors[key] = one_line(e)
+                print(f"  {key}: failed while timing: {errors[key]}", file=sys.stderr, flush=True)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return {key: t for key, t in times.items() if key not in errors}
+
+
+def median_ratio(numerator: List[float], denominator: List[float]) -> Optional[float]:
+    """Median over rounds of numerator[r] / denominator[r] (only same-round ratios are compared)."""
+    pairs = [a / b for a, b in zip(numerator, denominator) if b > 0]
+    return statistics.median(pairs) if pairs else None
