@@ -16,8 +16,8 @@ Without VNNI the same GEMM is about 8x slower than the bf16 packed kernel, so th
 targets feed the integer activations (exact in bfloat16 while ``|q| <= 255``) to it.
 
 Weight-only int8 on VNNI: each row of ``x`` is split into ``x ≈ s·(hi + lo/255)`` with
-``s = max|x_row| / 127`` and ``hi``, ``lo`` int8 (16 bits of the row's range), both
-stacked into one ``_int_mm`` call so the weight is read once. The error is at most
+``s = max|x_row| / 127`` and ``hi``, ``lo`` int8 (16 bits of the row's range), each
+through ``_int_mm`` (two calls: oneDNN's M = 1 path is about 4x faster than M = 2..8). The error is at most
 ``max|x_row| / 64770`` per element, against bfloat16's ``|x| / 256`` on the packed path;
 the weight's own quantization error is far above either. It is one kernel for every
 batch size: the packed kernel's time grows linearly with the rows (it is a GEMV), the
@@ -159,13 +159,18 @@ def _int8pack(m, x2, w8: torch.Tensor, row_scale: torch.Tensor, name: str, dtype
     return _out_of_kernel_dtype(y, dtype)
 
 
-def _u8s8(m, q, w8: torch.Tensor, name: str, zero=None):
-    """``Σ_k (q - zero)·w`` exactly, int32 [rows, N], for float integers ``q`` in [-128, 127] ([rows, K])
-    and the int8 weight ``w8`` [N, K]: ``q + 128`` as uint8 through ``torch._int_mm``."""
-    u = aten._to_copy.default(aten.add.Tensor(q, 128), dtype=torch.uint8)
-    w = m.constant(f"{name}_int8", w8.contiguous())
+def _u8s8_operands(m, w8: torch.Tensor, name: str, zero=None):
+    """The stored int8 weight [N, K] and the int32 constant ``(128 + zero)·Σ_k w[n, k]`` that :func:`_u8s8` subtracts."""
     shift = 128 + (0 if zero is None else zero.reshape(()).to(torch.int32))
-    comp = m.constant(f"{name}_int8_comp", (shift * w8.to(torch.int32).sum(1)).to(torch.int32))
+    return (m.constant(f"{name}_int8", w8.contiguous()),
+            m.constant(f"{name}_int8_comp", (shift * w8.to(torch.int32).sum(1)).to(torch.int32)))
+
+
+def _u8s8(q, operands):
+    """``Σ_k (q - zero)·w`` exactly, int32 [rows, N], for float integers ``q`` in [-128, 127] ([rows, K]):
+    ``q + 128`` as uint8 through ``torch._int_mm`` with the weight's transposed view."""
+    w, comp = operands
+    u = aten._to_copy.default(aten.add.Tensor(q, 128), dtype=torch.uint8)
     return aten.sub.Tensor(aten._int_mm.default(u, aten.t.default(w)), comp)
 
 
@@ -183,9 +188,9 @@ def _int8_weight_int_mm(m, x, w8, row_scale, out_dtype, b):
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
     hi, lo, s = _int16_rows(x2)
-    acc = _f32(_u8s8(m, aten.cat.default([hi, lo]), w8, weight_name(m)))
-    count = aten.sym_size.int(x2, 0)
-    acc_hi, acc_lo = aten.slice.Tensor(acc, 0, 0, count), aten.slice.Tensor(acc, 0, count)
+    operands = _u8s8_operands(m, w8, weight_name(m))
+    # two calls, not one on stacked rows: oneDNN's M = 1 path is 4x faster than its M = 2..8 one
+    acc_hi, acc_lo = _f32(_u8s8(hi, operands)), _f32(_u8s8(lo, operands))
     w_s = m.constant(f"{weight_name(m)}_int8_scale", row_scale.reshape(-1).float())
     y = aten.mul.Tensor(aten.mul.Tensor(aten.add.Tensor(acc_hi, aten.div.Tensor(acc_lo, 255.0)), s), w_s)
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
@@ -221,7 +226,7 @@ def _int8_activations(m, x, quantize, zero, b, int_mm: bool):
     q, scale = quantize(x2)
     if int_mm:
         w_s = m.constant(f"{name}_int8_scale", m.value("w_scale").reshape(-1).float())
-        y = aten.mul.Tensor(aten.mul.Tensor(_f32(_u8s8(m, q, w, name, zero)), scale), w_s)
+        y = aten.mul.Tensor(aten.mul.Tensor(_f32(_u8s8(q, _u8s8_operands(m, w, name, zero))), scale), w_s)
     else:  # |q - zero| <= 255: exact in bfloat16
         qz = q if zero is None else aten.sub.Tensor(q, float(zero))
         y = aten.mul.Tensor(_f32(_int8pack(m, aten._to_copy.default(qz, dtype=torch.bfloat16), w, m.value("w_scale"),
@@ -284,7 +289,7 @@ INT8PACK = "aten._weight_int8pack_mm"
 INT4PACK = "aten._weight_int4pack_mm_for_cpu"
 _WHY_INT_MM = "the target has VNNI: an exact int32 GEMM, the fastest at every batch size measured"
 _WHY_PACKED = "ATen's packed kernel, the fastest form without VNNI (the integer GEMM is about 8x slower there)"
-_WHY_INT16 = ("the target has VNNI: 16-bit activations as two int8 rows in one integer GEMM, faster than the "
+_WHY_INT16 = ("the target has VNNI: 16-bit activations as two int8 rows through the integer GEMM, faster than the "
               "packed GEMV at every batch size measured")
 
 
