@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> ``torch._int_mm`` with the int8 weight, exact int32, minus ``128·Σw`` | ``q`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
 | int8static | per-tensor ``q`` as uint8 -> ``torch._int_mm``, minus ``(128 + z)·Σw`` | ``q - z`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
-| int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> one ``torch._int_mm`` | ``x`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
+| int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> ``torch._int_mm`` | ``x`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
 | int4wo, every zero-point domain | ``aten._weight_int4pack_mm_for_cpu`` (bfloat16 ``x``) | the same |
 | int8da-int4w | per-token ``q - zp`` in bfloat16 -> ``aten._weight_int4pack_mm_for_cpu`` | the same |
 
