@@ -138,6 +138,6 @@ def test_demo_packages_fp32_and_each_scheme_and_leaves_the_files(tmp_path, capsy
     fp32, int8 = result["rows"]
     assert (fp32["scheme"], int8["scheme"]) == ("fp32", "int8wo") and fp32["vs_fp32"] == 1.0
     assert int8["mb"] < 0.7 * fp32["mb"] and int8["cosine_mean"] > 0.999 and int8["ms"] > 0
-    vnni = qc.Target.host().has("vnni")  # for this machine: the integer GEMM where it has VNNI
-    assert int8["kernels"] == ["aten._int_mm (u8s8, VNNI) (16-bit activations)" if vnni else "aten._weight_int8pack_mm"]
+    vnni = qc.Target.host().has("vnni")  # for this machine: oneDNN's prepacked integer GEMM where it has VNNI
+    assert int8["kernels"] == ["onednn.qlinear_pointwise (u8s8, VNNI, prepacked) (16-bit activations)" if vnni else "aten._weight_int8pack_mm"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["minilm_fp32.pt2", "minilm_int8wo.pt2"]

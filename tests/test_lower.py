@@ -164,7 +164,8 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
     low = qc.lower(prog, AVX2)
     assert kernels(low) == ["decomposed", "aten._weight_int8pack_mm"]
     first = qc.report(low).quantized[0]
-    assert first.kernel_reason == ("no kernel took it: aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:avx2 "
+    assert first.kernel_reason == ("no kernel took it: onednn.qlinear_pointwise (u8s8, VNNI, prepacked) (16-bit activations): "
+                                   "target cpu:avx2 lacks vnni; aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:avx2 "
                                    "lacks vnni; aten._weight_int8pack_mm: K = 100 is not a multiple of 8 (the bfloat16 "
                                    "int8 kernel needs that)")
     x = torch.randn(5, 100)
@@ -193,3 +194,30 @@ def test_back_to_back_linears_lower(scheme, target):
     low = qc.lower(prog, target)
     assert "decomposed" not in kernels(low)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=5e-2, atol=5e-2)
+
+
+HOST_SCHEMES = [qc.Int8WeightOnlyConfig(), qc.Int8DynamicActivationInt8WeightConfig(), qc.Int8StaticActivationInt8WeightConfig(),
+                qc.CodebookWeightOnlyConfig(4)]
+
+
+@pytest.mark.parametrize("config", HOST_SCHEMES, ids=lambda c: c.alias)
+def test_on_this_machine_vnni_takes_onednn_prepacked_and_agrees_with_the_portable_integer_gemm(config):
+    # both are exact int32 GEMMs of the same integers: they agree to float32 rounding of the scales
+    m = model(torch.float32)
+    calib = [torch.randn(4, 5, 64) for _ in range(2)]
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS, calibration_data=calib)
+    host = qc.Target.host()
+    low = qc.lower(prog, host)
+    suffix = " (16-bit activations)" if config.alias in ("int8wo", "codebook-4") else " (int8 activations)"
+    if not host.has("vnni"):
+        assert all(k.startswith(INT8PACK) for k in kernels(low))
+        assert "lacks vnni" in qc.report(low).quantized[0].kernel_reason
+        return
+    assert kernels(low) == ["onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix] * 2
+    assert "onednn.qlinear_prepack.default" in call_targets(low)
+    portable = qc.lower(prog, "cpu:vnni")  # never this machine: the plain-weight integer GEMM
+    assert kernels(portable) == [INT_MM + suffix] * 2
+    assert "target cpu:vnni is not this machine" in qc.report(portable).quantized[0].kernel_reason
+    for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(low.module()(x), portable.module()(x), rtol=1e-5, atol=1e-5)

@@ -2,22 +2,33 @@
 
 | scheme | target with ``vnni`` | other targets |
 | --- | --- | --- |
-| int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> ``torch._int_mm`` with the int8 weight, exact int32, minus ``128·Σw`` | ``q`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
-| int8static | per-tensor ``q`` as uint8 -> ``torch._int_mm``, minus ``(128 + z)·Σw`` | ``q - z`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
-| int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> ``torch._int_mm`` | ``x`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
+| int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32 | ``q`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
+| int8static | per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z`` | ``q - z`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
+| int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> an integer GEMM | ``x`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
 | int4wo, every zero-point domain | ``aten._weight_int4pack_mm_for_cpu`` (bfloat16 ``x``) | the same |
 | int8da-int4w | per-token ``q - zp`` in bfloat16 -> ``aten._weight_int4pack_mm_for_cpu`` | the same |
 
-Integer GEMMs: ``torch._int_mm(uint8 [M, K], int8 [K, N])`` runs on oneDNN's VNNI kernels;
-the weight is stored [N, K] and passed as its transposed view (5x faster than a contiguous
-[K, N]). Shifting int8 activations by 128 makes them uint8; the shift's contribution,
-``128·Σ_k w[n, k]``, is a constant subtracted from the int32 result. Sums are exact.
-Without VNNI the same GEMM is about 8x slower than the bf16 packed kernel, so those
+The integer GEMM, fastest first:
+
+- ``onednn.qlinear_pointwise`` (what PT2E's x86 path reaches) where the target is this
+  machine: the graph calls ``onednn.qlinear_prepack`` on the stored int8 weight, which
+  packaging with freezing folds into a constant in oneDNN's blocked layout *for the
+  machine that packages*; so a named target that is not this machine takes the next form.
+  Activations go in as uint8 ``q + 128`` with zero point ``128 + z``: oneDNN's
+  signed-activation path is a reference loop, hundreds of times slower.
+- ``torch._int_mm(uint8 [M, K], int8 [K, N])`` on a plain weight stored [N, K] and passed
+  as its transposed view (5x faster than a contiguous [K, N]); the shift's contribution
+  ``(128 + z)·Σ_k w[n, k]`` is a constant subtracted from the int32 result. About 1.6x
+  slower than the prepacked form at 32 rows, 4x at 2..8 rows (one row: 0.9x).
+
+Without VNNI the integer GEMM is about 8x slower than the bf16 packed kernel, so those
 targets feed the integer activations (exact in bfloat16 while ``|q| <= 255``) to it.
+Sums are exact in every form.
 
 Weight-only int8 on VNNI: each row of ``x`` is split into ``x ≈ s·(hi + lo/255)`` with
-``s = max|x_row| / 127`` and ``hi``, ``lo`` int8 (16 bits of the row's range), each
-through ``_int_mm`` (two calls: oneDNN's M = 1 path is about 4x faster than M = 2..8). The error is at most
+``s = max|x_row| / 127`` and ``hi``, ``lo`` int8 (16 bits of the row's range): the hi
+and lo rows go through one prepacked call stacked (oneDNN's 2-row GEMM costs what its
+1-row one does), or through two ``_int_mm`` calls. The error is at most
 ``max|x_row| / 64770`` per element, against bfloat16's ``|x| / 256`` on the packed path;
 the weight's own quantization error is far above either. It is one kernel for every
 batch size: the packed kernel's time grows linearly with the rows (it is a GEMV), the
@@ -43,12 +54,14 @@ from functools import partial
 import torch
 
 from ..runtime.int4_layout import pack_for
+from ..runtime.onednn import qlinear_available
+from ..runtime.target import Target
 from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, per_token_block,
                        per_token_int8, rows, static_int8_int8, stored_inputs, weight_name, weight_only_packed,
                        weight_only_unpacked, with_bias)
 from .rules import LoweringRule
 
-aten, qops = torch.ops.aten, torch.ops.qcompiler
+aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn
 VNNI = frozenset({"vnni"})
 
 
@@ -159,19 +172,44 @@ def _int8pack(m, x2, w8: torch.Tensor, row_scale: torch.Tensor, name: str, dtype
     return _out_of_kernel_dtype(y, dtype)
 
 
-def _u8s8_operands(m, w8: torch.Tensor, name: str, zero=None):
-    """The stored int8 weight [N, K] and the int32 constant ``(128 + zero)·Σ_k w[n, k]`` that :func:`_u8s8` subtracts."""
+def _qlinear_weight(m, w8: torch.Tensor, w_scale: torch.Tensor, name: str) -> tuple:
+    """``qlinear_pointwise``'s weight operands: the int8 weight [N, K] stored and prepacked in the graph
+    (folded into oneDNN's blocked layout at packaging), its per-channel scales and zero zero points."""
+    w = m.constant(f"{name}_int8", w8.contiguous())
+    return (onednn.qlinear_prepack.default(w, None), m.constant(f"{name}_int8_scale", w_scale.reshape(-1).float()),
+            m.constant(f"{name}_int8_zero", torch.zeros(w8.shape[0], dtype=torch.int32)))
+
+
+def _as_uint8(q):
+    """Float integers in [-128, 127] as uint8 ``q + 128``: oneDNN's fast int8 GEMMs take unsigned activations
+    (its signed-activation path in ``qlinear_pointwise`` is a reference loop, hundreds of times slower)."""
+    return aten._to_copy.default(aten.add.Tensor(q, 128), dtype=torch.uint8)
+
+
+def _qlinear_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
+    """``Σ_k (q - zero)·w·w_scale`` in float32 for each block ``q`` of float-integer rows ([rows, K], values in
+    [-128, 127]), the sums exact in int32: one ``onednn.qlinear_pointwise`` call on the stacked blocks
+    (its 2-row GEMM costs what its 1-row one does), zero point ``128 + zero``."""
+    weight = _qlinear_weight(m, w8, w_scale, name)
+    q = blocks[0] if len(blocks) == 1 else aten.cat.default(blocks)
+    zp = 128 + (0 if zero is None else int(zero))
+    acc = onednn.qlinear_pointwise.default(_as_uint8(q), 1.0, zp, *weight, None, 1.0, 0, torch.float32, "none", [], "")
+    if len(blocks) == 1:
+        return [acc]
+    parts = aten.split_with_sizes.default(acc, [aten.sym_size.int(b, 0) for b in blocks])
+    return [parts[i] for i in range(len(blocks))]
+
+
+def _int_mm_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
+    """What :func:`_qlinear_gemm` computes, on ``torch._int_mm(uint8, int8)``: the weight [N, K] stored plain,
+    passed as its transposed view, the int32 constant ``(128 + zero)·Σ_k w[n, k]`` subtracted. One call per
+    block: oneDNN's 1-row path here is about 4x faster than its 2..8-row one."""
     shift = 128 + (0 if zero is None else zero.reshape(()).to(torch.int32))
-    return (m.constant(f"{name}_int8", w8.contiguous()),
-            m.constant(f"{name}_int8_comp", (shift * w8.to(torch.int32).sum(1)).to(torch.int32)))
-
-
-def _u8s8(q, operands):
-    """``Σ_k (q - zero)·w`` exactly, int32 [rows, N], for float integers ``q`` in [-128, 127] ([rows, K]):
-    ``q + 128`` as uint8 through ``torch._int_mm`` with the weight's transposed view."""
-    w, comp = operands
-    u = aten._to_copy.default(aten.add.Tensor(q, 128), dtype=torch.uint8)
-    return aten.sub.Tensor(aten._int_mm.default(u, aten.t.default(w)), comp)
+    w = m.constant(f"{name}_int8", w8.contiguous())
+    comp = m.constant(f"{name}_int8_comp", (shift * w8.to(torch.int32).sum(1)).to(torch.int32))
+    w_s = m.constant(f"{name}_int8_scale", w_scale.reshape(-1).float())
+    return [aten.mul.Tensor(_f32(aten.sub.Tensor(aten._int_mm.default(_as_uint8(q), aten.t.default(w)), comp)), w_s)
+            for q in blocks]
 
 
 def _int16_rows(x2):
@@ -184,15 +222,13 @@ def _int16_rows(x2):
     return hi, lo, s
 
 
-def _int8_weight_int_mm(m, x, w8, row_scale, out_dtype, b):
+def _int8_weight_int16(gemm, m, x, w8, row_scale, out_dtype, b):
+    """``x @ (w8·row_scale)ᵀ`` with ``x``'s rows in 16 bits (:func:`_int16_rows`) through an integer ``gemm``."""
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
     hi, lo, s = _int16_rows(x2)
-    operands = _u8s8_operands(m, w8, weight_name(m))
-    # two calls, not one on stacked rows: oneDNN's M = 1 path is 4x faster than its M = 2..8 one
-    acc_hi, acc_lo = _f32(_u8s8(hi, operands)), _f32(_u8s8(lo, operands))
-    w_s = m.constant(f"{weight_name(m)}_int8_scale", row_scale.reshape(-1).float())
-    y = aten.mul.Tensor(aten.mul.Tensor(aten.add.Tensor(acc_hi, aten.div.Tensor(acc_lo, 255.0)), s), w_s)
+    acc_hi, acc_lo = gemm(m, w8, row_scale, weight_name(m), [hi, lo])
+    y = aten.mul.Tensor(aten.add.Tensor(acc_hi, aten.div.Tensor(acc_lo, 255.0)), s)
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
@@ -216,17 +252,17 @@ def _grid_codebook_weight(kernel, m, x, out_dtype, b, packed: bool = False, **_)
     return kernel(m, x, cb_q[block_of_row[:, None], idx.long()], cb_s[block_of_row], out_dtype, b)
 
 
-def _int8_activations(m, x, quantize, zero, b, int_mm: bool):
-    """``(q - zero)·scale @ (w·w_scale)ᵀ (+ b)`` where ``quantize(x2)`` gives ``x``'s integers ``q`` and ``scale``.
+def _int8_activations(gemm, m, x, quantize, zero, b):
+    """``(q - zero)·scale @ (w·w_scale)ᵀ (+ b)`` where ``quantize(x2)`` gives ``x``'s integers ``q`` and ``scale``;
+    ``gemm`` is an integer GEMM (:func:`_qlinear_gemm`, :func:`_int_mm_gemm`) or None for the packed bfloat16 kernel.
 
     ``zero``: None, or the stored activation zero point (a 0-d tensor)."""
     w = m.value("w_q")
     name = weight_name(m)
     x2, back = rows(m, x, w.shape[1], w.shape[0])
     q, scale = quantize(x2)
-    if int_mm:
-        w_s = m.constant(f"{name}_int8_scale", m.value("w_scale").reshape(-1).float())
-        y = aten.mul.Tensor(aten.mul.Tensor(_f32(_u8s8(q, _u8s8_operands(m, w, name, zero))), scale), w_s)
+    if gemm is not None:
+        y = aten.mul.Tensor(gemm(m, w, m.value("w_scale"), name, [q], zero)[0], scale)
     else:  # |q - zero| <= 255: exact in bfloat16
         qz = q if zero is None else aten.sub.Tensor(q, float(zero))
         y = aten.mul.Tensor(_f32(_int8pack(m, aten._to_copy.default(qz, dtype=torch.bfloat16), w, m.value("w_scale"),
@@ -234,15 +270,15 @@ def _int8_activations(m, x, quantize, zero, b, int_mm: bool):
     return with_bias(back(aten._to_copy.default(y, dtype=m["out_w"])), b)
 
 
-def _int8_dynamic_int8(int_mm: bool, m, x, eps, b, **_):
+def _int8_dynamic_int8(gemm, m, x, eps, b, **_):
     def quantize(x2):
         q, s, _ = per_token_int8(x2, "symmetric", eps)
         return q, s
 
-    return _int8_activations(m, x, quantize, None, b, int_mm)
+    return _int8_activations(gemm, m, x, quantize, None, b)
 
 
-def _int8_static_int8(int_mm: bool, m, x, b, **_):
+def _int8_static_int8(gemm, m, x, b, **_):
     name = weight_name(m)
     z = m.value("zero_point").reshape(())
     s = m.constant(f"{name}_input_scale", m.value("scale").reshape(()).float())
@@ -251,7 +287,7 @@ def _int8_static_int8(int_mm: bool, m, x, b, **_):
         q = aten.clamp.default(aten.add.Tensor(aten.round.default(aten.div.Tensor(_f32(x2), s)), float(z)), -128, 127)
         return q, s
 
-    return _int8_activations(m, x, quantize, z, b, int_mm)
+    return _int8_activations(gemm, m, x, quantize, z, b)
 
 
 def _int4_pack(m, u: torch.Tensor, name: str, target_isa: str):
@@ -284,44 +320,60 @@ def _int8_dynamic_int4(target_isa, m, x, eps, n, w_block, out_w, b, **_):
 
 # --- the table --------------------------------------------------------------------------------
 
+QLINEAR = "onednn.qlinear_pointwise (u8s8, VNNI, prepacked)"
 INT_MM = "aten._int_mm (u8s8, VNNI)"
 INT8PACK = "aten._weight_int8pack_mm"
 INT4PACK = "aten._weight_int4pack_mm_for_cpu"
-_WHY_INT_MM = "the target has VNNI: an exact int32 GEMM, the fastest at every batch size measured"
+_WHY_QLINEAR = ("the target is this machine and has VNNI: an exact int32 GEMM on a weight prepacked for it, "
+                "the fastest at every batch size measured (1.6x torch._int_mm at 32 rows)")
+_WHY_INT_MM = ("the target has VNNI but is not this machine (oneDNN prepacks for the machine that packages): "
+               "an exact int32 GEMM on a plain weight")
 _WHY_PACKED = "ATen's packed kernel, the fastest form without VNNI (the integer GEMM is about 8x slower there)"
-_WHY_INT16 = ("the target has VNNI: 16-bit activations as two int8 rows through the integer GEMM, faster than the "
-              "packed GEMV at every batch size measured")
+_IN_16_BITS = " with 16-bit activations as two int8 rows"
+_INT8_ACTS, _INT16_ACTS = " (int8 activations)", " (16-bit activations)"
 
 
-def _int8_weight_rules(name: str, pattern, replace, check, **kw) -> tuple:
-    """The VNNI rule and the packed-kernel rule for one int8-weight pattern."""
-    return (LoweringRule(name, pattern, partial(replace, _int8_weight_int_mm, **kw), INT_MM + " (16-bit activations)",
-                         _WHY_INT16, VNNI, partial(check, need_k8=False, **kw)),
-            LoweringRule(name, pattern, partial(replace, _int8_weight_packed, **kw), INT8PACK, _WHY_PACKED,
+def _on_this_machine(check):
+    """``check``, declining first where the target is not this machine or PyTorch lacks oneDNN's int8 linear."""
+    def checked(m, target):
+        if not qlinear_available():
+            return "this PyTorch build has no oneDNN int8 linear (onednn.qlinear_pointwise)"
+        if target != Target.host():
+            return f"target {target} is not this machine ({Target.host()}): oneDNN prepacks for the machine that packages"
+        return check(m, target)
+    return checked
+
+
+def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: bool, **kw) -> tuple:
+    """The rules for one pattern: oneDNN prepacked, ``torch._int_mm`` (both VNNI), ATen's packed kernel."""
+    def bind(gemm):
+        if not int16:
+            return partial(replace, gemm, **kw)
+        kernel = _int8_weight_packed if gemm is None else partial(_int8_weight_int16, gemm)
+        return partial(replace, kernel, **kw)
+
+    integer = partial(check, need_k8=False, **kw)
+    why16 = _IN_16_BITS if int16 else ""
+    return (LoweringRule(name, pattern, bind(_qlinear_gemm), QLINEAR + kernel_note, _WHY_QLINEAR + why16, VNNI,
+                         _on_this_machine(integer)),
+            LoweringRule(name, pattern, bind(_int_mm_gemm), INT_MM + kernel_note, _WHY_INT_MM + why16, VNNI, integer),
+            LoweringRule(name, pattern, bind(None), INT8PACK + ("" if int16 else kernel_note), _WHY_PACKED,
                          check=partial(check, need_k8=True, **kw)))
-
-
-def _activation_rules(name: str, pattern, replace, check) -> tuple:
-    """The VNNI rule and the packed-kernel rule for one integer-activation pattern."""
-    return (LoweringRule(name, pattern, partial(replace, True), INT_MM + " (int8 activations)", _WHY_INT_MM, VNNI,
-                         partial(check, need_k8=False)),
-            LoweringRule(name, pattern, partial(replace, False), INT8PACK + " (int8 activations)", _WHY_PACKED,
-                         check=partial(check, need_k8=True)))
 
 
 def rules(target_isa: str) -> tuple:
     """The CPU rule table; packed int4 weights are laid out for ``target_isa``."""
     return (
-        *_activation_rules("int8dq", dynamic_int8_int8, _int8_dynamic_int8, _int8dq),
-        *_activation_rules("int8static", static_int8_int8, _int8_static_int8, _int8static),
+        *_integer_rules("int8dq", dynamic_int8_int8, _int8_dynamic_int8, _int8dq, _INT8_ACTS, False),
+        *_integer_rules("int8static", static_int8_int8, _int8_static_int8, _int8static, _INT8_ACTS, False),
         LoweringRule("int8da-int4w", dynamic_int8_int4, partial(_int8_dynamic_int4, target_isa),
                      INT4PACK + " (int8 activations)", "the only int4 CPU kernel (no int8 x int4 integer kernel in ATen)",
                      check=_int8da_int4w),
         LoweringRule("int4wo", weight_only_packed, partial(_int4_weight_only, target_isa), INT4PACK,
                      "the only int4 CPU kernel", check=_int4_groups),
-        *_int8_weight_rules("int8wo", weight_only_unpacked, _int8_weight_only, _int8_per_channel),
-        *_int8_weight_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,
-                            packed=True),
-        *_int8_weight_rules("codebook-8 (int8 grid)", grid_codebook_bytes, _grid_codebook_weight, _grid_codebook,
-                            packed=False),
+        *_integer_rules("int8wo", weight_only_unpacked, _int8_weight_only, _int8_per_channel, _INT16_ACTS, True),
+        *_integer_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,
+                        _INT16_ACTS, True, packed=True),
+        *_integer_rules("codebook-8 (int8 grid)", grid_codebook_bytes, _grid_codebook_weight, _grid_codebook,
+                        _INT16_ACTS, True, packed=False),
     )

@@ -1,7 +1,8 @@
 """What must exist when a quantized program runs: the ``qcompiler::`` torch.library ops.
 
 Importing this package registers every op (``torch.ops.qcompiler.*``) with a
-CPU and a fake implementation. The functions here are their typed Python
+CPU and a fake implementation, and a fake implementation for ``onednn.qlinear_prepack``
+(``onednn.py``). The functions here are their typed Python
 front doors. This package imports nothing else from qcompiler.
 """
 from .affine import choose_qparams_affine, dequantize_affine, quantize_affine
@@ -9,6 +10,7 @@ from .codebook import dequantize_codebook, quantize_codebook
 from .dtypes import FLOAT8_DTYPES, FLOAT_DTYPES, INT_TYPE_NAMES, IntType, int_type
 from .float8 import choose_scale_float8, dequantize_float8, quantize_float8
 from .kmeans import kmeans_codebook
+from . import onednn  # noqa: F401  (onednn.qlinear_prepack gains a fake implementation)
 from .packing import pack_int, packed_size, unpack_int
 
 __all__ = [
