@@ -21,6 +21,8 @@ reference): ``fp32``/``bf16`` AOTInductor .pt2 with freezing and, for MiniLM, ``
 qc.package -> qc.load); ``pt2e-static``/``pt2e-dynamic`` (PT2E X86InductorQuantizer, AOTI with freezing);
 ``torchao-int8dq``/``torchao-int8wo`` (quantize_ on a copy, export, AOTI with freezing); ``ort-fp32``,
 ``ort-int8dyn`` (quantize_dynamic) and ``ort-nbits4`` (MatMulNBits, 4-bit, block 32). See ``peers_cpu.py``.
+On a machine with native bfloat16, ``qc-<scheme>-bf16rest`` also runs the unquantized parts in bfloat16
+(``qc.lower(..., unquantized_dtype=torch.bfloat16)``); by default only for int8dq.
 Every peer is optional: one that is not installed or fails is recorded as ``{"system", "error"}``.
 
 Threads: torch.get_num_threads() for torch, the same intra-op threads for ONNX Runtime (spinning off).
@@ -53,6 +55,9 @@ from timing import interleaved, median_ratio, one_line
 SCHEMES = ["int8wo", "int8dq", "int8static", "int4wo-64", "int8da-int4w-32", "codebook-4"]
 REFERENCE = "fp32"  # the fp32 .pt2 with freezing: every ratio is against it
 BANDWIDTH = "read-bandwidth"  # the torch.sum case timed beside the MLP
+# every system, but the unquantized-in-bf16 variant for int8dq only (name others with --systems)
+DEFAULT_SYSTEMS = ["*"]
+DEFAULT_BF16REST = "qc-int8dq-bf16rest"
 SMOKE_SYSTEMS = [REFERENCE, "qc-*", "pt2e-static", "torchao-int8dq", "ort-int8dyn"]
 SMOKE_SCHEMES = ["int8wo"]
 
@@ -177,10 +182,11 @@ def dense(dtype, freezing: bool):
     return build
 
 
-def qcompiler_scheme(scheme: str):
+def qcompiler_scheme(scheme: str, unquantized_dtype: Optional[torch.dtype] = None):
     def build(w: Workload, path: Path) -> Built:
         program = qc.lower(qc.quantize(w.model, w.args, qc.config_from_string(scheme), example_kwargs=w.kwargs,
-                                       dynamic_shapes=w.dynamic_shapes, calibration_data=w.calibration), "cpu")
+                                       dynamic_shapes=w.dynamic_shapes, calibration_data=w.calibration), "cpu",
+                           unquantized_dtype=unquantized_dtype)
         run = qc.load(qc.package(program, path))
         return Built(run, path, {"kernels": sorted({r.kernel for r in run.report.quantized}),
                                  "aoti_calls": peers.aoti_calls(path)})
@@ -228,6 +234,9 @@ def registry(schemes: List[str]) -> Dict[str, tuple]:
         "bf16-nofreeze": ("bf16 .pt2 (no freezing)", dense(torch.bfloat16, False)),
     }
     systems.update({f"qc-{s}": (f"qcompiler {s} .pt2", qcompiler_scheme(s)) for s in schemes})
+    if qc.Target.host().has("avx512_bf16") or qc.Target.host().has("amx"):  # where lower() takes the option
+        systems.update({f"qc-{s}-bf16rest": (f"qcompiler {s} .pt2, unquantized parts in bf16",
+                                             qcompiler_scheme(s, torch.bfloat16)) for s in schemes})
     systems.update({
         "torchao-int8dq": ("torchao int8dq .pt2 (freezing)", torchao("int8dq")),
         "torchao-int8wo": ("torchao int8wo .pt2 (freezing)", torchao("int8wo")),
@@ -246,6 +255,8 @@ MINILM_ONLY = {"fp32-nofreeze", "bf16-nofreeze"}
 
 def selected(keys: List[str], patterns: List[str]) -> List[str]:
     """``keys`` matching any of the shell-style ``patterns``, in registry order, the reference first."""
+    if patterns == DEFAULT_SYSTEMS:
+        keys = [k for k in keys if not k.endswith("-bf16rest") or k == DEFAULT_BF16REST]
     return [k for k in keys if k == REFERENCE or any(fnmatch.fnmatchcase(k, p) for p in patterns)]
 
 
@@ -389,7 +400,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cpu_peers.json; smoke: in the temp folder)")
     args = ap.parse_args(argv)
     args.schemes = args.schemes if args.schemes is not None else (SMOKE_SCHEMES if args.smoke else SCHEMES)
-    args.systems = args.systems if args.systems is not None else (SMOKE_SYSTEMS if args.smoke else ["*"])
+    args.systems = args.systems if args.systems is not None else (SMOKE_SYSTEMS if args.smoke else DEFAULT_SYSTEMS)
     args.rounds = args.rounds or (1 if args.smoke else 5)
     args.out = Path(args.out) if args.out else (Path(tempfile.gettempdir()) / "cpu_peers_smoke.json" if args.smoke
                                                 else Path(__file__).parent / "results" / "cpu_peers.json")

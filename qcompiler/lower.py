@@ -1,14 +1,18 @@
 """Lower: a quantized program to a target's fused kernels (API front door)."""
-from typing import Union
+import logging
+from typing import Optional, Union
 
 import torch
 from torch.export import ExportedProgram
 
 from .capture import reexport
 from .lowering import lower_graph
+from .lowering.unquantized import run_unquantized_in
 from .runtime.decompositions import DECOMPOSITIONS
 from .runtime.dtypes import fail
 from .runtime.target import Target
+
+logger = logging.getLogger(__name__)
 
 
 def off_device(program: ExportedProgram, device_type: str) -> list:
@@ -17,7 +21,22 @@ def off_device(program: ExportedProgram, device_type: str) -> list:
     return [name for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.device.type != device_type]
 
 
-def lower(program: ExportedProgram, target: Union[str, Target] = "cpu") -> ExportedProgram:
+def check_unquantized_dtype(dtype, target: Target) -> None:
+    """Raise where ``lower(..., unquantized_dtype=dtype)`` cannot compile for ``target``."""
+    if dtype is None:
+        return
+    if dtype != torch.bfloat16:
+        raise fail("unquantized_dtype", "None or torch.bfloat16", dtype)
+    if target.backend == "reference":
+        raise ValueError("qcompiler: unquantized_dtype needs a backend that compiles (cpu or cuda); 'reference' "
+                         "changes nothing")
+    if target.backend == "cpu" and not (target.has("avx512_bf16") or target.has("amx")):
+        raise ValueError(f"qcompiler: unquantized_dtype=torch.bfloat16 needs a target with native bfloat16 "
+                         f"(avx512_bf16 or amx); {target} has neither")
+
+
+def lower(program: ExportedProgram, target: Union[str, Target] = "cpu", *,
+          unquantized_dtype: Optional[torch.dtype] = None) -> ExportedProgram:
     """Replace each quantized linear's reference pattern with the fastest kernel ``target`` has for it.
 
     ``target``: a backend name for this machine (``"cpu"``: integer GEMMs where the CPU has
@@ -28,10 +47,15 @@ def lower(program: ExportedProgram, target: Union[str, Target] = "cpu") -> Expor
     into ATen ops (kernel ``decomposed``: Inductor compiles them when packaged), so a lowered
     program needs no qcompiler to run. ``qcompiler.report(lowered)`` lists each layer's
     kernel, why it was chosen, and the target.
+
+    ``unquantized_dtype=torch.bfloat16`` also runs the float32 matmuls, linears, convolutions
+    and attention that are not quantized layers in bfloat16 (off by default; needs a target
+    with native bfloat16). What it costs and gains: README, "Unquantized parts in bfloat16".
     """
     if not isinstance(program, ExportedProgram):
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert)", type(program).__name__)
     target = target if isinstance(target, Target) else Target.parse(target)
+    check_unquantized_dtype(unquantized_dtype, target)
     backend = target.backend
     if backend == "cuda" and not torch.cuda.is_available():
         raise ValueError("qcompiler: backend 'cuda' needs a CUDA device (exporting its Triton kernels runs them); "
@@ -41,5 +65,7 @@ def lower(program: ExportedProgram, target: Union[str, Target] = "cpu") -> Expor
                          f"not (first: {elsewhere[0]}). Call model.to('cuda') and pass CUDA example inputs to capture")
     gm = program.module()
     lower_graph(gm, target)
+    if unquantized_dtype is not None:
+        logger.info("running %d unquantized ops in %s", run_unquantized_in(gm, unquantized_dtype), unquantized_dtype)
     lowered = reexport(gm, program)
     return lowered if backend == "reference" else lowered.run_decompositions(DECOMPOSITIONS)

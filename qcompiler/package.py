@@ -3,6 +3,7 @@ import io
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -47,6 +48,7 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     target = _lowered_for(rep)
     options = {**INDUCTOR_OPTIONS, **compile_options(target or Target.host()), **(inductor_options or {})}
     metadata = {"qcompiler": __version__, "torch": torch.__version__, "report": rep.to_dict(),
+                "unquantized": {"dtype": rep.unquantized_dtype, "ops": rep.unquantized_ops},
                 "inputs": describe_inputs(program), "inductor_options": options}
     if target is not None:
         metadata["target"] = target.to_json()
@@ -85,7 +87,9 @@ class Loaded:
 
     @property
     def report(self) -> Report:
-        return Report.from_dict(self.metadata.get("report", []))
+        unquantized = self.metadata.get("unquantized") or {}
+        return replace(Report.from_dict(self.metadata.get("report", [])), unquantized_dtype=unquantized.get("dtype"),
+                       unquantized_ops=unquantized.get("ops", 0))
 
 
 def load(path: Union[str, Path]) -> Loaded:

@@ -9,7 +9,7 @@ from typing import Optional, Union
 
 import torch
 
-from .passes.reference import REPORT_KEY
+from .passes.reference import FLOAT_KEY, REPORT_KEY
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class LayerReport:
 @dataclass(frozen=True)
 class Report:
     layers: tuple
+    unquantized_dtype: Optional[str] = None  # where lowering ran the unquantized compute ops in another dtype
+    unquantized_ops: int = 0  # how many
 
     @property
     def quantized(self) -> tuple:
@@ -63,6 +65,9 @@ class Report:
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         lines += self._reasons()
         lines += [f"skipped {r.name}: {r.skipped}" for r in self.skipped]
+        if self.unquantized_dtype:
+            lines.append(f"unquantized matmuls, linears, convolutions and attention ({self.unquantized_ops}) run in "
+                         f"{self.unquantized_dtype}")
         return "\n".join(lines)
 
     def _reasons(self) -> list:
@@ -85,8 +90,10 @@ def report(program: Union[torch.export.ExportedProgram, torch.fx.GraphModule]) -
     """The per-layer report of a quantized (or lowered) program."""
     graph = program.graph
     by_weight: dict = {}
-    skipped = []
+    skipped, floats = [], []
     for node in graph.nodes:
+        if FLOAT_KEY in (node.meta.get("custom") or {}):
+            floats.append(node.meta["custom"][FLOAT_KEY])
         raw = (node.meta.get("custom") or {}).get(REPORT_KEY)
         if raw is None:
             continue
@@ -99,4 +106,4 @@ def report(program: Union[torch.export.ExportedProgram, torch.fx.GraphModule]) -
     rows = [LayerReport(", ".join(dict.fromkeys(names)), r["scheme"], r["kernel"], r["bytes_before"],
                         r["bytes_after"], r["sqnr_db"], None, r.get("kernel_reason"), r.get("target"))
             for r, names in by_weight.values()]
-    return Report(tuple(rows) + tuple(skipped))
+    return Report(tuple(rows) + tuple(skipped), floats[0] if floats else None, len(floats))

@@ -196,28 +196,52 @@ def test_back_to_back_linears_lower(scheme, target):
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=5e-2, atol=5e-2)
 
 
-HOST_SCHEMES = [qc.Int8WeightOnlyConfig(), qc.Int8DynamicActivationInt8WeightConfig(), qc.Int8StaticActivationInt8WeightConfig(),
-                qc.CodebookWeightOnlyConfig(4)]
+HOST_SCHEMES = [qc.Int8WeightOnlyConfig(), qc.Int8DynamicActivationInt8WeightConfig(),
+                qc.Int8StaticActivationInt8WeightConfig(), qc.CodebookWeightOnlyConfig(4)]
 
 
 @pytest.mark.parametrize("config", HOST_SCHEMES, ids=lambda c: c.alias)
-def test_on_this_machine_vnni_takes_onednn_prepacked_and_agrees_with_the_portable_integer_gemm(config):
-    # both are exact int32 GEMMs of the same integers: they agree to float32 rounding of the scales
-    m = model(torch.float32)
-    calib = [torch.randn(4, 5, 64) for _ in range(2)]
-    prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS, calibration_data=calib)
+def test_on_this_machine_vnni_takes_onednn_prepacked_for_large_weights_and_agrees_with_the_portable_gemm(config):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 64)).eval()
+    dims = ({0: torch.export.Dim("batch", max=64)},)
+    prog = qc.quantize(m, (torch.randn(3, 2048),), config, dynamic_shapes=dims, calibration_data=[torch.randn(8, 2048)])
     host = qc.Target.host()
     low = qc.lower(prog, host)
     suffix = " (16-bit activations)" if config.alias in ("int8wo", "codebook-4") else " (int8 activations)"
+    first, second = qc.report(low).quantized
     if not host.has("vnni"):
-        assert all(k.startswith(INT8PACK) for k in kernels(low))
-        assert "lacks vnni" in qc.report(low).quantized[0].kernel_reason
+        assert first.kernel.startswith(INT8PACK) and "lacks vnni" in first.kernel_reason
         return
-    assert kernels(low) == ["onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix] * 2
-    assert "onednn.qlinear_prepack.default" in call_targets(low)
-    portable = qc.lower(prog, "cpu:vnni")  # never this machine: the plain-weight integer GEMM
+    # 2048x2048 reaches the size where the prepacked call pays; 64x2048 stays on torch._int_mm
+    assert (first.kernel, second.kernel) == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix, INT_MM + suffix)
+    assert "its weight (64x2048) has under 4,194,304 elements" in second.kernel_reason
+    portable = qc.lower(prog, "cpu:vnni")  # never this machine: the plain-weight integer GEMM for both
     assert kernels(portable) == [INT_MM + suffix] * 2
     assert "target cpu:vnni is not this machine" in qc.report(portable).quantized[0].kernel_reason
-    for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
-        x = torch.randn(shape)
-        torch.testing.assert_close(low.module()(x), portable.module()(x), rtol=1e-5, atol=1e-5)
+    # the same integer sums; the prepacked form rounds Σ(q + 128)·w to float32 before taking off the shift
+    for rows in (1, 2, 7):
+        x = torch.randn(rows, 2048)
+        got, want = low.module()(x), portable.module()(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
+
+
+def test_unquantized_parts_run_in_bfloat16_only_when_asked_and_the_target_has_it():
+    m = model(torch.float32)
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), qc.Recipe([("0", qc.Int8WeightOnlyConfig())]), dynamic_shapes=DIMS)
+    bf16_target = qc.Target.parse("cpu:avx512+vnni+avx512_bf16")
+    plain, low = qc.lower(prog, bf16_target), qc.lower(prog, bf16_target, unquantized_dtype=torch.bfloat16)
+    assert qc.report(plain).unquantized_dtype is None
+    rep = qc.report(low)
+    assert (rep.unquantized_dtype, rep.unquantized_ops) == ("bfloat16", 1)
+    assert "unquantized matmuls, linears, convolutions and attention (1) run in bfloat16" in rep.table()
+    assert kernels(low) == kernels(plain)  # the quantized layer is untouched
+    linear = next(n for n in low.graph.nodes if n.target == torch.ops.aten.linear.default)
+    assert [a.meta["val"].dtype for a in linear.args] == [torch.bfloat16] * 2  # x and the weight (no bias)
+    x = torch.randn(4, 5, 64)
+    torch.testing.assert_close(low.module()(x), plain.module()(x), rtol=3e-2, atol=3e-2)
+    assert low.module()(x).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"needs a target with native bfloat16 \(avx512_bf16 or amx\); cpu:avx2 has"):
+        qc.lower(prog, AVX2, unquantized_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"unquantized_dtype must be None or torch.bfloat16; got torch.float16"):
+        qc.lower(prog, bf16_target, unquantized_dtype=torch.float16)

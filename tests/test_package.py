@@ -13,14 +13,21 @@ import qcompiler as qc
 from qcompiler.runtime.int4_layout import native_layout
 
 
+def _quantized_mlp():
+    """int4wo, int8wo and int8dq layers; the last one's 2048x2048 weight is large enough for oneDNN's prepacked
+    kernel where this machine has VNNI (the others take torch._int_mm or ATen's packed kernels)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2048), torch.nn.ReLU(),
+                                torch.nn.Linear(2048, 2048)).eval()
+    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.Int8WeightOnlyConfig()),
+                        ("4", qc.Int8DynamicActivationInt8WeightConfig())])
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=512)},)
+    return qc.quantize(model, (torch.randn(2, 8, 64),), recipe, dynamic_shapes=dims)
+
+
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
-    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.Int8WeightOnlyConfig())])
-    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=512)},)
-    prog = qc.quantize(model, (torch.randn(2, 8, 64),), recipe, dynamic_shapes=dims)
-    lowered = qc.lower(prog, "cpu")
+    lowered = qc.lower(_quantized_mlp(), "cpu")
     path = qc.package(lowered, tmp_path_factory.mktemp("pkg") / "mlp.pt2", portable=True)
     return lowered, path
 
@@ -47,14 +54,9 @@ def test_lowered_package_runs_in_a_fresh_process_that_imports_only_torch(package
 
 
 @pytest.fixture(scope="module")
-def packaged_for_any_x86(packaged, tmp_path_factory):
+def packaged_for_any_x86(tmp_path_factory):
     """The same program lowered for a plain x86-64 target: scalar int4 layout, no vector ISA needed."""
-    prog, _ = packaged
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
-    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.Int8WeightOnlyConfig())])
-    prog = qc.quantize(model, (torch.randn(2, 8, 64),), recipe,
-                       dynamic_shapes=({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=512)},))
+    prog = _quantized_mlp()
     lowered = qc.lower(prog, qc.Target("cpu"))
     return prog, qc.package(lowered, tmp_path_factory.mktemp("plain") / "mlp.pt2", portable=True)
 
@@ -122,8 +124,19 @@ def test_qc_load_runs_it_and_carries_the_report(packaged):
     torch.testing.assert_close(run(x), prog.module()(x), rtol=1e-2, atol=1e-2)
     assert run.report == qc.report(prog)  # the kernels chosen for this machine, and why
     assert run.report.quantized[0].kernel == "aten._weight_int4pack_mm_for_cpu"
+    vnni = qc.Target.host().has("vnni")  # oneDNN's prepacked weight, folded at packaging, stored once
+    assert run.report.quantized[2].kernel == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked) (int8 activations)"
+                                              if vnni else "aten._weight_int8pack_mm (int8 activations)")
+    assert path.stat().st_size < 2048 * 2048 + 3_000_000  # the 4 MB int8 weight once, beside ~2 MB of code
     assert run.report.targets == (str(qc.Target.host()),)
     assert run.metadata["torch"] == torch.__version__
+
+
+def test_the_loaded_report_says_where_unquantized_parts_run_in_another_dtype(tmp_path):
+    meta = {"report": [], "unquantized": {"dtype": "bfloat16", "ops": 3}}
+    rep = qc.Loaded(tmp_path / "m.pt2", None, meta).report
+    assert (rep.unquantized_dtype, rep.unquantized_ops) == ("bfloat16", 3)
+    assert qc.Loaded(tmp_path / "m.pt2", None, {"report": []}).report.unquantized_dtype is None  # older packages
 
 
 def test_missing_file(tmp_path):

@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
                    help="kernels to lower to; 'reference' saves the portable program (torch.export.save) instead")
     q.add_argument("--target", metavar="TARGET", help="the machine to compile for, e.g. cpu:avx2 or "
                    "cpu:avx512+vnni+avx512_bf16 (capabilities: avx2, avx512, vnni, avx512_bf16, amx); default: this one")
+    q.add_argument("--unquantized-dtype", choices=["bfloat16"], help="run the unquantized matmuls, linears and "
+                   "attention in this dtype (needs a target with native bfloat16); default: as captured")
     q.add_argument("--dynamic", metavar="DIMS", help="dynamic dims by position, e.g. 'batch,seq' (dim 0 of every input "
                    "is batch, dim 1 seq), or 'none'; default: the bundled model's batch,seq, a factory's static shapes")
     q.add_argument("-o", "--output", required=True, metavar="OUT.pt2")

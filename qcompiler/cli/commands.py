@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 
 from ..configs import config_from_string
-from ..lower import lower
+from ..lower import check_unquantized_dtype, lower
 from ..package import package
 from ..pipeline import quantize
 from ..passes.observe import needs
@@ -45,7 +45,8 @@ def calibration_for(source: Source, config, calib: Optional[str] = None, device:
     return calibration(source, calib, device) if calib or needs_calibration(config) else None
 
 
-def build(source: Source, config, backend: str, out: Path, calib: Optional[list], target: Optional[str] = None) -> dict:
+def build(source: Source, config, backend: str, out: Path, calib: Optional[list], target: Optional[str] = None,
+          unquantized_dtype: Optional[torch.dtype] = None) -> dict:
     """Quantize ``source``, lower for ``backend`` (or the machine ``target`` names) and write ``out``: a .pt2
     package, or the portable program (``torch.export.save``) for ``reference``. Returns what was written."""
     program = quantize(source.model, source.args, config, example_kwargs=source.kwargs,
@@ -54,7 +55,7 @@ def build(source: Source, config, backend: str, out: Path, calib: Optional[list]
         print(f"saving the reference program to {out} ...", file=sys.stderr, flush=True)
         written, rep = save_program(program, out), report(program)
     else:
-        lowered = lower(program, target or backend)
+        lowered = lower(program, target or backend, unquantized_dtype=unquantized_dtype)
         written, rep = package(lowered, out), report(lowered)
     return {"output": str(written), "bytes": written.stat().st_size, "backend": backend, "layers": rep.to_dict()}
 
@@ -69,7 +70,12 @@ def quantize_cmd(a) -> tuple:
     config = _config(a.scheme, a.recipe)
     device = "cuda" if a.backend == "cuda" else "cpu"
     source = resolve_model(a.model, a.dynamic, device)
-    result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device), target)
+    unquantized = getattr(torch, a.unquantized_dtype) if a.unquantized_dtype else None
+    try:  # before any long work
+        check_unquantized_dtype(unquantized, Target.parse(a.target or a.backend))
+    except ValueError as e:
+        raise CliError(f"--unquantized-dtype: {e}".replace("qcompiler: ", "")) from None
+    result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device), target, unquantized)
     layers = Report.from_dict(result["layers"]).table()
     return result, f"{layers}\nwrote {result['output']} ({result['bytes']:,} bytes)"
 

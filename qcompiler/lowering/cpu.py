@@ -11,15 +11,17 @@
 The integer GEMM, fastest first:
 
 - ``onednn.qlinear_pointwise`` (what PT2E's x86 path reaches) where the target is this
-  machine: the graph calls ``onednn.qlinear_prepack`` on the stored int8 weight, which
-  packaging with freezing folds into a constant in oneDNN's blocked layout *for the
-  machine that packages*; so a named target that is not this machine takes the next form.
-  Activations go in as uint8 ``q + 128`` with zero point ``128 + z``: oneDNN's
-  signed-activation path is a reference loop, hundreds of times slower.
+  machine and the weight has at least 4M elements (below that its ~25 µs per call leaves
+  it no faster than ``_int_mm``): the graph calls ``onednn.qlinear_prepack`` on the stored
+  int8 weight, which packaging with freezing folds into a constant in oneDNN's blocked
+  layout *for the machine that packages*; so a named target that is not this machine takes
+  the next form. Activations go in as uint8 ``q + 128`` with zero point 0 (oneDNN's
+  signed-activation path is a reference loop, hundreds of times slower; a zero point costs
+  it 1.6x at 32 rows); the shift's ``(128 + z)·Σw·w_scale`` is the call's bias.
 - ``torch._int_mm(uint8 [M, K], int8 [K, N])`` on a plain weight stored [N, K] and passed
   as its transposed view (5x faster than a contiguous [K, N]); the shift's contribution
-  ``(128 + z)·Σ_k w[n, k]`` is a constant subtracted from the int32 result. About 1.6x
-  slower than the prepacked form at 32 rows, 4x at 2..8 rows (one row: 0.9x).
+  ``(128 + z)·Σ_k w[n, k]`` is a constant subtracted from the int32 result. On large
+  weights 1.5-3x slower than the prepacked form at 4..32 rows, faster at one row.
 
 Without VNNI the integer GEMM is about 8x slower than the bf16 packed kernel, so those
 targets feed the integer activations (exact in bfloat16 while ``|q| <= 255``) to it.
@@ -172,12 +174,10 @@ def _int8pack(m, x2, w8: torch.Tensor, row_scale: torch.Tensor, name: str, dtype
     return _out_of_kernel_dtype(y, dtype)
 
 
-def _qlinear_weight(m, w8: torch.Tensor, w_scale: torch.Tensor, name: str) -> tuple:
-    """``qlinear_pointwise``'s weight operands: the int8 weight [N, K] stored and prepacked in the graph
-    (folded into oneDNN's blocked layout at packaging), its per-channel scales and zero zero points."""
-    w = m.constant(f"{name}_int8", w8.contiguous())
-    return (onednn.qlinear_prepack.default(w, None), m.constant(f"{name}_int8_scale", w_scale.reshape(-1).float()),
-            m.constant(f"{name}_int8_zero", torch.zeros(w8.shape[0], dtype=torch.int32)))
+def _column_sums(w8: torch.Tensor, zero=None) -> torch.Tensor:
+    """``(128 + zero)·Σ_k w[n, k]`` (int32 [N]): what the uint8 shift ``q + 128`` adds to each output, exactly."""
+    shift = 128 + (0 if zero is None else zero.reshape(()).to(torch.int32))
+    return (shift * w8.to(torch.int32).sum(1)).to(torch.int32)
 
 
 def _as_uint8(q):
@@ -188,12 +188,18 @@ def _as_uint8(q):
 
 def _qlinear_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
     """``Σ_k (q - zero)·w·w_scale`` in float32 for each block ``q`` of float-integer rows ([rows, K], values in
-    [-128, 127]), the sums exact in int32: one ``onednn.qlinear_pointwise`` call on the stacked blocks
-    (its 2-row GEMM costs what its 1-row one does), zero point ``128 + zero``."""
-    weight = _qlinear_weight(m, w8, w_scale, name)
+    [-128, 127]): one ``onednn.qlinear_pointwise`` call on the stacked blocks (its 2-row GEMM costs what its
+    1-row one does), on the int8 weight stored and prepacked in the graph (folded into oneDNN's blocked layout
+    at packaging). ``q + 128`` goes in as uint8 with zero point 0 (a zero point costs oneDNN 1.6x at 32 rows);
+    the shift's ``(128 + zero)·Σw·w_scale`` comes off as the call's bias. The sums are exact in int32; their
+    conversion to float32 before that bias rounds at 2^-24 of ``Σ (q + 128)·w``."""
+    w_s = w_scale.reshape(-1).float()
+    weight = (onednn.qlinear_prepack.default(m.constant(f"{name}_int8", w8.contiguous()), None),
+              m.constant(f"{name}_int8_scale", w_s),
+              m.constant(f"{name}_int8_zero", torch.zeros(w8.shape[0], dtype=torch.int32)))
+    shift = m.constant(f"{name}_int8_shift", -(_column_sums(w8, zero).double() * w_s.double()).float())
     q = blocks[0] if len(blocks) == 1 else aten.cat.default(blocks)
-    zp = 128 + (0 if zero is None else int(zero))
-    acc = onednn.qlinear_pointwise.default(_as_uint8(q), 1.0, zp, *weight, None, 1.0, 0, torch.float32, "none", [], "")
+    acc = onednn.qlinear_pointwise.default(_as_uint8(q), 1.0, 0, *weight, shift, 1.0, 0, torch.float32, "none", [], "")
     if len(blocks) == 1:
         return [acc]
     parts = aten.split_with_sizes.default(acc, [aten.sym_size.int(b, 0) for b in blocks])
@@ -202,11 +208,10 @@ def _qlinear_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
 
 def _int_mm_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
     """What :func:`_qlinear_gemm` computes, on ``torch._int_mm(uint8, int8)``: the weight [N, K] stored plain,
-    passed as its transposed view, the int32 constant ``(128 + zero)·Σ_k w[n, k]`` subtracted. One call per
+    passed as its transposed view, the shift's :func:`_column_sums` subtracted in int32 (exact). One call per
     block: oneDNN's 1-row path here is about 4x faster than its 2..8-row one."""
-    shift = 128 + (0 if zero is None else zero.reshape(()).to(torch.int32))
     w = m.constant(f"{name}_int8", w8.contiguous())
-    comp = m.constant(f"{name}_int8_comp", (shift * w8.to(torch.int32).sum(1)).to(torch.int32))
+    comp = m.constant(f"{name}_int8_comp", _column_sums(w8, zero))
     w_s = m.constant(f"{name}_int8_scale", w_scale.reshape(-1).float())
     return [aten.mul.Tensor(_f32(aten.sub.Tensor(aten._int_mm.default(_as_uint8(q), aten.t.default(w)), comp)), w_s)
             for q in blocks]
@@ -324,23 +329,36 @@ QLINEAR = "onednn.qlinear_pointwise (u8s8, VNNI, prepacked)"
 INT_MM = "aten._int_mm (u8s8, VNNI)"
 INT8PACK = "aten._weight_int8pack_mm"
 INT4PACK = "aten._weight_int4pack_mm_for_cpu"
-_WHY_QLINEAR = ("the target is this machine and has VNNI: an exact int32 GEMM on a weight prepacked for it, "
-                "the fastest at every batch size measured (1.6x torch._int_mm at 32 rows)")
-_WHY_INT_MM = ("the target has VNNI but is not this machine (oneDNN prepacks for the machine that packages): "
-               "an exact int32 GEMM on a plain weight")
+_WHY_QLINEAR = ("the target is this machine and has VNNI, and the weight is large: an int32 GEMM on a weight "
+                "prepacked for this machine, 1.5-3x torch._int_mm at 4-32 rows (0.8x at one row)")
+_WHY_INT_MM = "the target has VNNI: an exact int32 GEMM on a plain weight, which any VNNI machine reads"
 _WHY_PACKED = "ATen's packed kernel, the fastest form without VNNI (the integer GEMM is about 8x slower there)"
 _IN_16_BITS = " with 16-bit activations as two int8 rows"
 _INT8_ACTS, _INT16_ACTS = " (int8 activations)", " (16-bit activations)"
 
 
-def _on_this_machine(check):
-    """``check``, declining first where the target is not this machine or PyTorch lacks oneDNN's int8 linear."""
+QLINEAR_MIN_WEIGHT = 1 << 22  # elements (N·K): below, oneDNN's prepacked call is no faster than torch._int_mm
+
+
+def _weight_shape(m, packed: bool) -> tuple:
+    w = m.value("w_q")
+    return w.shape[0], (m["n"] if packed else w.shape[1])
+
+
+def _prepacked_pays(check, packed: bool = False):
+    """``check``, declining first where the target is not this machine, PyTorch lacks oneDNN's int8 linear,
+    or the weight is too small for the prepacked call to pay."""
     def checked(m, target):
         if not qlinear_available():
             return "this PyTorch build has no oneDNN int8 linear (onednn.qlinear_pointwise)"
         if target != Target.host():
             return f"target {target} is not this machine ({Target.host()}): oneDNN prepacks for the machine that packages"
-        return check(m, target)
+        declined = check(m, target)  # first: it checks that the weight is stored
+        n_out, k = (0, 0) if declined else _weight_shape(m, packed)
+        if not declined and n_out * k < QLINEAR_MIN_WEIGHT:
+            return (f"its weight ({n_out}x{k}) has under {QLINEAR_MIN_WEIGHT:,} elements, where oneDNN's per-call cost "
+                    "(about 25 µs) leaves its GEMM no faster than torch._int_mm")
+        return declined
     return checked
 
 
@@ -355,7 +373,7 @@ def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: 
     integer = partial(check, need_k8=False, **kw)
     why16 = _IN_16_BITS if int16 else ""
     return (LoweringRule(name, pattern, bind(_qlinear_gemm), QLINEAR + kernel_note, _WHY_QLINEAR + why16, VNNI,
-                         _on_this_machine(integer)),
+                         _prepacked_pays(integer, kw.get("packed", False))),
             LoweringRule(name, pattern, bind(_int_mm_gemm), INT_MM + kernel_note, _WHY_INT_MM + why16, VNNI, integer),
             LoweringRule(name, pattern, bind(None), INT8PACK + ("" if int16 else kernel_note), _WHY_PACKED,
                          check=partial(check, need_k8=True, **kw)))

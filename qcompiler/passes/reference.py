@@ -21,6 +21,7 @@ from .weights import quantize_weight
 
 aten = torch.ops.aten
 REPORT_KEY = "qcompiler"
+FLOAT_KEY = "qcompiler_unquantized_dtype"  # on an unquantized op lowering runs in another float dtype
 
 
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:

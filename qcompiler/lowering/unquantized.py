@@ -1,0 +1,74 @@
+"""The unquantized parts of a float32 program in bfloat16: ``qcompiler.lower(..., unquantized_dtype=torch.bfloat16)``.
+
+Each float32 matmul, linear, convolution and attention that is not a quantized layer runs
+in bfloat16, its inputs cast in and its result cast back; everything else (norms,
+softmax outside attention, residual adds) stays float32. Packaged with freezing, the casts
+of stored weights fold: the ``.pt2`` holds those weights in bfloat16.
+
+Before::
+
+    x (f32) ── aten.linear ── y (f32)
+              W (f32) ─┘
+
+After::
+
+    x (f32) ── to(bf16) ── aten.linear ── to(f32) ── y (f32)
+    W (f32) ── to(bf16) ─┘
+
+Quantized layers keep the scheme's numerics: their anchors carry a report record (not a
+skipped layer's) and are left alone, as are ops whose result is not float32. The changed nodes are marked
+(``FLOAT_KEY`` in their custom metadata) so the report can say the program runs them in
+bfloat16.
+"""
+import json
+
+import torch
+from torch.fx import GraphModule, Node
+
+from ..passes.reference import FLOAT_KEY, REPORT_KEY
+
+aten = torch.ops.aten
+COMPUTE_OPS = frozenset({
+    aten.linear.default, aten.matmul.default, aten.mm.default, aten.bmm.default, aten.addmm.default,
+    aten.baddbmm.default, aten.scaled_dot_product_attention.default, aten.conv1d.default, aten.conv2d.default,
+    aten.einsum.default,
+})
+
+
+def _float32(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.float32
+
+
+def _casts_to(graph, arg, dtype):
+    """``arg`` (a node, or a list of nodes as einsum takes) cast to ``dtype`` where it is a float32 tensor."""
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_casts_to(graph, a, dtype) for a in arg)
+    if isinstance(arg, Node) and _float32(arg.meta.get("val")):
+        return graph.call_function(aten._to_copy.default, (arg,), {"dtype": dtype})
+    return arg
+
+
+def _quantized_layer(custom: dict) -> bool:
+    """Whether a node is a quantized layer's anchor (a report record that is not a skipped layer's)."""
+    return REPORT_KEY in custom and "skipped" not in json.loads(custom[REPORT_KEY])
+
+
+def run_unquantized_in(gm: GraphModule, dtype: torch.dtype) -> int:
+    """Run ``gm``'s unquantized float32 compute ops in ``dtype`` (in place); return how many."""
+    graph, changed = gm.graph, 0
+    for node in list(graph.nodes):
+        custom = node.meta.get("custom") or {}
+        if node.op != "call_function" or node.target not in COMPUTE_OPS or _quantized_layer(custom):
+            continue
+        if not _float32(node.meta.get("val")):
+            continue
+        with graph.inserting_before(node):
+            node.args = tuple(_casts_to(graph, a, dtype) for a in node.args)
+            node.kwargs = {k: _casts_to(graph, v, dtype) for k, v in node.kwargs.items()}
+        with graph.inserting_after(node):
+            back = graph.call_function(aten._to_copy.default, (node,), {"dtype": torch.float32})
+        node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
+        node.meta["custom"] = {**custom, FLOAT_KEY: str(dtype).removeprefix("torch.")}
+        changed += 1
+    gm.recompile()
+    return changed
