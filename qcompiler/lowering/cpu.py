@@ -15,9 +15,8 @@ The integer GEMM, fastest first:
   it no faster than ``_int_mm``): the graph calls ``onednn.qlinear_prepack`` on the stored
   int8 weight, which packaging with freezing folds into a constant in oneDNN's blocked
   layout *for the machine that packages*; so a named target that is not this machine takes
-  the next form. Activations go in as uint8 ``q + 128`` with zero point 0 (oneDNN's
-  signed-activation path is a reference loop, hundreds of times slower; a zero point costs
-  it 1.6x at 32 rows); the shift's ``(128 + z)·Σw·w_scale`` is the call's bias.
+  the next form. Activations go in as uint8 ``q + 128`` with zero point ``128 + z``
+  (oneDNN's signed-activation path is a reference loop, hundreds of times slower).
 - ``torch._int_mm(uint8 [M, K], int8 [K, N])`` on a plain weight stored [N, K] and passed
   as its transposed view (5x faster than a contiguous [K, N]); the shift's contribution
   ``(128 + z)·Σ_k w[n, k]`` is a constant subtracted from the int32 result. On large
@@ -188,18 +187,15 @@ def _as_uint8(q):
 
 def _qlinear_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
     """``Σ_k (q - zero)·w·w_scale`` in float32 for each block ``q`` of float-integer rows ([rows, K], values in
-    [-128, 127]): one ``onednn.qlinear_pointwise`` call on the stacked blocks (its 2-row GEMM costs what its
-    1-row one does), on the int8 weight stored and prepacked in the graph (folded into oneDNN's blocked layout
-    at packaging). ``q + 128`` goes in as uint8 with zero point 0 (a zero point costs oneDNN 1.6x at 32 rows);
-    the shift's ``(128 + zero)·Σw·w_scale`` comes off as the call's bias. The sums are exact in int32; their
-    conversion to float32 before that bias rounds at 2^-24 of ``Σ (q + 128)·w``."""
-    w_s = w_scale.reshape(-1).float()
+    [-128, 127]), the sums exact in int32: one ``onednn.qlinear_pointwise`` call on the stacked blocks (its 2-row
+    GEMM costs what its 1-row one does), ``q + 128`` as uint8 with zero point ``128 + zero``, on the int8 weight
+    stored and prepacked in the graph (folded into oneDNN's blocked layout at packaging)."""
     weight = (onednn.qlinear_prepack.default(m.constant(f"{name}_int8", w8.contiguous()), None),
-              m.constant(f"{name}_int8_scale", w_s),
+              m.constant(f"{name}_int8_scale", w_scale.reshape(-1).float()),
               m.constant(f"{name}_int8_zero", torch.zeros(w8.shape[0], dtype=torch.int32)))
-    shift = m.constant(f"{name}_int8_shift", -(_column_sums(w8, zero).double() * w_s.double()).float())
     q = blocks[0] if len(blocks) == 1 else aten.cat.default(blocks)
-    acc = onednn.qlinear_pointwise.default(_as_uint8(q), 1.0, 0, *weight, shift, 1.0, 0, torch.float32, "none", [], "")
+    zp = 128 + (0 if zero is None else int(zero))
+    acc = onednn.qlinear_pointwise.default(_as_uint8(q), 1.0, zp, *weight, None, 1.0, 0, torch.float32, "none", [], "")
     if len(blocks) == 1:
         return [acc]
     parts = aten.split_with_sizes.default(acc, [aten.sym_size.int(b, 0) for b in blocks])
