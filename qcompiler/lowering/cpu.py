@@ -349,12 +349,12 @@ def _prepacked_pays(check, packed: bool = False):
             return "this PyTorch build has no oneDNN int8 linear (onednn.qlinear_pointwise)"
         if target != Target.host():
             return f"target {target} is not this machine ({Target.host()}): oneDNN prepacks for the machine that packages"
-        declined = check(m, target)  # first: it checks that the weight is stored
-        n_out, k = (0, 0) if declined else _weight_shape(m, packed)
-        if not declined and n_out * k < QLINEAR_MIN_WEIGHT:
-            return (f"its weight ({n_out}x{k}) has under {QLINEAR_MIN_WEIGHT:,} elements, where oneDNN's per-call cost "
-                    "(about 25 µs) leaves its GEMM no faster than torch._int_mm")
-        return declined
+        declined = check(m, target)  # before the size: it checks that the weight is stored
+        if declined:
+            return declined
+        n_out, k = _weight_shape(m, packed)
+        return _unless(n_out * k >= QLINEAR_MIN_WEIGHT, f"its weight ({n_out}x{k}) has under {QLINEAR_MIN_WEIGHT:,} "
+                       "elements, where oneDNN's per-call cost (about 25 µs) leaves its GEMM no faster than torch._int_mm")
     return checked
 
 
