@@ -66,16 +66,17 @@ def quantize_cmd(a) -> tuple:
         raise CliError("--backend cuda needs a CUDA device; none is available here")
     if a.target and not a.target.startswith(f"{a.backend}:"):
         raise CliError(f"--target must name a {a.backend} machine, e.g. {a.backend}:avx2; got {a.target!r}")
-    target = str(Target.parse(a.target)) if a.target else None  # a bad capability fails before any work
+    target = Target.parse(a.target or a.backend)  # a bad capability fails before any work
+    unquantized = getattr(torch, a.unquantized_dtype) if a.unquantized_dtype else None
+    try:
+        check_unquantized_dtype(unquantized, target)
+    except ValueError as e:
+        raise CliError(f"--unquantized-dtype: {e}".replace("qcompiler: ", "")) from None
     config = _config(a.scheme, a.recipe)
     device = "cuda" if a.backend == "cuda" else "cpu"
     source = resolve_model(a.model, a.dynamic, device)
-    unquantized = getattr(torch, a.unquantized_dtype) if a.unquantized_dtype else None
-    try:  # before any long work
-        check_unquantized_dtype(unquantized, Target.parse(a.target or a.backend))
-    except ValueError as e:
-        raise CliError(f"--unquantized-dtype: {e}".replace("qcompiler: ", "")) from None
-    result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device), target, unquantized)
+    result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device),
+                   str(target) if a.target else None, unquantized)
     layers = Report.from_dict(result["layers"]).table()
     return result, f"{layers}\nwrote {result['output']} ({result['bytes']:,} bytes)"
 

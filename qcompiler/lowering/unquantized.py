@@ -39,12 +39,16 @@ def _float32(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.float32
 
 
-def _casts_to(graph, arg, dtype):
-    """``arg`` (a node, or a list of nodes as einsum takes) cast to ``dtype`` where it is a float32 tensor."""
+def _casts_to(graph, arg, dtype, casts: dict):
+    """``arg`` (a node, or a list of nodes as einsum takes) cast to ``dtype`` where it is a float32 tensor;
+    ``casts`` keeps one cast per node (q, k and v projections share their input's)."""
     if isinstance(arg, (list, tuple)):
-        return type(arg)(_casts_to(graph, a, dtype) for a in arg)
+        return type(arg)(_casts_to(graph, a, dtype, casts) for a in arg)
     if isinstance(arg, Node) and _float32(arg.meta.get("val")):
-        return graph.call_function(aten._to_copy.default, (arg,), {"dtype": dtype})
+        if arg not in casts:
+            with graph.inserting_after(arg):
+                casts[arg] = graph.call_function(aten._to_copy.default, (arg,), {"dtype": dtype})
+        return casts[arg]
     return arg
 
 
@@ -55,16 +59,15 @@ def _quantized_layer(custom: dict) -> bool:
 
 def run_unquantized_in(gm: GraphModule, dtype: torch.dtype) -> int:
     """Run ``gm``'s unquantized float32 compute ops in ``dtype`` (in place); return how many."""
-    graph, changed = gm.graph, 0
+    graph, changed, casts = gm.graph, 0, {}
     for node in list(graph.nodes):
         custom = node.meta.get("custom") or {}
         if node.op != "call_function" or node.target not in COMPUTE_OPS or _quantized_layer(custom):
             continue
         if not _float32(node.meta.get("val")):
             continue
-        with graph.inserting_before(node):
-            node.args = tuple(_casts_to(graph, a, dtype) for a in node.args)
-            node.kwargs = {k: _casts_to(graph, v, dtype) for k, v in node.kwargs.items()}
+        node.args = tuple(_casts_to(graph, a, dtype, casts) for a in node.args)
+        node.kwargs = {k: _casts_to(graph, v, dtype, casts) for k, v in node.kwargs.items()}
         with graph.inserting_after(node):
             back = graph.call_function(aten._to_copy.default, (node,), {"dtype": torch.float32})
         node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
