@@ -13,8 +13,10 @@ from . import __version__
 from .report import Report, report
 from .runtime.dtypes import fail
 from .runtime.inputs import describe_inputs
+from .runtime import native
 from .runtime.int4_layout import BY_NAME, LAYOUT_OF_ISA, int4_weights, native_layout, repack
 from .runtime.package import load_package, read_member, write_package
+from .runtime.native import native_ops
 from .runtime.target import Target, code_needs, compile_options, missing
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     if target is not None:
         metadata["target"] = target.to_json()
         metadata["needs"] = sorted(code_needs(target))
+    ops = native_ops(program)
+    if ops:
+        metadata["native_ops"] = ops
     int4 = int4_weights(program)
     members = {}
     if int4:
@@ -107,6 +112,7 @@ def load(path: Union[str, Path]) -> Loaded:
     path = Path(path).resolve()
     run, metadata = load_package(path)
     _check_target(path, metadata)
+    _load_native_ops(path, metadata.get("native_ops", ()))
     _fit_int4_layout(path, run, metadata.get("cpu_int4"))
     return Loaded(path, run, metadata)
 
@@ -125,6 +131,16 @@ def _check_target(path: Path, metadata: dict) -> None:
     if slower:
         log.warning("qcompiler: %s was lowered for %s; this machine lacks %s: its kernels run, slower", path, target,
                     ", ".join(slower))
+
+
+def _load_native_ops(path: Path, ops) -> None:
+    """Build or load qcompiler's C++ kernels where the package calls them (or refuse, naming the file)."""
+    if not ops:
+        return
+    reason = native.unavailable()
+    if reason:
+        raise ValueError(f"qcompiler: cannot run {path} here: it calls {', '.join(ops)}, qcompiler's C++ CPU kernels, "
+                         f"which could not be built here ({reason}); a C++ compiler is needed once per machine")
 
 
 INT4_MEMBER = "int4_weights.pt"

@@ -90,7 +90,7 @@ def test_smoothing_inserts_a_multiply_where_the_input_is_read_elsewhere_too():
 def test_algorithm_programs_lower_for_the_cpu(scheme):
     prog = quantize(scheme)
     low = qc.lower(prog, "cpu")
-    assert all(r.kernel.startswith("aten.") for r in qc.report(low).quantized)
+    assert all(r.kernel != "decomposed" for r in qc.report(low).quantized)  # a fused kernel took every layer
     with torch.no_grad():
         ref, y = prog.module()(HELD_OUT), low.module()(HELD_OUT)
     assert ((ref - y).norm() / ref.norm()) < 2e-2  # the CPU kernels run in bf16: int8dq is 1.2% off with or without it

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import qcompiler as qc
+from qcompiler.runtime import native
 
 DIMS = ({0: torch.export.Dim("batch", max=256), 1: torch.export.Dim("seq", max=256)},)
 
@@ -15,6 +16,7 @@ def model(dtype):
 # Kernel choices depend on the target, named explicitly: the same choices on any machine running the tests
 VNNI, AVX2 = qc.Target.parse("cpu:avx2+vnni"), qc.Target.parse("cpu:avx2")
 INT_MM, INT8PACK = "aten._int_mm (u8s8, VNNI)", "aten._weight_int8pack_mm"
+INT8_INT4, INT4PACK = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)", "aten._weight_int4pack_mm_for_cpu"
 
 
 def kernels(prog):
@@ -108,26 +110,41 @@ INT4 = [qc.Int4WeightOnlyConfig(32), qc.Int4WeightOnlyConfig(32, zero_point_doma
 
 
 @pytest.mark.parametrize("config", INT4, ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-2), (torch.bfloat16, 5e-2)])
-def test_int4_weight_only_lowers_to_the_int4_pack_kernel(config, dtype, tol):
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("target", [qc.Target.host(), AVX2], ids=["host", "avx2"])
+def test_int4_weight_only_lowers_to_the_integer_int4_kernel(config, dtype, tol, target):
+    """Every int4 form, on any target: the kernel's weight layout is the same everywhere."""
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
-    low = qc.lower(prog, "cpu")
-    got = kernels(low)
-    if config.zero_point_domain == "int":
-        # (8 - z)·s rarely fits bfloat16 exactly: such layers keep the exact reference form
-        assert set(got) <= {"aten._weight_int4pack_mm_for_cpu", "decomposed"}
-    else:
-        assert got == ["aten._weight_int4pack_mm_for_cpu"] * 2
+    low = qc.lower(prog, target)
+    assert kernels(low) == [INT8_INT4 + " (16-bit activations)"] * 2
     for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("config", INT4, ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
+def test_int4_weight_only_falls_back_to_atens_kernel_without_qcompilers(config, monkeypatch):
+    monkeypatch.setattr(native, "unavailable", lambda: "no compiler")
+    m = model(torch.float32)
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS)
+    low = qc.lower(prog, "cpu")
+    got = kernels(low)
+    if config.zero_point_domain == "int":
+        # (8 - z)·s rarely fits bfloat16 exactly: such layers keep the exact reference form
+        assert set(got) <= {INT4PACK, "decomposed"}
+    else:
+        assert got == [INT4PACK] * 2
+    reason = qc.report(low).quantized[0].kernel_reason
+    assert "qcompiler's C++ kernels are not available here (no compiler)" in reason
+    x = torch.randn(4, 7, 64)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=5e-2, atol=5e-2)
+
+
 @pytest.mark.parametrize("config,target,kernel", [
     (qc.Int8DynamicActivationInt8WeightConfig(), AVX2, "aten._weight_int8pack_mm (int8 activations)"),
     (qc.Int8DynamicActivationInt8WeightConfig(), VNNI, INT_MM + " (int8 activations)"),
-    (qc.Int8DynamicActivationInt4WeightConfig(32), qc.Target.host(), "aten._weight_int4pack_mm_for_cpu (int8 activations)")],
+    (qc.Int8DynamicActivationInt4WeightConfig(32), AVX2, INT8_INT4 + " (int8 activations)")],
     ids=["int8dq-avx2", "int8dq-vnni", "int8da-int4w"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-2), (torch.bfloat16, 5e-2)])
 def test_dynamic_activation_schemes_lower(config, target, kernel, dtype, tol):
@@ -135,7 +152,8 @@ def test_dynamic_activation_schemes_lower(config, target, kernel, dtype, tol):
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
     low = qc.lower(prog, target)
     assert kernels(low) == [kernel] * 2
-    assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
+    assert not any(str(n.target).startswith("qcompiler.") and n.target not in native.NATIVE_OPS
+                   for n in low.graph.nodes if n.op == "call_function")
     for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
@@ -175,7 +193,7 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 40)).eval()
     prog = qc.quantize(m, (torch.randn(3, 64),), qc.Int4WeightOnlyConfig(32), dynamic_shapes=dims)
     low = qc.lower(prog, "cpu")
-    assert kernels(low) == ["aten._weight_int4pack_mm_for_cpu", "decomposed"]
+    assert kernels(low) == [INT8_INT4 + " (16-bit activations)", "decomposed"]
     assert "N = 40, K = 64: the int4 packer needs N % 16 == 0" in qc.report(low).quantized[1].kernel_reason
     x = torch.randn(5, 64)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
@@ -189,8 +207,6 @@ def test_back_to_back_linears_lower(scheme, target):
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)).eval()
     x = torch.randn(2, 3, 64)
     prog = qc.quantize(m, (x,), qc.config_from_string(scheme), calibration_data=[(x,)])
-    if "int4" in scheme:  # int4 weights are packed for the target's ISA: run them where ATen reads that layout
-        target = qc.Target.host()
     low = qc.lower(prog, target)
     assert "decomposed" not in kernels(low)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=5e-2, atol=5e-2)

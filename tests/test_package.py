@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import qcompiler as qc
+from qcompiler.runtime import native
 from qcompiler.runtime.int4_layout import native_layout
 
 
@@ -25,9 +26,17 @@ def _quantized_mlp():
     return qc.quantize(model, (torch.randn(2, 8, 64),), recipe, dynamic_shapes=dims)
 
 
+def _lowered_with_atens_int4(program, target):
+    """Lowered without qcompiler's C++ kernels: the int4 layer takes ATen's, whose weight layout depends on the
+    machine, and the package runs with torch alone."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "unavailable", lambda: "switched off for this test")
+        return qc.lower(program, target)
+
+
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
-    lowered = qc.lower(_quantized_mlp(), "cpu")
+    lowered = _lowered_with_atens_int4(_quantized_mlp(), "cpu")
     path = qc.package(lowered, tmp_path_factory.mktemp("pkg") / "mlp.pt2", portable=True)
     return lowered, path
 
@@ -57,7 +66,7 @@ def test_lowered_package_runs_in_a_fresh_process_that_imports_only_torch(package
 def packaged_for_any_x86(tmp_path_factory):
     """The same program lowered for a plain x86-64 target: scalar int4 layout, no vector ISA needed."""
     prog = _quantized_mlp()
-    lowered = qc.lower(prog, qc.Target("cpu"))
+    lowered = _lowered_with_atens_int4(prog, qc.Target("cpu"))
     return prog, qc.package(lowered, tmp_path_factory.mktemp("plain") / "mlp.pt2", portable=True)
 
 
@@ -191,3 +200,23 @@ def test_a_failed_compile_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="compiler crashed"):
         qc.package(prog, tmp_path / "model.pt2")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int4_layers_on_qcompilers_kernel_package_and_load_where_qcompiler_is(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64)).eval()
+    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)),
+                        ("2", qc.Int8DynamicActivationInt4WeightConfig(group_size=32))])
+    dims = ({0: torch.export.Dim("batch", max=64)},)
+    lowered = qc.lower(qc.quantize(model, (torch.randn(2, 64),), recipe, dynamic_shapes=dims), "cpu")
+    path = qc.package(lowered, tmp_path / "int4.pt2")
+    run = qc.load(path)
+    assert run.metadata["native_ops"] == ["qcompiler::int8_int4_gemm"] and "cpu_int4" not in run.metadata
+    assert [r.kernel.split(" (")[0] for r in run.report.quantized] == ["qcompiler.int8_int4_gemm"] * 2
+    for rows in (1, 5, 33):
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(run(x), lowered.module()(x), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(native, "unavailable", lambda: "no compiler")
+    with pytest.raises(ValueError, match=r"cannot run .*int4.pt2 here: it calls qcompiler::int8_int4_gemm, qcompiler's "
+                                         r"C\+\+ CPU kernels, which could not be built here \(no compiler\)"):
+        qc.load(path)

@@ -5,8 +5,14 @@
 | int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32 | ``q`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
 | int8static | per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z`` | ``q - z`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
 | int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> an integer GEMM | ``x`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
-| int4wo, every zero-point domain | ``aten._weight_int4pack_mm_for_cpu`` (bfloat16 ``x``) | the same |
-| int8da-int4w | per-token ``q - zp`` in bfloat16 -> ``aten._weight_int4pack_mm_for_cpu`` | the same |
+| int4wo, every zero-point domain | 16-bit activations as two int8 rows -> ``qcompiler.int8_int4_gemm`` | the same |
+| int8da-int4w | per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the kernel) | the same |
+
+int4 runs on qcompiler's own C++ kernel (``runtime/int8_int4.py``): exact int32 sums per
+group of int4 weights on int8 rows, its weight layout the same on every machine, its
+instruction set (AVX512-VNNI, AVX2, plain C++) chosen where it runs. Where that kernel
+cannot be built (no C++ compiler), int4 takes ATen's int4 kernel (a bfloat16 GEMV,
+2-5x slower from 2 rows on) with bfloat16 activations, as below.
 
 The integer GEMM, fastest first:
 
@@ -37,13 +43,13 @@ integer GEMM's does not.
 
 Kernel limits, checked per layer (the rule declines with the reason, and the next rule,
 or decomposition, takes the layer): the bfloat16 int8 kernel needs K % 8 == 0 (it
-returns wrong values otherwise on AVX2); the int4 packer needs N % 16 == 0.
+returns wrong values otherwise on AVX2); both int4 packers need N % 16 == 0.
 
 ATen's packed kernels are many times slower with float32 activations than with bfloat16
 ones in torch 2.13 (int4 at M=1: about 29x; int8: about 3x), so float32 activations run
 through them in bfloat16 (cast in, kernel, cast out).
 
-Packed int4 weights are laid out for the target's vector ISA (``runtime/int4_layout.py``),
+ATen's packed int4 weights are laid out for the target's vector ISA (``runtime/int4_layout.py``),
 whatever machine lowers them. The int4 kernel computes ``w = (u - 8)·scale + zero`` for
 ``u`` in [0, 15], with scales and zeros in the activation dtype: the float zero-point domain
 as it is. The int domain converts exactly (``zero = (8 - z)·s``) where the activation dtype
@@ -54,6 +60,7 @@ from functools import partial
 
 import torch
 
+from ..runtime import int8_int4, native
 from ..runtime.int4_layout import pack_for
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
@@ -109,41 +116,57 @@ def _int8static(m, target, need_k8: bool):
             or (_k8(m.value("w_q").shape[1]) if need_k8 else None))
 
 
-def _int4_scales_and_zeros(m):
-    """The kernel's (K/g, N, 2) scales and zeros for this match, or None where no exact form exists."""
-    s, dtype = m.value("scale").float(), _kernel_dtype(m["out_dtype"])
+def _int4_scale_offset(m):
+    """Each int4 weight as ``scale·q + offset`` for ``q = u - 8`` in [-8, 7]: float32 [K/g, N] each; the offset is
+    None for symmetric int4 (the float zero-point domain is ``(u - 8)·s + z``; the int domain ``(u - z)·s``)."""
+    s = m.value("scale").float()
     if m["domain"] == "float":
-        zero = m.value("zero_point").float()
+        offset = m.value("zero_point").float()
     elif m["domain"] == "int":
-        zero = (8 - m.value("zero_point").float()) * s
+        offset = (8 - m.value("zero_point").float()) * s
     else:
-        zero = torch.zeros_like(s)
-    if not (torch.equal(s.to(dtype).float(), s) and torch.equal(zero.to(dtype).float(), zero)):
-        return None
-    return torch.stack([s, zero], dim=-1).transpose(0, 1).contiguous().to(dtype)
+        offset = None
+    return s.t().contiguous(), (None if offset is None else offset.t().contiguous())
 
 
-def _int4_groups(m, target):
+def _int4_scales_and_zeros(m):
+    """ATen's int4 kernel's (K/g, N, 2) scales and zeros for this match, or None where no exact form exists."""
+    scale, offset = _int4_scale_offset(m)
+    sz = torch.stack([scale, torch.zeros_like(scale) if offset is None else offset], dim=-1)
+    kernel = sz.to(_kernel_dtype(m["out_dtype"]))
+    return kernel if torch.equal(kernel.float(), sz) else None
+
+
+def _native(m, target):
+    reason = native.unavailable()
+    return f"qcompiler's C++ kernels are not available here ({reason})" if reason else None
+
+
+def _int4_groups(m, target, native_kernel: bool = False):
     kind = (m["bits"], m["dtype"], m["domain"])
     if kind not in ((4, "uint4", "float"), (4, "uint4", "int"), (4, "int4", "none")):
-        return f"weight is {m['bits']}-bit {m['dtype']} ({m['domain']} zero point), not one of the int4 kernel's forms"
+        return f"weight is {m['bits']}-bit {m['dtype']} ({m['domain']} zero point), not one of the int4 kernels' forms"
     block = list(m["block"])
     if not (len(block) == 2 and block[0] == 1 and block[1] in (32, 64, 128, 256)):
         return f"group size {block[-1]} is not 32, 64, 128 or 256"
     if m["out_dtype"] not in (torch.float32, torch.bfloat16, torch.float16):
         return f"activations are {m['out_dtype']}"
-    return (_stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"])
-            or _unless(_int4_scales_and_zeros(m) is not None, "its int zero points have no exact float form in the "
-                                                                f"{_kernel_dtype(m['out_dtype'])} scales the kernel reads"))
+    declined = _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"])
+    if native_kernel:
+        return declined or _native(m, target)
+    return declined or _unless(_int4_scales_and_zeros(m) is not None, "its int zero points have no exact float form "
+                                                                      f"in the {_kernel_dtype(m['out_dtype'])} scales the kernel reads")
 
 
-def _int8da_int4w(m, target):
+def _int8da_int4w(m, target, native_kernel: bool = False):
     wb = list(m["w_block"])
-    return (_unless(per_token_block(m), "activation scales are not per token")
-            or _unless(len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256), f"group size {wb[-1]} is not 32-256")
-            or _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"])
-            or _unless(torch.equal(m.value("w_scale").to(torch.bfloat16).float(), m.value("w_scale").float()),
-                       "its weight scales are not exact in bfloat16"))
+    declined = (_unless(per_token_block(m), "activation scales are not per token")
+                or _unless(len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256), f"group size {wb[-1]} is not 32-256")
+                or _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"]))
+    if native_kernel:
+        return declined or _native(m, target)
+    return declined or _unless(torch.equal(m.value("w_scale").to(torch.bfloat16).float(), m.value("w_scale").float()),
+                               "its weight scales are not exact in bfloat16")
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -295,8 +318,13 @@ def _int4_pack(m, u: torch.Tensor, name: str, target_isa: str):
     return m.constant(f"{name}_int4pack", pack_for(u.contiguous(), target_isa))
 
 
+def _int4_values(m, n: int, signed: bool):
+    """The int4 weight [N, K] as ``q = u - 8`` in [-8, 7] (int32)."""
+    return qops.unpack_int(m.value("w_q"), 4, n, signed).to(torch.int32) - (0 if signed else 8)
+
+
 def _int4_weight_only(target_isa, m, x, n, signed, block, out_dtype, b, **_):
-    u = qops.unpack_int(m.value("w_q"), 4, n, signed).to(torch.int32) + (8 if signed else 0)
+    u = _int4_values(m, n, signed) + 8
     name = weight_name(m)
     packed = _int4_pack(m, u, name, target_isa)
     sz = m.constant(f"{name}_int4pack_scales_zeros", _int4_scales_and_zeros(m))
@@ -306,7 +334,7 @@ def _int4_weight_only(target_isa, m, x, n, signed, block, out_dtype, b, **_):
 
 
 def _int8_dynamic_int4(target_isa, m, x, eps, n, w_block, out_w, b, **_):
-    u = qops.unpack_int(m.value("w_q"), 4, n, True).to(torch.int32) + 8
+    u = _int4_values(m, n, True) + 8
     name = weight_name(m)
     s = m.value("w_scale").float()
     sz = torch.stack([s, torch.zeros_like(s)], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
@@ -319,12 +347,53 @@ def _int8_dynamic_int4(target_isa, m, x, eps, n, w_block, out_w, b, **_):
     return with_bias(y, b)
 
 
+def _int8_int4(m, a, a_scale, a_zero, q, scale, offset, group: int):
+    """``a_scale·(a - a_zero) @ (scale·q + offset)ᵀ`` in float32 on ``qcompiler.int8_int4_gemm``: ``a`` float
+    integers in [-128, 127] ([rows, K]), ``a_scale`` and ``a_zero`` (or None) [rows, 1]; the weight packed and its
+    scales stored as constants."""
+    name = weight_name(m)
+    w = m.constant(f"{name}_int8_int4", int8_int4.pack(q))
+    w_scale = m.constant(f"{name}_int8_int4_scale", scale)
+    w_offset = None if offset is None else m.constant(f"{name}_int8_int4_offset", offset)
+    sums = None if a_zero is None else m.constant(f"{name}_int8_int4_sums", int8_int4.weight_sums(q, scale, offset))
+    flat = [None if t is None else aten.reshape.default(_f32(t), [-1]) for t in (a_scale, a_zero)]
+    return qops.int8_int4_gemm.default(aten._to_copy.default(a, dtype=torch.int8), flat[0], flat[1], w, w_scale,
+                                       w_offset, sums, group)
+
+
+def _int4_weight_int16(m, x, n, signed, block, out_dtype, b, **_):
+    """int4 weight-only on the integer kernel: ``x``'s rows in 16 bits as two int8 rows (:func:`_int16_rows`),
+    stacked into one call."""
+    q = _int4_values(m, n, signed)
+    scale, offset = _int4_scale_offset(m)
+    x2, back = rows(m, x, n, q.shape[0])
+    hi, lo, s = _int16_rows(x2)
+    acc = _int8_int4(m, aten.cat.default([hi, lo]), aten.cat.default([s, aten.div.Tensor(s, 255.0)]), None, q,
+                     scale, offset, block[1])
+    count = aten.sym_size.int(x2, 0)
+    parts = aten.split_with_sizes.default(acc, [count, count])
+    y = aten.add.Tensor(parts[0], parts[1])
+    return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
+
+
+def _int8_dynamic_int4_int8(m, x, eps, n, w_block, out_w, b, **_):
+    """int8da-int4w on the integer kernel: per-token asymmetric int8 rows, the zero point taken off in the kernel."""
+    q = _int4_values(m, n, True)
+    x2, back = rows(m, x, n, q.shape[0])
+    a, xs, xz = per_token_int8(x2, "asymmetric", eps)
+    acc = _int8_int4(m, a, xs, xz, q, m.value("w_scale").float().t().contiguous(), None, w_block[1])
+    return with_bias(back(aten._to_copy.default(acc, dtype=out_w)), b)
+
+
 # --- the table --------------------------------------------------------------------------------
 
 QLINEAR = "onednn.qlinear_pointwise (u8s8, VNNI, prepacked)"
 INT_MM = "aten._int_mm (u8s8, VNNI)"
 INT8PACK = "aten._weight_int8pack_mm"
 INT4PACK = "aten._weight_int4pack_mm_for_cpu"
+INT8_INT4 = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)"
+_WHY_INT8_INT4 = ("qcompiler's integer GEMM: exact int32 sums per group of int4 weights on int8 rows (VNNI, AVX2 or "
+                  "plain C++, chosen where it runs); ATen's int4 kernel is a bfloat16 GEMV, 2-5x slower from 2 rows on")
 _WHY_QLINEAR = ("the target is this machine and has VNNI, and the weight is large: an int32 GEMM on a weight "
                 "prepacked for this machine, 1.5-3x torch._int_mm at 4-32 rows (0.8x at one row)")
 _WHY_INT_MM = "the target has VNNI: an exact int32 GEMM on a plain weight, which any VNNI machine reads"
@@ -380,11 +449,15 @@ def rules(target_isa: str) -> tuple:
     return (
         *_integer_rules("int8dq", dynamic_int8_int8, _int8_dynamic_int8, _int8dq, _INT8_ACTS, False),
         *_integer_rules("int8static", static_int8_int8, _int8_static_int8, _int8static, _INT8_ACTS, False),
+        LoweringRule("int8da-int4w", dynamic_int8_int4, _int8_dynamic_int4_int8, INT8_INT4 + _INT8_ACTS, _WHY_INT8_INT4,
+                     check=partial(_int8da_int4w, native_kernel=True)),
         LoweringRule("int8da-int4w", dynamic_int8_int4, partial(_int8_dynamic_int4, target_isa),
-                     INT4PACK + " (int8 activations)", "the only int4 CPU kernel (no int8 x int4 integer kernel in ATen)",
+                     INT4PACK + _INT8_ACTS, "ATen's int4 kernel, where qcompiler's is not available",
                      check=_int8da_int4w),
+        LoweringRule("int4wo", weight_only_packed, _int4_weight_int16, INT8_INT4 + _INT16_ACTS,
+                     _WHY_INT8_INT4 + _IN_16_BITS, check=partial(_int4_groups, native_kernel=True)),
         LoweringRule("int4wo", weight_only_packed, partial(_int4_weight_only, target_isa), INT4PACK,
-                     "the only int4 CPU kernel", check=_int4_groups),
+                     "ATen's int4 kernel, where qcompiler's is not available", check=_int4_groups),
         *_integer_rules("int8wo", weight_only_unpacked, _int8_weight_only, _int8_per_channel, _INT16_ACTS, True),
         *_integer_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,
                         _INT16_ACTS, True, packed=True),

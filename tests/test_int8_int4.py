@@ -1,0 +1,107 @@
+"""qcompiler::int8_int4_gemm, the C++ int8 x int4 kernel: its layout, its values on every path, its errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qcompiler.runtime import int8_int4, native
+
+
+@pytest.fixture(autouse=True, scope="module")
+def kernels_loaded():
+    native.load()
+
+
+CASES = [  # M, N, K, group, weight offset, activation zero point
+    (1, 64, 64, 32, False, False), (5, 48, 128, 64, True, True), (37, 1040, 256, 128, True, False),
+    (130, 16, 512, 256, False, True), (3, 32, 96, 32, True, True), (9, 80, 64, 32, False, False),
+    (70, 208, 128, 64, True, True)]
+
+
+def _case(m, n, k, group, offset, zero, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-8, 8, (n, k), generator=g)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    a_scale = torch.rand(m, generator=g) + 0.1
+    a_zero = torch.randint(-128, 128, (m,), generator=g).float() if zero else None
+    w_scale = torch.rand(k // group, n, generator=g) + 0.01
+    w_offset = torch.randn(k // group, n, generator=g) if offset else None
+    return q, a, a_scale, a_zero, w_scale, w_offset
+
+
+def _max_relative_error(case) -> float:
+    m, n, k, group, offset, zero = case
+    q, a, a_scale, a_zero, w_scale, w_offset = _case(*case)
+    y = torch.ops.qcompiler.int8_int4_gemm(a, a_scale, a_zero, int8_int4.pack(q), w_scale, w_offset,
+                                           int8_int4.weight_sums(q, w_scale, w_offset), group)
+    ref = int8_int4.reference(a, a_scale, a_zero, q, w_scale, w_offset, group)
+    assert y.dtype == torch.float32 and y.shape == (m, n)
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_the_packed_layout_is_the_documented_one():
+    q = torch.randint(-8, 8, (80, 16), generator=torch.Generator().manual_seed(1))
+    packed = int8_int4.pack(q).reshape(-1)
+    u = q + 8
+    # rows 0..63 form a panel of 4 blocks, rows 64..79 a panel of one; 64 bytes per (chunk, block)
+    for row, k in ((0, 0), (5, 3), (17, 4), (63, 15), (64, 9), (79, 12)):
+        panel, width = (0, 4) if row < 64 else (64 * 8, 1)
+        block, lane, chunk, i = (row % 64) // 16, row % 16, k // 8, k % 4
+        byte = int(packed[panel + (chunk * width + block) * 64 + lane * 4 + i])
+        assert (byte >> 4 if k % 8 >= 4 else byte & 0xF) == int(u[row, k])
+
+
+def test_packing_refuses_shapes_and_values_the_kernel_cannot_take():
+    with pytest.raises(ValueError, match=r"weight must be an \[N, K\] int4 weight with N % 16 == 0"):
+        int8_int4.pack(torch.zeros(40, 64, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"weight must be int4 values in \[-8, 7\]"):
+        int8_int4.pack(torch.full((16, 64), 8))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "m{}-n{}-k{}-g{}-off{:d}-zero{:d}".format(*c))
+def test_the_kernel_matches_its_reference(case):
+    assert _max_relative_error(case) < 1e-5
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from qcompiler.runtime import native
+from test_int8_int4 import CASES, _max_relative_error
+native.load()
+print(native.kernel_path(), max(_max_relative_error(c) for c in CASES))
+"""
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_every_instruction_set_path_matches_the_reference(capability):
+    """ATEN_CPU_CAPABILITY caps the kernel's path: the AVX2 and plain C++ paths run on any machine."""
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd(), "ATEN_CPU_CAPABILITY": capability})
+    assert out.returncode == 0, out.stderr[-3000:]
+    path, error = out.stdout.split()
+    has_avx2 = " avx2 " in open("/proc/cpuinfo").read()
+    assert path == ("avx2" if capability == "avx2" and has_avx2 else "scalar")
+    assert float(error) < 1e-5
+
+
+def test_this_machine_takes_its_fastest_path():
+    capability = torch.backends.cpu.get_cpu_capability()
+    vnni = capability == "AVX512" and "avx512_vnni" in open("/proc/cpuinfo").read()
+    assert native.kernel_path() == ("avx512_vnni" if vnni else "avx2" if capability in ("AVX2", "AVX512") else "scalar")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda args: {**args, "a": args["a"].to(torch.uint8)}, "a must be int8"),
+    (lambda args: {**args, "group": 48}, "group 48 must be a multiple of 8 dividing K = 128"),
+    (lambda args: {**args, "w": args["w"][:8]}, "w must be uint8 with N\\*K/2 = 3072 bytes"),
+    (lambda args: {**args, "w_sums": None}, "an a_zero needs w_sums"),
+    (lambda args: {**args, "a_scale": args["a_scale"][:2]}, "a_scale must be float32 with M = 5 elements")])
+def test_bad_inputs_are_refused_with_what_is_allowed(change, message):
+    q, a, a_scale, a_zero, w_scale, w_offset = _case(5, 48, 128, 64, True, True)
+    args = dict(a=a, a_scale=a_scale, a_zero=a_zero, w=int8_int4.pack(q), w_scale=w_scale, w_offset=w_offset,
+                w_sums=int8_int4.weight_sums(q, w_scale, w_offset), group=64)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.qcompiler.int8_int4_gemm(**change(args))
