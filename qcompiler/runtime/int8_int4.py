@@ -27,6 +27,7 @@ LANES, CHUNK, PANEL = 16, 8, 4  # rows per packed block, k per block, blocks per
 GROUPS = (32, 64, 128, 256)
 
 torch.library.define("qcompiler::int8_int4_gemm", SCHEMA)
+OP = torch.ops.qcompiler.int8_int4_gemm.default
 
 
 @torch.library.register_fake("qcompiler::int8_int4_gemm")

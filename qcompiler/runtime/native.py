@@ -27,8 +27,8 @@ LIBRARY = "qcompiler_cpu_kernels"
 
 
 def _native_ops() -> tuple:
-    from . import int8_int4  # noqa: F401  (defines the op)
-    return (torch.ops.qcompiler.int8_int4_gemm.default,)
+    from .int8_int4 import OP
+    return (OP,)
 
 
 @functools.lru_cache(maxsize=None)
