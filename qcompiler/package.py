@@ -16,7 +16,6 @@ from .runtime.inputs import describe_inputs
 from .runtime import native
 from .runtime.int4_layout import BY_NAME, LAYOUT_OF_ISA, int4_weights, native_layout, repack
 from .runtime.package import load_package, read_member, write_package
-from .runtime.native import native_ops
 from .runtime.target import Target, code_needs, compile_options, missing
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     if target is not None:
         metadata["target"] = target.to_json()
         metadata["needs"] = sorted(code_needs(target))
-    ops = native_ops(program)
+    ops = native.native_ops(program)
     if ops:
         metadata["native_ops"] = ops
     int4 = int4_weights(program)

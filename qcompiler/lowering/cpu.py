@@ -142,7 +142,13 @@ def _native(m, target):
     return f"qcompiler's C++ kernels are not available here ({reason})" if reason else None
 
 
-def _int4_groups(m, target, native_kernel: bool = False):
+def _on_native(check):
+    """``check``, then whether qcompiler's C++ kernels are available here."""
+    return lambda m, target: check(m, target) or _native(m, target)
+
+
+def _int4_form(m, target):
+    """What both int4 weight-only kernels take: the int4 forms, groups, activation dtypes and shapes."""
     kind = (m["bits"], m["dtype"], m["domain"])
     if kind not in ((4, "uint4", "float"), (4, "uint4", "int"), (4, "int4", "none")):
         return f"weight is {m['bits']}-bit {m['dtype']} ({m['domain']} zero point), not one of the int4 kernels' forms"
@@ -151,22 +157,28 @@ def _int4_groups(m, target, native_kernel: bool = False):
         return f"group size {block[-1]} is not 32, 64, 128 or 256"
     if m["out_dtype"] not in (torch.float32, torch.bfloat16, torch.float16):
         return f"activations are {m['out_dtype']}"
-    declined = _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"])
-    if native_kernel:
-        return declined or _native(m, target)
-    return declined or _unless(_int4_scales_and_zeros(m) is not None, "its int zero points have no exact float form "
-                                                                      f"in the {_kernel_dtype(m['out_dtype'])} scales the kernel reads")
+    return _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"])
 
 
-def _int8da_int4w(m, target, native_kernel: bool = False):
+def _int4_groups(m, target):
+    """ATen's int4 kernel: also needs the scales and zeros exact in its activation dtype."""
+    return _int4_form(m, target) or _unless(_int4_scales_and_zeros(m) is not None, "its int zero points have no exact "
+                                            f"float form in the {_kernel_dtype(m['out_dtype'])} scales the kernel reads")
+
+
+def _int8da_int4w_form(m, target):
+    """What both int8da-int4w kernels take."""
     wb = list(m["w_block"])
-    declined = (_unless(per_token_block(m), "activation scales are not per token")
-                or _unless(len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256), f"group size {wb[-1]} is not 32-256")
-                or _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"]))
-    if native_kernel:
-        return declined or _native(m, target)
-    return declined or _unless(torch.equal(m.value("w_scale").to(torch.bfloat16).float(), m.value("w_scale").float()),
-                               "its weight scales are not exact in bfloat16")
+    return (_unless(per_token_block(m), "activation scales are not per token")
+            or _unless(len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256), f"group size {wb[-1]} is not 32-256")
+            or _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"]))
+
+
+def _int8da_int4w(m, target):
+    """ATen's int4 kernel: also needs the weight scales exact in bfloat16."""
+    return _int8da_int4w_form(m, target) or _unless(
+        torch.equal(m.value("w_scale").to(torch.bfloat16).float(), m.value("w_scale").float()),
+        "its weight scales are not exact in bfloat16")
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -450,12 +462,12 @@ def rules(target_isa: str) -> tuple:
         *_integer_rules("int8dq", dynamic_int8_int8, _int8_dynamic_int8, _int8dq, _INT8_ACTS, False),
         *_integer_rules("int8static", static_int8_int8, _int8_static_int8, _int8static, _INT8_ACTS, False),
         LoweringRule("int8da-int4w", dynamic_int8_int4, _int8_dynamic_int4_int8, INT8_INT4 + _INT8_ACTS, _WHY_INT8_INT4,
-                     check=partial(_int8da_int4w, native_kernel=True)),
+                     check=_on_native(_int8da_int4w_form)),
         LoweringRule("int8da-int4w", dynamic_int8_int4, partial(_int8_dynamic_int4, target_isa),
                      INT4PACK + _INT8_ACTS, "ATen's int4 kernel, where qcompiler's is not available",
                      check=_int8da_int4w),
         LoweringRule("int4wo", weight_only_packed, _int4_weight_int16, INT8_INT4 + _INT16_ACTS,
-                     _WHY_INT8_INT4 + _IN_16_BITS, check=partial(_int4_groups, native_kernel=True)),
+                     _WHY_INT8_INT4 + _IN_16_BITS, check=_on_native(_int4_form)),
         LoweringRule("int4wo", weight_only_packed, partial(_int4_weight_only, target_isa), INT4PACK,
                      "ATen's int4 kernel, where qcompiler's is not available", check=_int4_groups),
         *_integer_rules("int8wo", weight_only_unpacked, _int8_weight_only, _int8_per_channel, _INT16_ACTS, True),

@@ -325,7 +325,7 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const at::Tensor& a_scale, con
       else panel_scalar(p, m0, m1, first_block);
     }
   });
-  if (a_zero) y.sub_(a_zero->reshape({M, 1}) * w_sums->reshape({1, N}));
+  if (a_zero) y.addr_(a_zero->reshape({M}), w_sums->reshape({N}), /*beta=*/1, /*alpha=*/-1);  // in place
   return y.mul_(a_scale.reshape({M, 1}));
 }
 
