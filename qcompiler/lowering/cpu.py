@@ -361,30 +361,26 @@ def _int8_dynamic_int4(target_isa, m, x, eps, n, w_block, out_w, b, **_):
 
 def _int8_int4(m, a, a_scale, a_zero, q, scale, offset, group: int):
     """``a_scale·(a - a_zero) @ (scale·q + offset)ᵀ`` in float32 on ``qcompiler.int8_int4_gemm``: ``a`` float
-    integers in [-128, 127] ([rows, K]), ``a_scale`` and ``a_zero`` (or None) [rows, 1]; the weight packed and its
-    scales stored as constants."""
+    integers in [-128, 127] ([rows, K]), ``a_scale`` and ``a_zero`` (or None) [rows, 1]; or, with ``a_scale``
+    None, ``a`` the float rows themselves, which the kernel takes in 16 bits. The weight is packed and its scales
+    stored as constants."""
     name = weight_name(m)
     w = m.constant(f"{name}_int8_int4", int8_int4.pack(q))
     w_scale = m.constant(f"{name}_int8_int4_scale", scale)
     w_offset = None if offset is None else m.constant(f"{name}_int8_int4_offset", offset)
     sums = None if a_zero is None else m.constant(f"{name}_int8_int4_sums", int8_int4.weight_sums(q, scale, offset))
     flat = [None if t is None else aten.reshape.default(_f32(t), [-1]) for t in (a_scale, a_zero)]
-    return qops.int8_int4_gemm.default(aten._to_copy.default(a, dtype=torch.int8), flat[0], flat[1], w, w_scale,
-                                       w_offset, sums, group)
+    a = _f32(a) if a_scale is None else aten._to_copy.default(a, dtype=torch.int8)
+    return qops.int8_int4_gemm.default(a, flat[0], flat[1], w, w_scale, w_offset, sums, group)
 
 
 def _int4_weight_int16(m, x, n, signed, block, out_dtype, b, **_):
-    """int4 weight-only on the integer kernel: ``x``'s rows in 16 bits as two int8 rows (:func:`_int16_rows`),
-    stacked into one call."""
+    """int4 weight-only on the integer kernel: ``x``'s rows go in as they are, and the kernel takes them in
+    16 bits (each row quantized to ±32639 and run as two int8 rows)."""
     q = _int4_values(m, n, signed)
     scale, offset = _int4_scale_offset(m)
     x2, back = rows(m, x, n, q.shape[0])
-    hi, lo, s = _int16_rows(x2)
-    acc = _int8_int4(m, aten.cat.default([hi, lo]), aten.cat.default([s, aten.div.Tensor(s, 255.0)]), None, q,
-                     scale, offset, block[1])
-    count = aten.sym_size.int(x2, 0)
-    parts = aten.split_with_sizes.default(acc, [count, count])
-    y = aten.add.Tensor(parts[0], parts[1])
+    y = _int8_int4(m, x2, None, None, q, scale, offset, block[1])
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 

@@ -1,4 +1,4 @@
-"""``qcompiler::int8_int4_gemm``: int8 activations times int4 weights in groups, exact int32 sums per group.
+"""``qcompiler::int8_int4_gemm``: int8 or int16 activations times int4 weights in groups, exact int32 sums per group.
 
 ATen's int4 CPU kernel takes bfloat16 activations and is a GEMV: it does not scale with the
 rows (docs/cpu-kernels.md). This op is an integer GEMM instead, the idea of llama.cpp's
@@ -8,10 +8,17 @@ Q4 x Q8 and ONNX Runtime's int8-compute MatMulNBits, written in C++
     y[m, n] = a_scale[m] · ( Σ_g ( w_scale[g, n]·Σ_{k∈g} a[m, k]·q[n, k] + w_offset[g, n]·Σ_{k∈g} a[m, k] )
                              - a_zero[m]·w_sums[n] )
 
-for activations ``x = a_scale·(a - a_zero)`` (``a`` int8; ``a_zero`` optional) and weights
+for activations ``x = a_scale·(a - a_zero)`` (``a`` int8 or int16; ``a_zero`` optional) and weights
 ``w = w_scale·q + w_offset`` with ``q`` in [-8, 7] (``w_offset`` optional); ``w_sums[n] =
 Σ_k w[n, k]``. Every int4 form (symmetric, integer or float zero point) is one ``w_scale``
 and ``w_offset`` per group. The sums within a group are exact int32; scales apply in float32.
+
+An int16 row runs as two int8 rows, its high and low bytes, whose integer sums combine
+before the group's scale: twice the int8 work for 16-bit activations, in one call. int16
+values must lie in [-32768, INT16_MAX]; larger ones saturate. A float32 ``a`` (no
+``a_scale``, no ``a_zero``) is quantized per row to 16 bits inside the kernel,
+``a_scale = max|x| / INT16_MAX``: int4 weight-only layers call it so, with their float
+activations (a relative error of about 2^-16 of the row's largest value).
 
 The weight is packed once (:func:`pack`) in one layout for every machine, so a ``.pt2``
 that calls the op runs wherever the op is loaded; the kernel picks AVX512-VNNI, AVX2 or
@@ -21,10 +28,11 @@ import torch
 
 from .dtypes import fail
 
-SCHEMA = ("(Tensor a, Tensor a_scale, Tensor? a_zero, Tensor w, Tensor w_scale, Tensor? w_offset, Tensor? w_sums, "
+SCHEMA = ("(Tensor a, Tensor? a_scale, Tensor? a_zero, Tensor w, Tensor w_scale, Tensor? w_offset, Tensor? w_sums, "
           "int group) -> Tensor")
 LANES, CHUNK, PANEL = 16, 8, 4  # rows per packed block, k per block, blocks per panel
 GROUPS = (32, 64, 128, 256)
+INT16_MAX = 32639  # the largest int16 that splits as 256·hi + lo with hi and lo in [-128, 127]
 
 torch.library.define("qcompiler::int8_int4_gemm", SCHEMA)
 OP = torch.ops.qcompiler.int8_int4_gemm.default
@@ -69,9 +77,10 @@ def weight_sums(q: torch.Tensor, w_scale: torch.Tensor, w_offset=None) -> torch.
 
 
 def reference(a, a_scale, a_zero, q, w_scale, w_offset, group: int) -> torch.Tensor:
-    """The op's value from the unpacked int4 weight ``q`` [N, K], in float64 (for tests)."""
+    """The op's value from the unpacked int4 weight ``q`` [N, K], in float64 (for tests); for a float ``a``,
+    the product with ``a`` itself, before the kernel's 16-bit rounding."""
     zero = 0.0 if a_zero is None else a_zero.reshape(-1, 1).double()
-    x = (a.double() - zero) * a_scale.reshape(-1, 1).double()
+    x = a.double() if a_scale is None else (a.double() - zero) * a_scale.reshape(-1, 1).double()
     w = q.double().reshape(q.shape[0], -1, group) * w_scale.t().double()[:, :, None]
     if w_offset is not None:
         w = w + w_offset.t().double()[:, :, None]

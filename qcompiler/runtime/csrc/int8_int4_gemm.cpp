@@ -1,12 +1,15 @@
-// qcompiler::int8_int4_gemm: int8 activations x int4 weights in groups, exact int32 sums per group.
+// qcompiler::int8_int4_gemm: int8 or int16 activations x int4 weights in groups, exact int32 sums per group.
 //
 //   y[m, n] = a_scale[m] * ( sum_g ( w_scale[g, n] * sum_{k in g} a[m, k] * q[n, k]
 //                                  + w_offset[g, n] * sum_{k in g} a[m, k] )  -  a_zero[m] * w_sums[n] )
 //
-// for activations x = a_scale * (a - a_zero) (a int8 [M, K]; a_zero optional) and weights
+// for activations x = a_scale * (a - a_zero) (a int8 or int16 [M, K]; a_zero optional; a float32 `a` is
+// quantized here, per row, to 16 bits: x = a_scale * a with a_scale = max |x| / 32639) and weights
 // w = w_scale * q + w_offset (q in [-8, 7], w_offset optional), w_sums[n] = sum_k w[n, k].
 // The integer sums run as uint8 u = q + 8 times int8 a (VNNI's u8 x s8 operand order) and take
-// 8 * sum_{k in g} a[m, k] off after.
+// 8 * sum_{k in g} a[m, k] off after. An int16 row runs as two int8 rows, its high and low bytes
+// (a = 256 * hi + lo, lo in [-128, 127]; values above 32639 saturate), whose sums combine in int32
+// before the group's scale: 256 * 128 * 15 * 1024 < 2^31 bounds the group at 1024.
 //
 // Packed weight: uint8 [N/16][K/8][64] bytes in panels of 4 blocks of 16 rows: within a panel of
 // `width` blocks, block j's bytes for k-chunk c lie at ((c * width) + j) * 64, so a panel streams
@@ -16,7 +19,8 @@
 //
 // Three paths, chosen per call: AVX512-VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd; exact here:
 // |15 * 128 * 2| fits int16) and plain C++. ATen's CPU capability (ATEN_CPU_CAPABILITY) caps the
-// choice, so tests reach every path on any machine.
+// choice, so tests reach every path on any machine. The float results are written once per group
+// into y, which a tile keeps in L1: no pass over y before or after.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
@@ -28,17 +32,22 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 struct Problem {
-  const int8_t* a;        // [M, K]
-  const int32_t* a_sums;  // [M, G]: sum_{k in g} a[m, k]
+  const int8_t* a;        // [M * pair, K]: the int8 rows, or each int16 row as its high and low bytes' rows
+  int64_t pair;           // 1: int8 rows; 2: int16 rows, two int8 rows each
+  const int32_t* a_sums;  // [M, G]: sum_{k in g} a[m, k] (of the int8 or int16 values)
+  const float* a_scale;   // [M]
+  const float* a_zero;    // [M]; null: none
   const uint8_t* w;       // packed
   const float* w_scale;   // [G, N]
   const float* w_offset;  // [G, N]; null: none
-  float* y;               // [M, N], accumulated group by group
+  const float* w_sums;    // [N]; null: none (then a_zero is null too)
+  float* y;               // [M, N]: written by the first group, accumulated by the others, finished by the last
   int64_t M, N, K, group;
 };
 
@@ -57,28 +66,36 @@ inline Panel panel_of(const Problem& p, int64_t first_block) {
   return {p.w + first_block * (p.K / kChunk) * 64, width};
 }
 
-// Row m's activations for k-chunk c as two 4-byte words (k = 8c..8c+3 and 8c+4..8c+7), to broadcast.
+// int8 row r's activations for k-chunk c as two 4-byte words (k = 8c..8c+3 and 8c+4..8c+7), to broadcast.
 struct ActivationWords {
   int32_t low, high;
 };
 
-inline ActivationWords activation_words(const Problem& p, int64_t m, int64_t c) {
+inline ActivationWords activation_words(const Problem& p, int64_t r, int64_t c) {
   ActivationWords x;
-  const int8_t* a = p.a + m * p.K + c * kChunk;
+  const int8_t* a = p.a + r * p.K + c * kChunk;
   std::memcpy(&x.low, a, 4);
   std::memcpy(&x.high, a + 4, 4);
   return x;
 }
 
-// sum_{k in g} a[m, k] * q[n, k] from the int32 sum of a * (q + 8) over the group: one row, 16 columns.
+// The last group's step: y[m, n] = a_scale[m] * (acc - a_zero[m] * w_sums[n]).
+inline float finish(const Problem& p, int64_t m, int64_t n, float acc) {
+  if (p.a_zero) acc -= p.a_zero[m] * p.w_sums[n];
+  return acc * p.a_scale[m];
+}
+
+// Group g's step for output row m, 16 columns from n0, given the int32 sums of a * (q + 8) over the group.
 inline void epilogue_scalar(const Problem& p, int64_t m, int64_t g, int64_t n0, const int32_t* acc) {
   const int32_t ra = p.a_sums[m * (p.K / p.group) + g];
   float* y = p.y + m * p.N + n0;
   const int64_t gi = g * p.N + n0;
+  const bool first = g == 0, last = g + 1 == p.K / p.group;
   for (int l = 0; l < kLanes; ++l) {
     float f = p.w_scale[gi + l] * float(acc[l] - 8 * ra);
     if (p.w_offset) f += p.w_offset[gi + l] * float(ra);
-    y[l] += f;
+    if (!first) f += y[l];
+    y[l] = last ? finish(p, m, n0 + l, f) : f;
   }
 }
 
@@ -87,29 +104,32 @@ inline void epilogue_scalar(const Problem& p, int64_t m, int64_t g, int64_t n0, 
 void panel_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t first_block) {
   const Panel panel = panel_of(p, first_block);
   int32_t acc[kLanes];
-  for (int64_t m = m0; m < m1; ++m) {
-    const int8_t* a = p.a + m * p.K;
+  for (int64_t m = m0; m < m1; ++m)
     for (int64_t j = 0; j < panel.width; ++j)
       for (int64_t g = 0; g < p.K / p.group; ++g) {
         std::fill(acc, acc + kLanes, 0);
-        for (int64_t c = g * p.group / kChunk; c < (g + 1) * p.group / kChunk; ++c) {
-          const uint8_t* b = panel.base + (c * panel.width + j) * 64;
-          for (int l = 0; l < kLanes; ++l)
-            for (int i = 0; i < 4; ++i) {
-              const uint8_t byte = b[l * 4 + i];
-              acc[l] += int32_t(a[c * kChunk + i]) * int32_t(byte & 0xF) +
-                        int32_t(a[c * kChunk + 4 + i]) * int32_t(byte >> 4);
-            }
+        for (int64_t h = 0; h < p.pair; ++h) {  // an int16 row: 256 * (its high bytes' sums) + its low bytes' sums
+          const int8_t* a = p.a + (m * p.pair + h) * p.K;
+          for (int l = 0; l < kLanes; ++l) acc[l] <<= 8 * h;
+          for (int64_t c = g * p.group / kChunk; c < (g + 1) * p.group / kChunk; ++c) {
+            const uint8_t* b = panel.base + (c * panel.width + j) * 64;
+            for (int l = 0; l < kLanes; ++l)
+              for (int i = 0; i < 4; ++i) {
+                const uint8_t byte = b[l * 4 + i];
+                acc[l] += int32_t(a[c * kChunk + i]) * int32_t(byte & 0xF) +
+                          int32_t(a[c * kChunk + 4 + i]) * int32_t(byte >> 4);
+              }
+          }
         }
         epilogue_scalar(p, m, g, (first_block + j) * kLanes, acc);
       }
-  }
 }
 
 // ------------------------------------------------------------------ AVX2
 
-template <int ROWS>
-__attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t m0, const Panel& panel, int64_t j,
+// ROWS int8 rows (ROWS / PAIR output rows) x one block, every group.
+template <int ROWS, int PAIR>
+__attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t r0, const Panel& panel, int64_t j,
                                                    int64_t n0) {
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   alignas(32) int32_t acc_out[kLanes];
@@ -125,7 +145,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t m0,
         hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
       }
       for (int r = 0; r < ROWS; ++r) {
-        const ActivationWords x = activation_words(p, m0 + r, c);
+        const ActivationWords x = activation_words(p, r0 + r, c);
         const __m256i x0 = _mm256_set1_epi32(x.low), x1 = _mm256_set1_epi32(x.high);
         for (int h = 0; h < 2; ++h) {  // |15 * 128 * 2| per int16 pair: no saturation
           const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], x0), _mm256_maddubs_epi16(hi[h], x1));
@@ -133,26 +153,25 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t m0,
         }
       }
     }
-    for (int r = 0; r < ROWS; ++r) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(acc_out), acc[r][0]);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(acc_out + 8), acc[r][1]);
-      epilogue_scalar(p, m0 + r, g, n0, acc_out);
+    for (int o = 0; o < ROWS / PAIR; ++o) {
+      for (int h = 0; h < 2; ++h) {
+        __m256i v = acc[o * PAIR][h];
+        if constexpr (PAIR == 2) v = _mm256_add_epi32(_mm256_slli_epi32(v, 8), acc[o * PAIR + 1][h]);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(acc_out + 8 * h), v);
+      }
+      epilogue_scalar(p, r0 / PAIR + o, g, n0, acc_out);
     }
   }
 }
 
+template <int PAIR>
 __attribute__((target("avx2,fma"))) void panel_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t first_block) {
   const Panel panel = panel_of(p, first_block);
   for (int64_t j = 0; j < panel.width; ++j) {
     const int64_t n0 = (first_block + j) * kLanes;
     int64_t m = m0;
-    for (; m + 4 <= m1; m += 4) tile_avx2<4>(p, m, panel, j, n0);
-    switch (m1 - m) {
-      case 3: tile_avx2<3>(p, m, panel, j, n0); break;
-      case 2: tile_avx2<2>(p, m, panel, j, n0); break;
-      case 1: tile_avx2<1>(p, m, panel, j, n0); break;
-      default: break;
-    }
+    for (; m + 4 / PAIR <= m1; m += 4 / PAIR) tile_avx2<4, PAIR>(p, m * PAIR, panel, j, n0);
+    for (; m < m1; ++m) tile_avx2<PAIR, PAIR>(p, m * PAIR, panel, j, n0);
   }
 }
 
@@ -162,25 +181,55 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const Problem& p, int64_t m0
 
 // acc += u8 u x s8 s, four bytes per int32 lane. In asm: GCC copies every accumulator before each
 // _mm512_dpbusd_epi32 in the unrolled tiles (a move per product; 1.6x slower tiles).
-QC_VNNI_TARGET inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+// The s8 operand is 4 bytes in memory, broadcast within the instruction (no broadcast instruction per row).
+QC_VNNI_TARGET inline __m512i dpbusd(__m512i acc, __m512i u, const int8_t* s) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(s)));
   return acc;
 }
 
-// ROWS rows x COLS blocks (from block j of the panel), every group: the int32 sums stay in registers
-// within a group; the float results accumulate in y (which stays in L1 across the groups).
-template <int ROWS, int COLS>
-QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t m0, const Panel& panel, int64_t j0, int64_t n0) {
+// Group g's step for a tile's ROWS / PAIR output rows (from m0) x COLS blocks (columns from n0), given the
+// int32 sums of a * (q + 8) over the group: f = (FIRST ? 0 : f) + w_scale * (sum - 8 * sum a) [+ w_offset * sum a].
+// It runs once per group and tile: the float sums stay in registers, and the options are template arguments.
+template <int ROWS, int COLS, int PAIR, bool FIRST, bool OFFSET>
+QC_VNNI_TARGET __attribute__((always_inline)) inline void group_step_vnni(const Problem& p, int64_t m0, int64_t n0,
+                                                                         int64_t g, const __m512i (&acc)[ROWS][COLS],
+                                                                         __m512 (&f)[ROWS / PAIR][COLS]) {
+  const int64_t groups = p.K / p.group;
+  const float* scale = p.w_scale + g * p.N + n0;
+  const float* offset = p.w_offset + g * p.N + n0;  // read only when OFFSET
+#pragma GCC unroll 8
+  for (int o = 0; o < ROWS / PAIR; ++o) {
+    const int32_t ra = p.a_sums[(m0 + o) * groups + g];
+    const __m512i shift = _mm512_set1_epi32(8 * ra);
+#pragma GCC unroll 4
+    for (int j = 0; j < COLS; ++j) {
+      __m512i v = acc[o * PAIR][j];
+      if constexpr (PAIR == 2) v = _mm512_add_epi32(_mm512_slli_epi32(v, 8), acc[o * PAIR + 1][j]);
+      const __m512 x = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, shift));
+      const __m512 s = _mm512_loadu_ps(scale + j * kLanes);
+      f[o][j] = FIRST ? _mm512_mul_ps(x, s) : _mm512_fmadd_ps(x, s, f[o][j]);
+      if constexpr (OFFSET) f[o][j] = _mm512_fmadd_ps(_mm512_loadu_ps(offset + j * kLanes), _mm512_set1_ps(float(ra)), f[o][j]);
+    }
+  }
+}
+
+// ROWS int8 rows (ROWS / PAIR output rows, from int8 row r0) x COLS blocks (from block j0 of the panel),
+// every group: the int32 sums of a group and the float sums of all groups stay in registers
+// (ROWS * COLS + ROWS / PAIR * COLS of them, besides the 2 * COLS unpacked weights and a mask).
+template <int ROWS, int COLS, int PAIR, bool OFFSET>
+QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t r0, const Panel& panel, int64_t j0, int64_t n0) {
   const __m512i low = _mm512_set1_epi8(0x0F);
-  const int64_t groups = p.K / p.group, stride = panel.width * 64;
+  const int64_t groups = p.K / p.group, stride = panel.width * 64, chunks = p.group / kChunk, m0 = r0 / PAIR;
   const uint8_t* b = panel.base + j0 * 64;
+  const int8_t* a = p.a + r0 * p.K;
+  __m512 f[ROWS / PAIR][COLS];
   for (int64_t g = 0; g < groups; ++g) {
     __m512i acc[ROWS][COLS];
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 4
       for (int j = 0; j < COLS; ++j) acc[r][j] = _mm512_setzero_si512();
-    for (int64_t c = g * p.group / kChunk; c < (g + 1) * p.group / kChunk; ++c) {
+    for (int64_t c = g * chunks; c < (g + 1) * chunks; ++c) {
       __m512i lo[COLS], hi[COLS];
       const uint8_t* bc = b + c * stride;
 #pragma GCC unroll 4
@@ -191,60 +240,68 @@ QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t m0, const Panel& panel, 
       }
 #pragma GCC unroll 8
       for (int r = 0; r < ROWS; ++r) {
-        const ActivationWords x = activation_words(p, m0 + r, c);
-        const __m512i x0 = _mm512_set1_epi32(x.low), x1 = _mm512_set1_epi32(x.high);
+        const int8_t* x = a + r * p.K + c * kChunk;  // the row's 8 activations of this chunk
 #pragma GCC unroll 4
         for (int j = 0; j < COLS; ++j) {
-          acc[r][j] = dpbusd(acc[r][j], lo[j], x0);
-          acc[r][j] = dpbusd(acc[r][j], hi[j], x1);
+          acc[r][j] = dpbusd(acc[r][j], lo[j], x);
+          acc[r][j] = dpbusd(acc[r][j], hi[j], x + 4);
         }
       }
     }
+    if (g == 0) group_step_vnni<ROWS, COLS, PAIR, true, OFFSET>(p, m0, n0, g, acc, f);
+    else group_step_vnni<ROWS, COLS, PAIR, false, OFFSET>(p, m0, n0, g, acc, f);
+  }
+  // y = a_scale * (f - a_zero * w_sums)
 #pragma GCC unroll 8
-    for (int r = 0; r < ROWS; ++r) {
-      const int32_t ra = p.a_sums[(m0 + r) * groups + g];
-      const __m512i shift = _mm512_set1_epi32(8 * ra);
-      const __m512 sum = _mm512_set1_ps(float(ra));
-      float* y = p.y + (m0 + r) * p.N + n0;
+  for (int o = 0; o < ROWS / PAIR; ++o) {
+    const int64_t m = m0 + o;
+    float* y = p.y + m * p.N + n0;
 #pragma GCC unroll 4
-      for (int j = 0; j < COLS; ++j) {
-        const int64_t gi = g * p.N + n0 + j * kLanes;
-        __m512 f = _mm512_loadu_ps(y + j * kLanes);
-        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], shift)), _mm512_loadu_ps(p.w_scale + gi), f);
-        if (p.w_offset) f = _mm512_fmadd_ps(_mm512_loadu_ps(p.w_offset + gi), sum, f);
-        _mm512_storeu_ps(y + j * kLanes, f);
-      }
+    for (int j = 0; j < COLS; ++j) {
+      __m512 v = f[o][j];
+      if (p.a_zero) v = _mm512_fnmadd_ps(_mm512_set1_ps(p.a_zero[m]), _mm512_loadu_ps(p.w_sums + n0 + j * kLanes), v);
+      _mm512_storeu_ps(y + j * kLanes, _mm512_mul_ps(v, _mm512_set1_ps(p.a_scale[m])));
     }
   }
 }
 
-// Rows [m0, m1) in tiles of ROWS rows x COLS blocks; the last rows in a smaller tile.
-template <int ROWS, int COLS>
+template <int ROWS, int COLS, int PAIR>
+QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t r0, const Panel& panel, int64_t j0, int64_t n0) {
+  if (p.w_offset) tile_vnni<ROWS, COLS, PAIR, true>(p, r0, panel, j0, n0);
+  else tile_vnni<ROWS, COLS, PAIR, false>(p, r0, panel, j0, n0);
+}
+
+// Output rows [m0, m1) in tiles of ROWS int8 rows x COLS blocks; the last rows in a smaller tile.
+template <int ROWS, int COLS, int PAIR>
 QC_VNNI_TARGET void rows_vnni(const Problem& p, int64_t m0, int64_t m1, const Panel& panel, int64_t j, int64_t n0) {
-  if constexpr (ROWS > 1) {
-    if (m1 - m0 < ROWS) return rows_vnni<ROWS - 1, COLS>(p, m0, m1, panel, j, n0);
+  constexpr int kRows = ROWS / PAIR;  // output rows per tile
+  if constexpr (kRows > 1) {
+    if (m1 - m0 < kRows) return rows_vnni<ROWS - PAIR, COLS, PAIR>(p, m0, m1, panel, j, n0);
   }
-  for (; m0 + ROWS <= m1; m0 += ROWS) tile_vnni<ROWS, COLS>(p, m0, panel, j, n0);
-  if constexpr (ROWS > 1) {
-    if (m0 < m1) rows_vnni<ROWS - 1, COLS>(p, m0, m1, panel, j, n0);
+  for (; m0 + kRows <= m1; m0 += kRows) tile_vnni<ROWS, COLS, PAIR>(p, m0 * PAIR, panel, j, n0);
+  if constexpr (kRows > 1) {
+    if (m0 < m1) rows_vnni<ROWS - PAIR, COLS, PAIR>(p, m0, m1, panel, j, n0);
   }
 }
 
-// Few rows: one tile spans the panel (4 blocks); more rows: tiles of 8 rows x 2 blocks.
+// Few rows: tiles of 2 int8 rows span the panel (4 blocks); more rows: tiles of 8 (int16 rows) or 6 (int8 rows)
+// int8 rows x 2 blocks. Every tile keeps its int32 and float sums in registers.
+template <int PAIR>
 QC_VNNI_TARGET void panel_vnni(const Problem& p, int64_t m0, int64_t m1, int64_t first_block) {
   const Panel panel = panel_of(p, first_block);
   const int64_t n0 = first_block * kLanes;
-  if (m1 - m0 < 8) {
+  if ((m1 - m0) * PAIR < 8) {
     switch (panel.width) {
-      case 4: return rows_vnni<4, 4>(p, m0, m1, panel, 0, n0);
-      case 3: return rows_vnni<4, 3>(p, m0, m1, panel, 0, n0);
-      case 2: return rows_vnni<4, 2>(p, m0, m1, panel, 0, n0);
-      default: return rows_vnni<4, 1>(p, m0, m1, panel, 0, n0);
+      case 4: return rows_vnni<2, 4, PAIR>(p, m0, m1, panel, 0, n0);
+      case 3: return rows_vnni<2, 3, PAIR>(p, m0, m1, panel, 0, n0);
+      case 2: return rows_vnni<2, 2, PAIR>(p, m0, m1, panel, 0, n0);
+      default: return rows_vnni<2, 1, PAIR>(p, m0, m1, panel, 0, n0);
     }
   }
+  constexpr int kRows = PAIR == 2 ? 8 : 6;  // int8 rows per tile: the int32 and float sums fill the registers
   int64_t j = 0;
-  for (; j + 2 <= panel.width; j += 2) rows_vnni<8, 2>(p, m0, m1, panel, j, n0 + j * kLanes);
-  if (j < panel.width) rows_vnni<8, 1>(p, m0, m1, panel, j, n0 + j * kLanes);
+  for (; j + 2 <= panel.width; j += 2) rows_vnni<kRows, 2, PAIR>(p, m0, m1, panel, j, n0 + j * kLanes);
+  if (j < panel.width) rows_vnni<kRows, 1, PAIR>(p, m0, m1, panel, j, n0 + j * kLanes);
 }
 
 // ------------------------------------------------------------------ dispatch
@@ -270,20 +327,28 @@ const char* path_name(Path path) {
   }
 }
 
-void check_inputs(const at::Tensor& a, const at::Tensor& a_scale, const std::optional<at::Tensor>& a_zero,
+void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
                   const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& w_offset,
                   const std::optional<at::Tensor>& w_sums, int64_t group) {
-  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kChar, "int8_int4_gemm: a must be int8 [M, K], got ",
-              a.scalar_type(), " ", a.sizes());
+  const auto type = a.scalar_type();
+  TORCH_CHECK(a.dim() == 2 && (type == at::kChar || type == at::kShort || type == at::kFloat),
+              "int8_int4_gemm: a must be int8, int16 or float32 [M, K], got ", type, " ", a.sizes());
   TORCH_CHECK(w_scale.dim() == 2, "int8_int4_gemm: w_scale must be float32 [K / group, N], got ", w_scale.sizes());
   const int64_t M = a.size(0), K = a.size(1), N = w_scale.size(1);
   TORCH_CHECK(group > 0 && group % kChunk == 0 && K % group == 0, "int8_int4_gemm: group ", group,
               " must be a multiple of 8 dividing K = ", K);
+  TORCH_CHECK(type == at::kChar || group <= 1024, "int8_int4_gemm: group ", group,
+              " must be at most 1024 with 16-bit activations (the int32 sums would overflow)");
   TORCH_CHECK(N % kLanes == 0, "int8_int4_gemm: N = ", N, " must be a multiple of 16");
   TORCH_CHECK(w.scalar_type() == at::kByte && w.numel() == N * K / 2, "int8_int4_gemm: w must be uint8 with N*K/2 = ",
               N * K / 2, " bytes, got ", w.scalar_type(), " ", w.sizes());
-  TORCH_CHECK(a_scale.scalar_type() == at::kFloat && a_scale.numel() == M,
-              "int8_int4_gemm: a_scale must be float32 with M = ", M, " elements");
+  if (type == at::kFloat) {
+    TORCH_CHECK(!a_scale && !a_zero, "int8_int4_gemm: float32 a takes no a_scale or a_zero (the kernel quantizes "
+                "each row to 16 bits itself)");
+  } else {
+    TORCH_CHECK(a_scale && a_scale->scalar_type() == at::kFloat && a_scale->numel() == M,
+                "int8_int4_gemm: a_scale must be float32 with M = ", M, " elements for integer a");
+  }
   TORCH_CHECK(!a_zero || (a_zero->scalar_type() == at::kFloat && a_zero->numel() == M),
               "int8_int4_gemm: a_zero must be float32 with M = ", M, " elements");
   TORCH_CHECK(!a_zero || w_sums, "int8_int4_gemm: an a_zero needs w_sums");
@@ -300,33 +365,134 @@ std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
   return t ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }
 
-at::Tensor int8_int4_gemm(const at::Tensor& a_in, const at::Tensor& a_scale, const std::optional<at::Tensor>& a_zero,
-                          const at::Tensor& w_in, const at::Tensor& w_scale_in,
-                          const std::optional<at::Tensor>& w_offset_in, const std::optional<at::Tensor>& w_sums,
-                          int64_t group) {
-  check_inputs(a_in, a_scale, a_zero, w_in, w_scale_in, w_offset_in, w_sums, group);
+// x rounded half to even, for |x| < 2^22, in operations that vectorize (std::nearbyint does not).
+inline int32_t round_to_int(float x) {
+  const float t = x + 12582912.0f;  // 1.5 * 2^23: the sum's last bits are x's integer
+  int32_t bits;
+  std::memcpy(&bits, &t, 4);
+  return bits - 0x4B400000;
+}
+
+constexpr int32_t kInt16Max = 32639;  // the largest int16 whose high and low bytes are both int8 (256 * 127 + 127)
+
+// One activation row: its sums per group, and for 16-bit rows its high and low bytes as two int8 rows.
+// A float row is first quantized per row to 16 bits: x = scale * v, v = round(x / scale) in +-kInt16Max.
+template <typename T>
+__attribute__((always_inline)) inline void activation_row(const T* x, int64_t K, int64_t group, int8_t* hi, int8_t* lo,
+                                                          int32_t* sums, float* scale) {
+  float inv = 1.0f;
+  if constexpr (std::is_same_v<T, float>) {
+    uint32_t top = 0;  // max |x| as bits: the order of non-negative floats' bits is the floats' order
+    for (int64_t k = 0; k < K; ++k) {
+      uint32_t bits;
+      std::memcpy(&bits, x + k, 4);
+      bits &= 0x7FFFFFFFu;
+      top = bits > top ? bits : top;
+    }
+    float amax;
+    std::memcpy(&amax, &top, 4);
+    *scale = std::max(amax / float(kInt16Max), 1e-30f);
+    inv = 1.0f / *scale;
+  }
+  for (int64_t g = 0; g < K / group; ++g) {
+    int32_t sum = 0;
+    for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+      int32_t v;
+      if constexpr (std::is_same_v<T, float>) v = std::min(std::max(round_to_int(x[k] * inv), -kInt16Max), kInt16Max);
+      else if constexpr (std::is_same_v<T, int16_t>) v = std::min<int32_t>(x[k], kInt16Max);
+      else v = x[k];
+      if constexpr (!std::is_same_v<T, int8_t>) {
+        const int32_t h = (v + 128) >> 8;
+        hi[k] = int8_t(h);
+        lo[k] = int8_t(v - 256 * h);
+      }
+      sum += v;
+    }
+    sums[g] = sum;
+  }
+}
+
+template <typename T>
+void activation_row_plain(const T* x, int64_t K, int64_t group, int8_t* hi, int8_t* lo, int32_t* sums, float* scale) {
+  activation_row(x, K, group, hi, lo, sums, scale);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void activation_row_avx2(const T* x, int64_t K, int64_t group, int8_t* hi,
+                                                             int8_t* lo, int32_t* sums, float* scale) {
+  activation_row(x, K, group, hi, lo, sums, scale);
+}
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void activation_row_avx512(
+    const T* x, int64_t K, int64_t group, int8_t* hi, int8_t* lo, int32_t* sums, float* scale) {
+  activation_row(x, K, group, hi, lo, sums, scale);
+}
+
+// The kernel's int8 rows, their sums per group (int32 [M, K / group]) and, for float activations, their
+// scales ([M]): an int8 `a` as it is; int16 and float `a` as two int8 rows per row (activation_row).
+struct ActivationRows {
+  at::Tensor rows, sums, scale;
+};
+
+template <typename T>
+ActivationRows activation_rows(const at::Tensor& a, int64_t group, Path path) {
+  constexpr int64_t pair = std::is_same_v<T, int8_t> ? 1 : 2;
+  const int64_t M = a.size(0), K = a.size(1), G = K / group;
+  ActivationRows out{pair == 1 ? a : at::empty({M * pair, K}, a.options().dtype(at::kChar)),
+                     at::empty({M, G}, a.options().dtype(at::kInt)), at::empty({M}, a.options().dtype(at::kFloat))};
+  const T* src = a.data_ptr<T>();
+  int8_t* rows = out.rows.data_ptr<int8_t>();
+  int32_t* sums = out.sums.data_ptr<int32_t>();
+  float* scale = out.scale.data_ptr<float>();
+  const auto row = path == Path::kVnni ? activation_row_avx512<T>
+                   : path == Path::kAvx2 ? activation_row_avx2<T> : activation_row_plain<T>;
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      int8_t* hi = rows + pair * m * K;
+      row(src + m * K, K, group, hi, hi + K, sums + m * G, scale + m);
+    }
+  });
+  return out;
+}
+
+ActivationRows activation_rows(const at::Tensor& a, int64_t group, Path path) {
+  switch (a.scalar_type()) {
+    case at::kChar: return activation_rows<int8_t>(a, group, path);
+    case at::kShort: return activation_rows<int16_t>(a, group, path);
+    default: return activation_rows<float>(a, group, path);
+  }
+}
+
+at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor>& a_scale_in,
+                          const std::optional<at::Tensor>& a_zero_in, const at::Tensor& w_in,
+                          const at::Tensor& w_scale_in, const std::optional<at::Tensor>& w_offset_in,
+                          const std::optional<at::Tensor>& w_sums_in, int64_t group) {
+  check_inputs(a_in, a_scale_in, a_zero_in, w_in, w_scale_in, w_offset_in, w_sums_in, group);
   const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
-  const std::optional<at::Tensor> w_offset = contiguous(w_offset_in);
-  const int64_t M = a.size(0), K = a.size(1), N = w_scale.size(1), G = K / group;
-  at::Tensor y = at::zeros({M, N}, a.options().dtype(at::kFloat));
-  const at::Tensor a_sums = a.view({M, G, group}).sum(-1, /*keepdim=*/false, at::kInt).contiguous();
-  const Problem p{a.data_ptr<int8_t>(), a_sums.data_ptr<int32_t>(), w.data_ptr<uint8_t>(), w_scale.data_ptr<float>(),
-                  w_offset ? w_offset->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group};
+  const int64_t M = a.size(0), K = a.size(1), N = w_scale.size(1);
+  const std::optional<at::Tensor> a_zero = contiguous(a_zero_in), w_offset = contiguous(w_offset_in),
+                                  w_sums = contiguous(w_sums_in);
   const Path path = path_here();
-  // Work items: (up to 64 rows, one panel of 64 columns); a panel's weights stay in cache across its rows.
-  const int64_t panels = (N / kLanes + kPanel - 1) / kPanel, row_chunk = 64;
+  const ActivationRows rows = activation_rows(a, group, path);
+  const at::Tensor a_scale = a_scale_in ? a_scale_in->contiguous() : rows.scale;
+  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
+  const Problem p{rows.rows.data_ptr<int8_t>(), a.scalar_type() == at::kChar ? 1 : 2,
+                  rows.sums.data_ptr<int32_t>(), a_scale.data_ptr<float>(), a_zero ? a_zero->data_ptr<float>() : nullptr,
+                  w.data_ptr<uint8_t>(), w_scale.data_ptr<float>(), w_offset ? w_offset->data_ptr<float>() : nullptr,
+                  w_sums ? w_sums->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group};
+  // Work items: (64 int8 rows, one panel of 64 columns); a panel's weights stay in cache across its rows.
+  const int64_t panels = (N / kLanes + kPanel - 1) / kPanel, row_chunk = 64 / p.pair;
   const int64_t row_items = (M + row_chunk - 1) / row_chunk;
   at::parallel_for(0, row_items * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t m0 = (item / panels) * row_chunk, m1 = std::min(M, m0 + row_chunk);
       const int64_t first_block = (item % panels) * kPanel;
-      if (path == Path::kVnni) panel_vnni(p, m0, m1, first_block);
-      else if (path == Path::kAvx2) panel_avx2(p, m0, m1, first_block);
+      const bool pairs = p.pair == 2;
+      if (path == Path::kVnni) pairs ? panel_vnni<2>(p, m0, m1, first_block) : panel_vnni<1>(p, m0, m1, first_block);
+      else if (path == Path::kAvx2) pairs ? panel_avx2<2>(p, m0, m1, first_block) : panel_avx2<1>(p, m0, m1, first_block);
       else panel_scalar(p, m0, m1, first_block);
     }
   });
-  if (a_zero) y.addr_(a_zero->reshape({M}), w_sums->reshape({N}), /*beta=*/1, /*alpha=*/-1);  // in place
-  return y.mul_(a_scale.reshape({M, 1}));
+  return y;
 }
 
 std::string int8_int4_gemm_path() { return path_name(path_here()); }
