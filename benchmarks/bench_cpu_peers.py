@@ -25,6 +25,11 @@ On a machine with native bfloat16, ``qc-<scheme>-bf16rest`` also runs the unquan
 (``qc.lower(..., unquantized_dtype=torch.bfloat16)``); by default only for int8dq.
 Every peer is optional: one that is not installed or fails is recorded as ``{"system", "error"}``.
 
+``--target cpu:avx2`` compiles every .pt2 for that target (qcompiler lowers for it; Inductor's
+``cpp.march``); run it with the libraries capped to emulate such a machine's instruction sets on this one
+(``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2``). The results say
+so: an emulation keeps this machine's caches and memory, and is no measurement of another machine.
+
 Threads: torch.get_num_threads() for torch, the same intra-op threads for ONNX Runtime (spinning off).
 Writes the JSON (with ``machine()``: CPU, its ISA flags, threads) and a markdown table beside it (.md).
 The full run packages ~26 programs with AOTInductor (10-30 s each) and times for a few minutes.
@@ -46,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 import qcompiler as qc
+from qcompiler.runtime.target import compile_options
 import peers_cpu as peers
 from bench_minilm_e2e import calibration_batches, token_inputs
 from machine import machine
@@ -170,39 +176,40 @@ def export(w: Workload, model=None) -> torch.export.ExportedProgram:
     return torch.export.export(model if model is not None else w.model, w.args, w.kwargs, dynamic_shapes=w.dynamic_shapes)
 
 
-def packaged(program, path: Path, freezing: bool = True, pt2e: bool = False) -> Built:
-    path = peers.aoti_package(program, path, freezing=freezing, pt2e=pt2e)
+def packaged(program, path: Path, freezing: bool = True, pt2e: bool = False, target: Optional[qc.Target] = None) -> Built:
+    options = compile_options(target) if target is not None else {}
+    path = peers.aoti_package(program, path, freezing=freezing, pt2e=pt2e, options=options)
     return Built(peers.aoti_load(path), path, {"aoti_calls": peers.aoti_calls(path)})
 
 
-def dense(dtype, freezing: bool):
+def dense(dtype, freezing: bool, target: Optional[qc.Target] = None):
     def build(w: Workload, path: Path) -> Built:
         model = w.model if dtype == torch.float32 else w.in_dtype(dtype)
-        return packaged(export(w, model), path, freezing)
+        return packaged(export(w, model), path, freezing, target=target)
     return build
 
 
-def qcompiler_scheme(scheme: str, unquantized_dtype: Optional[torch.dtype] = None):
+def qcompiler_scheme(scheme: str, unquantized_dtype: Optional[torch.dtype] = None, target: Optional[qc.Target] = None):
     def build(w: Workload, path: Path) -> Built:
         program = qc.lower(qc.quantize(w.model, w.args, qc.config_from_string(scheme), example_kwargs=w.kwargs,
-                                       dynamic_shapes=w.dynamic_shapes, calibration_data=w.calibration), "cpu",
-                           unquantized_dtype=unquantized_dtype)
+                                       dynamic_shapes=w.dynamic_shapes, calibration_data=w.calibration),
+                           target or "cpu", unquantized_dtype=unquantized_dtype)
         run = qc.load(qc.package(program, path))
         return Built(run, path, {"kernels": sorted({r.kernel for r in run.report.quantized}),
                                  "aoti_calls": peers.aoti_calls(path)})
     return build
 
 
-def pt2e(is_dynamic: bool):
+def pt2e(is_dynamic: bool, target: Optional[qc.Target] = None):
     def build(w: Workload, path: Path) -> Built:
         program = peers.pt2e_program(w.model, w.args, w.kwargs, w.dynamic_shapes, w.calibration, is_dynamic)
-        return packaged(program, path, pt2e=True)
+        return packaged(program, path, pt2e=True, target=target)
     return build
 
 
-def torchao(scheme: str):
+def torchao(scheme: str, target: Optional[qc.Target] = None):
     def build(w: Workload, path: Path) -> Built:
-        return packaged(peers.torchao_program(w.model, scheme, w.args, w.kwargs, w.dynamic_shapes), path)
+        return packaged(peers.torchao_program(w.model, scheme, w.args, w.kwargs, w.dynamic_shapes), path, target=target)
     return build
 
 
@@ -225,23 +232,25 @@ def ort(quantize: Optional[Callable[[Path, Path], Path]]):
     return build
 
 
-def registry(schemes: List[str]) -> Dict[str, tuple]:
-    """Every system: key -> (label, builder). Ordered so peers that change process-wide state build last."""
+def registry(schemes: List[str], target: Optional[qc.Target] = None) -> Dict[str, tuple]:
+    """Every system: key -> (label, builder). Ordered so peers that change process-wide state build last.
+    ``target``: compile every .pt2 for it (qcompiler lowers for it too); None: this machine."""
+    t = target
     systems = {
-        "fp32": ("fp32 .pt2 (freezing)", dense(torch.float32, True)),
-        "fp32-nofreeze": ("fp32 .pt2 (no freezing)", dense(torch.float32, False)),
-        "bf16": ("bf16 .pt2 (freezing)", dense(torch.bfloat16, True)),
-        "bf16-nofreeze": ("bf16 .pt2 (no freezing)", dense(torch.bfloat16, False)),
+        "fp32": ("fp32 .pt2 (freezing)", dense(torch.float32, True, t)),
+        "fp32-nofreeze": ("fp32 .pt2 (no freezing)", dense(torch.float32, False, t)),
+        "bf16": ("bf16 .pt2 (freezing)", dense(torch.bfloat16, True, t)),
+        "bf16-nofreeze": ("bf16 .pt2 (no freezing)", dense(torch.bfloat16, False, t)),
     }
-    systems.update({f"qc-{s}": (f"qcompiler {s} .pt2", qcompiler_scheme(s)) for s in schemes})
-    if qc.Target.host().has("avx512_bf16") or qc.Target.host().has("amx"):  # where lower() takes the option
+    systems.update({f"qc-{s}": (f"qcompiler {s} .pt2", qcompiler_scheme(s, None, t)) for s in schemes})
+    if (t or qc.Target.host()).has("avx512_bf16") or (t or qc.Target.host()).has("amx"):  # where lower() takes it
         systems.update({f"qc-{s}-bf16rest": (f"qcompiler {s} .pt2, unquantized parts in bf16",
-                                             qcompiler_scheme(s, torch.bfloat16)) for s in schemes})
+                                             qcompiler_scheme(s, torch.bfloat16, t)) for s in schemes})
     systems.update({
-        "torchao-int8dq": ("torchao int8dq .pt2 (freezing)", torchao("int8dq")),
-        "torchao-int8wo": ("torchao int8wo .pt2 (freezing)", torchao("int8wo")),
-        "pt2e-static": ("PT2E x86 int8 static .pt2 (freezing)", pt2e(False)),
-        "pt2e-dynamic": ("PT2E x86 int8 dynamic .pt2 (freezing)", pt2e(True)),
+        "torchao-int8dq": ("torchao int8dq .pt2 (freezing)", torchao("int8dq", t)),
+        "torchao-int8wo": ("torchao int8wo .pt2 (freezing)", torchao("int8wo", t)),
+        "pt2e-static": ("PT2E x86 int8 static .pt2 (freezing)", pt2e(False, t)),
+        "pt2e-dynamic": ("PT2E x86 int8 dynamic .pt2 (freezing)", pt2e(True, t)),
         "ort-fp32": ("ONNX Runtime fp32", ort(None)),
         "ort-int8dyn": ("ONNX Runtime dynamic int8 (QInt8 per channel)", ort(peers.ort_dynamic_int8)),
         "ort-nbits4": ("ONNX Runtime MatMulNBits 4-bit b32 (int8 compute)",
@@ -350,6 +359,10 @@ def _kernels(row: dict) -> str:
     return ", ".join(row.get("aoti_calls", []))
 
 
+# Environment variables that cap the instruction sets of ATen, MKL and oneDNN (for --target runs).
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     out = ["# CPU peers side by side", "",
@@ -358,6 +371,10 @@ def markdown(results: dict) -> str:
            f"'vs fp32' is the same-round speed relative to the fp32 .pt2 with freezing (higher is faster). "
            f"Load average at the start {', '.join(f'{x:.2f}' for x in results['load_average_at_start'])} "
            "(torch's OpenMP threads stall when another process holds a core: time on a quiet machine)."]
+    if results.get("emulated"):
+        caps = ", ".join(f"{k}={v}" for k, v in results.get("isa_caps", {}).items()) or "none"
+        out += ["", f"**Compiled for target `{results['target']}`, libraries capped ({caps}): an emulation of "
+                "such a machine's instruction sets on this one, not a measurement of another machine.**"]
     if "minilm" in results:
         shapes = results["minilm"]["shapes"]
         out += ["", "## all-MiniLM-L6-v2", "",
@@ -398,6 +415,9 @@ def parse_args(argv=None):
                                                   f"smoke: {' '.join(SMOKE_SYSTEMS)})")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5; smoke 1)")
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cpu_peers.json; smoke: in the temp folder)")
+    ap.add_argument("--target", type=qc.Target.parse, help="compile every .pt2 for this target (e.g. cpu:avx2; "
+                    "default: this machine). To run as on such a machine, cap the libraries too: "
+                    f"{' '.join(f'{k}=...' for k in ISA_CAPS)}")
     args = ap.parse_args(argv)
     args.schemes = args.schemes if args.schemes is not None else (SMOKE_SCHEMES if args.smoke else SCHEMES)
     args.systems = args.systems if args.systems is not None else (SMOKE_SYSTEMS if args.smoke else DEFAULT_SYSTEMS)
@@ -410,13 +430,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     smoke = args.smoke
-    systems = registry(args.schemes)
+    systems = registry(args.schemes, args.target)
     keys = selected(list(systems), args.systems)
     timing = {"min_calls": 2, "min_time": 0.0} if smoke else {"min_calls": 5, "min_time": 0.3}
     shapes = {"1x16": (1, 16)} if smoke else {"1x128": (1, 128), "8x128": (8, 128)}
     dims, ms = ((256, 512) if smoke else (4096, 11008)), [1, 32]
     read_bytes = (64 << 20) if smoke else (1 << 30)
-    results = {"machine": machine(), "smoke": smoke, "rounds": args.rounds, "timing": timing,
+    results = {"machine": machine(), "target": str(args.target or qc.Target.host()),
+               "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ}, "smoke": smoke, "rounds": args.rounds,
+               "emulated": any(k in os.environ for k in ISA_CAPS) or args.target not in (None, qc.Target.host()),
+               "timing": timing,
                "ort_intra_op_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()}
     out = args.out
     log(f"systems: {' '.join(keys)}; {torch.get_num_threads()} threads")

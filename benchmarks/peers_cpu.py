@@ -39,11 +39,14 @@ def call(fn, item):
 
 # ---------------------------------------------------------------- AOTInductor
 
-def aoti_package(program: torch.export.ExportedProgram, path: Path, freezing: bool = True, pt2e: bool = False) -> Path:
-    """AOTInductor-compile ``program`` into ``path``; with ``pt2e`` the x86 quantization passes are active."""
+def aoti_package(program: torch.export.ExportedProgram, path: Path, freezing: bool = True, pt2e: bool = False,
+                 options: Optional[dict] = None) -> Path:
+    """AOTInductor-compile ``program`` into ``path``; with ``pt2e`` the x86 quantization passes are active.
+    ``options``: more Inductor options (e.g. ``cpp.march`` for another target)."""
     passes = _pt2e_inductor_passes() if pt2e else contextlib.nullcontext()
     with torch.no_grad(), passes:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": freezing})
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                 inductor_configs={"freezing": freezing, **(options or {})})
     return Path(path)
 
 

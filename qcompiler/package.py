@@ -1,7 +1,6 @@
 """Package: a lowered (or reference) program into an AOTInductor ``.pt2``; load one back."""
 import io
 import logging
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +43,7 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     if not isinstance(program, torch.export.ExportedProgram):
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert or qcompiler.lower)", type(program).__name__)
     start = time.perf_counter()
-    print(f"packaging {Path(path).name} with AOTInductor ...", file=sys.stderr, flush=True)
+    log.info("packaging %s with AOTInductor ...", Path(path).name)
     rep = report(program)
     target = _lowered_for(rep)
     options = {**INDUCTOR_OPTIONS, **compile_options(target or Target.host()), **(inductor_options or {})}
@@ -67,7 +66,7 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
             members[INT4_MEMBER] = _tensor_bytes(int4)
     with torch.no_grad():
         out = write_package(program, path, metadata, members, options)
-    print(f"packaged {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    log.info("packaged %s (%.1f MB) in %.0f s", out, out.stat().st_size / 1e6, time.perf_counter() - start)
     return out
 
 
@@ -161,6 +160,5 @@ def _fit_int4_layout(path: Path, run, int4: Optional[dict]) -> None:
         raise ValueError(f"qcompiler: cannot run {path} here: its int4 weights were packed in the {int4['layout']!r} layout "
                          f"and {why}; re-package it on a machine like this one, or with qcompiler.package(..., portable=True)")
     stored = torch.load(io.BytesIO(read_member(path, INT4_MEMBER)), weights_only=True)
-    print(f"repacking {len(stored)} int4 weights of {path.name} from the {int4['layout']!r} to the {here!r} layout",
-          file=sys.stderr, flush=True)
+    log.info("repacking %d int4 weights of %s from the %r to the %r layout", len(stored), path.name, int4["layout"], here)
     run.load_constants({name: repack(w, int4["layout"]) for name, w in stored.items()}, check_full_update=False)

@@ -1,5 +1,6 @@
 """quantize / capture / prepare / convert end to end on small models, for every config."""
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -187,3 +188,11 @@ def test_matmul_and_addmm_forms_of_a_linear_are_quantized():
     assert all(k.endswith(("_q", "_scale", "b2")) for k in prog.state_dict)
     x = torch.randn(4, 64)
     assert cosine(prog.module()(x), model(x)) > 0.9999
+
+
+def test_progress_is_logged_every_tenth_of_the_work_and_never_printed(caplog, capsys):
+    from qcompiler.passes.progress import progress
+    with caplog.at_level(logging.INFO, logger="qcompiler.progress"):
+        assert list(progress(range(20), "work")) == list(range(20))
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"work: {i}/20" for i in (1, *range(2, 21, 2))]
+    assert capsys.readouterr() == ("", "")

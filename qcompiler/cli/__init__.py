@@ -6,11 +6,13 @@
     qcompiler eval [FILE ...] [--scheme int8wo ...]
     qcompiler demo [-o demo-out]
 
-Results go to stdout (a table, or JSON with ``--json``); progress to stderr. A mistake
+Results go to stdout (a table, or JSON with ``--json``); progress (the library's log) to stderr. A mistake
 in the input gets one line on stderr and exit status 1; no output file is left
 half-written.
 """
 import argparse
+import contextlib
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -72,10 +74,38 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+@contextlib.contextmanager
+def showing_progress():
+    """The library logs its progress (packaging, calibration, quantizing layers): show it on stderr meanwhile."""
+    root = logging.getLogger("qcompiler")
+    handler, level = _Stderr(), root.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
-        result, text = COMMANDS[args.command](args)
+        with showing_progress():
+            result, text = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("qcompiler: interrupted", file=sys.stderr)
         return 130

@@ -1,23 +1,22 @@
-"""A small progress line on stderr for long work (calibration, quantizing layers, packaging)."""
-import sys
+"""Progress of long work (calibration, quantizing layers) as log records of ``qcompiler.progress``.
+
+The library only logs: the CLI shows these records on stderr; a program that wants them
+configures logging (``logging.basicConfig(level=logging.INFO)``).
+"""
+import logging
 import time
 from typing import Iterable, Iterator, Optional
 
+log = logging.getLogger("qcompiler.progress")
 
-def progress(items: Iterable, label: str, total: Optional[int] = None, stream=None) -> Iterator:
-    """Yield from ``items`` while showing ``label: i/total`` (redrawn on a terminal, every 10% in logs)."""
-    stream = stream or sys.stderr
+
+def progress(items: Iterable, label: str, total: Optional[int] = None) -> Iterator:
+    """Yield from ``items``, logging ``label: i/total (s)`` at every tenth of the total (every 50 items without one)."""
     total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
-    tty, start, shown = stream.isatty(), time.perf_counter(), -1
-    i = 0
+    start, shown = time.perf_counter(), -1
     for i, item in enumerate(items, 1):
         yield item
         step = i * 10 // total if total else i // 50
-        if tty or step != shown:
+        if step != shown and log.isEnabledFor(logging.INFO):
             shown = step
-            of = f"/{total}" if total else ""
-            line = f"{label}: {i}{of} ({time.perf_counter() - start:.1f} s)"
-            stream.write("\r" + line if tty else line + "\n")
-            stream.flush()
-    if tty and i:
-        stream.write("\n")
+            log.info("%s: %d%s (%.1f s)", label, i, f"/{total}" if total else "", time.perf_counter() - start)
