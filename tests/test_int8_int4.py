@@ -26,10 +26,10 @@ FLOAT_TOLERANCE = 2e-4  # float32 rows go in 16 bits: about 2^-16 of a row's lar
 def _case(m, n, k, group, offset, zero, bits=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(-8, 8, (n, k), generator=g)
-    top = 32640 if bits == 16 else 128  # int16 activations: what the kernel takes without saturating
+    top = int8_int4.INT16_MAX + 1 if bits == 16 else 128  # int16 activations: what the kernel takes unsaturated
     a = torch.randint(-top, top, (m, k), generator=g, dtype=torch.int16 if bits == 16 else torch.int8)
     if bits == 16:  # the extremes, where the high and low bytes' split is at its edges
-        a[0, :4] = torch.tensor([-32768, 32639, -129, 128], dtype=torch.int16)
+        a[0, :4] = torch.tensor([-32768, int8_int4.INT16_MAX, -129, 128], dtype=torch.int16)
     a_scale = torch.rand(m, generator=g) + 0.1
     if bits == 32:  # float rows: the kernel quantizes them; a row of zeros must not divide by zero
         a, a_scale = torch.randn(m, k, generator=g) * 3, None
