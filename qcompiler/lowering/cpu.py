@@ -5,7 +5,7 @@
 | int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32 | ``q`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
 | int8static | per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z`` | ``q - z`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
 | int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> an integer GEMM | ``x`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
-| int4wo, every zero-point domain | 16-bit activations as two int8 rows -> ``qcompiler.int8_int4_gemm`` | the same |
+| int4wo, every zero-point domain | the float rows -> ``qcompiler.int8_int4_gemm``, which takes them in 16 bits (two int8 rows) | the same |
 | int8da-int4w | per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the kernel) | the same |
 
 int4 runs on qcompiler's own C++ kernel (``runtime/int8_int4.py``): exact int32 sums per
