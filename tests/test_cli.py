@@ -44,7 +44,7 @@ def test_quantize_writes_a_package_that_inspect_and_bench_read(packaged, capsys)
     bench = run_json(capsys, "bench", packaged, "--shape", "1", "--shape", "7", "--seconds", "0.05")
     assert [r["shape"] for r in bench["rows"]] == ["1", "7"] and all(r["ms"] > 0 for r in bench["rows"])
     code, out, _ = run(capsys, "inspect", packaged)
-    assert code == 0 and "AOTInductor package" in out and "aten._weight_int8pack_mm" in out  # AVX2: no VNNI
+    assert code == 0 and "AOTInductor package" in out and "qcompiler.int8_gemm" in out  # AVX2: no VNNI
     assert info["target"] == {"backend": "cpu", "capabilities": ["avx2"]}
 
 
@@ -147,5 +147,6 @@ def test_demo_packages_fp32_and_each_scheme_and_leaves_the_files(tmp_path, capsy
     assert (fp32["scheme"], int8["scheme"]) == ("fp32", "int8wo") and fp32["vs_fp32"] == 1.0
     assert int8["mb"] < 0.7 * fp32["mb"] and int8["cosine_mean"] > 0.999 and int8["ms"] > 0
     vnni = qc.Target.host().has("vnni")  # for this machine: the integer GEMM where it has VNNI (MiniLM's weights are too small for the prepacked one)
-    assert int8["kernels"] == ["aten._int_mm (u8s8, VNNI) (16-bit activations)" if vnni else "aten._weight_int8pack_mm"]
+    assert int8["kernels"] == ["aten._int_mm (u8s8, VNNI) (16-bit activations)" if vnni
+                                else "qcompiler.int8_gemm (int16 pairs, no VNNI needed) (16-bit activations)"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["minilm_fp32.pt2", "minilm_int8wo.pt2"]

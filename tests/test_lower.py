@@ -14,8 +14,9 @@ def model(dtype):
 
 
 # Kernel choices depend on the target, named explicitly: the same choices on any machine running the tests
-VNNI, AVX2 = qc.Target.parse("cpu:avx2+vnni"), qc.Target.parse("cpu:avx2")
+VNNI, AVX2, PLAIN = qc.Target.parse("cpu:avx2+vnni"), qc.Target.parse("cpu:avx2"), qc.Target.parse("cpu:none")
 INT_MM, INT8PACK = "aten._int_mm (u8s8, VNNI)", "aten._weight_int8pack_mm"
+INT8_GEMM = "qcompiler.int8_gemm (int16 pairs, no VNNI needed)"
 INT8_INT4, INT4PACK = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)", "aten._weight_int4pack_mm_for_cpu"
 
 
@@ -27,20 +28,30 @@ def call_targets(prog) -> set:
     return {str(n.target) for n in prog.graph.nodes if n.op == "call_function"}
 
 
+def no_reference_ops(prog) -> bool:
+    """Whether the program calls no qcompiler op besides the C++ kernels."""
+    return not any(str(n.target).startswith("qcompiler.") and n.target not in native.NATIVE_OPS
+                   for n in prog.graph.nodes if n.op == "call_function")
+
+
 # float32 activations run through the packed kernel in bfloat16: agreement within bf16 rounding;
-# the VNNI form splits activations into 16 bits as two int8 rows: far closer to the reference
-@pytest.mark.parametrize("target,kernel,tol", [(AVX2, INT8PACK, 2e-2), (VNNI, INT_MM + " (16-bit activations)", 1e-3)],
-                         ids=["avx2", "vnni"])
+# the VNNI form splits activations into 16 bits as two int8 rows, the AVX2 one takes them in 16 bits:
+# both far closer to the reference
+@pytest.mark.parametrize("target,kernel,tol", [(PLAIN, INT8PACK, 2e-2), (AVX2, INT8_GEMM + " (16-bit activations)", 1e-3),
+                                               (VNNI, INT_MM + " (16-bit activations)", 1e-3)], ids=["plain", "avx2", "vnni"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_weight_only_lowers_to_the_targets_kernel(target, kernel, tol, dtype):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), qc.Int8WeightOnlyConfig(), dynamic_shapes=DIMS)
     low = qc.lower(prog, target)
     assert kernels(low) == [kernel] * 2
-    assert not any(t.startswith("qcompiler.") for t in call_targets(low))
-    if target is AVX2:
+    assert no_reference_ops(low)
+    if target is PLAIN:
         mm = next(n for n in low.graph.nodes if str(n.target) == "aten._weight_int8pack_mm.default")
         assert mm.args[0].meta["val"].dtype == torch.bfloat16  # the fast form for either activation dtype
+    elif target is AVX2:
+        gemm = next(n for n in low.graph.nodes if str(n.target) == "qcompiler.int8_gemm.default")
+        assert gemm.args[0].meta["val"].dtype == torch.float32  # the float rows: the kernel takes them in 16 bits
     else:
         assert "aten._int_mm.default" in call_targets(low)
     tol = max(tol, 2e-2) if dtype == torch.bfloat16 else tol  # bf16 outputs round at 2^-8
@@ -79,15 +90,16 @@ def test_what_no_rule_fuses_is_decomposed_into_aten_and_reported(config):
 @pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4), qc.CodebookWeightOnlyConfig(3, block_rows=32),
                                     qc.CodebookWeightOnlyConfig(8)], ids=lambda c: c.alias)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("target", [AVX2, VNNI], ids=["avx2", "vnni"])
+@pytest.mark.parametrize("target", [PLAIN, AVX2, VNNI], ids=["plain", "avx2", "vnni"])
 def test_int8_grid_codebooks_lower_to_the_int8_weight_kernels(config, dtype, target):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
     low = qc.lower(prog, target)
-    assert kernels(low) == [INT8PACK if target is AVX2 else INT_MM + " (16-bit activations)"] * 2
-    # the report counts what the kernel stores: int8 weights and bf16 row scales; or int8 weights,
-    # float32 row scales and the int32 column sums the uint8 shift subtracts
-    per_row = 2 if target is AVX2 else 4 + 4
+    kernel = {PLAIN: INT8PACK, AVX2: INT8_GEMM + " (16-bit activations)", VNNI: INT_MM + " (16-bit activations)"}
+    assert kernels(low) == [kernel[target]] * 2
+    # the report counts what the kernel stores: int8 weights and bf16 row scales; int8 weights and float32
+    # row scales; or those and the int32 column sums the uint8 shift subtracts
+    per_row = {PLAIN: 2, AVX2: 4, VNNI: 4 + 4}[target]
     assert [r.bytes_after for r in qc.report(low).quantized] == [96 * 64 + 96 * per_row, 32 * 96 + 32 * per_row]
     for shape in ((2, 3, 64), (1, 1, 64), (7, 5, 64)):
         x = torch.randn(shape, dtype=dtype)
@@ -142,25 +154,26 @@ def test_int4_weight_only_falls_back_to_atens_kernel_without_qcompilers(config, 
 
 
 @pytest.mark.parametrize("config,target,kernel", [
-    (qc.Int8DynamicActivationInt8WeightConfig(), AVX2, "aten._weight_int8pack_mm (int8 activations)"),
+    (qc.Int8DynamicActivationInt8WeightConfig(), PLAIN, "aten._weight_int8pack_mm (int8 activations)"),
+    (qc.Int8DynamicActivationInt8WeightConfig(), AVX2, INT8_GEMM + " (int8 activations)"),
     (qc.Int8DynamicActivationInt8WeightConfig(), VNNI, INT_MM + " (int8 activations)"),
     (qc.Int8DynamicActivationInt4WeightConfig(32), AVX2, INT8_INT4 + " (int8 activations)")],
-    ids=["int8dq-avx2", "int8dq-vnni", "int8da-int4w"])
+    ids=["int8dq-plain", "int8dq-avx2", "int8dq-vnni", "int8da-int4w"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-2), (torch.bfloat16, 5e-2)])
 def test_dynamic_activation_schemes_lower(config, target, kernel, dtype, tol):
     m = model(dtype)
     prog = qc.quantize(m, (torch.randn(2, 3, 64, dtype=dtype),), config, dynamic_shapes=DIMS)
     low = qc.lower(prog, target)
     assert kernels(low) == [kernel] * 2
-    assert not any(str(n.target).startswith("qcompiler.") and n.target not in native.NATIVE_OPS
-                   for n in low.graph.nodes if n.op == "call_function")
+    assert no_reference_ops(low)
     for shape in ((2, 3, 64), (1, 1, 64), (4, 7, 64)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("target,kernel,tol", [(AVX2, "aten._weight_int8pack_mm (int8 activations)", 2e-2),
-                                               (VNNI, INT_MM + " (int8 activations)", 1e-4)], ids=["avx2", "vnni"])
+@pytest.mark.parametrize("target,kernel,tol", [(PLAIN, "aten._weight_int8pack_mm (int8 activations)", 2e-2),
+                                               (AVX2, INT8_GEMM + " (int8 activations)", 1e-4),
+                                               (VNNI, INT_MM + " (int8 activations)", 1e-4)], ids=["plain", "avx2", "vnni"])
 def test_static_int8_runs_integer_activations_through_the_targets_kernel(target, kernel, tol):
     m = model(torch.float32)
     calib = [torch.randn(4, 5, 64) for _ in range(3)]
@@ -168,7 +181,7 @@ def test_static_int8_runs_integer_activations_through_the_targets_kernel(target,
                        calibration_data=calib)
     low = qc.lower(prog, target)
     assert kernels(low) == [kernel] * 2
-    assert not any(t.startswith("qcompiler.") for t in call_targets(low))
+    assert no_reference_ops(low)
     x = torch.randn(3, 2, 64)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
@@ -179,16 +192,22 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
     # int8: K = 100 is not a multiple of 8, where the bf16 int8 kernel returns wrong values
     m = torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.ReLU(), torch.nn.Linear(64, 48)).eval()
     prog = qc.quantize(m, (torch.randn(3, 100),), qc.Int8WeightOnlyConfig(), dynamic_shapes=dims)
-    low = qc.lower(prog, AVX2)
+    low = qc.lower(prog, PLAIN)
     assert kernels(low) == ["decomposed", "aten._weight_int8pack_mm"]
     first = qc.report(low).quantized[0]
     assert first.kernel_reason == ("no kernel took it: onednn.qlinear_pointwise (u8s8, VNNI, prepacked) (16-bit activations): "
-                                   "target cpu:avx2 lacks vnni; aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:avx2 "
-                                   "lacks vnni; aten._weight_int8pack_mm: K = 100 is not a multiple of 8 (the bfloat16 "
-                                   "int8 kernel needs that)")
+                                   "target cpu:none lacks vnni; aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:none "
+                                   f"lacks vnni; {INT8_GEMM} (16-bit activations): target cpu:none lacks avx2; "
+                                   "aten._weight_int8pack_mm: K = 100 is not a multiple of 8 (the bfloat16 int8 kernel needs that)")
     x = torch.randn(5, 100)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
-    assert kernels(qc.lower(prog, VNNI)) == [INT_MM + " (16-bit activations)"] * 2  # the integer GEMM takes any K
+    assert kernels(qc.lower(prog, VNNI)) == [INT_MM + " (16-bit activations)"] * 2  # the integer GEMMs take any K
+    assert kernels(qc.lower(prog, AVX2)) == [INT8_GEMM + " (16-bit activations)"] * 2
+    # qcompiler.int8_gemm packs 8 rows at a time: N = 44 is not a multiple of 8
+    odd = qc.quantize(torch.nn.Linear(64, 44).eval(), (torch.randn(3, 64),), qc.Int8DynamicActivationInt8WeightConfig())
+    only = qc.report(qc.lower(odd, AVX2)).quantized[0]
+    assert only.kernel == "aten._weight_int8pack_mm (int8 activations)"
+    assert "N = 44, K = 64: its packer needs N % 8 == 0 and even K" in only.kernel_reason
     # int4: N = 40 is not a multiple of 16, which the int4 packer needs
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 40)).eval()
     prog = qc.quantize(m, (torch.randn(3, 64),), qc.Int4WeightOnlyConfig(32), dynamic_shapes=dims)
@@ -200,7 +219,7 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
 
 
 @pytest.mark.parametrize("scheme", ["int8wo", "int8dq", "int4wo-32", "int8da-int4w-32", "int8static"])
-@pytest.mark.parametrize("target", [AVX2, VNNI], ids=["avx2", "vnni"])
+@pytest.mark.parametrize("target", [PLAIN, AVX2, VNNI], ids=["plain", "avx2", "vnni"])
 def test_back_to_back_linears_lower(scheme, target):
     # the second layer's input is the first layer's freshly emitted kernel output
     torch.manual_seed(0)
@@ -227,7 +246,7 @@ def test_on_this_machine_vnni_takes_onednn_prepacked_for_large_weights_and_agree
     suffix = " (16-bit activations)" if config.alias in ("int8wo", "codebook-4") else " (int8 activations)"
     first, second = qc.report(low).quantized
     if not host.has("vnni"):
-        assert first.kernel.startswith(INT8PACK) and "lacks vnni" in first.kernel_reason
+        assert first.kernel.startswith(INT8_GEMM) and "lacks vnni" in first.kernel_reason
         return
     # 2048x2048 reaches the size where the prepacked call pays; 64x2048 stays on torch._int_mm
     assert (first.kernel, second.kernel) == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix, INT_MM + suffix)

@@ -1,12 +1,17 @@
 """The CPU backend: reference patterns -> integer GEMMs on VNNI machines, ATen's packed kernels elsewhere.
 
-| scheme | target with ``vnni`` | other targets |
+| scheme | target with ``vnni`` | ``avx2`` target without ``vnni`` |
 | --- | --- | --- |
-| int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32 | ``q`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
-| int8static | per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z`` | ``q - z`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
-| int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> an integer GEMM | ``x`` in bfloat16 -> ``aten._weight_int8pack_mm`` |
+| int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32 | ``q`` as int8 -> ``qcompiler.int8_gemm``, exact int32 |
+| int8static | per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z`` | ``q`` as int8 -> ``qcompiler.int8_gemm``, zero point taken off in the kernel |
+| int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> an integer GEMM | the float rows -> ``qcompiler.int8_gemm``, which takes them in 16 bits |
 | int4wo, every zero-point domain | the float rows -> ``qcompiler.int8_int4_gemm``, which takes them in 16 bits (two int8 rows) | the same |
 | int8da-int4w | per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the kernel) | the same |
+
+Where qcompiler's C++ kernels cannot be built (no C++ compiler), or the target lacks AVX2, int8
+weights go to ATen's packed bfloat16 kernel (``aten._weight_int8pack_mm``), with the integer
+activations (exact in bfloat16 while ``|q| <= 255``) or ``x`` in bfloat16: a GEMV, about half
+the speed of ``qcompiler.int8_gemm`` at prefill shapes.
 
 int4 runs on qcompiler's own C++ kernel (``runtime/int8_int4.py``): exact int32 sums per
 group of int4 weights on int8 rows, its weight layout the same on every machine, its
@@ -28,9 +33,10 @@ The integer GEMM, fastest first:
   ``(128 + z)·Σ_k w[n, k]`` is a constant subtracted from the int32 result. On large
   weights 1.5-3x slower than the prepacked form at 4..32 rows, faster at one row.
 
-Without VNNI the integer GEMM is about 8x slower than the bf16 packed kernel, so those
-targets feed the integer activations (exact in bfloat16 while ``|q| <= 255``) to it.
-Sums are exact in every form.
+Without VNNI ``torch._int_mm`` is about 8x slower than ATen's bf16 packed kernel and oneDNN's
+AVX2 int8 path saturates on full-range operands, so those targets take ``qcompiler.int8_gemm``
+(``runtime/int8_gemm.py``): int16 rows times the int8 weight widened to int16 (``vpmaddwd``),
+exact int32 sums, the same speed for 8- and 16-bit activations. Sums are exact in every form.
 
 Weight-only int8 on VNNI: each row of ``x`` is split into ``x ≈ s·(hi + lo/255)`` with
 ``s = max|x_row| / 127`` and ``hi``, ``lo`` int8 (16 bits of the row's range): the hi
@@ -60,7 +66,7 @@ from functools import partial
 
 import torch
 
-from ..runtime import int8_int4, native
+from ..runtime import int8_gemm, int8_int4, native
 from ..runtime.int4_layout import pack_for
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
@@ -248,6 +254,27 @@ def _int_mm_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
             for q in blocks]
 
 
+def _int8_gemm_weight(m, w8, w_scale, name: str) -> tuple:
+    return (m.constant(f"{name}_int8_gemm", int8_gemm.pack(w8.contiguous())),
+            m.constant(f"{name}_int8_gemm_scale", w_scale.reshape(-1).float()))
+
+
+def _native_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
+    """What :func:`_qlinear_gemm` computes, on ``qcompiler.int8_gemm`` (no VNNI needed): each block's rows as
+    int8, the zero point taken off in the kernel."""
+    w, w_s = _int8_gemm_weight(m, w8, w_scale, name)
+    z = None if zero is None else m.constant(f"{name}_int8_gemm_zero", zero.reshape(1).float())
+    return [qops.int8_gemm.default(aten._to_copy.default(q, dtype=torch.int8), None, z, w, w_s) for q in blocks]
+
+
+def _int8_weight_native(m, x, w8, row_scale, out_dtype, b):
+    """``x @ (w8·row_scale)ᵀ`` on ``qcompiler.int8_gemm``, which takes ``x``'s float rows in 16 bits."""
+    n, k = w8.shape
+    x2, back = rows(m, x, k, n)
+    y = qops.int8_gemm.default(_f32(x2), None, None, *_int8_gemm_weight(m, w8, row_scale, weight_name(m)))
+    return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
+
+
 def _int16_rows(x2):
     """Each row of ``x2`` as ``s·(hi + lo/255)``: ``hi``, ``lo`` float integers in [-128, 127], ``s`` [rows, 1]."""
     xf = _f32(x2)
@@ -290,7 +317,8 @@ def _grid_codebook_weight(kernel, m, x, out_dtype, b, packed: bool = False, **_)
 
 def _int8_activations(gemm, m, x, quantize, zero, b):
     """``(q - zero)·scale @ (w·w_scale)ᵀ (+ b)`` where ``quantize(x2)`` gives ``x``'s integers ``q`` and ``scale``;
-    ``gemm`` is an integer GEMM (:func:`_qlinear_gemm`, :func:`_int_mm_gemm`) or None for the packed bfloat16 kernel.
+    ``gemm`` is an integer GEMM (:func:`_qlinear_gemm`, :func:`_int_mm_gemm`, :func:`_native_gemm`) or None for the
+    packed bfloat16 kernel.
 
     ``zero``: None, or the stored activation zero point (a 0-d tensor)."""
     w = m.value("w_q")
@@ -400,13 +428,17 @@ INT_MM = "aten._int_mm (u8s8, VNNI)"
 INT8PACK = "aten._weight_int8pack_mm"
 INT4PACK = "aten._weight_int4pack_mm_for_cpu"
 INT8_INT4 = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)"
+INT8_GEMM = "qcompiler.int8_gemm (int16 pairs, no VNNI needed)"
 _WHY_INT8_INT4 = ("qcompiler's integer GEMM: exact int32 sums per group of int4 weights on int8 rows (VNNI, AVX2 or "
                   "plain C++, chosen where it runs); ATen's int4 kernel is a bfloat16 GEMV, 2-5x slower from 2 rows on")
 _WHY_QLINEAR = ("the target is this machine and has VNNI, and the weight is large: an int32 GEMM on a weight "
                 "prepacked for this machine, 1.5-3x torch._int_mm at 4-32 rows (0.8x at one row)")
 _WHY_INT_MM = "the target has VNNI: an exact int32 GEMM on a plain weight, which any VNNI machine reads"
-_WHY_PACKED = "ATen's packed kernel, the fastest form without VNNI (the integer GEMM is about 8x slower there)"
+_WHY_INT8_GEMM = ("the target has AVX2 but no VNNI: qcompiler's integer GEMM on int16 pairs (vpmaddwd), exact int32 "
+                  "sums, about 2x ATen's packed bfloat16 kernel at prefill shapes")
+_WHY_PACKED = "ATen's packed kernel, where qcompiler's C++ kernels are not available or the target lacks AVX2"
 _IN_16_BITS = " with 16-bit activations as two int8 rows"
+_FLOAT_IN_16_BITS = " with the float rows taken in 16 bits"
 _INT8_ACTS, _INT16_ACTS = " (int8 activations)", " (16-bit activations)"
 
 
@@ -435,19 +467,37 @@ def _prepacked_pays(check, packed: bool = False):
     return checked
 
 
+def _int8_gemm_fits(check, packed: bool):
+    """``check``, then the shapes ``qcompiler.int8_gemm`` packs (N % 8 == 0, even K), then whether it is available."""
+    def checked(m, target):
+        declined = check(m, target)
+        if declined:
+            return declined
+        n_out, k = _weight_shape(m, packed)
+        return (_unless(n_out % int8_gemm.LANES == 0 and k % 2 == 0,
+                        f"N = {n_out}, K = {k}: its packer needs N % {int8_gemm.LANES} == 0 and even K")
+                or _native(m, target))
+    return checked
+
+
 def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: bool, **kw) -> tuple:
-    """The rules for one pattern: oneDNN prepacked, ``torch._int_mm`` (both VNNI), ATen's packed kernel."""
+    """The rules for one pattern: oneDNN prepacked, ``torch._int_mm`` (both VNNI), ``qcompiler.int8_gemm`` (AVX2),
+    ATen's packed kernel."""
     def bind(gemm):
         if not int16:
             return partial(replace, gemm, **kw)
-        kernel = _int8_weight_packed if gemm is None else partial(_int8_weight_int16, gemm)
-        return partial(replace, kernel, **kw)
+        forms = {None: _int8_weight_packed, _native_gemm: _int8_weight_native}
+        return partial(replace, forms.get(gemm) or partial(_int8_weight_int16, gemm), **kw)
 
     integer = partial(check, need_k8=False, **kw)
     why16 = _IN_16_BITS if int16 else ""
+    packed = kw.get("packed", False)
     return (LoweringRule(name, pattern, bind(_qlinear_gemm), QLINEAR + kernel_note, _WHY_QLINEAR + why16, VNNI,
-                         _prepacked_pays(integer, kw.get("packed", False))),
+                         _prepacked_pays(integer, packed)),
             LoweringRule(name, pattern, bind(_int_mm_gemm), INT_MM + kernel_note, _WHY_INT_MM + why16, VNNI, integer),
+            LoweringRule(name, pattern, bind(_native_gemm), INT8_GEMM + kernel_note,
+                         _WHY_INT8_GEMM + (_FLOAT_IN_16_BITS if int16 else ""), frozenset({"avx2"}),
+                         _int8_gemm_fits(integer, packed)),
             LoweringRule(name, pattern, bind(None), INT8PACK + ("" if int16 else kernel_note), _WHY_PACKED,
                          check=partial(check, need_k8=True, **kw)))
 

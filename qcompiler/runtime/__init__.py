@@ -10,7 +10,7 @@ from .codebook import dequantize_codebook, quantize_codebook
 from .dtypes import FLOAT8_DTYPES, FLOAT_DTYPES, INT_TYPE_NAMES, IntType, int_type
 from .float8 import choose_scale_float8, dequantize_float8, quantize_float8
 from .kmeans import kmeans_codebook
-from . import int8_int4, onednn  # noqa: F401  (qcompiler::int8_int4_gemm defined; onednn.qlinear_prepack faked)
+from . import int8_gemm, int8_int4, onednn  # noqa: F401  (qcompiler's C++ ops defined; onednn.qlinear_prepack faked)
 from .packing import pack_int, packed_size, unpack_int
 
 __all__ = [

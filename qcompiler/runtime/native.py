@@ -9,10 +9,11 @@ AOTInductor needs anyway) into PyTorch's extension cache, and loaded into the pr
     native.unavailable()     # None, or why the library could not be built or loaded here
 
 A ``.pt2`` that calls these ops needs them loaded before it runs: ``qcompiler.load`` does it.
-The kernels pick their instruction set per call (AVX512-VNNI, AVX2, plain C++) from the CPU
-and ``ATEN_CPU_CAPABILITY``, so one build serves every x86 machine.
+The kernels (``int8_int4_gemm``, ``int8_gemm``) pick their instruction set per call (AVX512-VNNI,
+AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so one build serves every x86 machine.
 """
 import functools
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -22,13 +23,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = sorted(CSRC.glob("*.cpp"))
+HEADERS = sorted(CSRC.glob("*.h"))
 LIBRARY = "qcompiler_cpu_kernels"
 
 
 def _native_ops() -> tuple:
-    from .int8_int4 import OP
-    return (OP,)
+    from . import int8_gemm, int8_int4
+    return (int8_int4.OP, int8_gemm.OP)
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,13 +42,20 @@ def _build() -> Optional[str]:
     log.info("building qcompiler's C++ CPU kernels (%s; once per machine and source version)",
              ", ".join(s.name for s in SOURCES))
     try:
-        cpp_extension.load(name=LIBRARY, sources=[str(s) for s in SOURCES], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+        cpp_extension.load(name=LIBRARY, sources=[str(s) for s in SOURCES], extra_ldflags=["-fopenmp"],
+                           extra_cflags=["-O3", "-fopenmp", f"-DQC_HEADERS_HASH={_headers_hash()}"],
                            is_python_module=False, verbose=False)
     except Exception as e:  # no compiler, a failed build: the rules that need these kernels decline with this
         text = str(e).strip().splitlines()
         return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
     log.info("qcompiler's C++ CPU kernels ready in %.1f s", time.perf_counter() - start)
     return None
+
+
+def _headers_hash() -> str:
+    """A hash of the kernels' headers: PyTorch's extension cache rebuilds when sources or flags change, and this
+    flag makes a changed header change the flags."""
+    return hashlib.sha256(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:16]
 
 
 def unavailable() -> Optional[str]:
@@ -62,7 +72,8 @@ def load() -> None:
 
 
 def kernel_path() -> str:
-    """The instruction set the kernels run with in this process: ``avx512_vnni``, ``avx2`` or ``scalar``."""
+    """The instruction set ``int8_int4_gemm`` runs with in this process: ``avx512_vnni``, ``avx2`` or ``scalar``
+    (``int8_gemm`` has no VNNI path: it runs its AVX2 one where this says either)."""
     load()
     return torch.ops.qcompiler_native.int8_int4_gemm_path()
 

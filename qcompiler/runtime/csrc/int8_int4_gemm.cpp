@@ -28,6 +28,8 @@
 
 #include <immintrin.h>
 
+#include "kernel_common.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -306,26 +308,7 @@ QC_VNNI_TARGET void panel_vnni(const Problem& p, int64_t m0, int64_t m1, int64_t
 
 // ------------------------------------------------------------------ dispatch
 
-enum class Path { kScalar, kAvx2, kVnni };
-
-Path path_here() {
-  // ATen's capability as torch.backends.cpu.get_cpu_capability() names it: "AVX512", "AVX2", "DEFAULT", ...
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX512" && __builtin_cpu_supports("avx512vnni") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-    return Path::kVnni;
-  if ((cap == "AVX512" || cap == "AVX2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return Path::kAvx2;
-  return Path::kScalar;
-}
-
-const char* path_name(Path path) {
-  switch (path) {
-    case Path::kVnni: return "avx512_vnni";
-    case Path::kAvx2: return "avx2";
-    default: return "scalar";
-  }
-}
+using qc::Path;
 
 void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
                   const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& w_offset,
@@ -361,18 +344,6 @@ void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
               "int8_int4_gemm: w_offset must be float32 [", G, ", ", N, "]");
 }
 
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  return t ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
-}
-
-// x rounded half to even, for |x| < 2^22, in operations that vectorize (std::nearbyint does not).
-inline int32_t round_to_int(float x) {
-  const float t = x + 12582912.0f;  // 1.5 * 2^23: the sum's last bits are x's integer
-  int32_t bits;
-  std::memcpy(&bits, &t, 4);
-  return bits - 0x4B400000;
-}
-
 constexpr int32_t kInt16Max = 32639;  // the largest int16 whose high and low bytes are both int8 (256 * 127 + 127)
 
 // One activation row: its sums per group, and for 16-bit rows its high and low bytes as two int8 rows.
@@ -382,23 +353,14 @@ __attribute__((always_inline)) inline void activation_row(const T* x, int64_t K,
                                                           int32_t* sums, float* scale) {
   float inv = 1.0f;
   if constexpr (std::is_same_v<T, float>) {
-    uint32_t top = 0;  // max |x| as bits: the order of non-negative floats' bits is the floats' order
-    for (int64_t k = 0; k < K; ++k) {
-      uint32_t bits;
-      std::memcpy(&bits, x + k, 4);
-      bits &= 0x7FFFFFFFu;
-      top = bits > top ? bits : top;
-    }
-    float amax;
-    std::memcpy(&amax, &top, 4);
-    *scale = std::max(amax / float(kInt16Max), 1e-30f);
+    *scale = qc::row_scale(x, K, kInt16Max);
     inv = 1.0f / *scale;
   }
   for (int64_t g = 0; g < K / group; ++g) {
     int32_t sum = 0;
     for (int64_t k = g * group; k < (g + 1) * group; ++k) {
       int32_t v;
-      if constexpr (std::is_same_v<T, float>) v = std::min(std::max(round_to_int(x[k] * inv), -kInt16Max), kInt16Max);
+      if constexpr (std::is_same_v<T, float>) v = qc::quantize_to(x[k], inv, kInt16Max);
       else if constexpr (std::is_same_v<T, int16_t>) v = std::min<int32_t>(x[k], kInt16Max);
       else v = x[k];
       if constexpr (!std::is_same_v<T, int8_t>) {
@@ -469,9 +431,9 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
   check_inputs(a_in, a_scale_in, a_zero_in, w_in, w_scale_in, w_offset_in, w_sums_in, group);
   const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
   const int64_t M = a.size(0), K = a.size(1), N = w_scale.size(1);
-  const std::optional<at::Tensor> a_zero = contiguous(a_zero_in), w_offset = contiguous(w_offset_in),
-                                  w_sums = contiguous(w_sums_in);
-  const Path path = path_here();
+  const std::optional<at::Tensor> a_zero = qc::contiguous(a_zero_in), w_offset = qc::contiguous(w_offset_in),
+                                  w_sums = qc::contiguous(w_sums_in);
+  const Path path = qc::path_here();
   const ActivationRows rows = activation_rows(a, group, path);
   const at::Tensor a_scale = a_scale_in ? a_scale_in->contiguous() : rows.scale;
   at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
@@ -495,7 +457,7 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
   return y;
 }
 
-std::string int8_int4_gemm_path() { return path_name(path_here()); }
+std::string int8_int4_gemm_path() { return qc::path_name(qc::path_here()); }
 
 }  // namespace
 
