@@ -4,7 +4,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -95,8 +95,13 @@ class Loaded:
                        unquantized_ops=unquantized.get("ops", 0))
 
 
-def load(path: Union[str, Path]) -> Loaded:
+def load(path: Union[str, Path], *, allow_imports: Sequence[str] = ()) -> Loaded:
     """Load a ``.pt2`` written by :func:`package` (or any AOTInductor package) into a callable.
+
+    Inputs and outputs of a type the package names (e.g. a transformers ``ModelOutput``) must be
+    registered with ``torch.utils._pytree`` before loading: import the module that defines them, or
+    name it (or a package above it) in ``allow_imports`` and ``load`` imports it. A file never
+    chooses on its own which installed code is imported; an unregistered type is refused, named.
 
     A missing file raises FileNotFoundError; a truncated or foreign file raises
     ValueError; both messages name the file. A package compiled for a target whose
@@ -108,7 +113,7 @@ def load(path: Union[str, Path]) -> Loaded:
     packages) or refused.
     """
     path = Path(path).resolve()
-    run, metadata = load_package(path)
+    run, metadata = load_package(path, allow_imports)
     _check_target(path, metadata)
     _load_native_ops(path, metadata.get("native_ops", ()))
     _fit_int4_layout(path, run, metadata.get("cpu_int4"))

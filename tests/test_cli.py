@@ -150,3 +150,13 @@ def test_demo_packages_fp32_and_each_scheme_and_leaves_the_files(tmp_path, capsy
     assert int8["kernels"] == ["aten._int_mm (u8s8, VNNI) (16-bit activations)" if vnni
                                 else "qcompiler.int8_gemm (int16 pairs, no VNNI needed) (16-bit activations)"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["minilm_fp32.pt2", "minilm_int8wo.pt2"]
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_traceback_on_request_then_the_one_line(how, tmp_path, capsys, monkeypatch):
+    argv = ["inspect", tmp_path / "nothing.pt2"] + (["--traceback"] if how == "flag" else [])
+    if how == "env":
+        monkeypatch.setenv("QCOMPILER_TRACEBACK", "1")
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and err.startswith("Traceback (most recent call last):")
+    assert err.strip().splitlines()[-1].startswith("qcompiler: error: ") and "no such file" in err

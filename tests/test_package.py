@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,3 +223,28 @@ def test_int4_layers_on_qcompilers_kernel_package_and_load_where_qcompiler_is(tm
     with pytest.raises(ValueError, match=r"cannot run .*int4.pt2 here: it calls qcompiler::int8_int4_gemm, qcompiler's "
                                          r"C\+\+ CPU kernels, which could not be built here \(no compiler\)"):
         qc.load(path)
+
+
+class _Spec:
+    """What ``_register_pytree_types`` reads of a loaded package: its call spec, naming a type."""
+
+    class loader:
+        @staticmethod
+        def get_call_spec():
+            return ['{"type": "registers_a_pytree_type.Pair", "context": "null", "children_spec": []}', "{}"]
+
+
+def test_loading_imports_a_named_type_only_from_modules_the_caller_allows(tmp_path, monkeypatch):
+    from qcompiler.runtime.package import _register_pytree_types
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.delitem(sys.modules, "registers_a_pytree_type", raising=False)
+    path = tmp_path / "m.pt2"
+    for allowed in ((), ("transformers", "registers_a_pytre")):  # a prefix of the name is not its module
+        with pytest.raises(ValueError, match=rf"cannot load .*m.pt2: its inputs or outputs are a "
+                                             r"registers_a_pytree_type.Pair, which is not registered .*; import the "
+                                             r"module that defines it first, or .*allow_imports=\['registers_a_pytree_type'\]"):
+            _register_pytree_types(path, _Spec, allowed)
+        assert "registers_a_pytree_type" not in sys.modules  # the file chose nothing to import
+    _register_pytree_types(path, _Spec, ("registers_a_pytree_type",))
+    assert "registers_a_pytree_type.Pair" in torch.utils._pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE
+    _register_pytree_types(path, _Spec, ())  # registered now: nothing to import

@@ -7,13 +7,15 @@
     qcompiler demo [-o demo-out]
 
 Results go to stdout (a table, or JSON with ``--json``); progress (the library's log) to stderr. A mistake
-in the input gets one line on stderr and exit status 1; no output file is left
-half-written.
+in the input gets one line on stderr and exit status 1 (the whole traceback with ``--traceback`` or
+``QCOMPILER_TRACEBACK=1``); no output file is left half-written.
 """
 import argparse
 import contextlib
 import logging
+import os
 import sys
+import traceback
 from typing import Optional, Sequence
 
 from ..configs import SCHEME_FORMS
@@ -69,8 +71,14 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--shape", default="1x128", metavar="BATCHxSEQ", help="input size timed")
     d.add_argument("--seconds", type=float, default=2.0)
 
+    for s in (b, e):
+        s.add_argument("--allow-import", action="append", metavar="MODULE", help="a module (with its submodules) "
+                       "that loading a .pt2 may import to register the input/output types it names, e.g. "
+                       "transformers (repeatable); by default a file imports nothing")
     for s in (q, i, b, e, d):
         s.add_argument("--json", action="store_true", help="print the result as JSON")
+        s.add_argument("--traceback", action="store_true", help="on an error, print the whole traceback, not one line "
+                       "(also QCOMPILER_TRACEBACK=1)")
     return p
 
 
@@ -110,6 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("qcompiler: interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, ImportError, OSError, NotImplementedError) as e:
+        if args.traceback or os.environ.get("QCOMPILER_TRACEBACK", "") not in ("", "0"):
+            traceback.print_exc()
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"qcompiler: error: {message.removeprefix('qcompiler: ')}", file=sys.stderr)
         return 1

@@ -136,7 +136,7 @@ def parse_shape(text: str, dims: list) -> dict:
 
 
 def bench_cmd(a) -> tuple:
-    files = [open_artifact(a.file)] + ([open_artifact(a.baseline)] if a.baseline else [])
+    files = [open_artifact(f, allow_imports=a.allow_import or ()) for f in [a.file] + ([a.baseline] if a.baseline else [])]
     desc = files[0].inputs
     if desc is None:
         raise CliError(f"{files[0].path} does not describe its inputs (package it with qcompiler to bench it)")
@@ -176,7 +176,7 @@ def eval_cmd(a) -> tuple:
     reference = source.bundled.embed(source.model, SENTENCES)
     rows = []
     for f in a.files or ():
-        art = open_artifact(f)
+        art = open_artifact(f, allow_imports=a.allow_import or ())
         rows.append({"what": Path(f).name, **cosine(source.bundled, art.run, reference, SENTENCES)})
     for scheme in a.scheme or (() if a.files else DEMO_SCHEMES):
         config = config_from_string(scheme)

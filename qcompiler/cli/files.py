@@ -3,7 +3,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -28,13 +28,14 @@ class Artifact:
         return os.path.getsize(self.path)
 
 
-def open_artifact(path, load: bool = True) -> Artifact:
-    """Read ``path``'s report and inputs; with ``load``, also a callable that runs it."""
+def open_artifact(path, load: bool = True, allow_imports: Sequence[str] = ()) -> Artifact:
+    """Read ``path``'s report and inputs; with ``load``, also a callable that runs it (``allow_imports``: modules a
+    package's input and output types may be imported from, as ``qcompiler.load`` takes them)."""
     path = Path(path).resolve()
     kind = file_kind(path)
     if kind == "package":
         from ..package import load as load_package
-        run = load_package(path) if load else None  # checks the file and reads its metadata once
+        run = load_package(path, allow_imports=allow_imports) if load else None  # checks the file and reads its metadata once
         metadata = run.metadata if load else package_metadata(path)
         return Artifact(path, kind, Report.from_dict(metadata.get("report", [])), metadata.get("inputs"), metadata, run)
     program = _load_program(path)

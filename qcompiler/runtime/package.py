@@ -14,7 +14,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -114,37 +114,53 @@ def package_metadata(path: Union[str, Path]) -> dict:
         return json.loads(z.read(meta[0])) if meta else {}
 
 
-def load_package(path: Union[str, Path]) -> Tuple[Callable, dict]:
-    """Check and load a ``.pt2``: a callable taking the program's inputs, and the qcompiler metadata."""
+def load_package(path: Union[str, Path], allow_imports: Sequence[str] = ()) -> Tuple[Callable, dict]:
+    """Check and load a ``.pt2``: a callable taking the program's inputs, and the qcompiler metadata.
+
+    ``allow_imports``: modules (and their submodules) that may be imported to register the input and output
+    types the package's call spec names; see :func:`_register_pytree_types`."""
     path = Path(path).resolve()
     metadata = package_metadata(path)
     try:
         run = torch._inductor.aoti_load_package(str(path))
     except Exception as e:  # the loader raises RuntimeError for any broken archive
         raise ValueError(f"qcompiler: cannot load {path}: {e}") from e
-    _import_pytree_types(path, run)
+    _register_pytree_types(path, run, tuple(allow_imports))
     return run, metadata
 
 
 _TYPE = re.compile(r'"type": "([\w.]+)"')
 
 
-def _import_pytree_types(path: Path, run) -> None:
-    """Import the modules defining the input/output types the package's call spec names (e.g. a
-    transformers ``ModelOutput``), so that its first call does not fail on an unknown type."""
+def _allowed(module: str, allow_imports: tuple) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allow_imports)
+
+
+def _register_pytree_types(path: Path, run, allow_imports: tuple) -> None:
+    """Make sure the input/output types the package's call spec names (e.g. a transformers ``ModelOutput``) are
+    registered with ``torch.utils._pytree``, so that its first call does not fail on an unknown type.
+
+    A file must not choose which installed code runs when it is loaded: a type not registered yet is imported
+    only from a module under one of ``allow_imports``; otherwise loading is refused, naming the type."""
     known = torch.utils._pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE
     for name in sorted(set(_TYPE.findall("".join(run.loader.get_call_spec())))):
         parts = name.split(".")
         for end in range(len(parts) - 1, 0, -1):
+            module = ".".join(parts[:end])
             if name in known:
                 break
+            if not _allowed(module, allow_imports):
+                continue
             try:
-                importlib.import_module(".".join(parts[:end]))
+                importlib.import_module(module)
             except ImportError:
                 continue
         if name not in known:
-            raise ValueError(f"qcompiler: cannot load {path}: its outputs are a {name}, which no importable module "
-                             "registers with torch.utils._pytree (import the package that defines it first)")
+            allowed = f" (allowed imports: {', '.join(allow_imports)})" if allow_imports else ""
+            raise ValueError(f"qcompiler: cannot load {path}: its inputs or outputs are a {name}, which is not "
+                             f"registered with torch.utils._pytree{allowed}; import the module that defines it first, "
+                             f"or let load import it: allow_imports=[{'.'.join(parts[:1])!r}] (CLI: --allow-import "
+                             f"{'.'.join(parts[:1])})")
 
 
 def read_member(path: Union[str, Path], name: str) -> Optional[bytes]:
