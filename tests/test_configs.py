@@ -1,4 +1,6 @@
 """Configs: validated at construction, parsed from their aliases."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,7 +48,7 @@ def test_int4_zero_point_dtype_and_domain_are_the_users_choice(domain, zp):
 
 
 def test_configs_are_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         qc.Int4WeightOnlyConfig().group_size = 64
 
 

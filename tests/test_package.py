@@ -240,7 +240,7 @@ def test_loading_imports_a_named_type_only_from_modules_the_caller_allows(tmp_pa
     monkeypatch.delitem(sys.modules, "registers_a_pytree_type", raising=False)
     path = tmp_path / "m.pt2"
     for allowed in ((), ("transformers", "registers_a_pytre")):  # a prefix of the name is not its module
-        with pytest.raises(ValueError, match=rf"cannot load .*m.pt2: its inputs or outputs are a "
+        with pytest.raises(ValueError, match=r"cannot load .*m.pt2: its inputs or outputs are a "
                                              r"registers_a_pytree_type.Pair, which is not registered .*; import the "
                                              r"module that defines it first, or .*allow_imports=\['registers_a_pytree_type'\]"):
             _register_pytree_types(path, _Spec, allowed)

@@ -67,7 +67,7 @@ def unpack(packed: torch.Tensor, layout: Int4Layout) -> torch.Tensor:
     """uint8 [N, K/2] in ``layout`` -> int32 [N, K] values 0..15; the inverse of :func:`pack`."""
     n, k = packed.shape[0], packed.shape[1] * 2
     flat, out, offset = packed.reshape(-1), [], 0
-    for start, rows in _split_rows(n, layout.block_n):
+    for _start, rows in _split_rows(n, layout.block_n):
         block = flat[offset:offset + k * rows // 2].reshape(k, rows // 2)
         offset += block.numel()
         lo, hi = _pairing(rows, layout)
