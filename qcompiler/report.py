@@ -1,30 +1,18 @@
 """The per-layer report every quantized program carries: read from the graph, printable, JSON.
 
-Records live on the linear nodes (``node.meta["custom"]["qcompiler"]``), so the
-report survives ``torch.export.save``/``load`` and every later stage.
+Records live on the linear nodes (``passes/record.py``: one typed record, written by convert,
+updated by lowering), so the report survives ``torch.export.save``/``load`` and every later stage.
 """
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import torch
 
-from .passes.reference import FLOAT_KEY, REPORT_KEY
+from .passes import record
+from .passes.record import LayerRecord
 
-
-@dataclass(frozen=True)
-class LayerReport:
-    """One stored weight (a layer, or several layers sharing one weight), or one skipped layer."""
-
-    name: str
-    scheme: Optional[str] = None
-    kernel: Optional[str] = None
-    bytes_before: int = 0
-    bytes_after: int = 0
-    sqnr_db: Optional[float] = None
-    skipped: Optional[str] = None
-    kernel_reason: Optional[str] = None  # why this kernel; for a ``decomposed`` layer, why no kernel took it
-    target: Optional[str] = None  # what it was lowered for (``Target``'s text form), once lowered
+LayerReport = LayerRecord  # the report's rows are the records themselves (the public name)
 
 
 @dataclass(frozen=True)
@@ -42,11 +30,11 @@ class Report:
         return tuple(r for r in self.layers if r.skipped is not None)
 
     def to_dict(self) -> list:
-        return [asdict(r) for r in self.layers]
+        return [r.to_dict() for r in self.layers]
 
     @classmethod
     def from_dict(cls, rows: list) -> "Report":
-        return cls(tuple(LayerReport(**r) for r in rows))
+        return cls(tuple(LayerRecord.from_dict(r) for r in rows))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -87,23 +75,19 @@ class Report:
 
 
 def report(program: Union[torch.export.ExportedProgram, torch.fx.GraphModule]) -> Report:
-    """The per-layer report of a quantized (or lowered) program."""
-    graph = program.graph
+    """The per-layer report of a quantized (or lowered) program: one row per stored weight (the names of the
+    layers sharing it joined), then the skipped layers."""
     by_weight: dict = {}
     skipped, floats = [], []
-    for node in graph.nodes:
-        if FLOAT_KEY in (node.meta.get("custom") or {}):
-            floats.append(node.meta["custom"][FLOAT_KEY])
-        raw = (node.meta.get("custom") or {}).get(REPORT_KEY)
-        if raw is None:
+    for node in program.graph.nodes:
+        if record.UNQUANTIZED_KEY in (node.meta.get("custom") or {}):
+            floats.append(node.meta["custom"][record.UNQUANTIZED_KEY])
+        rec = record.read(node)
+        if rec is None:
             continue
-        rec = json.loads(raw)
-        if "skipped" in rec:
-            skipped.append(LayerReport(rec["layer"], skipped=rec["skipped"]))
+        if not rec.quantized:
+            skipped.append(rec)
             continue
-        _, names = by_weight.setdefault((rec["weight"], rec["scheme"]), (rec, []))
-        names.append(rec["layer"])
-    rows = [LayerReport(", ".join(dict.fromkeys(names)), r["scheme"], r["kernel"], r["bytes_before"],
-                        r["bytes_after"], r["sqnr_db"], None, r.get("kernel_reason"), r.get("target"))
-            for r, names in by_weight.values()]
+        by_weight.setdefault((rec.weight, rec.scheme), []).append(rec)
+    rows = [replace(recs[0], name=", ".join(dict.fromkeys(r.name for r in recs))) for recs in by_weight.values()]
     return Report(tuple(rows) + tuple(skipped), floats[0] if floats else None, len(floats))

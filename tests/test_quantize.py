@@ -196,3 +196,21 @@ def test_progress_is_logged_every_tenth_of_the_work_and_never_printed(caplog, ca
         assert list(progress(range(20), "work")) == list(range(20))
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"work: {i}/20" for i in (1, *range(2, 21, 2))]
     assert capsys.readouterr() == ("", "")
+
+
+def test_each_layer_carries_one_typed_record_that_the_report_reads_and_lowering_updates():
+    from qcompiler.passes import record
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16)).eval()
+    prog = qc.quantize(m, (torch.randn(2, 64),), qc.Recipe([("0", qc.Int8WeightOnlyConfig())]))
+    records = [r for r in (record.read(n) for n in prog.graph.nodes) if r is not None]
+    assert [(r.name, r.kernel, r.skipped is None) for r in records] == [("0", "reference", True), ("2", None, False)]
+    assert all(record.LayerRecord.from_json(r.to_json()) == r for r in records)
+    assert qc.report(prog).layers == (records[0], records[1])  # the report's rows are the records
+    lowered = [r for r in (record.read(n) for n in qc.lower(prog, "cpu:avx2").graph.nodes) if r is not None]
+    assert lowered[0] == records[0].updated(kernel=lowered[0].kernel, kernel_reason=lowered[0].kernel_reason,
+                                            target="cpu:avx2", bytes_after=lowered[0].bytes_after)
+    assert lowered[0].kernel != "reference" and lowered[1] == records[1]
+    # programs saved before the record was typed wrote "layer" and a "shared" flag
+    old = record.LayerRecord.from_json('{"layer": "fc", "scheme": "int8wo", "kernel": "reference", "shared": true}')
+    assert old == record.LayerRecord("fc", "int8wo", "reference")

@@ -8,7 +8,6 @@ report keeps every reason. A linear no rule takes keeps its reference pattern;
 ``mark_unfused`` names its kernel ``decomposed`` (``qcompiler.lower`` then decomposes its
 qcompiler ops into ATen for Inductor) with the reasons no kernel took it.
 """
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -16,7 +15,7 @@ from typing import Callable, Optional
 from torch.fx import GraphModule
 
 from ..passes.pattern import Match, prune, rewrite
-from ..passes.reference import REPORT_KEY
+from ..passes import record
 from ..runtime.target import Target
 
 
@@ -44,14 +43,6 @@ class LoweringRule:
         return self.check(m, target) if self.check else None
 
 
-def _updated(custom: dict, **fields) -> dict:
-    """The node's custom metadata with its report record updated by ``fields`` (None values left out)."""
-    if REPORT_KEY not in custom:
-        return custom
-    record = {**json.loads(custom[REPORT_KEY]), **{k: v for k, v in fields.items() if v is not None}}
-    return {**custom, REPORT_KEY: json.dumps(record)}
-
-
 DECOMPOSED = "decomposed"  # the kernel of a layer no rule fused: its ops decomposed into ATen for Inductor
 
 
@@ -63,11 +54,10 @@ def mark_unfused(gm: GraphModule, declined: dict, target: Target, kernel: str = 
     """Set ``kernel`` and the reasons no rule took it on every quantized linear still in reference form."""
     count = 0
     for node in gm.graph.nodes:
-        custom = node.meta.get("custom") or {}
-        if REPORT_KEY in custom and json.loads(custom[REPORT_KEY]).get("kernel") == "reference":
+        rec = record.read(node)
+        if rec is not None and rec.kernel == "reference":
             why = _joined(declined.get(node, [])) or f"no {target.backend} rule matches this layer's reference pattern"
-            node.meta["custom"] = _updated(custom, kernel=kernel, kernel_reason=f"no kernel took it: {why}",
-                                           target=str(target))
+            record.write(node, rec.updated(kernel=kernel, kernel_reason=f"no kernel took it: {why}", target=str(target)))
             count += 1
     return count
 
@@ -89,9 +79,11 @@ def apply_rules(gm: GraphModule, rules, target: Target) -> dict:
         def replacement(m: Match, _rule=rule, **inputs):
             out = _rule.replace(m, **inputs)
             why = _rule.why + (f" (declined: {_joined(declined[m.anchor])})" if declined.get(m.anchor) else "")
-            out.node.meta["custom"] = _updated(m.anchor.meta.get("custom") or {}, kernel=_rule.kernel,
-                                               kernel_reason=why, target=str(target),
-                                               bytes_after=m.stored_bytes or None)
+            out.node.meta["custom"] = dict(m.anchor.meta.get("custom") or {})
+            rec = record.read(m.anchor)
+            if rec is not None:
+                record.write(out.node, rec.updated(kernel=_rule.kernel, kernel_reason=why, target=str(target),
+                                                   bytes_after=m.stored_bytes or None))
             return out
 
         counts[rule.name] = counts.get(rule.name, 0) + len(rewrite(gm, rule.pattern, replacement, where=where))

@@ -17,15 +17,13 @@ After::
 
 Quantized layers keep the scheme's numerics: their anchors carry a report record (not a
 skipped layer's) and are left alone, as are ops whose result is not float32. The changed nodes are marked
-(``FLOAT_KEY`` in their custom metadata) so the report can say the program runs them in
+(``record.UNQUANTIZED_KEY`` in their custom metadata) so the report can say the program runs them in
 bfloat16.
 """
-import json
-
 import torch
 from torch.fx import GraphModule, Node
 
-from ..passes.reference import FLOAT_KEY, REPORT_KEY
+from ..passes import record
 
 aten = torch.ops.aten
 COMPUTE_OPS = frozenset({
@@ -52,17 +50,17 @@ def _casts_to(graph, arg, dtype, casts: dict):
     return arg
 
 
-def _quantized_layer(custom: dict) -> bool:
+def _quantized_layer(node: Node) -> bool:
     """Whether a node is a quantized layer's anchor (a report record that is not a skipped layer's)."""
-    return REPORT_KEY in custom and "skipped" not in json.loads(custom[REPORT_KEY])
+    rec = record.read(node)
+    return rec is not None and rec.quantized
 
 
 def run_unquantized_in(gm: GraphModule, dtype: torch.dtype) -> int:
     """Run ``gm``'s unquantized float32 compute ops in ``dtype`` (in place); return how many."""
     graph, changed, casts = gm.graph, 0, {}
     for node in list(graph.nodes):
-        custom = node.meta.get("custom") or {}
-        if node.op != "call_function" or node.target not in COMPUTE_OPS or _quantized_layer(custom):
+        if node.op != "call_function" or node.target not in COMPUTE_OPS or _quantized_layer(node):
             continue
         if not _float32(node.meta.get("val")):
             continue
@@ -71,7 +69,7 @@ def run_unquantized_in(gm: GraphModule, dtype: torch.dtype) -> int:
         with graph.inserting_after(node):
             back = graph.call_function(aten._to_copy.default, (node,), {"dtype": torch.float32})
         node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
-        node.meta["custom"] = {**custom, FLOAT_KEY: str(dtype).removeprefix("torch.")}
+        node.meta["custom"] = {**(node.meta.get("custom") or {}), record.UNQUANTIZED_KEY: str(dtype).removeprefix("torch.")}
         changed += 1
     gm.recompile()
     return changed

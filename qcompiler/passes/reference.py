@@ -4,24 +4,21 @@
 
 ``w_q`` and its qparams are stored as buffers in their quantized form (sub-byte
 values packed). A weight used by several linears is quantized once and stored
-once. Each rewritten (or skipped) linear carries its report record as JSON in
-``node.meta["custom"]["qcompiler"]``, which survives export, save and load.
+once. Each rewritten (or skipped) linear carries its report record (``record.py``).
 """
-import json
 from dataclasses import dataclass, field
 
 import torch
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 
 from .observe import observer_of, remove_observers
 from .pattern import Match, prune, rewrite
 from .progress import progress
+from .record import LayerRecord, write
 from .calibration import weight_key
 from .weights import quantize_weight
 
 aten = torch.ops.aten
-REPORT_KEY = "qcompiler"
-FLOAT_KEY = "qcompiler_unquantized_dtype"  # on an unquantized op lowering runs in another float dtype
 
 
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
@@ -32,10 +29,6 @@ def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
 
 def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def set_record(node: Node, record: dict) -> None:
-    node.meta.setdefault("custom", {})[REPORT_KEY] = json.dumps(record)
 
 
 @dataclass
@@ -51,13 +44,12 @@ class _Weights:
             tensors = quantize_weight(spec, w, observer_of(m.graph_module, m.anchor)[1], name, weight_key(m.anchor, spec))
             w_hat = spec.weight.dequantize(tensors, w.shape[1], torch.float32)
             names = {k: m.store(f"{name}.{k}", v) for k, v in tensors.items()}
-            record = {"layer": name, "weight": target, "scheme": spec.scheme, "kernel": "reference",
-                      "bytes_before": nbytes(w), "bytes_after": sum(nbytes(v) for v in tensors.values()),
-                      "sqnr_db": sqnr_db(w, w_hat)}
+            record = LayerRecord(name, spec.scheme, "reference", nbytes(w), sum(nbytes(v) for v in tensors.values()),
+                                 sqnr_db(w, w_hat), weight=target)
             self.stored[key] = (names, record, w)
             return names, record, w
         names, record, w = self.stored[key]
-        return names, {**record, "layer": name, "shared": True}, w
+        return names, record.updated(name=name), w
 
 
 def _linear(x, w, b=None):
@@ -86,12 +78,12 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
             qparams = _static_qparams(m, spec, ndim, name) if spec.activation.static else None
             x = spec.activation.fake_quantize(x, ndim, qparams)
         out = aten.linear.default(x, w_hat, b)
-        set_record(out.node, record)
+        write(out.node, record)
         return out
 
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:
-            set_record(node, {"layer": names[node], "skipped": node.meta["qskip"]})
+            write(node, LayerRecord(names[node], skipped=node.meta["qskip"]))
     done = rewrite(gm, _linear, replacement, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr",
                    progress=lambda ms: progress(ms, "quantizing layers"))
     remove_observers(gm)
