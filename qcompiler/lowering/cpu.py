@@ -73,7 +73,7 @@ from ..runtime.target import Target
 from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, per_token_block,
                        per_token_int8, rows, static_int8_int8, stored_inputs, weight_name, weight_only_packed,
                        weight_only_unpacked, with_bias)
-from .rules import LoweringRule
+from .rules import LoweringRule, Take
 
 aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn
 VNNI = frozenset({"vnni"})
@@ -167,9 +167,13 @@ def _int4_form(m, target):
 
 
 def _int4_groups(m, target):
-    """ATen's int4 kernel: also needs the scales and zeros exact in its activation dtype."""
-    return _int4_form(m, target) or _unless(_int4_scales_and_zeros(m) is not None, "its int zero points have no exact "
-                                            f"float form in the {_kernel_dtype(m['out_dtype'])} scales the kernel reads")
+    """ATen's int4 kernel: also needs the scales and zeros exact in its activation dtype (which it hands on)."""
+    declined = _int4_form(m, target)
+    if declined:
+        return declined
+    sz = _int4_scales_and_zeros(m)
+    return Take(sz) if sz is not None else (f"its int zero points have no exact float form in the "
+                                            f"{_kernel_dtype(m['out_dtype'])} scales the kernel reads")
 
 
 def _int8da_int4w_form(m, target):
@@ -367,7 +371,7 @@ def _int4_weight_only(target_isa, m, x, n, signed, block, out_dtype, b, **_):
     u = _int4_values(m, n, signed) + 8
     name = weight_name(m)
     packed = _int4_pack(m, u, name, target_isa)
-    sz = m.constant(f"{name}_int4pack_scales_zeros", _int4_scales_and_zeros(m))
+    sz = m.constant(f"{name}_int4pack_scales_zeros", m.payload)  # what _int4_groups computed
     x2, back = rows(m, x, n, u.shape[0])
     y = aten._weight_int4pack_mm_for_cpu.default(_in_kernel_dtype(x2, out_dtype), packed, block[1], sz)
     return with_bias(back(_out_of_kernel_dtype(y, out_dtype)), b)

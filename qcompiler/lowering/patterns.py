@@ -30,7 +30,7 @@ def with_bias(y, b):
 
 def rows(m, x, k, n):
     """x as (rows, k), and a function giving an (rows, n) result x's leading dimensions back."""
-    ndim = m.anchor.meta["val"].ndim  # x may be a node a previous rule just emitted, without "val"
+    ndim = x.node.meta["val"].ndim
     lead = [aten.sym_size.int(x, i) for i in range(ndim - 1)]
     return aten.reshape.default(x, [-1, k]), lambda y: aten.reshape.default(y, lead + [n])
 

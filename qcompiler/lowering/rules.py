@@ -10,21 +10,29 @@ qcompiler ops into ATen for Inductor) with the reasons no kernel took it.
 """
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from torch.fx import GraphModule
 
-from ..passes.pattern import Match, prune, rewrite
+from ..passes.pattern import Match, prune, rewrite, stored
 from ..passes import record
 from ..runtime.target import Target
+
+
+@dataclass(frozen=True)
+class Take:
+    """What a rule's check returns to take a match and hand the replacement what it computed (``m.payload``)."""
+
+    payload: Any
 
 
 @dataclass(frozen=True)
 class LoweringRule:
     """``pattern`` (an example function) -> ``replace`` (emits ``kernel``), for targets with ``needs``.
 
-    ``check(m, target)`` returns None to take a match, else why not; ``why`` says why this
-    kernel is the one chosen when it takes a layer (the report's ``kernel_reason``).
+    ``check(m, target)`` returns None (or :class:`Take` with a payload for the replacement) to take a
+    match, else why not; ``why`` says why this kernel is the one chosen when it takes a layer (the
+    report's ``kernel_reason``).
     """
 
     name: str
@@ -33,14 +41,19 @@ class LoweringRule:
     kernel: str
     why: str
     needs: frozenset = field(default_factory=frozenset)
-    check: Optional[Callable[[Match, Target], Optional[str]]] = None
+    check: Optional[Callable[[Match, Target], Union[None, str, Take]]] = None
 
-    def declines(self, m: Match, target: Target) -> Optional[str]:
-        """Why this rule does not take ``m`` on ``target``; None when it does."""
+    def verdict(self, m: Match, target: Target) -> Union[None, str, Take]:
+        """Why this rule does not take ``m`` on ``target`` (a str); else None or a :class:`Take`."""
         lacking = sorted(self.needs - target.capabilities)
         if lacking:
             return f"target {target} lacks {', '.join(lacking)}"
         return self.check(m, target) if self.check else None
+
+
+def _stored_bytes(m: Match) -> int:
+    """Bytes of the tensors a rule's replacement stored: what the lowered layer keeps."""
+    return sum(t.numel() * t.element_size() for t in (stored(m.graph_module, name) for name in m.stored))
 
 
 DECOMPOSED = "decomposed"  # the kernel of a layer no rule fused: its ops decomposed into ATen for Inductor
@@ -70,20 +83,22 @@ def apply_rules(gm: GraphModule, rules, target: Target) -> dict:
     """
     counts, declined = {}, defaultdict(list)
     for rule in rules:
-        def where(m: Match, _rule=rule) -> bool:
-            reason = _rule.declines(m, target)
-            if reason:
-                declined[m.anchor].append(f"{_rule.kernel}: {reason}")
-            return reason is None
+        def where(m: Match, _rule=rule):
+            verdict = _rule.verdict(m, target)
+            if isinstance(verdict, str):
+                declined[m.anchor].append(f"{_rule.kernel}: {verdict}")
+                return False
+            return Take(None) if verdict is None else verdict  # the payload rides on the match
 
         def replacement(m: Match, _rule=rule, **inputs):
+            m.payload = m.payload.payload  # the check's Take: hand the replacement what it computed
             out = _rule.replace(m, **inputs)
             why = _rule.why + (f" (declined: {_joined(declined[m.anchor])})" if declined.get(m.anchor) else "")
             out.node.meta["custom"] = dict(m.anchor.meta.get("custom") or {})
             rec = record.read(m.anchor)
             if rec is not None:
                 record.write(out.node, rec.updated(kernel=_rule.kernel, kernel_reason=why, target=str(target),
-                                                   bytes_after=m.stored_bytes or None))
+                                                   bytes_after=_stored_bytes(m) or None))
             return out
 
         counts[rule.name] = counts.get(rule.name, 0) + len(rewrite(gm, rule.pattern, replacement, where=where))

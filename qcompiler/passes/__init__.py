@@ -1,4 +1,4 @@
-"""Graph passes over the ATen graph, written with one pattern-rewrite API (``find``, ``replace``, ``rewrite``).
+"""Graph passes over the ATen graph, written with one pattern-rewrite API (``find``, ``replace``, ``replace_all``, ``rewrite``).
 
 Stages: annotate (``annotate``), observe (``observe``), convert's rewrite to the
 reference Q/DQ pattern (``reference``); the algorithms that choose quantized
@@ -6,6 +6,6 @@ values sit beside them: ``algorithms`` (their configs), ``gptq``, ``hqq``, ``smo
 (AWQ and SmoothQuant), ``calibration`` (Hessian windows) and ``weights`` (which one
 quantizes a weight). Round-to-nearest lives on the weight specs in ``spec``.
 """
-from .pattern import Match, find, prune, replace, rewrite
+from .pattern import Match, find, inherit_meta, prune, replace, replace_all, rewrite, store_tensor
 
-__all__ = ["Match", "find", "replace", "rewrite", "prune"]
+__all__ = ["Match", "find", "replace", "replace_all", "rewrite", "prune", "store_tensor", "inherit_meta"]

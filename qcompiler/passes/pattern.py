@@ -17,20 +17,38 @@ Every pass of qcompiler is written with it, and it is meant for users' passes to
 
 A pattern's parameters stand for any node; a parameter absent at a match (an
 omitted optional argument, such as a linear's bias) arrives as ``None``.
-``where=`` filters matches (``lambda m: ...``). The replacement runs once per
+``where=`` filters matches (``lambda m: ...``): it returns True or False, or, to keep
+a match, anything else, which the replacement finds as ``m.payload`` (what the check
+computed, so the replacement need not compute it again). The replacement runs once per
 match on ``torch.fx.Proxy`` objects, so it is ordinary PyTorch code; it may add
-constants with ``m.constant(name, tensor)``. New nodes inherit the matched
-output node's ``nn_module_stack``, ``stack_trace`` and ``custom`` metadata, so
-module names and source lines survive the rewrite.
+constants with ``m.constant(name, tensor)`` (their names in ``m.stored``).
+
+The nodes a replacement creates are recorded (``m.created``), and each gets:
+
+- ``meta["val"]``: its fake value, computed from its inputs' under the graph's fake mode
+  (with its symbolic shapes), so later matches and passes read shapes off new nodes too;
+- the matched output node's ``nn_module_stack``, ``stack_trace`` and ``source_fn_stack``,
+  and, on the new output node, its ``custom`` metadata: module names, source lines and
+  report records survive the rewrite.
+
+``rewrite`` finds every match, then replaces them in graph order (:func:`replace_all`);
+a match that reads what an earlier one computed is pointed at the new node. To show
+progress over long rewrites, wrap the matches: ``replace_all(gm, progress(find(gm, p)), r)``.
 """
+import logging
 import operator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
+from torch._guards import detect_fake_mode
 from torch.fx import GraphModule, Node, Proxy
+from torch.fx.node import map_arg
 from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
+
+log = logging.getLogger(__name__)
+
 
 def stored(gm: torch.nn.Module, target: str):
     """The attribute a ``get_attr`` target names (``"blocks.0.fc1.weight"``): parameter, buffer or constant."""
@@ -46,23 +64,43 @@ def pattern_graph(pattern: Callable) -> torch.fx.Graph:
     return torch.fx.symbolic_trace(pattern).graph
 
 
+class _RecordingTracer(torch.fx.proxy.GraphAppendingTracer):
+    """Appends nodes at the graph's insertion point, as ``GraphAppendingTracer`` does, and lists them."""
+
+    def __init__(self, graph: torch.fx.Graph):
+        super().__init__(graph)
+        self.created: list = []
+
+    def create_node(self, *args, **kwargs) -> Node:
+        node = super().create_node(*args, **kwargs)
+        self.created.append(node)
+        return node
+
+
 @dataclass
 class Match:
-    """One place a pattern matched: its inputs by parameter name, and the node it computes."""
+    """One place a pattern matched: its inputs by parameter name, the node it computes, what ``where`` returned
+    to keep it (``payload``), and, once replaced, what the replacement created and stored."""
 
     graph_module: GraphModule
     anchor: Node
     inputs: dict = field(default_factory=dict)
     nodes: tuple = ()
-    stored_bytes: int = 0  # bytes of the tensors this match's replacement stored (``store``/``constant``)
-    _tracer: object = field(default=None, repr=False)
+    payload: Any = None
+    stored: list = field(default_factory=list)  # attribute names of the tensors the replacement stored
+    _tracer: Optional[_RecordingTracer] = field(default=None, repr=False)
 
     @property
-    def tracer(self):
+    def tracer(self) -> _RecordingTracer:
         """The one tracer every Proxy of this match's replacement shares."""
         if self._tracer is None:
-            self._tracer = torch.fx.proxy.GraphAppendingTracer(self.graph_module.graph)
+            self._tracer = _RecordingTracer(self.graph_module.graph)
         return self._tracer
+
+    @property
+    def created(self) -> list:
+        """The nodes the replacement created, in the order it created them."""
+        return list(self._tracer.created) if self._tracer else []
 
     def __getitem__(self, name: str) -> Optional[Node]:
         return self.inputs[name]
@@ -82,26 +120,41 @@ class Match:
 
     def store(self, name: str, tensor: torch.Tensor) -> str:
         """Store ``tensor`` as a buffer under a free name derived from ``name``; return that name."""
-        gm, base = self.graph_module, _attr_name(name)
-        unique, i = base, 1
-        while hasattr(gm, unique):
-            unique, i = f"{base}_{i}", i + 1
-        gm.register_buffer(unique, tensor)
-        self.stored_bytes += tensor.numel() * tensor.element_size()
+        unique = store_tensor(self.graph_module, name, tensor)
+        self.stored.append(unique)
         return unique
 
     def attr(self, target: str) -> Proxy:
         """A node that reads an existing attribute (parameter, buffer, constant) of the module."""
-        return Proxy(self.graph_module.graph.get_attr(target), self.tracer)
+        return Proxy(self.tracer.create_node("get_attr", target, (), {}), self.tracer)
 
 
-def _attr_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "const"
+def store_tensor(gm: GraphModule, name: str, tensor: torch.Tensor) -> str:
+    """Register ``tensor`` as a buffer of ``gm`` under a free name derived from ``name`` (dots and other characters
+    an attribute cannot hold become ``_``; ``_1``, ``_2``... where taken); return that name. For passes that
+    insert with torch.fx directly; replacements use ``m.store`` / ``m.constant``."""
+    base = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "const"
+    unique, i = base, 1
+    while hasattr(gm, unique):
+        unique, i = f"{base}_{i}", i + 1
+    gm.register_buffer(unique, tensor)
+    return unique
+
+
+def inherit_meta(gm: GraphModule, nodes: list, source: Node, output: Optional[Node] = None) -> None:
+    """Give ``nodes`` (new, in creation order) ``source``'s module stack and source lines, ``output`` (one of them)
+    its ``custom`` metadata too, and each a fake value (:func:`_fake_values`)."""
+    for n in nodes:
+        for key in KEPT_META + (("custom",) if n is output else ()):
+            if key in source.meta and key not in n.meta:
+                n.meta[key] = source.meta[key]
+    _fake_values(gm, nodes)
 
 
 def find(gm: GraphModule, pattern: Callable, where: Optional[Callable[[Match], bool]] = None,
          literals: str = "equal") -> list:
-    """Every non-overlapping place ``pattern`` matches in ``gm``, in graph order, kept by ``where``.
+    """Every non-overlapping place ``pattern`` matches in ``gm``, in graph order, kept by ``where`` (True, or a
+    payload other than False and None, which the match keeps as ``m.payload``).
 
     ``literals="equal"`` (default): the pattern's literal arguments (numbers, strings, dtypes,
     lists) must equal the graph's; ``"any"``: they match anything, and ``where`` may inspect
@@ -119,27 +172,50 @@ def find(gm: GraphModule, pattern: Callable, where: Optional[Callable[[Match], b
         inputs = dict(zip(names, internal.placeholder_nodes))
         body = tuple(n for p, n in internal.nodes_map.items() if p.op not in ("placeholder", "output"))
         m = Match(gm, anchor, inputs, body)
-        if where is None or where(m):
-            found.append(m)
+        kept = True if where is None else where(m)
+        if kept is False or kept is None:
+            continue
+        if kept is not True:
+            m.payload = kept
+        found.append(m)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return sorted(found, key=lambda m: order[m.anchor])
 
 
+def _fake_values(gm: GraphModule, nodes: list) -> None:
+    """Set ``meta["val"]`` on ``nodes`` (in creation order) from their inputs' fake values, under the graph's fake
+    mode; a node whose inputs have none (a graph traced without fake values) is left without."""
+    mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes if "val" in n.meta])
+    if mode is None:
+        return
+    for node in nodes:
+        if "val" in node.meta:
+            continue
+        if node.op == "get_attr":
+            node.meta["val"] = mode.from_tensor(stored(gm, node.target), static_shapes=True)
+            continue
+        missing = []
+        args, kwargs = map_arg((node.args, node.kwargs), lambda a: a.meta["val"] if "val" in a.meta else missing.append(a))
+        if missing or node.op != "call_function":
+            continue
+        try:
+            with mode:
+                node.meta["val"] = node.target(*args, **kwargs)
+        except Exception as e:  # the node still runs; only what reads its val goes without
+            log.debug("no fake value for %s (%s): %s", node.name, node.target, e)
+
+
 def replace(m: Match, replacement: Callable[..., Any]) -> Node:
     """Replace one match by what ``replacement(m, **inputs)`` computes; return the new output node."""
-    graph, first = m.graph_module.graph, m.anchor.prev  # new nodes land between ``first`` and the anchor
+    graph = m.graph_module.graph
     with graph.inserting_before(m.anchor):
         proxies = {k: (Proxy(v, m.tracer) if isinstance(v, Node) else v) for k, v in m.inputs.items()}
         out = replacement(m, **proxies)
     new = out.node if isinstance(out, Proxy) else out
     if not isinstance(new, Node):
-        raise TypeError(f"qcompiler: a replacement must return a graph value (a Proxy or Node); got {type(out).__name__}")
-    n = first.next
-    while n is not m.anchor:
-        for key in KEPT_META + (("custom",) if n is new else ()):
-            if key in m.anchor.meta and key not in n.meta:
-                n.meta[key] = m.anchor.meta[key]
-        n = n.next
+        raise TypeError(f"qcompiler: a replacement must return a graph value (a Proxy or Node); got {type(out).__name__} "
+                        f"replacing {m.anchor.name} ({m.anchor.target})")
+    inherit_meta(m.graph_module, m.created, m.anchor, new)
     m.anchor.replace_all_uses_with(new)
     dead, left = True, list(m.nodes)
     while dead:  # erase matched nodes nothing reads any more, consumers before producers
@@ -150,22 +226,25 @@ def replace(m: Match, replacement: Callable[..., Any]) -> Node:
     return new
 
 
-def rewrite(gm: GraphModule, pattern: Callable, replacement: Callable[..., Any],
-            where: Optional[Callable[[Match], bool]] = None, progress: Optional[Callable] = None,
-            literals: str = "equal") -> list:
-    """Replace every match of ``pattern`` (kept by ``where``); return the matches replaced.
-
-    ``progress``, if given, wraps the list of matches (e.g. ``qcompiler.progress.progress``-like).
-    """
-    matches = find(gm, pattern, where, literals)
+def replace_all(gm: GraphModule, matches: Iterable[Match], replacement: Callable[..., Any]) -> list:
+    """Replace each of ``matches`` (from :func:`find`, in graph order); return them. A match that reads what an
+    earlier one computed is pointed at the new node."""
     replaced: dict = {}
-    for m in (progress(matches) if progress else matches):  # a match may read what an earlier one computed: point it at the new node
+    done = []
+    for m in matches:
         m.inputs = {k: replaced.get(v, v) for k, v in m.inputs.items()}
         replaced[m.anchor] = replace(m, replacement)
-    if matches:
+        done.append(m)
+    if done:
         gm.graph.lint()
         gm.recompile()
-    return matches
+    return done
+
+
+def rewrite(gm: GraphModule, pattern: Callable, replacement: Callable[..., Any],
+            where: Optional[Callable[[Match], Any]] = None, literals: str = "equal") -> list:
+    """Replace every match of ``pattern`` (kept by ``where``); return the matches replaced."""
+    return replace_all(gm, find(gm, pattern, where, literals), replacement)
 
 
 def prune(gm: GraphModule) -> None:

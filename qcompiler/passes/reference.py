@@ -12,7 +12,7 @@ import torch
 from torch.fx import GraphModule
 
 from .observe import observer_of, remove_observers
-from .pattern import Match, prune, rewrite
+from .pattern import Match, find, prune, replace_all
 from .progress import progress
 from .record import LayerRecord, write
 from .calibration import weight_key
@@ -74,7 +74,7 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
         stored, record, weight = weights.get(m, spec, name)
         w_hat = spec.weight.dequantize({k: m.attr(v) for k, v in stored.items()}, weight.shape[1], weight.dtype)
         if spec.activation is not None:
-            ndim = m.anchor.meta["val"].ndim  # x may be the node a previous replacement just emitted
+            ndim = x.node.meta["val"].ndim
             qparams = _static_qparams(m, spec, ndim, name) if spec.activation.static else None
             x = spec.activation.fake_quantize(x, ndim, qparams)
         out = aten.linear.default(x, w_hat, b)
@@ -84,8 +84,8 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:
             write(node, LayerRecord(names[node], skipped=node.meta["qskip"]))
-    done = rewrite(gm, _linear, replacement, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr",
-                   progress=lambda ms: progress(ms, "quantizing layers"))
+    matches = find(gm, _linear, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr")
+    done = replace_all(gm, progress(matches, "quantizing layers"), replacement)
     remove_observers(gm)
     prune(gm)
     return len(done)

@@ -18,7 +18,7 @@ from torch.fx import GraphModule, Node
 
 from .algorithms import AWQ, SmoothQuant
 from .observe import observers
-from .pattern import stored
+from .pattern import inherit_meta, store_tensor, stored
 from .spec import AffineWeight
 
 aten = torch.ops.aten
@@ -101,17 +101,14 @@ def _output_error(w: torch.Tensor, w_q: torch.Tensor, h: torch.Tensor) -> float:
 def _apply(gm: GraphModule, obs_node: Node, linears: list, s: torch.Tensor) -> None:
     for u in linears:
         w = stored(gm, u.args[1].target)
-        name = _free_name(gm, f"{u.args[1].target}_smoothed")
-        gm.register_buffer(name, (w.detach().float() * s).to(w.dtype))
-        with gm.graph.inserting_before(u):
-            u.replace_input_with(u.args[1], gm.graph.get_attr(name))
+        _replace_arg(gm, u, 1, w.detach().float() * s)
     x = obs_node.args[0]
     if not _fold(gm, x, obs_node, 1 / s):
-        name = _free_name(gm, f"{obs_node.target}_inverse_scale")
-        gm.register_buffer(name, (1 / s).to(x.meta["val"].dtype))
+        name = store_tensor(gm, f"{obs_node.target}_inverse_scale", (1 / s).to(x.meta["val"].dtype))
         with gm.graph.inserting_before(obs_node):
-            mul = gm.graph.call_function(aten.mul.Tensor, (x, gm.graph.get_attr(name)))
-        mul.meta.update({k: v for k, v in x.meta.items() if k in ("val", "nn_module_stack")})
+            scale = gm.graph.get_attr(name)
+            mul = gm.graph.call_function(aten.mul.Tensor, (x, scale))
+        inherit_meta(gm, [scale, mul], x)
         obs_node.replace_input_with(x, mul)
 
 
@@ -137,10 +134,11 @@ def _stored_args(node: Node, positions) -> bool:
 
 def _replace_arg(gm: GraphModule, node: Node, i: int, value: torch.Tensor) -> None:
     old = node.args[i]
-    name = _free_name(gm, f"{old.target}_smoothed")
-    gm.register_buffer(name, value.detach().to(stored(gm, old.target).dtype))
+    name = store_tensor(gm, f"{old.target}_smoothed", value.detach().to(stored(gm, old.target).dtype))
     with gm.graph.inserting_before(node):
-        node.update_arg(i, gm.graph.get_attr(name))
+        attr = gm.graph.get_attr(name)
+    inherit_meta(gm, [attr], old)
+    node.update_arg(i, attr)
 
 
 def _rescale_range(obs, inv: torch.Tensor) -> None:
@@ -149,10 +147,3 @@ def _rescale_range(obs, inv: torch.Tensor) -> None:
     obs.lo.copy_(lo.min())
     obs.hi.copy_(hi.max())
 
-
-def _free_name(gm: GraphModule, base: str) -> str:
-    base = "".join(c if c.isalnum() or c == "_" else "_" for c in base)
-    name, i = base, 1
-    while hasattr(gm, name):
-        name, i = f"{base}_{i}", i + 1
-    return name
