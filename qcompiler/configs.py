@@ -13,7 +13,7 @@ import torch
 
 from .passes.algorithms import check_algorithm, from_name
 from .passes.spec import ActivationSpec, AffineWeight, CodebookWeight, Float8Weight, QuantSpec
-from .runtime.dtypes import fail
+from .runtime.errors import fail
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 OBSERVERS = ("minmax", "moving_average")

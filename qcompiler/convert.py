@@ -6,7 +6,7 @@ from .capture import reexport
 from .passes.reference import rewrite_to_reference
 from .passes.smoothing import smooth_inputs
 from .prepare import SOURCE
-from .runtime.dtypes import fail
+from .runtime.errors import fail
 
 
 def convert(prepared: torch.fx.GraphModule) -> ExportedProgram:

@@ -9,7 +9,7 @@ from .capture import reexport
 from .lowering import lower_graph
 from .lowering.unquantized import run_unquantized_in
 from .runtime.decompositions import DECOMPOSITIONS
-from .runtime.dtypes import fail
+from .runtime.errors import fail
 from .runtime.target import Target
 
 logger = logging.getLogger(__name__)

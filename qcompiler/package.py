@@ -10,11 +10,11 @@ import torch
 
 from . import __version__
 from .report import Report, report
-from .runtime.dtypes import fail
+from .runtime.errors import fail
 from .runtime.inputs import describe_inputs
 from .runtime import native
 from .runtime.int4_layout import BY_NAME, LAYOUT_OF_ISA, int4_weights, native_layout, repack
-from .runtime.package import load_package, read_member, write_package
+from .runtime.artifact import load_package, read_member, write_package
 from .runtime.target import Target, code_needs, compile_options, missing
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from .passes.calibration import solve, windows
 from .passes.observe import insert_observers, observers
 from .passes.progress import progress
 from .recipe import as_recipe
-from .runtime.dtypes import fail
+from .runtime.errors import fail
 
 SOURCE = "qcompiler_source"  # gm.meta key: the program the prepared module came from
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Union
 
 from .configs import Config, config_from_string
 from .passes.linears import LinearSite
-from .runtime.dtypes import fail
+from .runtime.errors import fail
 
 Matcher = Union[str, "re.Pattern[str]", type, Callable[[LinearSite], bool]]
 

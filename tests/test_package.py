@@ -235,7 +235,7 @@ class _Spec:
 
 
 def test_loading_imports_a_named_type_only_from_modules_the_caller_allows(tmp_path, monkeypatch):
-    from qcompiler.runtime.package import _register_pytree_types
+    from qcompiler.runtime.artifact import _register_pytree_types
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     monkeypatch.delitem(sys.modules, "registers_a_pytree_type", raising=False)
     path = tmp_path / "m.pt2"

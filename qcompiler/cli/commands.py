@@ -16,7 +16,7 @@ from ..passes.observe import needs
 from ..recipe import Recipe
 from ..report import Report, report
 from ..runtime.inputs import dynamic_dims, make_inputs
-from ..runtime.package import check_writable, save_program
+from ..runtime.artifact import check_writable, save_program
 from ..runtime.target import Target
 from .files import open_artifact
 from .models import CliError, Source, calibration, resolve_model

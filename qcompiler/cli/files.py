@@ -9,7 +9,7 @@ import torch
 
 from ..report import Report, report
 from ..runtime.inputs import describe_inputs
-from ..runtime.package import file_kind, package_metadata
+from ..runtime.artifact import file_kind, package_metadata
 
 
 @dataclass(frozen=True)

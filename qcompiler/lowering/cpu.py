@@ -70,9 +70,9 @@ from ..runtime import int8_gemm, int8_int4, native
 from ..runtime.int4_layout import pack_for
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
-from .patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed, per_token_block,
-                       per_token_int8, rows, static_int8_int8, stored_inputs, weight_name, weight_only_packed,
-                       weight_only_unpacked, with_bias)
+from .reference_patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed,
+                                 per_token_block, per_token_int8, rows, static_int8_int8, stored_inputs, weight_name,
+                                 weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule, Take
 
 aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn

@@ -16,9 +16,9 @@ compiles it into a CUDA ``.pt2``.
 import torch
 
 from ..runtime.dtypes import int_type
-from .patterns import (dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes, float_codebook_packed,
-                       grid_codebook_bytes, grid_codebook_packed, per_token_block, per_token_int8, rows,
-                       stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
+from .reference_patterns import (dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes, float_codebook_packed,
+                                 grid_codebook_bytes, grid_codebook_packed, per_token_block, per_token_int8, rows,
+                                 stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule
 from .triton_matmul import affine_scale_zero  # also registers the qcompiler::triton_* ops used below
 

@@ -16,7 +16,7 @@ and SmoothQuant both rescale a linear's input channels).
 from dataclasses import dataclass
 from typing import Optional
 
-from ..runtime.dtypes import fail
+from ..runtime.errors import fail
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 import torch
 
 from .blocks import block_dims, blocked, check_qparam, qparam_shape, resolve_block_size, spread
-from .dtypes import IntType, check_float, check_float_dtype, check_storage, fail, int_type
+from .dtypes import IntType, check_float, check_float_dtype, check_storage, int_type
+from .errors import fail
 
 MAPPINGS = ("symmetric", "asymmetric")
 ZERO_POINT_DOMAINS = ("int", "float", "none")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .dtypes import fail
+from .errors import fail
 
 
 def resolve_block_size(shape: Sequence, block_size: Sequence[int]) -> tuple:

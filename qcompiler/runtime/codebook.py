@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 
 from .codebook_layout import codebook_blocks, rows_of
-from .dtypes import check_float, check_float_dtype, fail
+from .dtypes import check_float, check_float_dtype
+from .errors import fail
 
 
 def _check_codebook(codebook: torch.Tensor, shape, block_rows: Optional[int]) -> int:

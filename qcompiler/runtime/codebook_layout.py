@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from .dtypes import fail
+from .errors import fail
 
 
 def codebook_blocks(shape, block_rows: Optional[int]) -> int:

@@ -10,14 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import fail
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 INT_TYPE_NAMES = tuple(f"int{b}" for b in range(1, 9)) + tuple(f"uint{b}" for b in range(1, 9))
-
-
-def fail(arg: str, allowed: str, got: object) -> ValueError:
-    """The one shape of argument error: which argument, what is allowed, what came."""
-    return ValueError(f"qcompiler: {arg} must be {allowed}; got {got!r}")
 
 
 @dataclass(frozen=True)

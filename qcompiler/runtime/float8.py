@@ -9,7 +9,8 @@ from typing import Sequence
 import torch
 
 from .blocks import block_dims, blocked, check_qparam, qparam_shape, resolve_block_size, spread
-from .dtypes import FLOAT8_DTYPES, check_float, check_float_dtype, fail
+from .dtypes import FLOAT8_DTYPES, check_float, check_float_dtype
+from .errors import fail
 
 
 def _check_f8(float8_dtype) -> float:

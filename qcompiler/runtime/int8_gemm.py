@@ -19,7 +19,7 @@ AVX2 path on every AVX2 or AVX-512 machine and plain C++ elsewhere (``native.ker
 """
 import torch
 
-from .dtypes import fail
+from .errors import fail
 
 SCHEMA = "(Tensor a, Tensor? a_scale, Tensor? a_zero, Tensor w, Tensor w_scale) -> Tensor"
 LANES = 8  # output columns per packed block

@@ -26,7 +26,7 @@ plain C++ per call (``native.kernel_path()``).
 """
 import torch
 
-from .dtypes import fail
+from .errors import fail
 
 SCHEMA = ("(Tensor a, Tensor? a_scale, Tensor? a_zero, Tensor w, Tensor w_scale, Tensor? w_offset, Tensor? w_sums, "
           "int group) -> Tensor")

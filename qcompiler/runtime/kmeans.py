@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 
 from .codebook_layout import codebook_blocks, rows_of
-from .dtypes import check_bits, check_float, fail
+from .dtypes import check_bits, check_float
+from .errors import fail
 
 INITS = ("quantile", "random")
 

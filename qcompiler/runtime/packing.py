@@ -9,7 +9,8 @@ sign-extended on unpacking.
 """
 import torch
 
-from .dtypes import check_bits, fail
+from .dtypes import check_bits
+from .errors import fail
 
 
 def packed_size(n: int, bits: int) -> int:

@@ -22,7 +22,7 @@ from typing import Iterable
 
 import torch
 
-from .dtypes import fail
+from .errors import fail
 
 CPU_CAPABILITIES = ("avx2", "avx512", "vnni", "avx512_bf16", "amx")
 BACKENDS = ("cpu", "cuda", "reference")

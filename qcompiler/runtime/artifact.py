@@ -1,4 +1,4 @@
-"""Packaging with AOTInductor, and loading a ``.pt2`` back into a callable.
+"""The artifact format: packaging with AOTInductor, and loading a ``.pt2`` back into a callable.
 
 A package is AOTInductor's zip archive plus ``<name>/qcompiler/metadata.json``
 (the per-layer report and what made it), which the AOTInductor loader ignores.
