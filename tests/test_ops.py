@@ -1,4 +1,7 @@
 """Every qcompiler:: op: fake impl agrees with the real one (opcheck), and the op survives torch.export."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -103,3 +106,10 @@ def test_codebook_ops_export():
 
     ep = torch.export.export(M(), (X, CB), strict=False)
     torch.testing.assert_close(ep.module()(X, CB), M()(X, CB), rtol=0, atol=0)
+
+
+def test_importing_qcompiler_registers_the_triton_ops_so_saved_cuda_programs_load():
+    code = "import torch, qcompiler; print(hasattr(torch.ops.qcompiler, 'triton_wo_matmul') and " \
+           "hasattr(torch.ops.qcompiler, 'triton_dq_matmul'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

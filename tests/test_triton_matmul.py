@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import qcompiler as qc
-from qcompiler.lowering import triton_matmul as tm
-from qcompiler.lowering.triton_matmul import affine_scale_zero, dq_matmul, wo_matmul
+from qcompiler.runtime import triton_matmul as tm
+from qcompiler.runtime.triton_matmul import affine_scale_zero, dq_matmul, wo_matmul
 from qcompiler.passes.spec import AffineWeight, CodebookWeight
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,5 +1,4 @@
 """Opening what the command line writes: a ``.pt2`` package or a saved (reference) program."""
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +43,7 @@ def open_artifact(path, load: bool = True, allow_imports: Sequence[str] = ()) ->
 
 
 def _load_program(path: Path) -> torch.export.ExportedProgram:
-    try:
+    try:  # qcompiler's ops, the CUDA backend's Triton ones included, are registered by importing qcompiler
         return torch.export.load(str(path))
-    except Exception as first:  # a CUDA-lowered program names Triton ops registered on import
-        try:
-            importlib.import_module("qcompiler.lowering.cuda")  # registers its Triton ops
-            return torch.export.load(str(path))
-        except Exception:
-            raise ValueError(f"qcompiler: cannot load the program in {path}: {first}") from first
+    except Exception as e:
+        raise ValueError(f"qcompiler: cannot load the program in {path}: {e}") from e

@@ -4,9 +4,9 @@
 keeps its reference pattern, and the API's ``lower`` then decomposes the remaining
 ``qcompiler::`` ops into ATen (``runtime.decompositions``) so that Inductor compiles them
 and the program needs no qcompiler at run time; the report names those layers'
-kernel ``decomposed``. The CUDA table is imported on first use, since it imports Triton;
-loading a saved CUDA-lowered program with ``torch.export.load`` needs
-``import qcompiler.lowering.cuda`` first, which registers its Triton ops.
+kernel ``decomposed``. The CUDA table is imported on first use. Its Triton ops live in
+``runtime/triton_matmul.py`` and are registered by ``import qcompiler``, so a saved
+CUDA-lowered program loads with ``torch.export.load`` after that import alone.
 """
 from typing import Union
 

@@ -6,7 +6,7 @@
 | codebook, int8-grid or float, any block of rows | ``qcompiler::triton_wo_matmul`` (table lookup) |
 | int8dq, int8da-int4w | per-token int8 quantization in ATen ops, then ``qcompiler::triton_dq_matmul`` (exact int32 dot per group) |
 
-The kernel (``lowering/triton_matmul.py``) reads the reference program's packed storage
+The kernel (``runtime/triton_matmul.py``) reads the reference program's packed storage
 as it is. Lowering converts the affine qparams to the kernel's float32 ``(scale, zero)``
 and codebooks to float32 tables. fp8 and static int8 keep
 their reference pattern here, and ``qcompiler.lower`` decomposes them into ATen ops for
@@ -20,7 +20,7 @@ from .reference_patterns import (dynamic_int8_int4, dynamic_int8_int8, float_cod
                                  grid_codebook_bytes, grid_codebook_packed, per_token_block, per_token_int8, rows,
                                  stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule
-from .triton_matmul import affine_scale_zero  # also registers the qcompiler::triton_* ops used below
+from ..runtime.triton_matmul import affine_scale_zero
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
 triton_wo_matmul, triton_dq_matmul = torch.ops.qcompiler.triton_wo_matmul, torch.ops.qcompiler.triton_dq_matmul

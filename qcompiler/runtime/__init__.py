@@ -1,10 +1,13 @@
 """What must exist when a quantized program runs: the ``qcompiler::`` torch.library ops.
 
 Importing this package registers every op (``torch.ops.qcompiler.*``) with a
-CPU and a fake implementation, and a fake implementation for ``onednn.qlinear_prepack``
-(``onednn.py``). The functions here are their typed Python
+CPU and a fake implementation, a fake implementation for ``onednn.qlinear_prepack``
+(``onednn.py``), and, where Triton is installed, the CUDA backend's Triton ops
+(``triton_matmul.py``). The functions here are their typed Python
 front doors. This package imports nothing else from qcompiler.
 """
+import importlib.util
+
 from .affine import choose_qparams_affine, dequantize_affine, quantize_affine
 from .codebook import dequantize_codebook, quantize_codebook
 from .dtypes import FLOAT8_DTYPES, FLOAT_DTYPES, INT_TYPE_NAMES, IntType, int_type
@@ -20,3 +23,6 @@ __all__ = [
     "choose_scale_float8", "quantize_float8", "dequantize_float8",
     "IntType", "int_type", "INT_TYPE_NAMES", "FLOAT_DTYPES", "FLOAT8_DTYPES",
 ]
+
+if importlib.util.find_spec("triton") is not None:  # the qcompiler::triton_* ops: saved CUDA programs load
+    from . import triton_matmul  # noqa: F401

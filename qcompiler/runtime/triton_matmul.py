@@ -1,5 +1,9 @@
 """Triton matmul with the weight decoded inside the kernel: ``y = x @ decode(W)ᵀ``, for the CUDA backend.
 
+Registered as ``qcompiler::triton_wo_matmul`` and ``qcompiler::triton_dq_matmul`` when qcompiler is
+imported (``runtime/__init__.py``; importing Triton costs about 0.15 s), so a saved CUDA-lowered
+program loads with ``import qcompiler`` alone; AOTInductor compiles the kernels into a ``.pt2``.
+
 One kernel reads every weight-only format straight from the reference program's
 storage, so lowering repacks nothing:
 
@@ -32,7 +36,7 @@ import triton.language as tl
 
 from torch.library import wrap_triton
 
-from ..runtime.dtypes import int_type
+from .dtypes import int_type
 
 
 @triton.jit
