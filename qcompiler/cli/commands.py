@@ -15,7 +15,7 @@ from ..pipeline import quantize
 from ..passes.observe import needs
 from ..recipe import Recipe
 from ..report import Report, report
-from ..runtime.inputs import dynamic_dims, make_inputs
+from .inputs import dynamic_dims, make_inputs
 from ..runtime.artifact import check_writable, save_program
 from ..runtime.target import Target
 from .files import open_artifact

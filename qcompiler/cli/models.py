@@ -136,7 +136,7 @@ def _batches(source: Source, sentences: list, device: str) -> list:
 
 
 def _like_example(source: Source, n: int) -> list:
-    from ..runtime.inputs import sample_like
+    from .inputs import sample_like
     gen = torch.Generator().manual_seed(0)
 
     def like(t):
