@@ -191,9 +191,9 @@ class Int8StaticActivationInt8WeightConfig(_Algorithmic):
                          ActivationSpec("int8", "asymmetric", static=True, observer=self.observer), self.algorithm)
 
 
-Config = (Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Int4WeightOnlyConfig,
-          Int8DynamicActivationInt4WeightConfig, CodebookWeightOnlyConfig, Float8WeightOnlyConfig,
-          Float8DynamicActivationFloat8WeightConfig, Int8StaticActivationInt8WeightConfig)
+CONFIG_TYPES = (Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Int4WeightOnlyConfig,
+                Int8DynamicActivationInt4WeightConfig, CodebookWeightOnlyConfig, Float8WeightOnlyConfig,
+                Float8DynamicActivationFloat8WeightConfig, Int8StaticActivationInt8WeightConfig)
 
 _FIXED = {"int8wo": Int8WeightOnlyConfig, "int8dq": Int8DynamicActivationInt8WeightConfig,
           "fp8wo": Float8WeightOnlyConfig, "fp8dq": Float8DynamicActivationFloat8WeightConfig,

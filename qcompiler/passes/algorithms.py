@@ -101,14 +101,14 @@ class SmoothQuant:
 
 
 ALGORITHMS = {a.name: a for a in (GPTQ, HQQ, AWQ, SmoothQuant)}
-Algorithm = (GPTQ, HQQ, AWQ, SmoothQuant)
+ALGORITHM_TYPES = (GPTQ, HQQ, AWQ, SmoothQuant)
 
 
 def check_algorithm(algorithm, family: str, alias: str, weight=None) -> None:
     """Raise a clear error where ``algorithm`` does not apply to a config of scheme ``family``."""
     if algorithm is None:
         return
-    if not isinstance(algorithm, Algorithm):
+    if not isinstance(algorithm, ALGORITHM_TYPES):
         raise fail("algorithm", "None or one of qcompiler.GPTQ(), HQQ(), AWQ(), SmoothQuant()", algorithm)
     if family not in algorithm.schemes:
         raise ValueError(f"qcompiler: {type(algorithm).__name__} does not apply to {alias}; it supports "
