@@ -55,13 +55,14 @@ from .lower import lower
 from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
 from .package import Loaded, load, package
 from .pipeline import quantize
-from .prepare import calibrate, prepare
+from .calibrate import calibrate, needs_calibration
+from .prepare import prepare
 from .recipe import Recipe, Rule
 from .report import LayerReport, Report, report
 from .runtime.target import CPU_CAPABILITIES, Target
 
 __all__ += [
-    "capture", "prepare", "calibrate", "convert", "quantize", "report", "Report", "LayerReport",
+    "capture", "prepare", "calibrate", "needs_calibration", "convert", "quantize", "report", "Report", "LayerReport",
     "lower", "package", "load", "Loaded", "Target", "CPU_CAPABILITIES",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",

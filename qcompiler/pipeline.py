@@ -6,7 +6,8 @@ from torch.export import ExportedProgram
 
 from .capture import capture
 from .convert import convert
-from .prepare import calibrate, prepare
+from .calibrate import calibrate
+from .prepare import prepare
 
 
 def quantize(model: torch.nn.Module, example_args: tuple, config, *, example_kwargs: Optional[dict] = None,

@@ -60,3 +60,11 @@ def test_bad_rule_is_a_value_error():
         qc.Recipe([("x", "int8wo")])
     with pytest.raises(ValueError, match="config must be a qcompiler config"):
         qc.prepare(qc.capture(torch.nn.Linear(4, 4), (torch.randn(1, 4),)), "int8wo")
+
+
+def test_needs_calibration_says_which_configs_and_recipes_need_data():
+    assert not qc.needs_calibration(qc.Int8WeightOnlyConfig())
+    assert qc.needs_calibration(qc.Int8StaticActivationInt8WeightConfig())
+    assert qc.needs_calibration(qc.config_from_string("int4wo-64+gptq"))
+    assert qc.needs_calibration(qc.Recipe([("fc1", qc.Int4WeightOnlyConfig(64)), ("fc2", qc.config_from_string("int4wo-64+awq"))]))
+    assert not qc.needs_calibration(qc.Recipe([("fc1", qc.Int4WeightOnlyConfig(64)), ("fc2", None)]))

@@ -8,11 +8,11 @@ from typing import Callable, Optional
 
 import torch
 
+from ..calibrate import needs_calibration
 from ..configs import config_from_string
 from ..lower import check_unquantized_dtype, lower
 from ..package import package
 from ..pipeline import quantize
-from ..passes.observe import needs
 from ..recipe import Recipe
 from ..report import Report, report
 from .inputs import dynamic_dims, make_inputs
@@ -32,12 +32,6 @@ def _config(scheme: Optional[str], recipe: Optional[str]):
     if not path.is_file():
         raise CliError(f"--recipe {recipe!r}: no such file")
     return Recipe.from_json(path.read_text())
-
-
-def needs_calibration(config) -> bool:
-    """Whether ``config`` (or any rule of a Recipe) needs data: static activations, GPTQ, AWQ, SmoothQuant."""
-    configs = [r.config for r in config.rules] if isinstance(config, Recipe) else [config]
-    return any(needs(c.spec()) for c in configs if c is not None)
 
 
 def calibration_for(source: Source, config, calib: Optional[str] = None, device: str = "cpu") -> Optional[list]:
