@@ -146,3 +146,33 @@ def test_hessian_windows_bound_memory_and_give_the_same_weights(scheme, caplog):
     windowed = qc.convert(prepared)
     for k, v in whole.state_dict.items():
         assert torch.allclose(v.float(), windowed.state_dict[k].float(), atol=1e-6), k
+
+
+def test_an_algorithm_is_one_class_implementing_the_protocol(monkeypatch):
+    """A new algorithm: a frozen dataclass subclassing Algorithm, registered; configs and quantize take it by name."""
+    import dataclasses
+    from typing import ClassVar
+
+    from qcompiler.passes.algorithm import REGISTRY, Algorithm, register
+
+    @dataclasses.dataclass(frozen=True)
+    class Clip(Algorithm):  # round to nearest after clipping each row at 90% of its range
+        name: ClassVar[str] = "clip"
+        schemes: ClassVar[tuple] = ("int8wo",)
+
+        def quantize_weight(self, spec, w, stats):
+            top = 0.9 * w.abs().amax(1, keepdim=True)
+            return spec.quantize(torch.maximum(torch.minimum(w, top), -top))
+
+    monkeypatch.setitem(REGISTRY, "clip", Clip)
+    config = qc.config_from_string("int8wo+clip")
+    assert config.algorithm == Clip() and not qc.needs_calibration(config)
+    lin = torch.nn.Linear(32, 16).eval()
+    prog = qc.quantize(lin, (torch.randn(2, 32),), config)
+    rtn = qc.quantize(lin, (torch.randn(2, 32),), qc.Int8WeightOnlyConfig())
+    clipped, plain = ([v for v in p.state_dict.values() if v.dtype == torch.int8] for p in (prog, rtn))
+    assert len(clipped) == 1 and not torch.equal(clipped[0], plain[0])  # Clip chose the stored values
+    with pytest.raises(ValueError, match="Clip does not apply to int4wo-64"):
+        qc.Int4WeightOnlyConfig(64, algorithm=Clip())
+    with pytest.raises(TypeError, match="must subclass Algorithm and set a name"):
+        register(type("Nameless", (Algorithm,), {}))

@@ -5,16 +5,19 @@ they all fit in ``budget`` bytes, one pass over the data collects them all and `
 uses them. Otherwise the observed inputs are cut, in graph order, into windows that fit.
 The first pass over the data collects every other statistic and the first window's
 Hessians; each later pass collects only its window's. At the end of each pass that
-window's layers are solved (GPTQ's stored tensors, AWQ's scales) and its Hessians freed.
-Memory then stays at the model, its quantized weights and one window of Hessians.
-"""
-from torch.fx import GraphModule
+window's layers are solved (:func:`solve`: GPTQ's stored tensors, AWQ's scales) and its
+Hessians freed. Memory then stays at the model, its quantized weights and one window of Hessians.
 
-from .algorithms import AWQ, GPTQ
-from .gptq import gptq_quantize
+What ``solve`` computes lives in one store on the prepared module (:func:`solved`), keyed
+by the weight (:func:`weight_key`) or, for input scales, by the observed input
+(:func:`scales_key`); convert reads it there before solving anything itself.
+"""
+from torch.fx import GraphModule, Node
+
 from .observe import observers
 from .pattern import stored
-from .smoothing import awq_for
+
+SOLVED = "qcompiler_solved"  # gm.meta key of the store
 
 
 def windows(gm: GraphModule, budget: int) -> list:
@@ -31,23 +34,39 @@ def windows(gm: GraphModule, budget: int) -> list:
     return out + ([current] if current else [])
 
 
-def weight_key(node, spec) -> tuple:
+def solved(gm: GraphModule) -> dict:
+    """The store of what data-driven algorithms computed for ``gm`` (one per prepared module)."""
+    return gm.meta.setdefault(SOLVED, {})
+
+
+def weight_key(node: Node, spec) -> tuple:
     """How a solved weight is found again at convert: its stored name, spec and algorithm."""
     return (node.args[1].target, spec.weight, spec.algorithm)
 
 
+def scales_key(obs_node: Node) -> tuple:
+    """How an observed input's solved scales (AWQ, SmoothQuant) are found again."""
+    return ("input_scales", obs_node.name)
+
+
+def _uses_hessian(spec) -> bool:
+    return spec.algorithm is not None and "hessian" in spec.algorithm.needs
+
+
 def solve(gm: GraphModule, window: list) -> None:
-    """Compute what GPTQ and AWQ need from this window's Hessians, then free them."""
+    """Run the algorithms that need this window's Hessians (into :func:`solved`), then free the Hessians."""
+    store = solved(gm)
     for node, obs in window:
         users = [u for u in node.users if "qspec" in u.meta and u.args[1].op == "get_attr"]
-        for u in users:
-            spec = u.meta["qspec"]
-            if isinstance(spec.algorithm, GPTQ) and int(obs.rows) > 0:
-                key = weight_key(u, spec)
-                if key not in obs.solved:
-                    obs.solved[key] = gptq_quantize(spec.weight, stored(gm, u.args[1].target).detach(), obs.hessian,
-                                                    spec.algorithm)
-        awq = [u for u in users if isinstance(u.meta["qspec"].algorithm, AWQ)]
-        if awq and len(awq) == len(users) and int(obs.rows) > 0:
-            obs.solved["awq"] = awq_for(gm, obs, awq)
+        if int(obs.rows) > 0:
+            rescaling = [u for u in users if _uses_hessian(u.meta["qspec"]) and u.meta["qspec"].algorithm.rescales]
+            if rescaling and len(rescaling) == len(users) and scales_key(node) not in store:
+                weights = [stored(gm, u.args[1].target).detach().float() for u in users]
+                store[scales_key(node)] = rescaling[0].meta["qspec"].algorithm.input_scales(
+                    obs, weights, [u.meta["qspec"].weight for u in users])
+            for u in users:
+                spec = u.meta["qspec"]
+                if _uses_hessian(spec) and not spec.algorithm.rescales and weight_key(u, spec) not in store:
+                    w = stored(gm, u.args[1].target).detach()
+                    store[weight_key(u, spec)] = spec.algorithm.quantize_weight(spec.weight, w, obs)
         obs.hessian, obs.collect = None, False

@@ -11,16 +11,49 @@ from the weight spec, so the result is stored exactly as round-to-nearest stores
 - codebook: the k-means tables are fitted (and snapped onto the int8 grid) first, then each
   weight takes its row table's nearest entry: error feedback with codebook assignment.
 """
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 
 from ..runtime import int_type
-from .algorithms import GPTQ
+from ..runtime.errors import fail
+from .algorithm import Algorithm, register
 from .spec import AffineWeight, CodebookWeight
 
 ops = torch.ops.qcompiler
 EPS = torch.finfo(torch.float32).eps
+
+
+@register
+@dataclass(frozen=True)
+class GPTQ(Algorithm):
+    """GPTQ (Frantar et al., 2022): quantize a weight column by column and spread each column's
+    error over the columns not yet quantized, weighted by the inverse Hessian of the layer's
+    inputs (``H = XᵀX`` over the calibration data).
+
+    ``damp``: fraction of the mean diagonal added to ``H``. The default is 0.1, not the paper's 0.01:
+    with a few thousand calibration rows a wide layer's ``H`` is rank-deficient, and on MiniLM
+    (48 calibration sentences) 0.1 beat 0.01 on every scheme measured. ``block_size``: columns updated
+    together; ``act_order``: quantize columns in order of decreasing ``H`` diagonal (groups
+    keep their qparams from the original weights then, so the stored layout is unchanged).
+    """
+
+    damp: float = 0.1
+    block_size: int = 128
+    act_order: bool = False
+    name: ClassVar[str] = "gptq"
+    schemes: ClassVar[tuple] = ("int8wo", "int4wo", "codebook")
+    needs: ClassVar[tuple] = ("hessian",)
+
+    def __post_init__(self):
+        if not 0 <= self.damp < 1:
+            raise fail("damp", "a fraction in [0, 1)", self.damp)
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise fail("block_size", "a positive integer", self.block_size)
+
+    def quantize_weight(self, spec, w: torch.Tensor, stats) -> dict:
+        return gptq_quantize(spec, w, stats.hessian, self)
 
 
 class AffineColumns:

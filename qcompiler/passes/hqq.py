@@ -10,13 +10,48 @@ The result is converted to the spec's float-domain zero point (``x̂ = (q - mid)
 ``z_f = (mid - z)·s``) in its dtypes, and rounded by the spec's own ops, so it is stored
 and dequantized exactly as round-to-nearest is.
 """
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from ..runtime import int_type
-from .algorithms import HQQ
+from ..runtime.errors import fail
+from .algorithm import Algorithm, register
 from .spec import AffineWeight
 
 ops = torch.ops.qcompiler
+
+
+@register
+@dataclass(frozen=True)
+class HQQ(Algorithm):
+    """Half-Quadratic Quantization (Badri & Shaji, 2023): no data. Per group, alternate rounding
+    with an ``lp_norm`` (< 1) shrinkage of the error and a closed-form zero-point update, so
+    the zero point fits the weights' bulk rather than their outliers."""
+
+    iters: int = 20
+    lp_norm: float = 0.7
+    beta: float = 10.0
+    kappa: float = 1.01
+    name: ClassVar[str] = "hqq"
+    schemes: ClassVar[tuple] = ("int4wo",)
+    needs: ClassVar[tuple] = ()
+
+    def __post_init__(self):
+        if not 0 < self.lp_norm <= 1:
+            raise fail("lp_norm", "a number in (0, 1]", self.lp_norm)
+        if not isinstance(self.iters, int) or self.iters < 1:
+            raise fail("iters", "a positive integer", self.iters)
+
+    def check(self, family: str, alias: str, weight=None) -> None:
+        super().check(family, alias, weight)
+        if getattr(weight, "zero_point_domain", None) != "float":
+            raise ValueError(f"qcompiler: HQQ optimizes a float zero point; {alias} has zero_point_domain "
+                             f"{getattr(weight, 'zero_point_domain', None)!r} (use the default 'float')")
+
+    def quantize_weight(self, spec, w: torch.Tensor, stats) -> dict:
+        return hqq_quantize(spec, w, self)
 
 
 def _shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:

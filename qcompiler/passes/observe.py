@@ -31,10 +31,10 @@ class RangeObserver(torch.nn.Module):
             self.register_buffer("channel_hi", torch.full((features,), float("-inf")))
             self.register_buffer("channel_abs_sum", torch.zeros(features, dtype=torch.float64))
         # The Hessian is no buffer (never exported). ``collect`` switches it on and off (calibration in
-        # windows); ``frozen`` stops every other statistic (a later pass over the same data); ``solved``
-        # holds what was computed from a freed Hessian (GPTQ's stored tensors by weight, AWQ's scales).
+        # windows); ``frozen`` stops every other statistic (a later pass over the same data). What is
+        # solved from a freed Hessian lives in ``calibration.solved``: observers hold statistics only.
         self.features, self.wants_hessian, self.hessian = features, hessian, None
-        self.collect, self.frozen, self.solved = hessian, False, {}
+        self.collect, self.frozen = hessian, False
 
     @property
     def hessian_bytes(self) -> int:

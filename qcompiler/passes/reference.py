@@ -15,7 +15,7 @@ from .observe import observer_of, remove_observers
 from .pattern import Match, find, prune, replace_all
 from .progress import progress
 from .record import LayerRecord, write
-from .calibration import weight_key
+from .calibration import solved, weight_key
 from .weights import quantize_weight
 
 aten = torch.ops.aten
@@ -41,7 +41,8 @@ class _Weights:
         target, stored_w = m["w"].target, m.value("w")
         w, key = stored_w.detach(), (id(stored_w), spec.weight, spec.algorithm)  # tied weights are one object
         if key not in self.stored:
-            tensors = quantize_weight(spec, w, observer_of(m.graph_module, m.anchor)[1], name, weight_key(m.anchor, spec))
+            tensors = quantize_weight(spec, w, observer_of(m.graph_module, m.anchor)[1], name, solved(m.graph_module),
+                                      weight_key(m.anchor, spec))
             w_hat = spec.weight.dequantize(tensors, w.shape[1], torch.float32)
             names = {k: m.store(f"{name}.{k}", v) for k, v in tensors.items()}
             record = LayerRecord(name, spec.scheme, "reference", nbytes(w), sum(nbytes(v) for v in tensors.values()),

@@ -16,10 +16,9 @@ so static activations calibrate on what the linear will see.
 import torch
 from torch.fx import GraphModule, Node
 
-from .algorithms import AWQ, SmoothQuant
+from .calibration import scales_key, solved
 from .observe import observers
 from .pattern import inherit_meta, store_tensor, stored
-from .spec import AffineWeight
 
 aten = torch.ops.aten
 ops = torch.ops.qcompiler
@@ -30,7 +29,7 @@ def smooth_inputs(gm: GraphModule) -> int:
     """Apply SmoothQuant / AWQ to every observed input whose linears ask for it; how many inputs."""
     done = 0
     for obs_node, obs in observers(gm):
-        linears = [u for u in obs_node.users if isinstance(getattr(u.meta.get("qspec"), "algorithm", None), (AWQ, SmoothQuant))]
+        linears = [u for u in obs_node.users if getattr(getattr(u.meta.get("qspec"), "algorithm", None), "rescales", False)]
         if not linears:
             continue
         kinds = {type(u.meta["qspec"].algorithm) for u in linears}
@@ -41,11 +40,10 @@ def smooth_inputs(gm: GraphModule) -> int:
         if int(obs.rows) == 0:
             raise ValueError(f"qcompiler: {type(algo_of(linears[0])).__name__} needs calibration, but no input of "
                              f"{linears[0]} was observed: pass calibration_data (or call the prepared program on inputs)")
-        algo = algo_of(linears[0])
-        if isinstance(algo, SmoothQuant):
-            s = smoothquant_scales(obs, _weights(gm, linears), algo.alpha)
-        else:  # computed during windowed calibration, or now from the Hessian
-            s = obs.solved["awq"] if "awq" in obs.solved else awq_for(gm, obs, linears)
+        store, key = solved(gm), scales_key(obs_node)
+        if key not in store:  # not solved during windowed calibration: now
+            store[key] = algo_of(linears[0]).input_scales(obs, _weights(gm, linears), [u.meta["qspec"].weight for u in linears])
+        s = store[key]
         _apply(gm, obs_node, linears, s)
         _rescale_range(obs, 1 / s)
         done += 1
@@ -60,42 +58,6 @@ def algo_of(node: Node):
 
 def _weights(gm: GraphModule, linears: list) -> list:
     return [stored(gm, u.args[1].target).detach().float() for u in linears]
-
-
-def awq_for(gm: GraphModule, obs, linears: list) -> torch.Tensor:
-    """AWQ's scales for the input ``obs`` watched, shared by ``linears`` (all AWQ)."""
-    return awq_scales(obs, _weights(gm, linears), [u.meta["qspec"].weight for u in linears], algo_of(linears[0]).grid)
-
-
-def smoothquant_scales(obs, weights: list, alpha: float) -> torch.Tensor:
-    """``s_j = max|x_j|^alpha / max|W_j|^(1-alpha)``, the weight maximum over every linear reading x."""
-    x_max = torch.maximum(obs.channel_hi.abs(), obs.channel_lo.abs()).clamp_min(MIN_SCALE)
-    w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).clamp_min(MIN_SCALE)
-    return (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp_min(MIN_SCALE)
-
-
-def awq_scales(obs, weights: list, specs: list, grid: int) -> torch.Tensor:
-    """``s = mean|x|^a`` (normalized), ``a`` on a grid in [0, 1) minimizing the summed output error
-    ``tr(ΔW H ΔWᵀ)`` of every linear reading x, ``ΔW = W - Q(W·s)/s``."""
-    h, magnitude = obs.hessian / max(int(obs.rows), 1), obs.channel_abs_mean.clamp_min(MIN_SCALE)
-    best, best_loss = torch.ones_like(magnitude), float("inf")
-    for i in range(grid):
-        s = magnitude.pow(i / grid)
-        s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1
-        loss = sum(_output_error(w, w_hat(spec, w * s) / s, h) for w, spec in zip(weights, specs))
-        if loss < best_loss:
-            best, best_loss = s, loss
-    return best
-
-
-def w_hat(spec: AffineWeight, w: torch.Tensor) -> torch.Tensor:
-    """Round to nearest and back, as the spec stores it."""
-    return spec.dequantize(spec.quantize(w), w.shape[1], torch.float32)
-
-
-def _output_error(w: torch.Tensor, w_q: torch.Tensor, h: torch.Tensor) -> float:
-    d = w - w_q
-    return float(((d @ h) * d).sum())
 
 
 def _apply(gm: GraphModule, obs_node: Node, linears: list, s: torch.Tensor) -> None:
