@@ -3,6 +3,8 @@ import torch
 from torch.export import ExportedProgram
 
 from .capture import reexport
+from .passes.calibration import solve
+from .passes.observe import observers
 from .passes.reference import rewrite_to_reference
 from .passes.smoothing import smooth_inputs
 from .prepare import SOURCE
@@ -19,6 +21,7 @@ def convert(prepared: torch.fx.GraphModule) -> ExportedProgram:
     if not isinstance(prepared, torch.fx.GraphModule) or SOURCE not in prepared.meta:
         raise fail("prepared", "the module qcompiler.prepare returned", type(prepared).__name__)
     with torch.no_grad():
+        solve(prepared, observers(prepared))  # what calibration did not solve in windows: GPTQ, AWQ, SmoothQuant
         smooth_inputs(prepared)  # SmoothQuant and AWQ rescale inputs and weights first
         rewrite_to_reference(prepared, prepared.meta["qcompiler_names"])
     return reexport(prepared, prepared.meta[SOURCE])

@@ -49,24 +49,34 @@ def scales_key(obs_node: Node) -> tuple:
     return ("input_scales", obs_node.name)
 
 
-def _uses_hessian(spec) -> bool:
-    return spec.algorithm is not None and "hessian" in spec.algorithm.needs
+def _data_driven(spec) -> bool:
+    return spec.algorithm is not None and bool(spec.algorithm.needs)
 
 
-def solve(gm: GraphModule, window: list) -> None:
-    """Run the algorithms that need this window's Hessians (into :func:`solved`), then free the Hessians."""
+def solve(gm: GraphModule, window) -> None:
+    """Run the data-driven algorithms of the linears reading each observed input of ``window`` (pairs of node and
+    observer) into :func:`solved`, unless already there, then free the inputs' Hessians. Calibrate calls it per
+    Hessian window; convert once, for the rest. Inputs that saw no data are left for the stages to refuse."""
     store = solved(gm)
     for node, obs in window:
         users = [u for u in node.users if "qspec" in u.meta and u.args[1].op == "get_attr"]
         if int(obs.rows) > 0:
-            rescaling = [u for u in users if _uses_hessian(u.meta["qspec"]) and u.meta["qspec"].algorithm.rescales]
-            if rescaling and len(rescaling) == len(users) and scales_key(node) not in store:
-                weights = [stored(gm, u.args[1].target).detach().float() for u in users]
-                store[scales_key(node)] = rescaling[0].meta["qspec"].algorithm.input_scales(
-                    obs, weights, [u.meta["qspec"].weight for u in users])
+            _solve_input(gm, store, node, obs, users)
             for u in users:
                 spec = u.meta["qspec"]
-                if _uses_hessian(spec) and not spec.algorithm.rescales and weight_key(u, spec) not in store:
+                if _data_driven(spec) and not spec.algorithm.rescales and weight_key(u, spec) not in store:
                     w = stored(gm, u.args[1].target).detach()
                     store[weight_key(u, spec)] = spec.algorithm.quantize_weight(spec.weight, w, obs)
         obs.hessian, obs.collect = None, False
+
+
+def _solve_input(gm: GraphModule, store: dict, node: Node, obs, users: list) -> None:
+    """The input scales of a rescaling algorithm (AWQ, SmoothQuant) that every linear reading ``node`` uses (the
+    first one's settings, as ``smoothing`` applies them; mixed readers are left for it to refuse, naming them)."""
+    algo = users[0].meta["qspec"].algorithm if users else None
+    if scales_key(node) in store or algo is None or not algo.rescales or len(users) != len(node.users):
+        return
+    if any(type(u.meta["qspec"].algorithm) is not type(algo) for u in users):
+        return
+    weights = [stored(gm, u.args[1].target).detach().float() for u in users]
+    store[scales_key(node)] = algo.input_scales(obs, weights, [u.meta["qspec"].weight for u in users])

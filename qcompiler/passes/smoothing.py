@@ -40,10 +40,7 @@ def smooth_inputs(gm: GraphModule) -> int:
         if int(obs.rows) == 0:
             raise ValueError(f"qcompiler: {type(algo_of(linears[0])).__name__} needs calibration, but no input of "
                              f"{linears[0]} was observed: pass calibration_data (or call the prepared program on inputs)")
-        store, key = solved(gm), scales_key(obs_node)
-        if key not in store:  # not solved during windowed calibration: now
-            store[key] = algo_of(linears[0]).input_scales(obs, _weights(gm, linears), [u.meta["qspec"].weight for u in linears])
-        s = store[key]
+        s = solved(gm)[scales_key(obs_node)]  # solved in calibration's windows or at the start of convert
         _apply(gm, obs_node, linears, s)
         _rescale_range(obs, 1 / s)
         done += 1
@@ -54,10 +51,6 @@ def smooth_inputs(gm: GraphModule) -> int:
 
 def algo_of(node: Node):
     return node.meta["qspec"].algorithm
-
-
-def _weights(gm: GraphModule, linears: list) -> list:
-    return [stored(gm, u.args[1].target).detach().float() for u in linears]
 
 
 def _apply(gm: GraphModule, obs_node: Node, linears: list, s: torch.Tensor) -> None:

@@ -13,11 +13,11 @@ def quantize_weight(spec, w: torch.Tensor, observer: Optional[torch.nn.Module], 
     """The tensors to store for ``w`` under ``spec`` (a QuantSpec); ``observer`` saw the layer's input; ``store``
     holds what windowed calibration already solved, by ``key``."""
     algo = spec.algorithm
-    if key in store:
+    if key in store:  # a data-driven algorithm's result (``calibration.solve``)
         return store[key]
     if algo is None or algo.rescales:
         return spec.weight.quantize(w)
-    if "hessian" in algo.needs and (observer is None or observer.hessian is None or int(observer.rows) == 0):
+    if algo.needs:  # solve had no data for it
         raise ValueError(f"qcompiler: layer {layer!r} uses {type(algo).__name__}, which needs calibration, but no "
                          "input was observed: pass calibration_data (or call the prepared program on inputs)")
     return algo.quantize_weight(spec.weight, w, observer)
