@@ -2,9 +2,10 @@
 
 Each rule declares what it takes: its ``pattern`` (which fixes the spec kind, bits and
 packing it handles), the target capabilities it ``needs``, and a ``check`` that returns
-``None`` to take a match or a sentence saying why it declines. Rules are tried in order
-(fastest kernels first); a rule that declines a layer leaves it to the next one, and the
-report keeps every reason. A linear no rule takes keeps its reference pattern;
+``None`` to take a match or a sentence saying why it declines. Each distinct pattern is
+matched once over the graph, and at each match its rules are tried in table order (fastest
+kernels first); a rule that declines a layer leaves it to the next one, and the report keeps
+every reason. A linear no rule takes keeps its reference pattern;
 ``mark_unfused`` names its kernel ``decomposed`` (``qcompiler.lower`` then decomposes its
 qcompiler ops into ATen for Inductor) with the reasons no kernel took it.
 """
@@ -75,33 +76,46 @@ def mark_unfused(gm: GraphModule, declined: dict, target: Target, kernel: str = 
     return count
 
 
-def apply_rules(gm: GraphModule, rules, target: Target) -> dict:
-    """Apply each rule in order; return how many linears each rule lowered (and record why, per layer).
-
-    Reasons rules gave for declining a layer are kept (``declined``: node -> reasons) for the
-    rule that takes it and, for layers none takes, for ``mark_unfused``.
-    """
-    counts, declined = {}, defaultdict(list)
+def _by_pattern(rules) -> dict:
+    """The rules grouped by their pattern, patterns in the order they first appear, rules in table order."""
+    groups: dict = {}
     for rule in rules:
-        def where(m: Match, _rule=rule):
-            verdict = _rule.verdict(m, target)
-            if isinstance(verdict, str):
-                declined[m.anchor].append(f"{_rule.kernel}: {verdict}")
-                return False
-            return Take(None) if verdict is None else verdict  # the payload rides on the match
+        groups.setdefault(rule.pattern, []).append(rule)
+    return groups
 
-        def replacement(m: Match, _rule=rule, **inputs):
-            m.payload = m.payload.payload  # the check's Take: hand the replacement what it computed
-            out = _rule.replace(m, **inputs)
-            why = _rule.why + (f" (declined: {_joined(declined[m.anchor])})" if declined.get(m.anchor) else "")
+
+def apply_rules(gm: GraphModule, rules, target: Target) -> dict:
+    """Lower every match of the table's patterns; return how many linears each rule (by name) lowered.
+
+    Each distinct pattern is matched once over the graph; at each match its rules are tried in
+    table order (fastest kernel first) and the first that takes it replaces it. The reasons the
+    others gave for declining a layer are kept (``declined``: node -> reasons) for the report of
+    the rule that takes it and, for layers none takes, for ``mark_unfused``.
+    """
+    counts, declined = dict.fromkeys((r.name for r in rules), 0), defaultdict(list)
+    for pattern, group in _by_pattern(rules).items():
+        def where(m: Match, _group=group):
+            for rule in _group:
+                verdict = rule.verdict(m, target)
+                if isinstance(verdict, str):
+                    declined[m.anchor].append(f"{rule.kernel}: {verdict}")
+                    continue
+                return rule, (verdict.payload if isinstance(verdict, Take) else None)  # rides on the match
+            return False
+
+        def replacement(m: Match, **inputs):
+            rule, m.payload = m.payload  # the rule that took it, and what its check computed
+            out = rule.replace(m, **inputs)
+            why = rule.why + (f" (declined: {_joined(declined[m.anchor])})" if declined.get(m.anchor) else "")
             out.node.meta["custom"] = dict(m.anchor.meta.get("custom") or {})
             rec = record.read(m.anchor)
             if rec is not None:
-                record.write(out.node, rec.updated(kernel=_rule.kernel, kernel_reason=why, target=str(target),
+                record.write(out.node, rec.updated(kernel=rule.kernel, kernel_reason=why, target=str(target),
                                                    bytes_after=_stored_bytes(m) or None))
+            counts[rule.name] += 1
             return out
 
-        counts[rule.name] = counts.get(rule.name, 0) + len(rewrite(gm, rule.pattern, replacement, where=where))
+        rewrite(gm, pattern, replacement, where=where)
     prune(gm)
     if target.backend != "reference":
         counts[DECOMPOSED] = mark_unfused(gm, declined, target)
