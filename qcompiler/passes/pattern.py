@@ -185,7 +185,8 @@ def find(gm: GraphModule, pattern: Callable, where: Optional[Callable[[Match], b
 def _fake_values(gm: GraphModule, nodes: list) -> None:
     """Set ``meta["val"]`` on ``nodes`` (in creation order) from their inputs' fake values, under the graph's fake
     mode; a node whose inputs have none (a graph traced without fake values) is left without."""
-    mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes if "val" in n.meta])
+    near = [a.meta["val"] for n in nodes for a in n.all_input_nodes if "val" in a.meta]  # the usual case: cheap
+    mode = detect_fake_mode(near) or detect_fake_mode([n.meta["val"] for n in gm.graph.nodes if "val" in n.meta])
     if mode is None:
         return
     for node in nodes:
