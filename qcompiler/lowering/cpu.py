@@ -472,15 +472,14 @@ def _prepacked_pays(check, packed: bool = False):
 
 
 def _int8_gemm_fits(check, packed: bool):
-    """``check``, then the shapes ``qcompiler.int8_gemm`` packs (N % 8 == 0, even K), then whether it is available."""
+    """``check``, then the shapes ``qcompiler.int8_gemm`` packs (N % 8 == 0, even K)."""
     def checked(m, target):
         declined = check(m, target)
         if declined:
             return declined
         n_out, k = _weight_shape(m, packed)
-        return (_unless(n_out % int8_gemm.LANES == 0 and k % 2 == 0,
-                        f"N = {n_out}, K = {k}: its packer needs N % {int8_gemm.LANES} == 0 and even K")
-                or _native(m, target))
+        return _unless(n_out % int8_gemm.LANES == 0 and k % 2 == 0,
+                       f"N = {n_out}, K = {k}: its packer needs N % {int8_gemm.LANES} == 0 and even K")
     return checked
 
 
@@ -501,7 +500,7 @@ def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: 
             LoweringRule(name, pattern, bind(_int_mm_gemm), INT_MM + kernel_note, _WHY_INT_MM + why16, VNNI, integer),
             LoweringRule(name, pattern, bind(_native_gemm), INT8_GEMM + kernel_note,
                          _WHY_INT8_GEMM + (_FLOAT_IN_16_BITS if int16 else ""), frozenset({"avx2"}),
-                         _int8_gemm_fits(integer, packed)),
+                         _on_native(_int8_gemm_fits(integer, packed))),
             LoweringRule(name, pattern, bind(None), INT8PACK + ("" if int16 else kernel_note), _WHY_PACKED,
                          check=partial(check, need_k8=True, **kw)))
 
