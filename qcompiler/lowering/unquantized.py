@@ -58,7 +58,8 @@ def _quantized_layer(node: Node) -> bool:
 
 def run_unquantized_in(gm: GraphModule, dtype: torch.dtype) -> int:
     """Run ``gm``'s unquantized float32 compute ops in ``dtype`` (in place); return how many."""
-    graph, changed, casts = gm.graph, 0, {}
+    graph, changed = gm.graph, 0
+    casts: dict[Node, Node] = {}
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in COMPUTE_OPS or _quantized_layer(node):
             continue
@@ -69,7 +70,8 @@ def run_unquantized_in(gm: GraphModule, dtype: torch.dtype) -> int:
         with graph.inserting_after(node):
             back = graph.call_function(aten._to_copy.default, (node,), {"dtype": torch.float32})
         node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
-        node.meta["custom"] = {**(node.meta.get("custom") or {}), record.UNQUANTIZED_KEY: str(dtype).removeprefix("torch.")}
+        unquantized = {record.UNQUANTIZED_KEY: str(dtype).removeprefix("torch.")}
+        node.meta["custom"] = {**(node.meta.get("custom") or {}), **unquantized}
         changed += 1
     gm.recompile()
     return changed

@@ -15,14 +15,16 @@ by the weight (:func:`weight_key`) or, for input scales, by the observed input
 from torch.fx import GraphModule, Node
 
 from .observe import observers
-from .pattern import stored
+from .pattern import arg_node, stored_arg
 
 SOLVED = "qcompiler_solved"  # gm.meta key of the store
 
 
 def windows(gm: GraphModule, budget: int) -> list:
     """The observers that collect Hessians, cut in graph order into lists whose Hessians fit ``budget``."""
-    out, current, size = [], [], 0
+    out: list[list] = []
+    current: list = []
+    size = 0
     for node, obs in observers(gm):
         if not obs.wants_hessian:
             continue
@@ -41,7 +43,7 @@ def solved(gm: GraphModule) -> dict:
 
 def weight_key(node: Node, spec) -> tuple:
     """How a solved weight is found again at convert: its stored name, spec and algorithm."""
-    return (node.args[1].target, spec.weight, spec.algorithm)
+    return (arg_node(node, 1).target, spec.weight, spec.algorithm)
 
 
 def scales_key(obs_node: Node) -> tuple:
@@ -65,7 +67,7 @@ def solve(gm: GraphModule, window) -> None:
             for u in users:
                 spec = u.meta["qspec"]
                 if _data_driven(spec) and not spec.algorithm.rescales and weight_key(u, spec) not in store:
-                    w = stored(gm, u.args[1].target).detach()
+                    w = stored_arg(gm, u, 1).detach()
                     store[weight_key(u, spec)] = spec.algorithm.quantize_weight(spec.weight, w, obs)
         obs.hessian, obs.collect = None, False
 
@@ -78,5 +80,5 @@ def _solve_input(gm: GraphModule, store: dict, node: Node, obs, users: list) -> 
         return
     if any(type(u.meta["qspec"].algorithm) is not type(algo) for u in users):
         return
-    weights = [stored(gm, u.args[1].target).detach().float() for u in users]
+    weights = [stored_arg(gm, u, 1).detach().float() for u in users]
     store[scales_key(node)] = algo.input_scales(obs, weights, [u.meta["qspec"].weight for u in users])

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
-from .pattern import Match, rewrite, stored
+from .pattern import Match, attr_target, rewrite, stored
 
 aten = torch.ops.aten
 
@@ -28,7 +28,7 @@ class LinearSite:
 
 
 def _stored(m: Match) -> bool:
-    return m["w"].op == "get_attr"
+    return attr_target(m["w"]) is not None
 
 
 def _mm(x, w):
@@ -70,7 +70,7 @@ def linear_sites(gm: GraphModule) -> list:
         if node.op != "call_function" or node.target != aten.linear.default:
             continue
         w = node.args[1]
-        weight = w.target if isinstance(w, Node) and w.op == "get_attr" else None
+        weight = attr_target(w)
         shape = w.meta["val"].shape if isinstance(w, Node) and "val" in w.meta else \
             (stored(gm, weight).shape if weight else (0, 0))
         name, typ = _module_of(node)

@@ -5,6 +5,8 @@ can also track per-channel statistics along the last dimension (``channels``: mi
 and mean magnitude; SmoothQuant, AWQ) and the Hessian ``XᵀX`` of the rows (``hessian``:
 ``K×K`` float32, the memory GPTQ and AWQ pay per distinct linear input).
 """
+from typing import Optional
+
 import torch
 from torch.fx import GraphModule, Node
 
@@ -17,6 +19,15 @@ class RangeObserver(torch.nn.Module):
     With ``features`` (the last dimension's size), also per-channel statistics (``channels``)
     and the Hessian of the rows (``hessian``).
     """
+
+    # the buffers __init__ registers (channel_* with channels=True only); Module.__getattr__ types them Tensor | Module
+    lo: torch.Tensor
+    hi: torch.Tensor
+    batches: torch.Tensor
+    rows: torch.Tensor
+    channel_lo: torch.Tensor
+    channel_hi: torch.Tensor
+    channel_abs_sum: torch.Tensor
 
     def __init__(self, kind: str = "minmax", averaging: float = 0.01, features: int = 0, channels: bool = False,
                  hessian: bool = False):
@@ -33,7 +44,8 @@ class RangeObserver(torch.nn.Module):
         # The Hessian is no buffer (never exported). ``collect`` switches it on and off (calibration in
         # windows); ``frozen`` stops every other statistic (a later pass over the same data). What is
         # solved from a freed Hessian lives in ``calibration.solved``: observers hold statistics only.
-        self.features, self.wants_hessian, self.hessian = features, hessian, None
+        self.features, self.wants_hessian = features, hessian
+        self.hessian: Optional[torch.Tensor] = None
         self.collect, self.frozen = hessian, False
 
     @property
@@ -127,7 +139,8 @@ def observers(gm: GraphModule) -> list:
 def observer_of(gm: GraphModule, node: Node):
     """The observer module feeding ``node``'s input, or None."""
     x = node.args[0]
-    if isinstance(x, Node) and x.op == "call_module" and str(x.target).startswith(OBSERVER_PREFIX):
+    if (isinstance(x, Node) and x.op == "call_module" and isinstance(x.target, str)
+            and x.target.startswith(OBSERVER_PREFIX)):
         return x, gm.get_submodule(x.target)
     return None, None
 

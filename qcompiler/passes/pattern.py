@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch._guards import detect_fake_mode
 from torch.fx import GraphModule, Node, Proxy
-from torch.fx.node import map_arg
+from torch.fx.node import Argument, map_arg
 from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,28 @@ log = logging.getLogger(__name__)
 def stored(gm: torch.nn.Module, target: str):
     """The attribute a ``get_attr`` target names (``"blocks.0.fc1.weight"``): parameter, buffer or constant."""
     return operator.attrgetter(target)(gm)
+
+
+def attr_target(arg: Argument) -> Optional[str]:
+    """The attribute ``arg`` reads where it is a ``get_attr`` node (a stored tensor); else None."""
+    return arg.target if isinstance(arg, Node) and arg.op == "get_attr" and isinstance(arg.target, str) else None
+
+
+def arg_node(node: Node, i: int) -> Node:
+    """``node.args[i]``, where a pass needs it to be a graph node (not a literal or None)."""
+    arg = node.args[i]
+    if not isinstance(arg, Node):
+        raise TypeError(f"qcompiler: argument {i} of {node.name} ({node.target}) is not a graph node; got {arg!r}")
+    return arg
+
+
+def stored_arg(gm: torch.nn.Module, node: Node, i: int):
+    """The stored tensor that ``node.args[i]`` reads (a ``get_attr`` node)."""
+    target = attr_target(node.args[i])
+    if target is None:
+        raise TypeError(f"qcompiler: argument {i} of {node.name} ({node.target}) is not a stored tensor; "
+                        f"got {node.args[i]!r}")
+    return stored(gm, target)
 
 
 KEPT_META = ("nn_module_stack", "stack_trace", "source_fn_stack")  # to every new node; "custom" to the output only
@@ -110,9 +132,10 @@ class Match:
         node = self.inputs[name]
         if node is None:
             return None
-        if not isinstance(node, Node) or node.op != "get_attr":
+        target = attr_target(node)
+        if target is None:
             raise ValueError(f"qcompiler: pattern input {name!r} is not a stored tensor at this match; got {node!r}")
-        return stored(self.graph_module, node.target)
+        return stored(self.graph_module, target)
 
     def constant(self, name: str, tensor: torch.Tensor) -> Proxy:
         """Store ``tensor`` as a buffer of the module and return a node that reads it."""
@@ -218,9 +241,8 @@ def replace(m: Match, replacement: Callable[..., Any]) -> Node:
                         f"replacing {m.anchor.name} ({m.anchor.target})")
     inherit_meta(m.graph_module, m.created, m.anchor, new)
     m.anchor.replace_all_uses_with(new)
-    dead, left = True, list(m.nodes)
-    while dead:  # erase matched nodes nothing reads any more, consumers before producers
-        dead = [n for n in left if not n.users]
+    left = list(m.nodes)
+    while dead := [n for n in left if not n.users]:  # erase matched nodes nothing reads any more, consumers first
         for n in dead:
             graph.erase_node(n)
         left = [n for n in left if n not in dead]

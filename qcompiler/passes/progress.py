@@ -5,6 +5,7 @@ configures logging (``logging.basicConfig(level=logging.INFO)``).
 """
 import logging
 import time
+from collections.abc import Sized
 from typing import Iterable, Iterator, Optional
 
 log = logging.getLogger("qcompiler.progress")
@@ -12,7 +13,7 @@ log = logging.getLogger("qcompiler.progress")
 
 def progress(items: Iterable, label: str, total: Optional[int] = None) -> Iterator:
     """Yield from ``items``, logging ``label: i/total (s)`` at every tenth of the total (every 50 items without one)."""
-    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+    total = total if total is not None else (len(items) if isinstance(items, Sized) else None)
     start, shown = time.perf_counter(), -1
     for i, item in enumerate(items, 1):
         yield item

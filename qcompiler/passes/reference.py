@@ -12,7 +12,7 @@ import torch
 from torch.fx import GraphModule
 
 from .observe import observer_of, remove_observers
-from .pattern import Match, find, prune, replace_all
+from .pattern import Match, attr_target, find, prune, replace_all
 from .progress import progress
 from .record import LayerRecord, write
 from .calibration import solved, weight_key
@@ -38,7 +38,8 @@ class _Weights:
     stored: dict = field(default_factory=dict)
 
     def get(self, m: Match, spec, name: str):
-        target, stored_w = m["w"].target, m.value("w")
+        target, stored_w = attr_target(m["w"]), m.value("w")
+        assert stored_w is not None  # rewrite_to_reference matches only linears whose weight is stored
         w, key = stored_w.detach(), (id(stored_w), spec.weight, spec.algorithm)  # tied weights are one object
         if key not in self.stored:
             tensors = quantize_weight(spec, w, observer_of(m.graph_module, m.anchor)[1], name, solved(m.graph_module),
@@ -85,7 +86,7 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:
             write(node, LayerRecord(names[node], skipped=node.meta["qskip"]))
-    matches = find(gm, _linear, where=lambda m: "qspec" in m.anchor.meta and m["w"].op == "get_attr")
+    matches = find(gm, _linear, where=lambda m: "qspec" in m.anchor.meta and attr_target(m["w"]) is not None)
     done = replace_all(gm, progress(matches, "quantizing layers"), replacement)
     remove_observers(gm)
     prune(gm)

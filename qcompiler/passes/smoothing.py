@@ -18,7 +18,7 @@ from torch.fx import GraphModule, Node
 
 from .calibration import scales_key, solved
 from .observe import observers
-from .pattern import inherit_meta, store_tensor, stored
+from .pattern import arg_node, attr_target, inherit_meta, store_tensor, stored_arg
 
 aten = torch.ops.aten
 ops = torch.ops.qcompiler
@@ -29,17 +29,19 @@ def smooth_inputs(gm: GraphModule) -> int:
     """Apply SmoothQuant / AWQ to every observed input whose linears ask for it; how many inputs."""
     done = 0
     for obs_node, obs in observers(gm):
-        linears = [u for u in obs_node.users if getattr(getattr(u.meta.get("qspec"), "algorithm", None), "rescales", False)]
+        linears = [u for u in obs_node.users
+                   if getattr(getattr(u.meta.get("qspec"), "algorithm", None), "rescales", False)]
         if not linears:
             continue
         kinds = {type(u.meta["qspec"].algorithm) for u in linears}
-        if len(linears) != len(obs_node.users) or len(kinds) > 1 or not all(u.args[1].op == "get_attr" for u in linears):
+        if len(linears) != len(obs_node.users) or len(kinds) > 1 or not all(_stored_args(u, (1,)) for u in linears):
             raise ValueError(f"qcompiler: {', '.join(sorted(str(u) for u in obs_node.users))} read one input; "
-                             f"{' and '.join(sorted(k.__name__ for k in kinds))} rescales it for all of them, so give them "
-                             "all the same algorithm (one recipe rule), with weights stored in the model")
+                             f"{' and '.join(sorted(k.__name__ for k in kinds))} rescales it for all of them, "
+                             "so give them all the same algorithm (one recipe rule), with weights stored in the model")
         if int(obs.rows) == 0:
             raise ValueError(f"qcompiler: {type(algo_of(linears[0])).__name__} needs calibration, but no input of "
-                             f"{linears[0]} was observed: pass calibration_data (or call the prepared program on inputs)")
+                             f"{linears[0]} was observed: pass calibration_data "
+                             "(or call the prepared program on inputs)")
         s = solved(gm)[scales_key(obs_node)]  # solved in calibration's windows or at the start of convert
         _apply(gm, obs_node, linears, s)
         _rescale_range(obs, 1 / s)
@@ -55,9 +57,8 @@ def algo_of(node: Node):
 
 def _apply(gm: GraphModule, obs_node: Node, linears: list, s: torch.Tensor) -> None:
     for u in linears:
-        w = stored(gm, u.args[1].target)
-        _replace_arg(gm, u, 1, w.detach().float() * s)
-    x = obs_node.args[0]
+        _replace_arg(gm, u, 1, stored_arg(gm, u, 1).detach().float() * s)
+    x = arg_node(obs_node, 0)
     if not _fold(gm, x, obs_node, 1 / s):
         name = store_tensor(gm, f"{obs_node.target}_inverse_scale", (1 / s).to(x.meta["val"].dtype))
         with gm.graph.inserting_before(obs_node):
@@ -72,24 +73,24 @@ def _fold(gm: GraphModule, x: Node, obs_node: Node, inv: torch.Tensor) -> bool:
     if len(x.users) != 1 or x.op != "call_function":
         return False
     if x.target == aten.layer_norm.default and len(x.args) >= 4 and _stored_args(x, (2, 3)):
-        _replace_arg(gm, x, 2, stored(gm, x.args[2].target) * inv)
-        _replace_arg(gm, x, 3, stored(gm, x.args[3].target) * inv)
+        _replace_arg(gm, x, 2, stored_arg(gm, x, 2) * inv)
+        _replace_arg(gm, x, 3, stored_arg(gm, x, 3) * inv)
         return True
     if x.target == aten.linear.default and _stored_args(x, (1,)) and (len(x.args) < 3 or _stored_args(x, (2,))):
-        _replace_arg(gm, x, 1, stored(gm, x.args[1].target) * inv[:, None])
+        _replace_arg(gm, x, 1, stored_arg(gm, x, 1) * inv[:, None])
         if len(x.args) >= 3 and x.args[2] is not None:
-            _replace_arg(gm, x, 2, stored(gm, x.args[2].target) * inv)
+            _replace_arg(gm, x, 2, stored_arg(gm, x, 2) * inv)
         return True
     return False
 
 
 def _stored_args(node: Node, positions) -> bool:
-    return all(isinstance(node.args[i], Node) and node.args[i].op == "get_attr" for i in positions)
+    return all(attr_target(node.args[i]) is not None for i in positions)
 
 
 def _replace_arg(gm: GraphModule, node: Node, i: int, value: torch.Tensor) -> None:
-    old = node.args[i]
-    name = store_tensor(gm, f"{old.target}_smoothed", value.detach().to(stored(gm, old.target).dtype))
+    old = arg_node(node, i)
+    name = store_tensor(gm, f"{old.target}_smoothed", value.detach().to(stored_arg(gm, node, i).dtype))
     with gm.graph.inserting_before(node):
         attr = gm.graph.get_attr(name)
     inherit_meta(gm, [attr], old)
