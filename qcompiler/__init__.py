@@ -48,12 +48,14 @@ from .configs import (
     Int8DynamicActivationInt8WeightConfig,
     Int8StaticActivationInt8WeightConfig,
     Int8WeightOnlyConfig,
+    SCHEME_FORMS,
     config_from_string,
 )
 from .convert import convert
 from .lower import lower
 from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
 from .package import Loaded, load, package
+from .files import Artifact, check_writable, open_artifact, save
 from .pipeline import quantize
 from .calibrate import calibrate, needs_calibration
 from .prepare import prepare
@@ -64,6 +66,7 @@ from .runtime.target import CPU_CAPABILITIES, Target
 __all__ += [
     "capture", "prepare", "calibrate", "needs_calibration", "convert", "quantize", "report", "Report", "LayerReport",
     "lower", "package", "load", "Loaded", "Target", "CPU_CAPABILITIES",
+    "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",

@@ -21,20 +21,6 @@ def off_device(program: ExportedProgram, device_type: str) -> list:
     return [name for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.device.type != device_type]
 
 
-def check_unquantized_dtype(dtype, target: Target) -> None:
-    """Raise where ``lower(..., unquantized_dtype=dtype)`` cannot compile for ``target``."""
-    if dtype is None:
-        return
-    if dtype != torch.bfloat16:
-        raise fail("unquantized_dtype", "None or torch.bfloat16", dtype)
-    if target.backend == "reference":
-        raise ValueError("qcompiler: unquantized_dtype needs a backend that compiles (cpu or cuda); 'reference' "
-                         "changes nothing")
-    if target.backend == "cpu" and not (target.has("avx512_bf16") or target.has("amx")):
-        raise ValueError(f"qcompiler: unquantized_dtype=torch.bfloat16 needs a target with native bfloat16 "
-                         f"(avx512_bf16 or amx); {target} has neither")
-
-
 def lower(program: ExportedProgram, target: Union[str, Target] = "cpu", *,
           unquantized_dtype: Optional[torch.dtype] = None) -> ExportedProgram:
     """Replace each quantized linear's reference pattern with the fastest kernel ``target`` has for it.
@@ -55,7 +41,7 @@ def lower(program: ExportedProgram, target: Union[str, Target] = "cpu", *,
     if not isinstance(program, ExportedProgram):
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert)", type(program).__name__)
     target = target if isinstance(target, Target) else Target.parse(target)
-    check_unquantized_dtype(unquantized_dtype, target)
+    target.check_unquantized_dtype(unquantized_dtype)
     backend = target.backend
     if backend == "cuda" and not torch.cuda.is_available():
         raise ValueError("qcompiler: backend 'cuda' needs a CUDA device (exporting its Triton kernels runs them); "

@@ -160,3 +160,36 @@ def test_traceback_on_request_then_the_one_line(how, tmp_path, capsys, monkeypat
     code, _, err = run(capsys, *argv)
     assert code == 1 and err.startswith("Traceback (most recent call last):")
     assert err.strip().splitlines()[-1].startswith("qcompiler: error: ") and "no such file" in err
+
+
+def test_the_command_line_imports_only_the_public_api():
+    """Every ``qcompiler`` name the CLI uses is one users have too: the package's ``__all__`` or the
+    bundled-model module ``qcompiler.zoo``; ``qcompiler.cli``'s own modules besides."""
+    import ast
+    cli = Path(qc.__file__).parent / "cli"
+    private = []
+    for path in sorted(cli.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:  # from .. or from ..module
+                if node.module == "zoo":
+                    continue
+                names = [a.name for a in node.names]
+                if node.module or not set(names) <= set(qc.__all__):
+                    private.append(f"{path.name}:{node.lineno} from ..{node.module or ''} import {', '.join(names)}")
+            elif isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0):
+                modules = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                private += [f"{path.name}:{node.lineno} {m}" for m in modules if m and m.startswith("qcompiler.")
+                            and m != "qcompiler.zoo"]
+    assert not private, private
+
+
+def test_open_artifact_reads_a_saved_program_without_loading_it(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    program = qc.quantize(model, (torch.randn(2, 32),), qc.Int8WeightOnlyConfig())
+    path = qc.save(program, tmp_path / "m.pt2")
+    art = qc.open_artifact(path, load=False)
+    assert (art.kind, art.run) == ("program", None)
+    assert [r.name for r in art.report.quantized] == [r.name for r in qc.report(program).quantized]
+    assert art.inputs["inputs"][0]["shape"] == [2, 32]
+    with pytest.raises(ValueError, match=r"must end in \.pt2"):
+        qc.save(program, tmp_path / "m.bin")

@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from ..configs import SCHEME_FORMS
+from .. import SCHEME_FORMS
 from . import commands
 from .tables import emit
 

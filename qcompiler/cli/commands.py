@@ -8,17 +8,22 @@ from typing import Callable, Optional
 
 import torch
 
-from ..calibrate import needs_calibration
-from ..configs import config_from_string
-from ..lower import check_unquantized_dtype, lower
-from ..package import package
-from ..pipeline import quantize
-from ..recipe import Recipe
-from ..report import Report, report
+from .. import (
+    Recipe,
+    Report,
+    Target,
+    capture,
+    check_writable,
+    config_from_string,
+    lower,
+    needs_calibration,
+    open_artifact,
+    package,
+    quantize,
+    report,
+    save,
+)
 from .inputs import dynamic_dims, make_inputs
-from ..runtime.artifact import check_writable, save_program
-from ..runtime.target import Target
-from .files import open_artifact
 from .models import CliError, Source, calibration, resolve_model
 from .tables import table
 
@@ -47,7 +52,7 @@ def build(source: Source, config, backend: str, out: Path, calib: Optional[list]
                        dynamic_shapes=source.dynamic_shapes, calibration_data=calib)
     if backend == "reference":
         print(f"saving the reference program to {out} ...", file=sys.stderr, flush=True)
-        written, rep = save_program(program, out), report(program)
+        written, rep = save(program, out), report(program)
     else:
         lowered = lower(program, target or backend, unquantized_dtype=unquantized_dtype)
         written, rep = package(lowered, out), report(lowered)
@@ -63,7 +68,7 @@ def quantize_cmd(a) -> tuple:
     target = Target.parse(a.target or a.backend)  # a bad capability fails before any work
     unquantized = getattr(torch, a.unquantized_dtype) if a.unquantized_dtype else None
     try:
-        check_unquantized_dtype(unquantized, target)
+        target.check_unquantized_dtype(unquantized)
     except ValueError as e:
         raise CliError(f"--unquantized-dtype: {e}".replace("qcompiler: ", "")) from None
     config = _config(a.scheme, a.recipe)
@@ -196,7 +201,6 @@ def demo_cmd(a) -> tuple:
         print(f"[{i + 1}/{len(a.schemes) + 1}] {scheme}", file=sys.stderr, flush=True)
         out = folder / f"minilm_{scheme}.pt2"
         if scheme == "fp32":
-            from ..capture import capture
             package(capture(source.model, (), example_kwargs=source.kwargs, dynamic_shapes=source.dynamic_shapes), out)
         else:
             config = config_from_string(scheme)

@@ -69,6 +69,19 @@ class Target:
         """The vector ISA ATen's CPU kernels dispatch to on this target: ``avx512``, ``avx2`` or ``default``."""
         return "avx512" if self.has("avx512") else "avx2" if self.has("avx2") else "default"
 
+    def check_unquantized_dtype(self, dtype) -> None:
+        """Raise where ``lower(..., unquantized_dtype=dtype)`` cannot compile for this target."""
+        if dtype is None:
+            return
+        if dtype != torch.bfloat16:
+            raise fail("unquantized_dtype", "None or torch.bfloat16", dtype)
+        if self.backend == "reference":
+            raise ValueError("qcompiler: unquantized_dtype needs a backend that compiles (cpu or cuda); 'reference' "
+                             "changes nothing")
+        if self.backend == "cpu" and not (self.has("avx512_bf16") or self.has("amx")):
+            raise ValueError(f"qcompiler: unquantized_dtype=torch.bfloat16 needs a target with native bfloat16 "
+                             f"(avx512_bf16 or amx); {self} has neither")
+
     def to_json(self) -> dict:
         return {"backend": self.backend, "capabilities": sorted(self.capabilities)}
 
