@@ -16,7 +16,8 @@ from .recipe import as_recipe
 HESSIAN_BUDGET_MB = 2048
 
 
-def calibrate(prepared: torch.fx.GraphModule, data: Optional[Iterable], hessian_budget_mb: float = HESSIAN_BUDGET_MB) -> int:
+def calibrate(prepared: torch.fx.GraphModule, data: Optional[Iterable],
+              hessian_budget_mb: float = HESSIAN_BUDGET_MB) -> int:
     """Run ``prepared`` on each item of ``data``; return how many items ran.
 
     An item is an argument tuple, a dict of keyword arguments, an ``(args_tuple, kwargs_dict)``
@@ -50,7 +51,8 @@ def _run(prepared, items: list, label: str) -> None:
 def _split(item):
     if isinstance(item, dict):
         return (), item
-    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list)) and isinstance(item[1], dict):
+    if (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list))
+            and isinstance(item[1], dict)):
         return tuple(item[0]), item[1]
     if isinstance(item, (tuple, list)):
         return tuple(item), {}

@@ -26,7 +26,8 @@ def capture(model: torch.nn.Module, example_args: tuple, *, example_kwargs: Opti
     except NotImplementedError:  # an exported program's module() (e.g. after your own pass) is already in eval form
         pass
     with torch.no_grad():
-        return torch.export.export(model, example_args, example_kwargs or {}, dynamic_shapes=dynamic_shapes, strict=False)
+        return torch.export.export(model, example_args, example_kwargs or {}, dynamic_shapes=dynamic_shapes,
+                                   strict=False)
 
 
 def dynamic_dims(program: ExportedProgram):

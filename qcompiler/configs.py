@@ -141,7 +141,8 @@ class CodebookWeightOnlyConfig:
 
     @property
     def alias(self) -> str:
-        name = f"codebook-{self.bits}" + (f"-{self.block_rows}" if self.block_rows else "") + ("" if self.grid else "-float")
+        rows = f"-{self.block_rows}" if self.block_rows else ""
+        name = f"codebook-{self.bits}{rows}" + ("" if self.grid else "-float")
         return _suffixed(name, self.algorithm)
 
     def spec(self) -> QuantSpec:

@@ -41,7 +41,8 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     the machine it runs on instead.
     """
     if not isinstance(program, torch.export.ExportedProgram):
-        raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert or qcompiler.lower)", type(program).__name__)
+        raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert or qcompiler.lower)",
+                   type(program).__name__)
     start = time.perf_counter()
     log.info("packaging %s with AOTInductor ...", Path(path).name)
     rep = report(program)
@@ -161,9 +162,12 @@ def _fit_int4_layout(path: Path, run, int4: Optional[dict]) -> None:
     if not int4 or int4["layout"] == here:
         return
     if not int4["portable"] or here is None or int4["layout"] not in BY_NAME:
-        why = "ATen's int4 layout here is unknown" if here is None else f"this machine's ATen reads int4 weights in the {here!r} layout"
-        raise ValueError(f"qcompiler: cannot run {path} here: its int4 weights were packed in the {int4['layout']!r} layout "
-                         f"and {why}; re-package it on a machine like this one, or with qcompiler.package(..., portable=True)")
+        why = ("ATen's int4 layout here is unknown" if here is None
+               else f"this machine's ATen reads int4 weights in the {here!r} layout")
+        raise ValueError(f"qcompiler: cannot run {path} here: its int4 weights were packed in the "
+                         f"{int4['layout']!r} layout and {why}; re-package it on a machine like this one, "
+                         f"or with qcompiler.package(..., portable=True)")
     stored = torch.load(io.BytesIO(read_member(path, INT4_MEMBER)), weights_only=True)
-    log.info("repacking %d int4 weights of %s from the %r to the %r layout", len(stored), path.name, int4["layout"], here)
+    log.info("repacking %d int4 weights of %s from the %r to the %r layout", len(stored), path.name, int4["layout"],
+             here)
     run.load_constants({name: repack(w, int4["layout"]) for name, w in stored.items()}, check_full_update=False)

@@ -64,7 +64,8 @@ class Report:
         for r in self.quantized:
             if r.kernel_reason:
                 layers.setdefault((r.kernel, r.kernel_reason), []).append(r.name)
-        return [f"{kernel} ({len(names)} layer{'s' * (len(names) > 1)}): {why}" for (kernel, why), names in layers.items()]
+        return [f"{kernel} ({len(names)} layer{'s' * (len(names) > 1)}): {why}"
+                for (kernel, why), names in layers.items()]
 
     @property
     def targets(self) -> tuple:

@@ -139,6 +139,7 @@ def minilm(batch_max: int = 256, seq_max: int = 512) -> BundledModel:
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # a local folder: never the network
     model = AutoModel.from_pretrained(path, local_files_only=True).eval()
     batch, seq = torch.export.Dim("batch", max=batch_max), torch.export.Dim("seq", max=seq_max)
-    bundled = BundledModel(model, tokenizer, {}, {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    dims = {0: batch, 1: seq}
+    bundled = BundledModel(model, tokenizer, {}, {"input_ids": dims, "attention_mask": dims})
     example = bundled.encode(["qcompiler captures this sentence.", "And a second, somewhat longer, example sentence."])
     return BundledModel(model, tokenizer, example, bundled.dynamic_shapes)

@@ -37,13 +37,15 @@ def parser() -> argparse.ArgumentParser:
                    "a callable returning (model, example_inputs)")
     how = q.add_mutually_exclusive_group(required=True)
     how.add_argument("--scheme", help=f"one scheme for every linear: {schemes}")
-    how.add_argument("--recipe", metavar="FILE.json", help='per-layer rules: [{"match": "*.mlp.*", "config": "int4wo-64"}, ...]')
+    how.add_argument("--recipe", metavar="FILE.json",
+                     help='per-layer rules: [{"match": "*.mlp.*", "config": "int4wo-64"}, ...]')
     q.add_argument("--calib", metavar="N|FILE", help="calibration: N batches, sentences (.txt, bundled model) or a "
                    "torch.save'd list of inputs; static schemes need it (the bundled model has a default)")
     q.add_argument("--backend", choices=["cpu", "cuda", "reference"], default="cpu",
                    help="kernels to lower to; 'reference' saves the portable program (torch.export.save) instead")
     q.add_argument("--target", metavar="TARGET", help="the machine to compile for, e.g. cpu:avx2 or "
-                   "cpu:avx512+vnni+avx512_bf16 (capabilities: avx2, avx512, vnni, avx512_bf16, amx); default: this one")
+                   "cpu:avx512+vnni+avx512_bf16 (capabilities: avx2, avx512, vnni, avx512_bf16, amx); "
+                   "default: this one")
     q.add_argument("--unquantized-dtype", choices=["bfloat16"], help="run the unquantized matmuls, linears and "
                    "attention in this dtype (needs a target with native bfloat16); default: as captured")
     q.add_argument("--dynamic", metavar="DIMS", help="dynamic dims by position, e.g. 'batch,seq' (dim 0 of every input "

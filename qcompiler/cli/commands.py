@@ -28,6 +28,7 @@ from .models import CliError, Source, calibration, resolve_model
 from .tables import table
 
 DEMO_SCHEMES = ("int8wo", "int8dq", "int4wo-64", "codebook-4")
+INSPECT_METADATA = ("qcompiler", "torch", "target", "needs", "inductor_options", "cpu_int4")  # what inspect shows
 
 
 def _config(scheme: Optional[str], recipe: Optional[str]):
@@ -83,16 +84,17 @@ def quantize_cmd(a) -> tuple:
 def inspect_cmd(a) -> tuple:
     art = open_artifact(a.file, load=False)
     result = {"file": str(art.path), "kind": art.kind, "bytes": art.size, "layers": art.report.to_dict(),
-              "inputs": art.inputs, **{k: art.metadata[k] for k in ("qcompiler", "torch", "target", "needs", "inductor_options", "cpu_int4")
-                 if k in art.metadata}}
+              "inputs": art.inputs, **{k: art.metadata[k] for k in INSPECT_METADATA if k in art.metadata}}
     kinds = {"package": "AOTInductor package", "program": "saved program (torch.export.save)"}
     lines = [f"{art.path}: {kinds[art.kind]}, {art.size:,} bytes"]
     lines += [f"  {k}: {result[k]}" for k in ("qcompiler", "torch") if k in result]
     if "target" in result:
-        lines.append(f"  target: {Target.from_json(result['target'])} (needs: {', '.join(result['needs']) or 'nothing'})")
+        needs = ", ".join(result["needs"]) or "nothing"
+        lines.append(f"  target: {Target.from_json(result['target'])} (needs: {needs})")
     if "cpu_int4" in result:
         i4 = result["cpu_int4"]
-        lines.append(f"  int4 layout: {i4['layout']} ({len(i4['weights'])} weights{', portable' if i4['portable'] else ''})")
+        portable = ", portable" if i4["portable"] else ""
+        lines.append(f"  int4 layout: {i4['layout']} ({len(i4['weights'])} weights{portable})")
     lines += _describe(art.inputs)
     lines += ["", art.report.table() if art.report.quantized else "no quantized layers"]
     return result, "\n".join(lines)
@@ -106,7 +108,8 @@ def _describe(inputs: Optional[dict]) -> list:
         lines.append(f"  input {e['name']}{' (keyword)' if e['keyword'] else ''}: {e['dtype']} "
                      f"[{', '.join(map(str, e['shape']))}]")
     for name, d in inputs["dims"].items():
-        lines.append(f"  dim {name}: {d['min']}..{d['max'] if d['max'] is not None else 'inf'} (example {d['example']})")
+        top = d["max"] if d["max"] is not None else "inf"
+        lines.append(f"  dim {name}: {d['min']}..{top} (example {d['example']})")
     return lines
 
 
@@ -135,7 +138,8 @@ def parse_shape(text: str, dims: list) -> dict:
 
 
 def bench_cmd(a) -> tuple:
-    files = [open_artifact(f, allow_imports=a.allow_import or ()) for f in [a.file] + ([a.baseline] if a.baseline else [])]
+    paths = [a.file] + ([a.baseline] if a.baseline else [])
+    files = [open_artifact(f, allow_imports=a.allow_import or ()) for f in paths]
     desc = files[0].inputs
     if desc is None:
         raise CliError(f"{files[0].path} does not describe its inputs (package it with qcompiler to bench it)")
@@ -195,7 +199,8 @@ def demo_cmd(a) -> tuple:
     source = resolve_model("minilm")
     reference = source.bundled.embed(source.model, SENTENCES)
     batch, seq = parse_shape(a.shape, ["batch", "seq"]).values()
-    inputs = {"input_ids": torch.randint(1000, 20000, (batch, seq)), "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+    inputs = {"input_ids": torch.randint(1000, 20000, (batch, seq)),
+              "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
     rows = []
     for i, scheme in enumerate(("fp32",) + tuple(a.schemes)):
         print(f"[{i + 1}/{len(a.schemes) + 1}] {scheme}", file=sys.stderr, flush=True)

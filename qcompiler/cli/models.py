@@ -110,7 +110,8 @@ def calibration(source: Source, calib: Optional[str], device: str = "cpu") -> Op
         raise CliError(f"--calib {calib!r}: no such file (give a count or a file)")
     if path.suffix == ".txt":
         if source.bundled is None:
-            raise CliError("--calib FILE.txt (sentences) needs the bundled model; for a factory give a torch.save'd list")
+            raise CliError("--calib FILE.txt (sentences) needs the bundled model; "
+                           "for a factory give a torch.save'd list")
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         return _batches(source, lines, device)
     try:

@@ -32,15 +32,16 @@ def check_domain(zero_point_domain: str) -> None:
         raise fail("zero_point_domain", "'int', 'float' or 'none'", zero_point_domain)
 
 
-def resolve_zero_point_dtype(t: IntType, mapping: str, domain: str,
-                             zero_point_dtype: Optional[torch.dtype], scale_dtype: torch.dtype) -> Optional[torch.dtype]:
+def resolve_zero_point_dtype(t: IntType, mapping: str, domain: str, zero_point_dtype: Optional[torch.dtype],
+                             scale_dtype: torch.dtype) -> Optional[torch.dtype]:
     """Check a mapping / domain / zero-point dtype combination; return the zero point's dtype."""
     if mapping not in MAPPINGS:
         raise fail("mapping", "'symmetric' or 'asymmetric'", mapping)
     check_domain(domain)
     if domain == "none":
         if mapping != "symmetric":
-            raise fail("zero_point_domain", "'int' or 'float' for the asymmetric mapping ('none' needs 'symmetric')", domain)
+            raise fail("zero_point_domain", "'int' or 'float' for the asymmetric mapping ('none' needs 'symmetric')",
+                       domain)
         if zero_point_dtype is not None:
             raise fail("zero_point_dtype", "None when zero_point_domain is 'none'", zero_point_dtype)
         return None
@@ -84,7 +85,8 @@ def _check_qparams(shape, scale, zero_point, domain):
 def _choose_qparams_op(x: torch.Tensor, block_size: Sequence[int], dtype: str, mapping: str,
                        zero_point_domain: str, zero_point_dtype: Optional[torch.dtype],
                        scale_dtype: torch.dtype, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    t, zp_dtype, block, _ = _check_choose(x, block_size, dtype, mapping, zero_point_domain, zero_point_dtype, scale_dtype, eps)
+    t, zp_dtype, block, _ = _check_choose(x, block_size, dtype, mapping, zero_point_domain, zero_point_dtype,
+                                          scale_dtype, eps)
     xb = blocked(x.float(), block)
     mn, mx = xb.amin(dim=block_dims(x.ndim)), xb.amax(dim=block_dims(x.ndim))
     if mapping == "symmetric":
@@ -109,7 +111,8 @@ def _choose_qparams_op(x: torch.Tensor, block_size: Sequence[int], dtype: str, m
 
 @_choose_qparams_op.register_fake
 def _(x, block_size, dtype, mapping, zero_point_domain, zero_point_dtype, scale_dtype, eps):
-    _, zp_dtype, _, shape = _check_choose(x, block_size, dtype, mapping, zero_point_domain, zero_point_dtype, scale_dtype, eps)
+    _, zp_dtype, _, shape = _check_choose(x, block_size, dtype, mapping, zero_point_domain, zero_point_dtype,
+                                          scale_dtype, eps)
     scale = x.new_empty(shape, dtype=scale_dtype)
     if zp_dtype is None:
         return scale, x.new_empty(0, dtype=torch.int8)
@@ -154,7 +157,8 @@ def choose_qparams_affine(x: torch.Tensor, block_size: Sequence[int], dtype: "st
         ``zero_point`` is ``None`` when ``zero_point_domain == "none"``.
     """
     eps = torch.finfo(torch.float32).eps if eps is None else eps
-    scale, zp = _choose_qparams_op(x, list(block_size), int_type(dtype).name, mapping, zero_point_domain, zero_point_dtype, scale_dtype, float(eps))
+    scale, zp = _choose_qparams_op(x, list(block_size), int_type(dtype).name, mapping, zero_point_domain,
+                                   zero_point_dtype, scale_dtype, float(eps))
     return scale, (None if zero_point_domain == "none" else zp)
 
 

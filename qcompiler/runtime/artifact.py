@@ -92,7 +92,8 @@ def file_kind(path: Union[str, Path]) -> str:
             return "package"
         if _holds_program(names):
             return "program"
-    raise ValueError(f"qcompiler: {path} is neither a .pt2 package nor a saved program (truncated, or another kind of file)")
+    raise ValueError(f"qcompiler: {path} is neither a .pt2 package nor a saved program "
+                     "(truncated, or another kind of file)")
 
 
 def package_metadata(path: Union[str, Path]) -> dict:
@@ -101,7 +102,8 @@ def package_metadata(path: Union[str, Path]) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"qcompiler: cannot load {path}: no such file")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"qcompiler: cannot load {path}: not a .pt2 package (not a zip archive: truncated, or another kind of file)")
+        raise ValueError(f"qcompiler: cannot load {path}: not a .pt2 package "
+                         "(not a zip archive: truncated, or another kind of file)")
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         if not _holds_package(names):

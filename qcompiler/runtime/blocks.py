@@ -18,7 +18,8 @@ def resolve_block_size(shape: Sequence, block_size: Sequence[int]) -> tuple:
     """Replace -1 by the dimension and check every entry divides its dimension."""
     block_size = tuple(block_size)
     if len(block_size) != len(shape):
-        raise fail("block_size", f"a sequence of {len(shape)} entries, one per dimension of shape {tuple(shape)}", block_size)
+        raise fail("block_size", f"a sequence of {len(shape)} entries, one per dimension of shape {tuple(shape)}",
+                   block_size)
     out = []
     for i, (d, b) in enumerate(zip(shape, block_size)):
         if b == -1:

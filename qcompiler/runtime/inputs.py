@@ -50,7 +50,8 @@ def describe_inputs(program: torch.export.ExportedProgram) -> Optional[dict]:
         val = placeholders[name].meta.get("val")
         if not isinstance(val, torch.Tensor):
             return None
-        entry = {"name": keyword or name, "keyword": keyword is not None, "dtype": str(val.dtype).removeprefix("torch."),
+        entry = {"name": keyword or name, "keyword": keyword is not None,
+                 "dtype": str(val.dtype).removeprefix("torch."),
                  "shape": [_dim(s, f"{keyword or name}[{axis}]", dims, program.range_constraints, symbols)
                            for axis, s in enumerate(val.shape)]}
         if not val.dtype.is_floating_point and examples is not None:

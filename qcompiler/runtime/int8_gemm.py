@@ -9,8 +9,8 @@ built and loaded by ``native.py``):
     y[m, n] = a_scale[m] · w_scale[n] · Σ_k (a[m, k] - a_zero[m]) · w[n, k]
 
 for ``a`` int8 [M, K] with an optional ``a_scale`` [M] (None: 1) and an optional ``a_zero``
-(integer values; [M], or one for every row), or ``a`` float32 with neither: each row is then quantized inside the kernel to 16 bits,
-``a_scale = max|x| / INT16_LIMIT`` (weight-only int8 layers call it so). Either way it multiplies
+(integer values; [M], or one for every row), or ``a`` float32 with neither: each row is then quantized inside
+the kernel to 16 bits, ``a_scale = max|x| / INT16_LIMIT`` (weight-only int8 layers call it so). Either way it multiplies
 int16 rows by the int8 weights widened to int16 (AVX2's ``vpmaddwd``): exact int32 sums, one
 instruction per 16 products whether the activations have 8 bits or 16.
 

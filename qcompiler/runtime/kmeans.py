@@ -68,7 +68,10 @@ def _kmeans_op(x: torch.Tensor, bits: int, block_rows: Optional[int], iters: int
     k = 1 << bits
     rows = rows_of(x, nblocks).float()
     v, order = rows.sort(-1)
-    w = torch.ones_like(v, dtype=torch.float64) if weight is None else rows_of(weight, nblocks).double().clamp(min=0).gather(1, order)
+    if weight is None:
+        w = torch.ones_like(v, dtype=torch.float64)
+    else:
+        w = rows_of(weight, nblocks).double().clamp(min=0).gather(1, order)
     zero = v.new_zeros(v.shape[0], 1, dtype=torch.float64)
     w_cum = torch.cat([zero, w.cumsum(1)], 1)
     wx_cum = torch.cat([zero, (w * v.double()).cumsum(1)], 1)

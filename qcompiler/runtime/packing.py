@@ -75,7 +75,8 @@ def _(x, bits):
 def _check_unpack(packed: torch.Tensor, bits: int, n: int) -> None:
     check_bits(bits)
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.ndim == 0:
-        raise fail("packed", "a uint8 tensor of at least one dimension", getattr(packed, "dtype", type(packed).__name__))
+        raise fail("packed", "a uint8 tensor of at least one dimension",
+                   getattr(packed, "dtype", type(packed).__name__))
     if packed.shape[-1] != packed_size(n, bits):
         raise fail("n", f"a count whose {bits}-bit packing takes {packed.shape[-1]} bytes", n)
 
