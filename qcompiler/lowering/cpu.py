@@ -1,12 +1,17 @@
 """The CPU backend: reference patterns -> integer GEMMs on VNNI machines, ATen's packed kernels elsewhere.
 
-| scheme | target with ``vnni`` | ``avx2`` target without ``vnni`` |
-| --- | --- | --- |
-| int8dq | per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32 | ``q`` as int8 -> ``qcompiler.int8_gemm``, exact int32 |
-| int8static | per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z`` | ``q`` as int8 -> ``qcompiler.int8_gemm``, zero point taken off in the kernel |
-| int8wo, codebook on an int8 grid | 16-bit activations as two int8 rows each (below) -> an integer GEMM | the float rows -> ``qcompiler.int8_gemm``, which takes them in 16 bits |
-| int4wo, every zero-point domain | the float rows -> ``qcompiler.int8_int4_gemm``, which takes them in 16 bits (two int8 rows) | the same |
-| int8da-int4w | per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the kernel) | the same |
+Per scheme, on a target with ``vnni``; then on an ``avx2`` target without ``vnni``:
+
+- int8dq: per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32;
+  without ``vnni``, ``q`` as int8 -> ``qcompiler.int8_gemm``, exact int32.
+- int8static: per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z``; without ``vnni``,
+  ``q`` as int8 -> ``qcompiler.int8_gemm``, zero point taken off in the kernel.
+- int8wo, codebook on an int8 grid: 16-bit activations as two int8 rows each (below) -> an integer GEMM;
+  without ``vnni``, the float rows -> ``qcompiler.int8_gemm``, which takes them in 16 bits.
+- int4wo, every zero-point domain: the float rows -> ``qcompiler.int8_int4_gemm``, which takes them in
+  16 bits (two int8 rows); the same without ``vnni``.
+- int8da-int4w: per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the
+  kernel); the same without ``vnni``.
 
 Where qcompiler's C++ kernels cannot be built (no C++ compiler), or the target lacks AVX2, int8
 weights go to ATen's packed bfloat16 kernel (``aten._weight_int8pack_mm``), with the integer
@@ -90,7 +95,8 @@ def _k8(k: int):
 
 
 def _int4_fits(n_out: int, k: int):
-    return _unless(n_out % 16 == 0 and k % 2 == 0, f"N = {n_out}, K = {k}: the int4 packer needs N % 16 == 0 and even K")
+    return _unless(n_out % 16 == 0 and k % 2 == 0,
+                   f"N = {n_out}, K = {k}: the int4 packer needs N % 16 == 0 and even K")
 
 
 def _stored(m, *names):
@@ -99,12 +105,14 @@ def _stored(m, *names):
 
 def _int8_per_channel(m, target, need_k8: bool):
     if (m["dtype"], m["domain"], list(m["block"])) != ("int8", "none", [1, -1]):
-        return f"weight is {m['dtype']} ({m['domain']} zero point, block {list(m['block'])}), not symmetric int8 per channel"
+        return (f"weight is {m['dtype']} ({m['domain']} zero point, block {list(m['block'])}), "
+                "not symmetric int8 per channel")
     return _stored(m, "w_q") or (_k8(m.value("w_q").shape[1]) if need_k8 else None)
 
 
 def _grid_codebook(m, target, need_k8: bool, packed: bool):
-    return _stored(m, "w_q", "cb_q", "cb_scale") or (_k8(m["n"] if packed else m.value("w_q").shape[1]) if need_k8 else None)
+    return (_stored(m, "w_q", "cb_q", "cb_scale")
+            or (_k8(m["n"] if packed else m.value("w_q").shape[1]) if need_k8 else None))
 
 
 def _per_channel_int8_weight(m):
@@ -180,7 +188,8 @@ def _int8da_int4w_form(m, target):
     """What both int8da-int4w kernels take."""
     wb = list(m["w_block"])
     return (_unless(per_token_block(m), "activation scales are not per token")
-            or _unless(len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256), f"group size {wb[-1]} is not 32-256")
+            or _unless(len(wb) == 2 and wb[0] == 1 and wb[1] in (32, 64, 128, 256),
+                       f"group size {wb[-1]} is not 32-256")
             or _stored(m, "w_q") or _int4_fits(m.value("w_q").shape[0], m["n"]))
 
 
@@ -214,7 +223,8 @@ def _f32(t):
 def _int8pack(m, x2, w8: torch.Tensor, row_scale: torch.Tensor, name: str, dtype):
     """``x2 @ (w8·s)ᵀ`` on ``_weight_int8pack_mm`` in ``dtype``'s kernel dtype, returned in ``dtype``."""
     s = m.constant(f"{name}_int8pack_scale", row_scale.reshape(-1).to(_kernel_dtype(dtype)))
-    y = aten._weight_int8pack_mm.default(_in_kernel_dtype(x2, dtype), m.constant(f"{name}_int8pack", w8.contiguous()), s)
+    y = aten._weight_int8pack_mm.default(_in_kernel_dtype(x2, dtype),
+                                         m.constant(f"{name}_int8pack", w8.contiguous()), s)
     return _out_of_kernel_dtype(y, dtype)
 
 
@@ -461,13 +471,15 @@ def _prepacked_pays(check, packed: bool = False):
         if not qlinear_available():
             return "this PyTorch build has no oneDNN int8 linear (onednn.qlinear_pointwise)"
         if target != Target.host():
-            return f"target {target} is not this machine ({Target.host()}): oneDNN prepacks for the machine that packages"
+            return (f"target {target} is not this machine ({Target.host()}): "
+                    "oneDNN prepacks for the machine that packages")
         declined = check(m, target)  # before the size: it checks that the weight is stored
         if declined:
             return declined
         n_out, k = _weight_shape(m, packed)
-        return _unless(n_out * k >= QLINEAR_MIN_WEIGHT, f"its weight ({n_out}x{k}) has under {QLINEAR_MIN_WEIGHT:,} "
-                       "elements, where oneDNN's per-call cost (about 25 µs) leaves its GEMM no faster than torch._int_mm")
+        return _unless(n_out * k >= QLINEAR_MIN_WEIGHT,
+                       f"its weight ({n_out}x{k}) has under {QLINEAR_MIN_WEIGHT:,} elements, where oneDNN's "
+                       "per-call cost (about 25 µs) leaves its GEMM no faster than torch._int_mm")
     return checked
 
 

@@ -4,8 +4,9 @@
 | --- | --- |
 | int8wo, int4wo (every zero-point domain), any b-bit affine weight | ``qcompiler::triton_wo_matmul`` (affine) |
 | codebook, int8-grid or float, any block of rows | ``qcompiler::triton_wo_matmul`` (table lookup) |
-| int8dq, int8da-int4w | per-token int8 quantization in ATen ops, then ``qcompiler::triton_dq_matmul`` (exact int32 dot per group) |
+| int8dq, int8da-int4w | per-token int8 quantization in ATen ops, then ``qcompiler::triton_dq_matmul`` |
 
+``triton_dq_matmul`` computes an exact int32 dot per group.
 The kernel (``runtime/triton_matmul.py``) reads the reference program's packed storage
 as it is. Lowering converts the affine qparams to the kernel's float32 ``(scale, zero)``
 and codebooks to float32 tables. fp8 and static int8 keep
@@ -62,7 +63,8 @@ def _affine_kernel(m, x, out_dtype, b, **_):
 def _codebook_table(m) -> torch.Tensor:
     """The float32 table the kernel looks up: the int8-grid tables dequantized as the reference does."""
     if "cb_q" in m.inputs:
-        return qops.dequantize_affine(m.value("cb_q"), [1, -1], m.value("cb_scale"), None, "int8", "none", torch.float32)
+        return qops.dequantize_affine(m.value("cb_q"), [1, -1], m.value("cb_scale"), None, "int8", "none",
+                                      torch.float32)
     return m.value("codebook").float()
 
 
@@ -105,6 +107,9 @@ CODEBOOK_KERNEL = "qcompiler::triton_wo_matmul (codebook)"
 DYNAMIC_KERNEL = "qcompiler::triton_dq_matmul (int8 activations)"
 
 _WHY = "the CUDA backend's one kernel for this pattern"
+_BAD_WEIGHTS = "weight blocks or qparams unsupported"
+_BAD_QPARAMS = "qparams not stored or block unsupported"
+_NO_TABLES = "tables not stored"
 
 
 def _rule(name, pattern, replace, kernel, ok, what: str) -> LoweringRule:
@@ -112,12 +117,12 @@ def _rule(name, pattern, replace, kernel, ok, what: str) -> LoweringRule:
 
 
 RULES = (
-    _rule("int8dq", dynamic_int8_int8, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, "weight blocks or qparams unsupported"),
-    _rule("int8da-int4w", dynamic_int8_int4, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, "weight blocks or qparams unsupported"),
-    _rule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine, "qparams not stored or block unsupported"),
-    _rule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine, "qparams not stored or block unsupported"),
-    _rule("codebook (int8 grid)", grid_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, "tables not stored"),
-    _rule("codebook-8 (int8 grid)", grid_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, "tables not stored"),
-    _rule("codebook (float)", float_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, "tables not stored"),
-    _rule("codebook-8 (float)", float_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, "tables not stored"),
+    _rule("int8dq", dynamic_int8_int8, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, _BAD_WEIGHTS),
+    _rule("int8da-int4w", dynamic_int8_int4, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, _BAD_WEIGHTS),
+    _rule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine, _BAD_QPARAMS),
+    _rule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine, _BAD_QPARAMS),
+    _rule("codebook (int8 grid)", grid_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, _NO_TABLES),
+    _rule("codebook-8 (int8 grid)", grid_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, _NO_TABLES),
+    _rule("codebook (float)", float_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, _NO_TABLES),
+    _rule("codebook-8 (float)", float_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, _NO_TABLES),
 )

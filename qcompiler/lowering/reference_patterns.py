@@ -36,12 +36,14 @@ def rows(m, x, k, n):
 
 
 def weight_only_unpacked(x, w_q, block, scale, zero_point, dtype, domain, out_dtype, b):
-    return aten.linear.default(x, qops.dequantize_affine.default(w_q, block, scale, zero_point, dtype, domain, out_dtype), b)
+    return aten.linear.default(
+        x, qops.dequantize_affine.default(w_q, block, scale, zero_point, dtype, domain, out_dtype), b)
 
 
 def weight_only_packed(x, w_q, bits, n, signed, block, scale, zero_point, dtype, domain, out_dtype, b):
     q = qops.unpack_int.default(w_q, bits, n, signed)
-    return aten.linear.default(x, qops.dequantize_affine.default(q, block, scale, zero_point, dtype, domain, out_dtype), b)
+    return aten.linear.default(
+        x, qops.dequantize_affine.default(q, block, scale, zero_point, dtype, domain, out_dtype), b)
 
 
 def _grid_codebook(idx, cb_q, cb_scale, block_rows, out_dtype):
@@ -71,14 +73,17 @@ def dynamic_int8_int8(x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):
     s = qops.choose_qparams_affine.default(x, block, "int8", "symmetric", "none", None, torch.float32, eps)[0]
     xq = qops.quantize_affine.default(x, block, s, None, "int8", "none")
     xd = qops.dequantize_affine.default(xq, block, s, None, "int8", "none", out_x)
-    return aten.linear.default(xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
+    return aten.linear.default(
+        xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
 
 
 def dynamic_int8_int4(x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
     sz = qops.choose_qparams_affine.default(x, block, "int8", "asymmetric", "int", None, torch.float32, eps)
     s, z = sz[0], sz[1]
-    xd = qops.dequantize_affine.default(qops.quantize_affine.default(x, block, s, z, "int8", "int"), block, s, z, "int8", "int", out_x)
-    w = qops.dequantize_affine.default(qops.unpack_int.default(w_q, 4, n, True), w_block, w_scale, None, "int4", "none", out_w)
+    xd = qops.dequantize_affine.default(qops.quantize_affine.default(x, block, s, z, "int8", "int"),
+                                        block, s, z, "int8", "int", out_x)
+    w = qops.dequantize_affine.default(qops.unpack_int.default(w_q, 4, n, True),
+                                       w_block, w_scale, None, "int4", "none", out_w)
     return aten.linear.default(xd, w, b)
 
 
@@ -102,4 +107,5 @@ def per_token_int8(x2, mapping: str, eps: float):
 def static_int8_int8(x, block, scale, zero_point, out_x, w_q, w_block, w_scale, out_w, b):
     xq = qops.quantize_affine.default(x, block, scale, zero_point, "int8", "int")
     xd = qops.dequantize_affine.default(xq, block, scale, zero_point, "int8", "int", out_x)
-    return aten.linear.default(xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
+    return aten.linear.default(
+        xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)

@@ -1,4 +1,6 @@
-"""Graph passes over the ATen graph, written with one pattern-rewrite API (``find``, ``replace``, ``replace_all``, ``rewrite``).
+"""Graph passes over the ATen graph, written with one pattern-rewrite API.
+
+The API: ``find``, ``replace``, ``replace_all``, ``rewrite`` (``pattern``).
 
 Stages: annotate (``annotate``), observe (``observe``), convert's rewrite to the
 reference Q/DQ pattern (``reference``); the algorithms that choose quantized

@@ -4,10 +4,9 @@ An algorithm chooses better quantized values than round-to-nearest. Each is one 
 ``passes/``: a frozen dataclass (its user-facing config, e.g. ``GPTQ(damp=0.1)``) that
 subclasses :class:`Algorithm`, is decorated with :func:`register`, and implements one of two forms:
 
-| form | method | examples |
-| --- | --- | --- |
-| weight quantization | ``quantize_weight(spec, w, stats)``: the tensors to store for ``w`` | GPTQ, HQQ |
-| input rescaling (``rescales = True``) | ``input_scales(stats, weights, specs)``: ``s`` per input channel | AWQ, SmoothQuant |
+- weight quantization: ``quantize_weight(spec, w, stats)``, the tensors to store for ``w`` (GPTQ, HQQ);
+- input rescaling (``rescales = True``): ``input_scales(stats, weights, specs)``, ``s`` per input channel
+  (AWQ, SmoothQuant).
 
 ``needs`` names what calibration must observe (``hessian``, ``channels``; empty: no data),
 and ``stats`` is the observer of the layer's input that collected it. ``schemes`` lists the

@@ -3,12 +3,15 @@
 Pass one as ``algorithm=`` to a config (``Int4WeightOnlyConfig(64, algorithm=GPTQ())``), or
 append ``+gptq`` / ``+hqq`` / ``+awq`` / ``+smoothquant`` to a scheme alias (``"int4wo-64+gptq"``).
 
-| algorithm | schemes | needs calibration | what it changes |
-| --- | --- | --- | --- |
-| ``GPTQ`` | int8wo, int4wo, codebook | yes (a Hessian per linear input) | quantized values, column by column with error feedback |
-| ``HQQ`` | int4wo (float zero point) | no | each group's zero point (and so its scale's use) |
-| ``AWQ`` | int4wo | yes (Hessian and channel magnitudes) | per-input-channel scales searched to protect salient channels |
-| ``SmoothQuant`` | int8dq, int8static | yes (channel ranges) | per-input-channel scales that move activation outliers into the weights |
+Each with its schemes, what calibration it needs, and what it changes:
+
+- ``GPTQ`` (int8wo, int4wo, codebook): a Hessian per linear input; quantized values, column by column
+  with error feedback.
+- ``HQQ`` (int4wo, float zero point): no calibration; each group's zero point (and so its scale's use).
+- ``AWQ`` (int4wo): Hessian and channel magnitudes; per-input-channel scales searched to protect salient
+  channels.
+- ``SmoothQuant`` (int8dq, int8static): channel ranges; per-input-channel scales that move activation
+  outliers into the weights.
 
 Each is one file implementing the one protocol (``algorithm.py``): ``gptq``, ``hqq``, ``awq``,
 ``smoothquant`` (the last two rescale a linear's input channels, applied by ``smoothing``).

@@ -219,7 +219,8 @@ def _fake_values(gm: GraphModule, nodes: list) -> None:
             node.meta["val"] = mode.from_tensor(stored(gm, node.target), static_shapes=True)
             continue
         missing = []
-        args, kwargs = map_arg((node.args, node.kwargs), lambda a: a.meta["val"] if "val" in a.meta else missing.append(a))
+        args, kwargs = map_arg((node.args, node.kwargs),
+                               lambda a: a.meta["val"] if "val" in a.meta else missing.append(a))
         if missing or node.op != "call_function":
             continue
         try:
@@ -237,8 +238,8 @@ def replace(m: Match, replacement: Callable[..., Any]) -> Node:
         out = replacement(m, **proxies)
     new = out.node if isinstance(out, Proxy) else out
     if not isinstance(new, Node):
-        raise TypeError(f"qcompiler: a replacement must return a graph value (a Proxy or Node); got {type(out).__name__} "
-                        f"replacing {m.anchor.name} ({m.anchor.target})")
+        raise TypeError("qcompiler: a replacement must return a graph value (a Proxy or Node); "
+                        f"got {type(out).__name__} replacing {m.anchor.name} ({m.anchor.target})")
     inherit_meta(m.graph_module, m.created, m.anchor, new)
     m.anchor.replace_all_uses_with(new)
     left = list(m.nodes)
@@ -276,7 +277,8 @@ def prune(gm: GraphModule) -> None:
         if node.op == "get_attr" and not node.users:
             gm.graph.erase_node(node)
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    names = [n for n, _ in gm.named_parameters(remove_duplicate=False)] + [n for n, _ in gm.named_buffers(remove_duplicate=False)]
+    names = ([n for n, _ in gm.named_parameters(remove_duplicate=False)]
+             + [n for n, _ in gm.named_buffers(remove_duplicate=False)])
     for name in names:
         if name not in used:
             owner, _, leaf = name.rpartition(".")
