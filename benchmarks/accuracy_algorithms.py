@@ -25,7 +25,8 @@ ALGORITHMS = {"int4wo-64": ["gptq", "hqq", "awq"], "int4wo-128": ["gptq", "hqq",
 CALIBRATION_BATCH = 4
 # Settings other than the defaults, measured beside them where a default lost to round-to-nearest.
 EXTRA = {"codebook-4": [("gptq damp=0.5", qc.CodebookWeightOnlyConfig(4, algorithm=qc.GPTQ(damp=0.5)))],
-         "int8static": [("smoothquant alpha=0.75", qc.Int8StaticActivationInt8WeightConfig(algorithm=qc.SmoothQuant(0.75)))]}
+         "int8static": [("smoothquant alpha=0.75",
+                         qc.Int8StaticActivationInt8WeightConfig(algorithm=qc.SmoothQuant(0.75)))]}
 
 
 def linear_outputs(gm: torch.fx.GraphModule, inputs: dict) -> dict:
@@ -75,7 +76,8 @@ def main():
             cos = (m.embed(prog.module(), SENTENCES) * reference).sum(-1)
             row = {"scheme": base, "algorithm": algorithm, "mean_cosine": round(cos.mean().item(), 5),
                    "worst_cosine": round(cos.min().item(), 5),
-                   "mean_layer_output_sqnr_db": round(mean_layer_sqnr(float_outputs, linear_outputs(prog.module(), held_out)), 2),
+                   "mean_layer_output_sqnr_db": round(
+                       mean_layer_sqnr(float_outputs, linear_outputs(prog.module(), held_out)), 2),
                    "quantize_s": round(seconds, 1)}
             rows.append(row)
             print(f"{scheme:<34} {row['mean_cosine']:>9.5f} {row['worst_cosine']:>9.5f} "

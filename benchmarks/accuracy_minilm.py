@@ -31,7 +31,8 @@ def main():
     reference = bundled.embed(bundled.model, SENTENCES)
     calibration = [bundled.encode(CALIBRATION_SENTENCES[i:i + 2]) for i in range(0, len(CALIBRATION_SENTENCES), 2)]
     rows = []
-    print(f"{'scheme':<16} {'mean cos':>9} {'min cos':>8} {'mean SQNR':>10} {'layers':>7} {'MB before':>10} {'MB after':>9} {'time s':>7}")
+    print(f"{'scheme':<16} {'mean cos':>9} {'min cos':>8} {'mean SQNR':>10} {'layers':>7} "
+          f"{'MB before':>10} {'MB after':>9} {'time s':>7}")
     for scheme in args.schemes:
         start = time.perf_counter()
         prog = qc.quantize(bundled.model, (), qc.config_from_string(scheme), example_kwargs=bundled.example_kwargs,
@@ -50,8 +51,8 @@ def main():
               f"{row['layers']:>4}/{row['layers'] + row['skipped']:<2} "
               f"{row['linear_mb_before']:>10.2f} {row['linear_mb_after']:>9.2f} {row['quantize_s']:>7.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "model": "all-MiniLM-L6-v2", "sentences": len(SENTENCES),
-                                          "results": rows}, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({"machine": machine(), "model": "all-MiniLM-L6-v2",
+                                          "sentences": len(SENTENCES), "results": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

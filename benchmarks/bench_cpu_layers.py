@@ -101,7 +101,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for shape in args.shapes:
             n, k = map(int, shape.split("x"))
-            dense = {d: [layer(n, k, d, i) for i in range(copies_for(n * k * d.itemsize))] for d in (torch.float32, torch.bfloat16)}
+            dense = {d: [layer(n, k, d, i) for i in range(copies_for(n * k * d.itemsize))]
+                     for d in (torch.float32, torch.bfloat16)}
             for m in args.m:
                 base = {d: bench(fs, torch.randn(m, k, dtype=d)) for d, fs in dense.items()}
                 for name, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -128,7 +129,8 @@ def main():
                                      "speedup_vs_bf16": round(bf16 / us, 2)})
                         print(rows[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "activation_dtype": args.dtype, "results": rows}, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps({"machine": machine(), "activation_dtype": args.dtype, "results": rows},
+                                         indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -173,10 +173,12 @@ class Built:
 
 
 def export(w: Workload, model=None) -> torch.export.ExportedProgram:
-    return torch.export.export(model if model is not None else w.model, w.args, w.kwargs, dynamic_shapes=w.dynamic_shapes)
+    return torch.export.export(model if model is not None else w.model, w.args, w.kwargs,
+                               dynamic_shapes=w.dynamic_shapes)
 
 
-def packaged(program, path: Path, freezing: bool = True, pt2e: bool = False, target: Optional[qc.Target] = None) -> Built:
+def packaged(program, path: Path, freezing: bool = True, pt2e: bool = False,
+             target: Optional[qc.Target] = None) -> Built:
     options = compile_options(target) if target is not None else {}
     path = peers.aoti_package(program, path, freezing=freezing, pt2e=pt2e, options=options)
     return Built(peers.aoti_load(path), path, {"aoti_calls": peers.aoti_calls(path)})
@@ -390,7 +392,8 @@ def markdown(results: dict) -> str:
                 "| system | MB | cosine | " + " | ".join(f"M={m} µs | GB/s | of read bw | vs fp32" for m in ms) + " |",
                 "|---" * (3 + 4 * len(ms)) + "|"]
         for row in mlp["rows"]:
-            cells = " | ".join(f"{row[f'us_m{m}']} | {row[f'gbps_m{m}']} | {_cell(row[f'read_fraction_m{m}'], '{:.0%}')} | "
+            cells = " | ".join(f"{row[f'us_m{m}']} | {row[f'gbps_m{m}']} | "
+                               f"{_cell(row[f'read_fraction_m{m}'], '{:.0%}')} | "
                                f"{_cell(row[f'ratio_m{m}'], '{:.2f}x')}" for m in ms)
             out.append(f"| {row['label']} | {row['file_mb']} | {row['cosine']} | {cells} |")
         out += [f"| {e['label']} | error: {e['error']} |" for e in mlp["errors"]]
@@ -437,7 +440,8 @@ def main(argv=None):
     dims, ms = ((256, 512) if smoke else (4096, 11008)), [1, 32]
     read_bytes = (64 << 20) if smoke else (1 << 30)
     results = {"machine": machine(), "target": str(args.target or qc.Target.host()),
-               "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ}, "smoke": smoke, "rounds": args.rounds,
+               "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ},
+               "smoke": smoke, "rounds": args.rounds,
                "emulated": any(k in os.environ for k in ISA_CAPS) or args.target not in (None, qc.Target.host()),
                "timing": timing,
                "ort_intra_op_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()}

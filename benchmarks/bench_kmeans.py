@@ -47,8 +47,9 @@ def main():
                          "quantize_s": round(t_q, 3), "pack_s": round(t_p, 3),
                          "sqnr_db": round(sqnr_db(w, qc.dequantize_codebook(idx, cb, block_rows)), 2)})
             r = rows[-1]
-            print(f"{args.size}x{args.size} bits={bits} block_rows={str(block_rows):>4}  kmeans {r['kmeans_s']:6.2f} s  "
-                  f"quantize {r['quantize_s']:5.2f} s  pack {r['pack_s']:5.2f} s  SQNR {r['sqnr_db']:5.2f} dB", flush=True)
+            print(f"{args.size}x{args.size} bits={bits} block_rows={str(block_rows):>4}  "
+                  f"kmeans {r['kmeans_s']:6.2f} s  quantize {r['quantize_s']:5.2f} s  "
+                  f"pack {r['pack_s']:5.2f} s  SQNR {r['sqnr_db']:5.2f} dB", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine(), "results": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -56,10 +56,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for scheme in ["fp32"] + args.schemes:
             if scheme == "fp32":
-                program = qc.capture(bundled.model, (), example_kwargs=bundled.example_kwargs, dynamic_shapes=bundled.dynamic_shapes)
+                program = qc.capture(bundled.model, (), example_kwargs=bundled.example_kwargs,
+                                     dynamic_shapes=bundled.dynamic_shapes)
             else:
                 program = qc.lower(qc.quantize(bundled.model, (), qc.config_from_string(scheme),
-                                               example_kwargs=bundled.example_kwargs, dynamic_shapes=bundled.dynamic_shapes,
+                                               example_kwargs=bundled.example_kwargs,
+                                               dynamic_shapes=bundled.dynamic_shapes,
                                                calibration_data=calibration), "cpu")
             path = qc.package(program, Path(tmp) / f"minilm_{scheme}.pt2")
             run = qc.load(path)
@@ -75,7 +77,8 @@ def main():
                 row[f"speedup_{name}_vs_fp32"] = round(fp32[f"ms_{name}"] / row[f"ms_{name}"], 2)
             print(row, flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "model": "all-MiniLM-L6-v2", "results": rows}, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps({"machine": machine(), "model": "all-MiniLM-L6-v2", "results": rows},
+                                         indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -92,7 +92,8 @@ def pt2e_program(model, args: tuple, kwargs: dict, dynamic_shapes, calibration: 
     """``model`` quantized by PT2E's X86InductorQuantizer (int8, static or dynamic activations), re-exported."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     xiq = _x86_quantizer_module()
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=is_dynamic))
+    quantizer = xiq.X86InductorQuantizer().set_global(
+        xiq.get_default_x86_inductor_quantization_config(is_dynamic=is_dynamic))
     captured = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes).module()
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
@@ -139,7 +140,8 @@ def onnx_bert_fusions(src: Path, dst: Path) -> Path:
     applied offline, without ORT's hardware-specific online optimisations baked in."""
     from onnxruntime.transformers import optimizer
     dst.parent.mkdir(parents=True, exist_ok=True)
-    optimizer.optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0).save_model_to_file(str(dst))
+    optimized = optimizer.optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    optimized.save_model_to_file(str(dst))
     return dst
 
 
@@ -158,7 +160,8 @@ def ort_dynamic_int8(src: Path, dst: Path) -> Path:
 
 
 def ort_matmul_nbits(src: Path, dst: Path, bits: int = 4, block_size: int = 32) -> Path:
-    """ORT's MatMulNBits: ``bits``-bit symmetric weights in blocks of ``block_size``, int8 compute (accuracy_level 4)."""
+    """ORT's MatMulNBits: ``bits``-bit symmetric weights in blocks of ``block_size``, int8 compute
+    (accuracy_level 4)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def _best_peer(rows, shape, m, scheme):
-    peers = [r for r in rows if (r["shape"], r["m"], r["scheme"]) == (shape, m, scheme) and r["mode"].startswith("torchao")]
+    peers = [r for r in rows
+             if (r["shape"], r["m"], r["scheme"]) == (shape, m, scheme) and r["mode"].startswith("torchao")]
     return min(peers, key=lambda r: r["us"]) if peers else None
 
 
@@ -22,7 +23,8 @@ def _cell(rows, shape, m, scheme, mode):
 
 def table(rows, shape) -> str:
     out = [f"**{shape}** (N x K)", "",
-           "| scheme | kernel | M=1 µs | GB/s | vs bf16 | torchao M=1 µs | vs torchao | M=128 µs | vs bf16 | torchao M=128 µs | vs torchao |",
+           "| scheme | kernel | M=1 µs | GB/s | vs bf16 | torchao M=1 µs | vs torchao "
+           "| M=128 µs | vs bf16 | torchao M=128 µs | vs torchao |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     schemes = list(dict.fromkeys(r["scheme"] for r in rows if r["shape"] == shape))
     for scheme in schemes:
@@ -33,8 +35,10 @@ def table(rows, shape) -> str:
             if ours is None:
                 cells += ["", "", ""] if m == 128 else ["", "", "", "", ""]
                 continue
-            head = [f"{ours['us']:.0f}"] + ([f"{ours['weight_gbps']:.1f}"] if m == 1 else []) + [f"{ours['speedup_vs_bf16']:.2f}x"]
-            tail = [f"{peer['us']:.0f} ({peer['mode'].split('-')[1]})", f"{peer['us'] / ours['us']:.2f}x"] if peer else ["-", "-"]
+            head = ([f"{ours['us']:.0f}"] + ([f"{ours['weight_gbps']:.1f}"] if m == 1 else [])
+                    + [f"{ours['speedup_vs_bf16']:.2f}x"])
+            tail = ([f"{peer['us']:.0f} ({peer['mode'].split('-')[1]})", f"{peer['us'] / ours['us']:.2f}x"]
+                    if peer else ["-", "-"])
             cells += head + tail
         kernel = next(r["kernel"] for r in rows if r["shape"] == shape and r["scheme"] == scheme)
         out.append(f"| `{scheme}` | {kernel} | " + " | ".join(cells) + " |")

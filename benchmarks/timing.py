@@ -18,7 +18,8 @@ def one_line(e: BaseException) -> str:
 
 
 def median_call_s(fn: Callable[[], object], min_calls: int, min_time: float) -> float:
-    """Median seconds of one ``fn()`` over at least ``min_calls`` calls and ``min_time`` seconds (after one warm call)."""
+    """Median seconds of one ``fn()`` over at least ``min_calls`` calls and ``min_time`` seconds
+    (after one warm call)."""
     fn()
     times, start = [], time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - start < min_time:

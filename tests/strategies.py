@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 from qcompiler.runtime import INT_TYPE_NAMES, int_type
 from qcompiler.runtime.affine import resolve_zero_point_dtype
 
-ZP_DTYPE_CHOICES = [None, torch.int8, torch.uint8, torch.int16, torch.int32, torch.bfloat16, torch.float16, torch.float32]
+ZP_DTYPE_CHOICES = [None, torch.int8, torch.uint8, torch.int16, torch.int32,
+                    torch.bfloat16, torch.float16, torch.float32]
 
 
 def _valid(dtype, mapping, domain, zp):

@@ -60,13 +60,15 @@ def test_float32_qparams_cover_the_data(data, scheme):
     x, block_size, _ = data
     dtype, mapping, domain, zp_dtype = scheme
     scale, zp = qc.choose_qparams_affine(x, block_size, dtype, mapping, domain, zp_dtype)
-    xh = qc.dequantize_affine(qc.quantize_affine(x, block_size, scale, zp, dtype, domain), block_size, scale, zp, dtype, domain)
+    xh = qc.dequantize_affine(qc.quantize_affine(x, block_size, scale, zp, dtype, domain),
+                              block_size, scale, zp, dtype, domain)
     s = expand(scale, x.shape, resolve_block_size(x.shape, block_size))
     bound = s * (1.0 if mapping == "symmetric" else 0.5)  # symmetric puts +max|x| half a step past qmax
     assert ((xh - x).abs() <= bound * (1 + 1e-5) + 1e-6 * x.abs()).all()
 
 
-@given(scheme=st.sampled_from(SCHEMES), seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 5), groups=st.integers(1, 3))
+@given(scheme=st.sampled_from(SCHEMES), seed=st.integers(0, 2**31 - 1),
+       rows=st.integers(1, 5), groups=st.integers(1, 3))
 def test_values_on_the_grid_come_back_exactly(scheme, seed, rows, groups):
     dtype, mapping, domain, zp_dtype = scheme
     t = int_type(dtype)
@@ -101,7 +103,8 @@ def test_known_values_uint4_float_zero_point():
     scale, zp = qc.choose_qparams_affine(x, (1, 4), "uint4", "asymmetric", "float")
     torch.testing.assert_close(scale, torch.tensor([[0.2]]))
     torch.testing.assert_close(zp, torch.tensor([[1.6]]))  # min + (mid - qmin) * s = 0 + 8 * 0.2
-    assert qc.quantize_affine(x, (1, 4), scale, zp, "uint4", "float").tolist() == [[0, 7, 15, 1]]  # -0.75 and -6.75 steps from mid
+    # 1.45 and 0.25 are -0.75 and -6.75 steps from mid
+    assert qc.quantize_affine(x, (1, 4), scale, zp, "uint4", "float").tolist() == [[0, 7, 15, 1]]
 
 
 def test_asymmetric_int_domain_keeps_zero_exact():
@@ -114,8 +117,8 @@ def test_asymmetric_int_domain_keeps_zero_exact():
 @pytest.mark.parametrize("output_dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_dequantize_output_dtype(output_dtype):
     x = torch.randn(4, 64)
-    scale, zp = qc.choose_qparams_affine(x, (1, 32), "uint4", zero_point_domain="float", zero_point_dtype=torch.bfloat16,
-                                         scale_dtype=torch.bfloat16)
+    scale, zp = qc.choose_qparams_affine(x, (1, 32), "uint4", zero_point_domain="float",
+                                         zero_point_dtype=torch.bfloat16, scale_dtype=torch.bfloat16)
     q = qc.quantize_affine(x, (1, 32), scale, zp, "uint4", "float")
     xh = qc.dequantize_affine(q, (1, 32), scale, zp, "uint4", "float", output_dtype)
     ref = qc.dequantize_affine(q, (1, 32), scale, zp, "uint4", "float", torch.float32)
@@ -125,7 +128,8 @@ def test_dequantize_output_dtype(output_dtype):
 
 def test_torch_dtypes_name_the_same_types():
     x = torch.randn(3, 8)
-    for torch_dtype, name in [(torch.int8, "int8"), (torch.uint4, "uint4"), (torch.int4, "int4"), (torch.uint8, "uint8")]:
+    for torch_dtype, name in [(torch.int8, "int8"), (torch.uint4, "uint4"), (torch.int4, "int4"),
+                              (torch.uint8, "uint8")]:
         a = qc.choose_qparams_affine(x, (1, -1), torch_dtype)
         b = qc.choose_qparams_affine(x, (1, -1), name)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

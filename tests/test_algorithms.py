@@ -53,7 +53,8 @@ def test_deterministic_and_stored_like_round_to_nearest(scheme):
     for k, v in stored.items():
         assert torch.equal(v, b.state_dict[k]), k
     shapes = {k: (v.shape, v.dtype) for k, v in a.state_dict.items() if k.endswith((".q", ".scale", ".zero_point"))}
-    assert shapes == {k: (v.shape, v.dtype) for k, v in rtn.state_dict.items() if k.endswith((".q", ".scale", ".zero_point"))}
+    assert shapes == {k: (v.shape, v.dtype) for k, v in rtn.state_dict.items()
+                      if k.endswith((".q", ".scale", ".zero_point"))}
 
 
 def test_gptq_act_order_keeps_groups_contiguous():
@@ -99,9 +100,11 @@ def test_algorithm_programs_lower_for_the_cpu(scheme):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: qc.Int4WeightOnlyConfig(64, algorithm=qc.SmoothQuant()), r"SmoothQuant does not apply to int4wo-64\+smoothquant"),
+    (lambda: qc.Int4WeightOnlyConfig(64, algorithm=qc.SmoothQuant()),
+     r"SmoothQuant does not apply to int4wo-64\+smoothquant"),
     (lambda: qc.Int8DynamicActivationInt8WeightConfig(algorithm=qc.GPTQ()), r"GPTQ does not apply to int8dq"),
-    (lambda: qc.config_from_string("fp8wo+gptq"), r"GPTQ does not apply to fp8wo; it supports int8wo, int4wo, codebook"),
+    (lambda: qc.config_from_string("fp8wo+gptq"),
+     r"GPTQ does not apply to fp8wo; it supports int8wo, int4wo, codebook"),
     (lambda: qc.config_from_string("int4wo-64+magic"), r"algorithm must be one of gptq, hqq, awq, smoothquant"),
     (lambda: qc.Int4WeightOnlyConfig(64, "int", algorithm=qc.HQQ()), r"HQQ optimizes a float zero point"),
     (lambda: qc.GPTQ(damp=2.0), r"damp must be"),

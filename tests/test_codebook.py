@@ -54,7 +54,8 @@ def test_random_init_depends_on_the_seed():
 
 
 def sse(x, codebook, block_rows=None):
-    return (qc.dequantize_codebook(qc.quantize_codebook(x, codebook, block_rows), codebook, block_rows) - x).pow(2).sum()
+    idx = qc.quantize_codebook(x, codebook, block_rows)
+    return (qc.dequantize_codebook(idx, codebook, block_rows) - x).pow(2).sum()
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])

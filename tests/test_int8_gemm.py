@@ -74,7 +74,8 @@ def test_float_rows_are_taken_in_16_bits_not_8():
     case = (37, 1040, 256, "float")
     a, _, _, w, w_scale = _case(*case)
     s8 = a.abs().amax(-1).clamp_min(1e-30) / 127
-    y8 = torch.ops.qcompiler.int8_gemm(torch.round(a / s8[:, None]).to(torch.int8), s8, None, int8_gemm.pack(w), w_scale)
+    y8 = torch.ops.qcompiler.int8_gemm(torch.round(a / s8[:, None]).to(torch.int8), s8, None,
+                                       int8_gemm.pack(w), w_scale)
     ref = int8_gemm.reference(a, None, None, w, w_scale)
     assert _max_relative_error(case) < ((y8.double() - ref).abs().max() / ref.abs().max()).item() / 50
 

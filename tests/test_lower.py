@@ -10,7 +10,8 @@ DIMS = ({0: torch.export.Dim("batch", max=256), 1: torch.export.Dim("seq", max=2
 
 def model(dtype):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=False)).eval().to(dtype)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(),
+                               torch.nn.Linear(96, 32, bias=False)).eval().to(dtype)
 
 
 # Kernel choices depend on the target, named explicitly: the same choices on any machine running the tests
@@ -37,8 +38,10 @@ def no_reference_ops(prog) -> bool:
 # float32 activations run through the packed kernel in bfloat16: agreement within bf16 rounding;
 # the VNNI form splits activations into 16 bits as two int8 rows, the AVX2 one takes them in 16 bits:
 # both far closer to the reference
-@pytest.mark.parametrize("target,kernel,tol", [(PLAIN, INT8PACK, 2e-2), (AVX2, INT8_GEMM + " (16-bit activations)", 1e-3),
-                                               (VNNI, INT_MM + " (16-bit activations)", 1e-3)], ids=["plain", "avx2", "vnni"])
+@pytest.mark.parametrize("target,kernel,tol", [(PLAIN, INT8PACK, 2e-2),
+                                               (AVX2, INT8_GEMM + " (16-bit activations)", 1e-3),
+                                               (VNNI, INT_MM + " (16-bit activations)", 1e-3)],
+                         ids=["plain", "avx2", "vnni"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_weight_only_lowers_to_the_targets_kernel(target, kernel, tol, dtype):
     m = model(dtype)
@@ -74,11 +77,13 @@ def test_16_bit_activations_stay_within_their_bound_where_rows_have_outliers():
 
 
 @pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4, grid=None),
-                                    qc.CodebookWeightOnlyConfig(3, block_rows=32, grid=None), qc.Float8WeightOnlyConfig(), qc.Float8DynamicActivationFloat8WeightConfig()],
+                                    qc.CodebookWeightOnlyConfig(3, block_rows=32, grid=None),
+                                    qc.Float8WeightOnlyConfig(), qc.Float8DynamicActivationFloat8WeightConfig()],
                          ids=lambda c: c.alias)
 def test_what_no_rule_fuses_is_decomposed_into_aten_and_reported(config):
     m = model(torch.float32)
-    prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS, calibration_data=[torch.randn(4, 5, 64)])
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS,
+                       calibration_data=[torch.randn(4, 5, 64)])
     low = qc.lower(prog, "cpu")
     assert kernels(low) == ["decomposed", "decomposed"]
     assert not any(str(n.target).startswith("qcompiler.") for n in low.graph.nodes if n.op == "call_function")
@@ -121,7 +126,8 @@ INT4 = [qc.Int4WeightOnlyConfig(32), qc.Int4WeightOnlyConfig(32, zero_point_doma
         qc.Int4WeightOnlyConfig(32, zero_point_domain="int", zero_point_dtype=torch.int32, scale_dtype=torch.float32)]
 
 
-@pytest.mark.parametrize("config", INT4, ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
+@pytest.mark.parametrize("config", INT4,
+                         ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("target", [qc.Target.host(), AVX2], ids=["host", "avx2"])
 def test_int4_weight_only_lowers_to_the_integer_int4_kernel(config, dtype, tol, target):
@@ -135,7 +141,8 @@ def test_int4_weight_only_lowers_to_the_integer_int4_kernel(config, dtype, tol, 
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("config", INT4, ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
+@pytest.mark.parametrize("config", INT4,
+                         ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
 def test_int4_weight_only_falls_back_to_atens_kernel_without_qcompilers(config, monkeypatch):
     monkeypatch.setattr(native, "unavailable", lambda: "no compiler")
     m = model(torch.float32)
@@ -173,7 +180,8 @@ def test_dynamic_activation_schemes_lower(config, target, kernel, dtype, tol):
 
 @pytest.mark.parametrize("target,kernel,tol", [(PLAIN, "aten._weight_int8pack_mm (int8 activations)", 2e-2),
                                                (AVX2, INT8_GEMM + " (int8 activations)", 1e-4),
-                                               (VNNI, INT_MM + " (int8 activations)", 1e-4)], ids=["plain", "avx2", "vnni"])
+                                               (VNNI, INT_MM + " (int8 activations)", 1e-4)],
+                         ids=["plain", "avx2", "vnni"])
 def test_static_int8_runs_integer_activations_through_the_targets_kernel(target, kernel, tol):
     m = model(torch.float32)
     calib = [torch.randn(4, 5, 64) for _ in range(3)]
@@ -195,10 +203,12 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
     low = qc.lower(prog, PLAIN)
     assert kernels(low) == ["decomposed", "aten._weight_int8pack_mm"]
     first = qc.report(low).quantized[0]
-    assert first.kernel_reason == ("no kernel took it: onednn.qlinear_pointwise (u8s8, VNNI, prepacked) (16-bit activations): "
-                                   "target cpu:none lacks vnni; aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:none "
-                                   f"lacks vnni; {INT8_GEMM} (16-bit activations): target cpu:none lacks avx2; "
-                                   "aten._weight_int8pack_mm: K = 100 is not a multiple of 8 (the bfloat16 int8 kernel needs that)")
+    assert first.kernel_reason == ("no kernel took it: onednn.qlinear_pointwise (u8s8, VNNI, prepacked) "
+                                   "(16-bit activations): target cpu:none lacks vnni; "
+                                   "aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:none lacks vnni; "
+                                   f"{INT8_GEMM} (16-bit activations): target cpu:none lacks avx2; "
+                                   "aten._weight_int8pack_mm: K = 100 is not a multiple of 8 "
+                                   "(the bfloat16 int8 kernel needs that)")
     x = torch.randn(5, 100)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
     assert kernels(qc.lower(prog, VNNI)) == [INT_MM + " (16-bit activations)"] * 2  # the integer GEMMs take any K
@@ -249,7 +259,8 @@ def test_on_this_machine_vnni_takes_onednn_prepacked_for_large_weights_and_agree
         assert first.kernel.startswith(INT8_GEMM) and "lacks vnni" in first.kernel_reason
         return
     # 2048x2048 reaches the size where the prepacked call pays; 64x2048 stays on torch._int_mm
-    assert (first.kernel, second.kernel) == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix, INT_MM + suffix)
+    assert (first.kernel, second.kernel) == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix,
+                                             INT_MM + suffix)
     assert "its weight (64x2048) has under 4,194,304 elements" in second.kernel_reason
     portable = qc.lower(prog, "cpu:vnni")  # never this machine: the plain-weight integer GEMM for both
     assert kernels(portable) == [INT_MM + suffix] * 2

@@ -9,7 +9,8 @@ import qcompiler as qc  # noqa: F401  (registers the ops)
 
 ops = torch.ops.qcompiler
 X = torch.randn(4, 64)
-S_GROUP, Z_GROUP = qc.choose_qparams_affine(X, (1, 32), "uint4", zero_point_domain="float", zero_point_dtype=torch.bfloat16)
+S_GROUP, Z_GROUP = qc.choose_qparams_affine(X, (1, 32), "uint4", zero_point_domain="float",
+                                            zero_point_dtype=torch.bfloat16)
 S_ROW, Z_ROW = qc.choose_qparams_affine(X, (1, -1), "int8", "symmetric")
 Q4 = qc.quantize_affine(X, (1, 32), S_GROUP, Z_GROUP, "uint4", "float")
 CB = qc.kmeans_codebook(X, 3, block_rows=2)
@@ -17,8 +18,10 @@ IDX = qc.quantize_codebook(X, CB, 2)
 F8S = qc.choose_scale_float8(X, (1, -1))
 
 CASES = {
-    "choose_qparams_affine": (ops.choose_qparams_affine, (X, [1, 32], "uint4", "asymmetric", "float", torch.bfloat16, torch.bfloat16, 1e-6)),
-    "choose_qparams_none": (ops.choose_qparams_affine, (X, [1, -1], "int4", "symmetric", "none", None, torch.float32, 1e-6)),
+    "choose_qparams_affine": (ops.choose_qparams_affine,
+                              (X, [1, 32], "uint4", "asymmetric", "float", torch.bfloat16, torch.bfloat16, 1e-6)),
+    "choose_qparams_none": (ops.choose_qparams_affine,
+                            (X, [1, -1], "int4", "symmetric", "none", None, torch.float32, 1e-6)),
     "quantize_affine": (ops.quantize_affine, (X, [1, 32], S_GROUP, Z_GROUP, "uint4", "float")),
     "quantize_affine_none": (ops.quantize_affine, (X, [1, -1], S_ROW, None, "int8", "none")),
     "dequantize_affine": (ops.dequantize_affine, (Q4, [1, 32], S_GROUP, Z_GROUP, "uint4", "float", torch.bfloat16)),
@@ -81,13 +84,15 @@ class DynamicActivations(torch.nn.Module):
 
     def forward(self, x):
         s, z = ops.choose_qparams_affine(x, [1, -1], "int8", "asymmetric", "int", None, torch.float32, 1e-7)
-        a = ops.dequantize_affine(ops.quantize_affine(x, [1, -1], s, z, "int8", "int"), [1, -1], s, z, "int8", "int", x.dtype)
+        a = ops.dequantize_affine(ops.quantize_affine(x, [1, -1], s, z, "int8", "int"),
+                                  [1, -1], s, z, "int8", "int", x.dtype)
         f = ops.choose_scale_float8(x, [-1, -1], torch.float8_e4m3fn, torch.float32)
         b = ops.dequantize_float8(ops.quantize_float8(x, [-1, -1], f, torch.float8_e4m3fn), [-1, -1], f, x.dtype)
         return a + b
 
 
-@pytest.mark.parametrize("module", [WeightOnlyInt4(torch.randn(16, 64)), DynamicActivations()], ids=["int4wo", "dynamic"])
+@pytest.mark.parametrize("module", [WeightOnlyInt4(torch.randn(16, 64)), DynamicActivations()],
+                         ids=["int4wo", "dynamic"])
 def test_ops_survive_export_with_a_dynamic_batch(module):
     x = torch.randn(5, 64)
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -82,7 +82,8 @@ def test_a_package_for_another_target_runs_there_and_is_repacked_here(packaged_f
     with caplog.at_level(logging.INFO, logger="qcompiler"):
         torch.testing.assert_close(qc.load(path)(x), prog.module()(x), rtol=2e-2, atol=2e-2)
     if native_layout() != "pairs32":
-        assert f"repacking 1 int4 weights of mlp.pt2 from the 'pairs32' to the {native_layout()!r} layout" in caplog.text
+        assert (f"repacking 1 int4 weights of mlp.pt2 from the 'pairs32' to the {native_layout()!r} layout"
+                in caplog.text)
     # on a machine like the target (ATen without vector kernels): runs as packed
     torch.save({"x": x, "y": prog.module()(x)}, tmp_path / "io.pt")
     out = _run_script(f"""
@@ -179,7 +180,8 @@ def test_foreign_files(tmp_path):
 def test_an_exported_program_file_is_named_as_such(tmp_path):
     saved = tmp_path / "program.pt2"
     torch.export.save(torch.export.export(torch.nn.Linear(4, 4), (torch.randn(1, 4),)), saved)
-    with pytest.raises(ValueError, match=r"holds no AOTInductor model \(a torch.export.save file\? load it with torch.export.load\)"):
+    with pytest.raises(ValueError, match=r"holds no AOTInductor model \(a torch.export.save file\? "
+                                         r"load it with torch.export.load\)"):
         qc.load(saved)
 
 
@@ -242,7 +244,8 @@ def test_loading_imports_a_named_type_only_from_modules_the_caller_allows(tmp_pa
     for allowed in ((), ("transformers", "registers_a_pytre")):  # a prefix of the name is not its module
         with pytest.raises(ValueError, match=r"cannot load .*m.pt2: its inputs or outputs are a "
                                              r"registers_a_pytree_type.Pair, which is not registered .*; import the "
-                                             r"module that defines it first, or .*allow_imports=\['registers_a_pytree_type'\]"):
+                                             r"module that defines it first, or .*"
+                                             r"allow_imports=\['registers_a_pytree_type'\]"):
             _register_pytree_types(path, _Spec, allowed)
         assert "registers_a_pytree_type" not in sys.modules  # the file chose nothing to import
     _register_pytree_types(path, _Spec, ("registers_a_pytree_type",))

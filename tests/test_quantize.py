@@ -17,7 +17,8 @@ CONFIGS = [qc.Int8WeightOnlyConfig(), qc.Int8DynamicActivationInt8WeightConfig()
            qc.Int8DynamicActivationInt4WeightConfig(32), qc.CodebookWeightOnlyConfig(4),
            qc.CodebookWeightOnlyConfig(3, block_rows=16), qc.Float8WeightOnlyConfig(),
            qc.Float8DynamicActivationFloat8WeightConfig(), qc.Int8StaticActivationInt8WeightConfig()]
-MIN_COSINE = {"codebook-3-16": 0.97, "int8wo": 0.9999, "int8dq": 0.999, "int8static": 0.999, "fp8wo": 0.999, "fp8dq": 0.998}
+MIN_COSINE = {"codebook-3-16": 0.97, "int8wo": 0.9999, "int8dq": 0.999, "int8static": 0.999,
+              "fp8wo": 0.999, "fp8dq": 0.998}
 
 
 def cosine(a, b):
@@ -25,7 +26,8 @@ def cosine(a, b):
 
 
 def qcompiler_ops(prog):
-    return [str(n.target) for n in prog.graph.nodes if n.op == "call_function" and str(n.target).startswith("qcompiler.")]
+    return [str(n.target) for n in prog.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("qcompiler.")]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.alias + getattr(c, "zero_point_domain", ""))
@@ -62,7 +64,8 @@ def test_mixed_model_skips_with_reasons_and_stores_shared_weights_once():
     rep = qc.report(prog)
     names = {r.name: r for r in rep.layers}
     assert names["odd"].skipped == "int4wo-32: input size 48 is not a multiple of group size 32"
-    assert [r.skipped for r in rep.skipped if r.skipped.endswith("run time")] == ["int4wo-32: weight is computed at run time"]
+    assert ([r.skipped for r in rep.skipped if r.skipped.endswith("run time")]
+            == ["int4wo-32: weight is computed at run time"])
     assert names["shared"].scheme == "int4wo-32"  # called twice, one row, one stored weight
     assert sum(1 for k in prog.state_dict if k.startswith("shared_q")) == 1
     assert names["head"].scheme == "int4wo-32"
@@ -112,7 +115,8 @@ def test_stages_one_by_one_with_calibration(observer):
     observers = [m for n, m in prepared.named_modules() if n.startswith("qcompiler_observer_")]
     assert len(observers) == 3 and all(o.calibrated for o in observers)
     lo = min(x.min() for x in data)
-    assert observers[0].lo.item() == pytest.approx(lo.item()) if observer == "minmax" else observers[0].lo.item() > lo.item()
+    assert (observers[0].lo.item() == pytest.approx(lo.item()) if observer == "minmax"
+            else observers[0].lo.item() > lo.item())
     prog = qc.convert(prepared)
     assert not any("observer" in n.name for n in prog.graph.nodes)
     x = torch.randn(8, 64)
@@ -153,7 +157,8 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
         assert any(r.skipped for r in rep.layers)
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 

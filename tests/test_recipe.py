@@ -66,5 +66,6 @@ def test_needs_calibration_says_which_configs_and_recipes_need_data():
     assert not qc.needs_calibration(qc.Int8WeightOnlyConfig())
     assert qc.needs_calibration(qc.Int8StaticActivationInt8WeightConfig())
     assert qc.needs_calibration(qc.config_from_string("int4wo-64+gptq"))
-    assert qc.needs_calibration(qc.Recipe([("fc1", qc.Int4WeightOnlyConfig(64)), ("fc2", qc.config_from_string("int4wo-64+awq"))]))
+    assert qc.needs_calibration(qc.Recipe([("fc1", qc.Int4WeightOnlyConfig(64)),
+                                           ("fc2", qc.config_from_string("int4wo-64+awq"))]))
     assert not qc.needs_calibration(qc.Recipe([("fc1", qc.Int4WeightOnlyConfig(64)), ("fc2", None)]))

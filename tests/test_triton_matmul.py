@@ -93,7 +93,8 @@ def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kern
     ref = gm(x)
     lower_graph(gm, "cuda")
     quantized = qc.report(gm).quantized
-    name = "qcompiler::triton_dq_matmul (int8 activations)" if kernel == "dq" else f"qcompiler::triton_wo_matmul ({kernel})"
+    name = ("qcompiler::triton_dq_matmul (int8 activations)" if kernel == "dq"
+            else f"qcompiler::triton_wo_matmul ({kernel})")
     assert quantized and all(r.kernel == name for r in quantized)
     torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4)
 
@@ -109,8 +110,8 @@ def test_int8_activation_kernel_is_exact_integer_arithmetic_then_scales(m, n, k,
     xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
     x_scale = torch.rand(m) / 10
     x_zero = torch.randint(-20, 20, (m,), dtype=torch.int32) if asymmetric else None
-    y = dq_matmul(xq.to(DEVICE), x_scale.to(DEVICE), None if x_zero is None else x_zero.to(DEVICE), q.to(DEVICE), bits, k,
-                  w_scale.to(DEVICE), torch.float32)
+    y = dq_matmul(xq.to(DEVICE), x_scale.to(DEVICE), None if x_zero is None else x_zero.to(DEVICE),
+                  q.to(DEVICE), bits, k, w_scale.to(DEVICE), torch.float32)
     x_hat = (xq.float() - (x_zero.float()[:, None] if asymmetric else 0)) * x_scale[:, None]
     ref = x_hat @ (v.float() * w_scale.repeat_interleave(group, 1)).t()
     torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-4)
@@ -176,7 +177,8 @@ def test_a_program_captured_on_the_cpu_is_named_as_off_the_gpu():
 @pytest.mark.parametrize("scheme", ["int8wo", "int4wo-128", "codebook-4", "int8dq", "int8da-int4w-128"])
 def test_cuda_pt2_round_trip_at_full_size(scheme, tmp_path):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.Linear(4096, 1024)).eval().to("cuda", torch.bfloat16)
+    model = (torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.Linear(4096, 1024))
+             .eval().to("cuda", torch.bfloat16))
     x = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
     prog = qc.quantize(model, (x,), qc.config_from_string(scheme),
                        dynamic_shapes=({0: torch.export.Dim("m", min=1, max=2048)},))
