@@ -1,6 +1,6 @@
 # `make demo`: MiniLM quantized four ways, packaged for the CPU, measured (.pt2 files in demo-out/).
 # `make test`: create .venv if missing, install qcompiler with its dev extra
-# under constraints.txt (torch pinned to the CPU build), lint (ruff), run the tests.
+# under constraints.txt (torch pinned to the CPU build), lint (ruff), type-check passes/ and lowering/ (mypy), run the tests.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check qcompiler tests benchmarks examples
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 clean:
