@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 from .capture import capture
+from .capture_lm import capture_lm
+from .generate import generate, stream
 from .configs import (
     CodebookWeightOnlyConfig,
     Float8DynamicActivationFloat8WeightConfig,
@@ -66,6 +68,7 @@ from .runtime.target import CPU_CAPABILITIES, Target
 __all__ += [
     "capture", "prepare", "calibrate", "needs_calibration", "convert", "quantize", "report", "Report", "LayerReport",
     "lower", "package", "load", "Loaded", "Target", "CPU_CAPABILITIES",
+    "capture_lm", "generate", "stream",
     "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",

@@ -1,5 +1,6 @@
 """Package: a lowered (or reference) program into an AOTInductor ``.pt2``; load one back."""
 import io
+import json
 import logging
 import time
 from dataclasses import replace
@@ -9,6 +10,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from . import __version__
+from .capture_lm import LM_METADATA_KEY, lm_shape
 from .report import Report, report
 from .runtime.errors import fail
 from .runtime.inputs import describe_inputs
@@ -54,6 +56,10 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     if target is not None:
         metadata["target"] = target.to_json()
         metadata["needs"] = sorted(code_needs(target))
+    lm = lm_shape(program.named_buffers())
+    if lm is not None:  # qcompiler.generate reads it from either loader
+        metadata["lm"] = lm
+        options["aot_inductor.metadata"] = {LM_METADATA_KEY: json.dumps(lm)}
     ops = native.native_ops(program)
     if ops:
         metadata["native_ops"] = ops

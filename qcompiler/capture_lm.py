@@ -1,0 +1,120 @@
+"""Capture a decoder LLM with its KV cache as state: one program for prefill and decode.
+
+```
+input_ids [batch, seq]   cache_position [seq]        (seq: 1 .. max_seq_len, dynamic)
+        │                      │
+        ▼                      ▼
+  decoder layers ── read/write ──► key_cache_i, value_cache_i [batch, kv_heads, max_seq_len, head_dim]
+        │                          cumulative_length_i        (buffers the program mutates: its state)
+        ▼
+  logits [batch, seq, vocab]
+```
+
+The program is transformers' static-cache export module
+(``transformers.integrations.executorch.TorchExportableModuleWithStaticCache``) with one
+fix: its cache layers keep references to the tensors made at construction, which
+``torch.export`` (non-strict) then lifts as *constants* that the program mutates; such a
+program cannot be decomposed, and AOTInductor would treat the cache as read-only. Here
+each call first rebinds the cache layers to the module's registered buffers, so export
+records them as mutated buffers and the cache is the program's state, kept by the ``.pt2``
+between calls.
+
+A call whose ``cache_position`` starts at 0 starts a new sequence: positions past the
+prompt are masked, so nothing of the previous one is read. Every stage accepts the
+program like any other captured one.
+"""
+import contextlib
+import functools
+import logging
+from typing import Iterator, Optional
+
+import torch
+from torch.export import Dim, ExportedProgram
+
+from .capture import capture
+from .runtime.errors import fail
+
+log = logging.getLogger(__name__)
+
+CACHE_PREFIXES = ("key_cache_", "value_cache_")  # the program's KV cache buffers: <prefix><layer>
+LM_METADATA_KEY = "qcompiler.lm"  # a packaged LM's lm_shape in its AOTInductor metadata (read without qcompiler)
+EXAMPLE_LENGTH = 8  # tokens in the example prompt the program is captured with
+
+
+def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: int = 1) -> ExportedProgram:
+    """``model`` (a transformers decoder-only causal LM) captured with a static KV cache of
+    ``batch_size`` x ``max_seq_len`` tokens, in the model's dtype.
+
+    The program takes ``input_ids`` [batch_size, seq] and ``cache_position`` [seq] (the positions
+    of those tokens: ``arange(seq)`` for a prompt, ``[n]`` for the n-th token) and returns logits
+    [batch_size, seq, vocab]; ``seq`` is dynamic up to ``max_seq_len``. See :func:`qcompiler.generate`."""
+    config = _check(model, max_seq_len, batch_size)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max_seq_len > positions:
+        log.warning("max_seq_len=%d exceeds the model's max_position_embeddings=%d", max_seq_len, positions)
+    length = min(EXAMPLE_LENGTH, max_seq_len)
+    ids = torch.zeros(batch_size, length, dtype=torch.long, device=_device(model))
+    seq = Dim("seq", min=1, max=max_seq_len)
+    with _static_generation(model, batch_size, max_seq_len):
+        module = _cache_as_state()(model.eval(), batch_size, max_seq_len)
+    example = {"input_ids": ids, "cache_position": torch.arange(length, device=ids.device)}
+    return capture(module, (), example_kwargs=example,
+                   dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
+
+
+def _check(model, max_seq_len, batch_size):
+    config = getattr(model, "config", None)
+    if not isinstance(model, torch.nn.Module) or config is None or not hasattr(model, "generation_config"):
+        raise fail("model", "a transformers decoder-only causal LM (e.g. LlamaForCausalLM)", type(model).__name__)
+    if getattr(config, "is_encoder_decoder", False):
+        raise fail("model", "a decoder-only causal LM, not an encoder-decoder", type(model).__name__)
+    for name, value, low in (("max_seq_len", max_seq_len, 2), ("batch_size", batch_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise fail(name, f"an int >= {low}", value)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _static_generation(model, batch_size: int, max_seq_len: int) -> Iterator[None]:
+    """The model's generation config set for a static cache while the export module is built, then restored."""
+    gen = model.generation_config
+    saved = {k: getattr(gen, k, None) for k in ("use_cache", "cache_implementation", "cache_config")}
+    gen.use_cache, gen.cache_implementation = True, "static"
+    gen.cache_config = {"batch_size": batch_size, "max_cache_len": max_seq_len}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(gen, k, v)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_as_state() -> type:
+    """transformers' static-cache module whose cache layers read and write its registered buffers."""
+    try:
+        from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+    except ImportError as e:
+        raise ImportError("qcompiler: capture_lm needs transformers (pip install 'transformers>=5.0')") from e
+
+    class CacheAsState(TorchExportableModuleWithStaticCache):
+        def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+            for i, layer in enumerate(self.static_cache.layers):
+                layer.keys = self.get_buffer(f"key_cache_{i}")
+                layer.values = self.get_buffer(f"value_cache_{i}")
+                layer.cumulative_length = self.get_buffer(f"cumulative_length_{i}")
+            return super().forward(input_ids=input_ids, cache_position=cache_position)
+    return CacheAsState
+
+
+def lm_shape(named_buffers) -> Optional[dict]:
+    """``{"batch_size", "max_seq_len", "layers"}`` of a program captured by :func:`capture_lm`, read off its
+    KV cache buffers (``named_buffers``: name -> tensor pairs); None for other programs."""
+    keys = {n: t for n, t in named_buffers if n.startswith(CACHE_PREFIXES[0])}
+    first = keys.get(f"{CACHE_PREFIXES[0]}0")
+    if first is None or first.dim() != 4:
+        return None
+    return {"batch_size": int(first.shape[0]), "max_seq_len": int(first.shape[2]), "layers": len(keys)}
