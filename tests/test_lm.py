@@ -1,0 +1,114 @@
+"""Decoder LLMs: captured with their KV cache, quantized, packaged, generated from."""
+import pytest
+import torch
+
+import qcompiler as qc
+from qcompiler.zoo import decoder
+
+pytest.importorskip("transformers")
+
+MAX_SEQ_LEN = 48
+STEPS = 16
+# each family packaged once, each with another scheme (packaging costs ~15 s a model)
+FAMILIES = [("llama-tiny", "int4wo-32"), ("qwen2-tiny", "int8dq"), ("mistral-tiny", "int8wo"),
+            ("phi3-tiny", "codebook-4"), ("gemma-tiny", "int8da-int4w-32")]
+
+
+def prompt(length, seed=1):
+    return torch.randint(3, 256, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model = decoder("llama-tiny")
+    return model, qc.capture_lm(model, max_seq_len=MAX_SEQ_LEN)
+
+
+def test_captured_program_generates_what_transformers_generates(llama):
+    model, lm = llama
+    ids = prompt(7)
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=STEPS, do_sample=False)
+    assert torch.equal(qc.generate(lm.module(), ids, STEPS), expected[:, ids.shape[1]:])
+
+
+@pytest.mark.parametrize("family,scheme", FAMILIES)
+def test_packaged_decoder_matches_its_quantized_reference(family, scheme, tmp_path):
+    lm = qc.capture_lm(decoder(family), max_seq_len=MAX_SEQ_LEN)
+    program = qc.convert(qc.prepare(lm, qc.config_from_string(scheme)))
+    path = qc.package(qc.lower(program, "cpu"), tmp_path / "lm.pt2")
+    run, plain = qc.load(path), torch._inductor.aoti_load_package(str(path))  # plain: torch alone
+    reference = program.module()
+    assert run.metadata["lm"] == {"batch_size": 1, "max_seq_len": MAX_SEQ_LEN, "layers": 2}
+    with pytest.raises(ValueError, match="max_seq_len=48"):  # plain AOTInductor packages tell it too
+        qc.generate(plain, prompt(40), 9)
+    for length in (5, 11):  # the prompt length is dynamic; the cache starts again with each prompt
+        ids = prompt(length, seed=length)
+        expected = qc.generate(reference, ids, STEPS)
+        assert torch.equal(qc.generate(run, ids, STEPS), expected)
+        assert torch.equal(qc.generate(plain, ids, STEPS), expected)
+        positions = torch.arange(length)
+        ours, ref = run(input_ids=ids, cache_position=positions), reference(input_ids=ids, cache_position=positions)
+        assert ours.shape == (1, length, 256)
+        torch.testing.assert_close(ours, ref, atol=2e-2 * ref.abs().max().item(), rtol=0)
+
+
+def test_the_cache_starts_again_with_each_prompt(llama):
+    _, lm = llama
+    run = lm.module()
+    first, second = prompt(9, seed=2), prompt(6, seed=3)
+    alone = qc.generate(lm.module(), second, 8)
+    qc.generate(run, first, 20)  # fills the cache further than the second prompt reaches
+    assert torch.equal(qc.generate(run, second, 8), alone)
+
+
+def test_streamed_tokens_are_the_generated_ones(llama):
+    _, lm = llama
+    ids = prompt(5)
+    streamed = [t for t in qc.stream(lm.module(), ids, 6)]
+    assert [t.shape for t in streamed] == [(1,)] * 6
+    assert torch.equal(torch.stack(streamed, 1), qc.generate(lm.module(), ids, 6))
+
+
+def test_sampling_options(llama):
+    _, lm = llama
+    ids = prompt(5)
+    greedy = qc.generate(lm.module(), ids, 8)
+    assert torch.equal(qc.generate(lm.module(), ids, 8, temperature=0.7, top_k=1), greedy)
+    runs = [qc.generate(lm.module(), ids, 8, temperature=5.0, generator=torch.Generator().manual_seed(0))
+            for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], greedy)
+    first = greedy[0, 0].item()
+    assert qc.generate(lm.module(), ids, 8, eos_token_id=first).shape == (1, 1)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"input_ids": prompt(40), "max_new_tokens": 9}, r"49 positions; the program's cache holds max_seq_len=48"),
+    ({"input_ids": prompt(49), "max_new_tokens": 0}, r"max_seq_len=48"),
+    ({"input_ids": torch.randint(3, 256, (2, 4))}, r"input_ids must be a batch of 1 prompts"),
+    ({"input_ids": torch.zeros(1, 0, dtype=torch.long)}, r"at least one token"),
+    ({"input_ids": torch.zeros(4, dtype=torch.long)}, r"LongTensor \[batch, prompt length\]"),
+    ({"input_ids": prompt(4), "max_new_tokens": -1}, r"max_new_tokens must be an int >= 0"),
+    ({"input_ids": prompt(4), "temperature": -1.0}, r"temperature must be a number >= 0"),
+    ({"input_ids": prompt(4), "top_k": 0}, r"top_k must be None or an int >= 1"),
+    ({"input_ids": prompt(4), "max_seq_len": 64}, r"max_seq_len must be 48"),
+])
+def test_bad_requests_are_clear_errors(llama, kwargs, message):
+    _, lm = llama
+    with pytest.raises(ValueError, match=message):
+        qc.generate(lm.module(), **{"max_new_tokens": 4, **kwargs})
+
+
+def test_capture_lm_rejects_what_it_cannot_capture():
+    with pytest.raises(ValueError, match="model must be a transformers decoder-only causal LM"):
+        qc.capture_lm(torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="max_seq_len must be an int >= 2"):
+        qc.capture_lm(decoder("llama-tiny"), max_seq_len=1)
+    with pytest.raises(ValueError, match="decoder must be one of llama-tiny"):
+        decoder("gpt-17")
+
+
+def test_capture_lm_leaves_the_models_generation_config_alone():
+    model = decoder("llama-tiny")
+    before = model.generation_config.to_dict()
+    qc.capture_lm(model, max_seq_len=16, batch_size=2)
+    assert model.generation_config.to_dict() == before
