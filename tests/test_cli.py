@@ -9,6 +9,7 @@ import pytest
 import qcompiler as qc
 import torch
 
+from qcompiler import zoo
 from qcompiler.cli import main
 
 FACTORY = "small_models:mixed_factory"
@@ -201,3 +202,21 @@ def test_open_artifact_reads_a_saved_program_without_loading_it(tmp_path):
     assert art.inputs["inputs"][0]["shape"] == [2, 32]
     with pytest.raises(ValueError, match=r"must end in \.pt2"):
         qc.save(program, tmp_path / "m.bin")
+
+
+def test_generate_from_a_decoder_then_from_its_package(tmp_path, capsys):
+    ids = "5,17,42,9"
+    result = run_json(capsys, "generate", "decoder:llama-tiny", "--prompt-ids", ids, "-n", "6", "--max-seq-len", "32")
+    lm = qc.capture_lm(zoo.decoder("llama-tiny"), max_seq_len=32)
+    expected = qc.generate(lm.module(), torch.tensor([[5, 17, 42, 9]]), 6)[0].tolist()
+    assert (result["tokens"], result["prompt_tokens"], result["text"]) == (expected, 4, None)
+    assert result["decode_tokens_per_s"] > 0 and result["peak_memory_mb"] > 0
+    out = tmp_path / "lm.pt2"
+    packaged = run_json(capsys, "generate", "decoder:llama-tiny", "--scheme", "int8wo", "--prompt-ids", ids, "-n", "6",
+                        "--max-seq-len", "32", "-o", str(out))
+    again = run_json(capsys, "generate", str(out), "--prompt-ids", ids, "-n", "6")
+    assert again["tokens"] == packaged["tokens"] and again["model_bytes"] == out.stat().st_size
+    code, _, err = run(capsys, "generate", str(out), "--prompt-ids", ids, "-n", "40")
+    assert code == 1 and "need 44 positions; the program's cache holds max_seq_len=32" in err
+    code, _, err = run(capsys, "generate", str(out), "--prompt", "hello")
+    assert code == 1 and "--prompt needs a model with a tokenizer" in err

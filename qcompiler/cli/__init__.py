@@ -20,10 +20,11 @@ from typing import Optional, Sequence
 
 from .. import SCHEME_FORMS
 from . import commands
+from .generate import generate_cmd
 from .tables import emit
 
 COMMANDS = {"quantize": commands.quantize_cmd, "inspect": commands.inspect_cmd, "bench": commands.bench_cmd,
-            "eval": commands.eval_cmd, "demo": commands.demo_cmd}
+            "eval": commands.eval_cmd, "demo": commands.demo_cmd, "generate": generate_cmd}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,11 +74,28 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--shape", default="1x128", metavar="BATCHxSEQ", help="input size timed")
     d.add_argument("--seconds", type=float, default=2.0)
 
-    for s in (b, e):
+    g = sub.add_parser("generate", help="tokens from a decoder LLM (.pt2 or model), then tokens/s, GB/s and memory")
+    g.add_argument("model", metavar="MODEL_OR_PT2", help="a .pt2 packaged from qcompiler.capture_lm, decoder:NAME "
+                   "(random weights; NAME: llama-tiny, tinyllama-1.1b, llama-2-7b, ...) or package.module:factory "
+                   "returning a transformers causal LM or (model, tokenizer)")
+    said = g.add_mutually_exclusive_group()
+    said.add_argument("--prompt", help="text (needs a tokenizer)")
+    said.add_argument("--prompt-ids", metavar="IDS", help="token ids joined by commas, e.g. 1,415,2934")
+    said.add_argument("--prompt-length", type=int, default=128, metavar="N",
+                      help="N random token ids (default 128; for speed runs)")
+    g.add_argument("-n", type=int, default=128, metavar="N", help="new tokens to make (default 128)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    g.add_argument("--scheme", help=f"quantize a model first: {schemes}")
+    g.add_argument("--max-seq-len", type=int, default=2048, help="KV cache length of a captured model (default 2048)")
+    g.add_argument("--target", metavar="TARGET", help="with -o: the machine to compile for (default: this one)")
+    g.add_argument("-o", "--output", metavar="OUT.pt2", help="lower and package a model here first, generate from it")
+
+    for s in (b, e, g):
         s.add_argument("--allow-import", action="append", metavar="MODULE", help="a module (with its submodules) "
                        "that loading a .pt2 may import to register the input/output types it names, e.g. "
                        "transformers (repeatable); by default a file imports nothing")
-    for s in (q, i, b, e, d):
+    for s in (q, i, b, e, d, g):
         s.add_argument("--json", action="store_true", help="print the result as JSON")
         s.add_argument("--traceback", action="store_true", help="on an error, print the whole traceback, not one line "
                        "(also QCOMPILER_TRACEBACK=1)")
