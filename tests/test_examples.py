@@ -46,3 +46,9 @@ def test_static_int8_calibrates_then_keeps_embeddings(tmp_path):
     out = run_example("static_int8.py", cwd=tmp_path)
     assert "calibrated on 4 batches" in out and "int8static" in out
     assert number(r"mean (\d\.\d+)", out) > 0.95
+
+
+def test_deploy_llm_packages_a_decoder_that_generates_like_its_program(tmp_path):
+    pytest.importorskip("transformers")
+    out = run_example("deploy_llm.py", "--out", "lm.pt2", cwd=tmp_path)
+    assert (tmp_path / "lm.pt2").is_file() and "same tokens as the quantized reference program: True" in out
