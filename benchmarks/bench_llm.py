@@ -1,0 +1,171 @@
+"""Decoder LLM, batch 1: tokens/s (prefill and decode), effective GB/s, peak memory and size per system.
+
+    python benchmarks/bench_llm.py [--model tinyllama-1.1b] [--prompt 128] [--new 128] [--rounds 3]
+                                   [--systems bf16 int8wo ...] [--folder bench-llm] [--out benchmarks/results/llm_...]
+
+Build phase: each qcompiler system is captured with ``qc.capture_lm`` (random weights, shapes from
+``qcompiler.zoo.DECODERS``), quantized, lowered for this machine and packaged into ``--folder`` (kept
+between runs; ``--rebuild`` makes them again); llama.cpp's get the same shapes written to GGUF with
+random weights (``peer_llamacpp.py``). Measure phase: every system runs in a fresh process per round
+(``qcompiler generate --json``, or the llama.cpp runner), rounds alternate the order, and the medians
+are written with the machine. Effective GB/s = file bytes x decode tokens/s; the machine's read
+bandwidth (``torch.sum`` over 1 GiB, in the same rounds) is the yardstick.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import qcompiler as qc
+from qcompiler.zoo import DECODERS, decoder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine  # noqa: E402
+
+# system -> (weights dtype, scheme or None); "bf16" is the unquantized baseline
+QC_SYSTEMS = {"bf16": (torch.bfloat16, None), "int8wo": (torch.float32, "int8wo"),
+              "int8dq": (torch.float32, "int8dq"), "int4wo-64": (torch.float32, "int4wo-64"),
+              "int4wo-64+gptq": (torch.float32, "int4wo-64+gptq"), "codebook-4": (torch.float32, "codebook-4")}
+CALIBRATION = 4  # random-token sequences of the prompt length, for GPTQ (speed only: random weights)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_qc(name: str, model_name: str, max_seq_len: int, prompt: int, path: Path) -> None:
+    dtype, scheme = QC_SYSTEMS[name]
+    start = time.perf_counter()
+    model = decoder(model_name, dtype=dtype)
+    vocab = model.config.vocab_size
+    lm = qc.capture_lm(model, max_seq_len=max_seq_len)
+    del model
+    if scheme is not None:
+        config = qc.config_from_string(scheme)
+        data = None
+        if qc.needs_calibration(config):
+            gen = torch.Generator().manual_seed(0)
+            data = [{"input_ids": torch.randint(3, vocab, (1, prompt), generator=gen),
+                     "cache_position": torch.arange(prompt)} for _ in range(CALIBRATION)]
+        prepared = qc.prepare(lm, config)
+        if data is not None:
+            qc.calibrate(prepared, data)
+        lm = qc.convert(prepared)
+    qc.package(qc.lower(lm, "cpu"), path)
+    log(f"  built {name}: {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - start:.0f} s")
+
+
+def measure_qc(path: Path, prompt: int, new: int) -> dict:
+    cmd = [sys.executable, "-c", "import sys; from qcompiler.cli import main; sys.exit(main())", "generate", str(path),
+           "--prompt-length", str(prompt),
+           "-n", str(new), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed")
+    r = json.loads(out.stdout)
+    return {k: r[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_memory_mb", "model_bytes")}
+
+
+def read_bandwidth_gbps() -> float:
+    x = torch.ones(1 << 28)  # 1 GiB of float32
+    x.sum()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t)
+    return x.numel() * 4 / statistics.median(times) / 1e9
+
+
+def peer_systems(model_name: str, folder: Path, rebuild: bool, prompt: int, new: int) -> dict:
+    """llama.cpp systems (name -> measure function), where llama-cpp-python and gguf are installed."""
+    try:
+        import peer_llamacpp
+    except ImportError as e:
+        log(f"  llama.cpp: not measured ({e})")
+        return {}
+    return peer_llamacpp.systems(decoder(model_name).config, folder, rebuild, log, prompt, new)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="tinyllama-1.1b")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--systems", nargs="+", default=list(QC_SYSTEMS))
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--folder", default="bench-llm")
+    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--out", default=None, help="results path without suffix (writes .json and .md)")
+    a = p.parse_args()
+    folder = Path(a.folder) / a.model
+    folder.mkdir(parents=True, exist_ok=True)
+    max_seq_len = a.prompt + a.new
+    cases = {}
+    for name in a.systems:
+        path = folder / f"{name}.pt2"
+        if a.rebuild or not path.is_file():
+            log(f"building {name} ...")
+            build_qc(name, a.model, max_seq_len, a.prompt, path)
+        cases[f"qcompiler {name}"] = lambda path=path: measure_qc(path, a.prompt, a.new)
+    if not a.no_peers:
+        cases.update(peer_systems(a.model, folder, a.rebuild, a.prompt, a.new))
+    runs = {k: [] for k in cases}
+    bandwidth = []
+    for r in range(a.rounds):
+        order = list(cases) if r % 2 == 0 else list(reversed(cases))
+        for key in order:
+            runs[key].append(cases[key]())
+            log(f"  round {r + 1}: {key}: {runs[key][-1]['decode_tokens_per_s']:.1f} decode tok/s")
+        bandwidth.append(read_bandwidth_gbps())
+    write(a, runs, statistics.median(bandwidth))
+
+
+def summarize(runs: dict, bandwidth: float) -> list:
+    rows = []
+    base = None
+    for key, rs in runs.items():
+        row = {"system": key, **{k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "model_bytes"},
+               "model_mb": rs[0]["model_bytes"] / 1e6}
+        row["decode_gb_per_s"] = row["decode_tokens_per_s"] * rs[0]["model_bytes"] / 1e9
+        row["of_read_bandwidth"] = row["decode_gb_per_s"] / bandwidth
+        base = row if key == "qcompiler bf16" else base
+        rows.append(row)
+    for row in rows:
+        row["decode_vs_bf16"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"] if base else None
+        row["prefill_vs_bf16"] = row["prefill_tokens_per_s"] / base["prefill_tokens_per_s"] if base else None
+    return rows
+
+
+def write(a, runs: dict, bandwidth: float) -> None:
+    rows = summarize(runs, bandwidth)
+    result = {"model": a.model, "config": DECODERS[a.model][1], "prompt": a.prompt, "new": a.new,
+              "rounds": a.rounds, "read_bandwidth_gbps": bandwidth, "machine": machine(), "rows": rows,
+              "runs": runs}
+    header = ["system", "decode tok/s", "vs bf16", "prefill tok/s", "vs bf16", "GB/s", "of read bw", "peak MB", "MB"]
+    lines = [f"# {a.model}, batch 1, {a.prompt}-token prompt, {a.new} new tokens ({a.rounds} rounds, medians)", "",
+             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, flags "
+             f"{' '.join(result['machine']['cpu_flags'])}; read bandwidth {bandwidth:.1f} GB/s", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        def f(v, fmt):
+            return "-" if v is None else fmt.format(v)
+        lines.append(f"| {r['system']} | {r['decode_tokens_per_s']:.1f} | {f(r['decode_vs_bf16'], '{:.2f}x')} | "
+                     f"{r['prefill_tokens_per_s']:.1f} | {f(r['prefill_vs_bf16'], '{:.2f}x')} | "
+                     f"{r['decode_gb_per_s']:.1f} | {r['of_read_bandwidth']:.0%} | {r['peak_memory_mb']:.0f} | "
+                     f"{r['model_mb']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out + ".json").write_text(json.dumps(result, indent=1))
+        Path(a.out + ".md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
