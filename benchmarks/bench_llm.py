@@ -27,10 +27,11 @@ from qcompiler.zoo import DECODERS, decoder
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine  # noqa: E402
 
-# system -> (weights dtype, scheme or None); "bf16" is the unquantized baseline
-QC_SYSTEMS = {"bf16": (torch.bfloat16, None), "int8wo": (torch.float32, "int8wo"),
-              "int8dq": (torch.float32, "int8dq"), "int4wo-64": (torch.float32, "int4wo-64"),
-              "int4wo-64+gptq": (torch.float32, "int4wo-64+gptq"), "codebook-4": (torch.float32, "codebook-4")}
+# system -> (weights dtype, scheme or None, KV cache dtype or None); "bf16" is the unquantized baseline
+F32, BF16, INT8 = torch.float32, torch.bfloat16, torch.int8
+QC_SYSTEMS = {"bf16": (BF16, None, None), "int8wo": (F32, "int8wo", None), "int8dq": (F32, "int8dq", None),
+              "int4wo-64": (F32, "int4wo-64", None), "int4wo-64+gptq": (F32, "int4wo-64+gptq", None),
+              "codebook-4": (F32, "codebook-4", None), "int4wo-64 kv-int8": (F32, "int4wo-64", INT8)}
 CALIBRATION = 4  # random-token sequences of the prompt length, for GPTQ (speed only: random weights)
 
 
@@ -39,11 +40,11 @@ def log(message: str) -> None:
 
 
 def build_qc(name: str, model_name: str, max_seq_len: int, prompt: int, path: Path) -> None:
-    dtype, scheme = QC_SYSTEMS[name]
+    dtype, scheme, kv = QC_SYSTEMS[name]
     start = time.perf_counter()
     model = decoder(model_name, dtype=dtype)
     vocab = model.config.vocab_size
-    lm = qc.capture_lm(model, max_seq_len=max_seq_len)
+    lm = qc.capture_lm(model, max_seq_len=max_seq_len, kv_cache_dtype=kv)
     del model
     if scheme is not None:
         config = qc.config_from_string(scheme)
@@ -109,7 +110,7 @@ def main():
     max_seq_len = a.prompt + a.new
     cases = {}
     for name in a.systems:
-        path = folder / f"{name}.pt2"
+        path = folder / f"{name.replace(' ', '_')}.pt2"
         if a.rebuild or not path.is_file():
             log(f"building {name} ...")
             build_qc(name, a.model, max_seq_len, a.prompt, path)

@@ -36,19 +36,22 @@ from .runtime.errors import fail
 
 log = logging.getLogger(__name__)
 
-CACHE_PREFIXES = ("key_cache_", "value_cache_")  # the program's KV cache buffers: <prefix><layer>
 LM_METADATA_KEY = "qcompiler.lm"  # a packaged LM's lm_shape in its AOTInductor metadata (read without qcompiler)
 EXAMPLE_LENGTH = 8  # tokens in the example prompt the program is captured with
 
 
-def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: int = 1) -> ExportedProgram:
+def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: int = 1,
+               kv_cache_dtype: Optional[torch.dtype] = None) -> ExportedProgram:
     """``model`` (a transformers decoder-only causal LM) captured with a static KV cache of
-    ``batch_size`` x ``max_seq_len`` tokens, in the model's dtype.
+    ``batch_size`` x ``max_seq_len`` tokens, in the model's dtype or, with ``kv_cache_dtype=torch.int8``,
+    in int8 with a float32 scale per token and head (``key_scale_<i>``, ``value_scale_<i>``).
 
     The program takes ``input_ids`` [batch_size, seq] and ``cache_position`` [seq] (the positions
     of those tokens: ``arange(seq)`` for a prompt, ``[n]`` for the n-th token) and returns logits
     [batch_size, seq, vocab]; ``seq`` is dynamic up to ``max_seq_len``. See :func:`qcompiler.generate`."""
     config = _check(model, max_seq_len, batch_size)
+    if kv_cache_dtype not in (None, torch.int8):
+        raise fail("kv_cache_dtype", "None (the model's dtype) or torch.int8", kv_cache_dtype)
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and max_seq_len > positions:
         log.warning("max_seq_len=%d exceeds the model's max_position_embeddings=%d", max_seq_len, positions)
@@ -56,7 +59,7 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
     ids = torch.zeros(batch_size, length, dtype=torch.long, device=_device(model))
     seq = Dim("seq", min=1, max=max_seq_len)
     with _static_generation(model, batch_size, max_seq_len):
-        module = _cache_as_state()(model.eval(), batch_size, max_seq_len)
+        module = _cache_as_state()(model.eval(), batch_size, max_seq_len, kv_cache_dtype == torch.int8)
     example = {"input_ids": ids, "cache_position": torch.arange(length, device=ids.device)}
     return capture(module, (), example_kwargs=example,
                    dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
@@ -92,29 +95,76 @@ def _static_generation(model, batch_size: int, max_seq_len: int) -> Iterator[Non
             setattr(gen, k, v)
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_as_state() -> type:
-    """transformers' static-cache module whose cache layers read and write its registered buffers."""
+# a cache layer's state: attribute -> the program's buffer name prefix (buffer: <prefix><layer>)
+STATE = {"keys": "key_cache_", "values": "value_cache_", "cumulative_length": "cumulative_length_"}
+INT8_STATE = {**STATE, "key_scale": "key_scale_", "value_scale": "value_scale_"}
+
+
+def _transformers():
     try:
+        from transformers.cache_utils import StaticLayer
         from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
     except ImportError as e:
         raise ImportError("qcompiler: capture_lm needs transformers (pip install 'transformers>=5.0')") from e
+    return TorchExportableModuleWithStaticCache, StaticLayer
 
-    class CacheAsState(TorchExportableModuleWithStaticCache):
+
+@functools.lru_cache(maxsize=None)
+def _cache_as_state() -> type:
+    """transformers' static-cache module whose cache layers read and write its registered buffers."""
+    module, _ = _transformers()
+
+    class CacheAsState(module):
+        def __init__(self, model, batch_size: int, max_seq_len: int, int8: bool):
+            super().__init__(model, batch_size, max_seq_len)
+            self.state = INT8_STATE if int8 else STATE
+            for i, layer in enumerate(self.static_cache.layers):
+                if int8:
+                    layer.__class__ = _int8_layer()
+                    layer.quantize_storage()
+                for attribute, prefix in self.state.items():
+                    self.register_buffer(f"{prefix}{i}", getattr(layer, attribute), persistent=False)
+
         def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
             for i, layer in enumerate(self.static_cache.layers):
-                layer.keys = self.get_buffer(f"key_cache_{i}")
-                layer.values = self.get_buffer(f"value_cache_{i}")
-                layer.cumulative_length = self.get_buffer(f"cumulative_length_{i}")
+                for attribute, prefix in self.state.items():
+                    setattr(layer, attribute, self.get_buffer(f"{prefix}{i}"))
             return super().forward(input_ids=input_ids, cache_position=cache_position)
     return CacheAsState
+
+
+@functools.lru_cache(maxsize=None)
+def _int8_layer() -> type:
+    """A static cache layer holding int8 keys and values with one float32 scale per token and head
+    (symmetric, ``max|x| / 127`` over the head dim); it returns them dequantized to the model's dtype."""
+    _, static_layer = _transformers()
+
+    class Int8StaticLayer(static_layer):
+        def quantize_storage(self) -> None:
+            shape = self.keys.shape[:3] + (1,)
+            self.keys, self.values = (torch.zeros_like(t, dtype=torch.int8) for t in (self.keys, self.values))
+            self.key_scale, self.value_scale = (torch.ones(shape, device=self.device) for _ in range(2))
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            positions = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
+            self.cumulative_length.add_(key_states.shape[-2])
+            out = []
+            for store, scale, new in ((self.keys, self.key_scale, key_states),
+                                      (self.values, self.value_scale, value_states)):
+                step = new.float().abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
+                store.index_copy_(2, positions, (new.float() / step).round().clamp(-127, 127).to(torch.int8))
+                scale.index_copy_(2, positions, step)
+                out.append((store.float() * scale).to(self.dtype))
+            return out[0], out[1]
+    return Int8StaticLayer
 
 
 def lm_shape(named_buffers) -> Optional[dict]:
     """``{"batch_size", "max_seq_len", "layers"}`` of a program captured by :func:`capture_lm`, read off its
     KV cache buffers (``named_buffers``: name -> tensor pairs); None for other programs."""
-    keys = {n: t for n, t in named_buffers if n.startswith(CACHE_PREFIXES[0])}
-    first = keys.get(f"{CACHE_PREFIXES[0]}0")
+    keys = {n: t for n, t in named_buffers if n.startswith(STATE["keys"])}
+    first = keys.get(f"{STATE['keys']}0")
     if first is None or first.dim() != 4:
         return None
-    return {"batch_size": int(first.shape[0]), "max_seq_len": int(first.shape[2]), "layers": len(keys)}
+    return {"batch_size": int(first.shape[0]), "max_seq_len": int(first.shape[2]), "layers": len(keys),
+            "kv_cache_dtype": str(first.dtype).removeprefix("torch.")}

@@ -9,9 +9,9 @@ pytest.importorskip("transformers")
 
 MAX_SEQ_LEN = 48
 STEPS = 16
-# each family packaged once, each with another scheme (packaging costs ~15 s a model)
-FAMILIES = [("llama-tiny", "int4wo-32"), ("qwen2-tiny", "int8dq"), ("mistral-tiny", "int8wo"),
-            ("phi3-tiny", "codebook-4"), ("gemma-tiny", "int8da-int4w-32")]
+# each family packaged once, each with another scheme (packaging costs ~15 s a model); one with an int8 cache
+FAMILIES = [("llama-tiny", "int4wo-32", None), ("qwen2-tiny", "int8dq", None), ("mistral-tiny", "int8wo", torch.int8),
+            ("phi3-tiny", "codebook-4", None), ("gemma-tiny", "int8da-int4w-32", None)]
 
 
 def prompt(length, seed=1):
@@ -31,14 +31,15 @@ def test_captured_program_generates_what_transformers_generates(llama):
     assert torch.equal(qc.generate(lm.module(), ids, STEPS), expected[:, ids.shape[1]:])
 
 
-@pytest.mark.parametrize("family,scheme", FAMILIES)
-def test_packaged_decoder_matches_its_quantized_reference(family, scheme, tmp_path):
-    lm = qc.capture_lm(decoder(family), max_seq_len=MAX_SEQ_LEN)
+@pytest.mark.parametrize("family,scheme,kv_cache_dtype", FAMILIES)
+def test_packaged_decoder_matches_its_quantized_reference(family, scheme, kv_cache_dtype, tmp_path):
+    lm = qc.capture_lm(decoder(family), max_seq_len=MAX_SEQ_LEN, kv_cache_dtype=kv_cache_dtype)
     program = qc.convert(qc.prepare(lm, qc.config_from_string(scheme)))
     path = qc.package(qc.lower(program, "cpu"), tmp_path / "lm.pt2")
     run, plain = qc.load(path), torch._inductor.aoti_load_package(str(path))  # plain: torch alone
     reference = program.module()
-    assert run.metadata["lm"] == {"batch_size": 1, "max_seq_len": MAX_SEQ_LEN, "layers": 2}
+    cache = str(kv_cache_dtype or torch.float32).removeprefix("torch.")
+    assert run.metadata["lm"] == {"batch_size": 1, "max_seq_len": MAX_SEQ_LEN, "layers": 2, "kv_cache_dtype": cache}
     with pytest.raises(ValueError, match="max_seq_len=48"):  # plain AOTInductor packages tell it too
         qc.generate(plain, prompt(40), 9)
     for length in (5, 11):  # the prompt length is dynamic; the cache starts again with each prompt
@@ -112,3 +113,17 @@ def test_capture_lm_leaves_the_models_generation_config_alone():
     before = model.generation_config.to_dict()
     qc.capture_lm(model, max_seq_len=16, batch_size=2)
     assert model.generation_config.to_dict() == before
+
+
+def test_int8_kv_cache_stores_int8_with_a_scale_per_token_and_head(llama):
+    model, lm = llama
+    int8 = qc.capture_lm(model, max_seq_len=MAX_SEQ_LEN, kv_cache_dtype=torch.int8)
+    buffers = dict(int8.named_buffers())
+    assert buffers["key_cache_0"].dtype == torch.int8 and buffers["key_cache_0"].shape == (1, 2, MAX_SEQ_LEN, 16)
+    assert buffers["key_scale_0"].shape == (1, 2, MAX_SEQ_LEN, 1)
+    ids, positions = prompt(12), torch.arange(12)
+    ref = lm.module()(input_ids=ids, cache_position=positions)
+    ours = int8.module()(input_ids=ids, cache_position=positions)
+    torch.testing.assert_close(ours, ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
+    with pytest.raises(ValueError, match="kv_cache_dtype must be None"):
+        qc.capture_lm(model, max_seq_len=16, kv_cache_dtype=torch.float16)

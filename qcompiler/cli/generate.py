@@ -22,7 +22,7 @@ DECODER_PREFIX = "decoder:"
 
 def generate_cmd(a) -> tuple:
     out = check_writable(a.output) if a.output else None
-    run, tokenizer, size, source = _runnable(a, out)
+    run, tokenizer, size, source, kv_dtype = _runnable(a, out)
     ids = _prompt_ids(a, tokenizer)
     for _ in stream(run, ids, min(a.n, 2), temperature=a.temperature, top_k=a.top_k):  # warm-up: first calls
         pass
@@ -31,29 +31,33 @@ def generate_cmd(a) -> tuple:
         times.append(time.perf_counter() - start)
         tokens.append(token)
     new = torch.stack(tokens, 1) if tokens else ids[:, :0]
-    result = {"model": source, "prompt_tokens": ids.shape[1], "new_tokens": new.shape[1], "tokens": new[0].tolist(),
+    result = {"model": source, "kv_cache_dtype": kv_dtype,
+              "prompt_tokens": ids.shape[1], "new_tokens": new.shape[1], "tokens": new[0].tolist(),
               "text": tokenizer.decode(new[0]) if tokenizer is not None else None, "model_bytes": size,
               **_speed(times, ids.shape[1], size), "peak_memory_mb": _peak_rss_mb()}
     return result, _text(result)
 
 
 def _runnable(a, out: Optional[Path]) -> tuple:
-    """``(callable, tokenizer or None, model bytes, what it is)`` for MODEL_OR_PT2."""
+    """``(callable, tokenizer or None, model bytes, what it is, KV cache dtype)`` for MODEL_OR_PT2."""
     if a.model.endswith(".pt2"):
-        if a.scheme or out:
-            raise CliError("--scheme and -o apply to a model, not to a .pt2 (it is already quantized and packaged)")
+        if a.scheme or out or a.kv_cache_dtype:
+            raise CliError("--scheme, --kv-cache-dtype and -o apply to a model, not to a .pt2 (it is already "
+                           "captured, quantized and packaged)")
         art = open_artifact(a.model, allow_imports=a.allow_import or ())
         if "lm" not in art.metadata:
             raise CliError(f"{a.model} is not a decoder captured with its KV cache (qcompiler.capture_lm)")
-        return art.run, None, art.size, str(art.path)
+        return art.run, None, art.size, str(art.path), art.metadata["lm"].get("kv_cache_dtype")
     model, tokenizer = _model(a.model)
-    program = capture_lm(model, max_seq_len=a.max_seq_len)
+    kv = torch.int8 if a.kv_cache_dtype == "int8" else None
+    kv_name = str(kv or next(model.parameters()).dtype).removeprefix("torch.")
+    program = capture_lm(model, max_seq_len=a.max_seq_len, kv_cache_dtype=kv)
     if a.scheme:
         program = convert(prepare(program, config_from_string(a.scheme)))
     if out is None:
-        return program.module(), tokenizer, _program_bytes(program), a.model
+        return program.module(), tokenizer, _program_bytes(program), a.model, kv_name
     path = package(lower(program, a.target or "cpu"), out)
-    return open_artifact(path).run, tokenizer, path.stat().st_size, str(path)
+    return open_artifact(path).run, tokenizer, path.stat().st_size, str(path), kv_name
 
 
 def _model(spec: str) -> tuple:
