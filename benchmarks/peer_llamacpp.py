@@ -114,7 +114,13 @@ def run(path: str, prompt: int, new: int) -> dict:
     decode = (len(times) - 1) / (times[-1] - times[0])
     return {"prefill_tokens_per_s": prompt / times[0], "decode_tokens_per_s": decode,
             "peak_memory_mb": _peak_rss_mb(),
-            "model_bytes": Path(path).stat().st_size}
+            "model_bytes": Path(path).stat().st_size, "embedding_bytes": _embedding_bytes(path)}
+
+
+def _embedding_bytes(path: str) -> int:
+    """The GGUF's token embedding table, in its stored type (a token reads one row of it)."""
+    import gguf
+    return next(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
 
 
 def _peak_rss_mb() -> float:
