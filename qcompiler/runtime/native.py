@@ -39,8 +39,8 @@ def _build() -> Optional[str]:
     """Compile (or find in the cache) and load the library; None, or the reason it failed."""
     from torch.utils import cpp_extension
     start = time.perf_counter()
-    log.info("building qcompiler's C++ CPU kernels (%s; once per machine and source version)",
-             ", ".join(s.name for s in SOURCES))
+    log.debug("loading qcompiler's C++ CPU kernels (%s; built once per machine and source version)",
+              ", ".join(s.name for s in SOURCES))
     try:
         cpp_extension.load(name=LIBRARY, sources=[str(s) for s in SOURCES], extra_ldflags=["-fopenmp"],
                            extra_cflags=["-O3", "-fopenmp", f"-DQC_HEADERS_HASH={_headers_hash()}"],
@@ -48,7 +48,9 @@ def _build() -> Optional[str]:
     except Exception as e:  # no compiler, a failed build: the rules that need these kernels decline with this
         text = str(e).strip().splitlines()
         return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
-    log.info("qcompiler's C++ CPU kernels ready in %.1f s", time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    log.log(logging.INFO if seconds > 1 else logging.DEBUG, "qcompiler's C++ CPU kernels ready in %.1f s%s", seconds,
+            " (built: once per machine and source version)" if seconds > 1 else " (from the build cache)")
     return None
 
 
