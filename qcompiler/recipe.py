@@ -9,6 +9,10 @@
 
 Names are the fully qualified module names from ``nn_module_stack`` (``encoder.layer.0.attention.self.query``).
 A string matches with ``fnmatch`` (``*`` crosses dots); a compiled ``re.Pattern`` with ``fullmatch``.
+
+Embeddings (``aten.embedding`` of a stored table) are quantized only where a rule names them, by
+name or module type: ``("*.embed_tokens", Int8WeightOnlyConfig())`` or ``(torch.nn.Embedding, ...)``
+stores int8 rows with a scale each. Predicates and a plain config apply to linears only.
 """
 import json
 import re
@@ -17,6 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Callable, Optional, Union
 
 from .configs import CONFIG_TYPES, config_from_string
+from .passes.embeddings import EmbeddingSite
 from .passes.linears import LinearSite
 from .runtime.errors import fail
 
@@ -36,7 +41,8 @@ class Rule:
         if self.config is not None and not isinstance(self.config, CONFIG_TYPES):
             raise fail("config", "a qcompiler config or None", self.config)
 
-    def matches(self, site: LinearSite) -> bool:
+    def matches(self, site: Union[LinearSite, EmbeddingSite]) -> bool:
+        """Whether the rule names ``site``; an embedding only by its name or module type, never by a predicate."""
         m = self.match
         if isinstance(m, str):
             return fnmatchcase(site.name, m)
@@ -44,7 +50,7 @@ class Rule:
             return m.fullmatch(site.name) is not None
         if isinstance(m, type):
             return site.module_type == f"{m.__module__}.{m.__qualname__}"
-        return bool(m(site))
+        return isinstance(site, LinearSite) and bool(m(site))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
 """Decoder LLMs: captured with their KV cache, quantized, packaged, generated from."""
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -9,9 +12,12 @@ pytest.importorskip("transformers")
 
 MAX_SEQ_LEN = 48
 STEPS = 16
-# each family packaged once, each with another scheme (packaging costs ~15 s a model); one with an int8 cache
+# each family packaged once, each with another scheme (packaging costs ~15 s a model); one with an int8 cache, one
+# (Gemma: its lm_head reads the embedding table) with int8 embedding rows by recipe
+INT8_ROWS = qc.Recipe([(torch.nn.Embedding, qc.Int8WeightOnlyConfig()),
+                       ("*", qc.config_from_string("int8da-int4w-32"))])
 FAMILIES = [("llama-tiny", "int4wo-32", None), ("qwen2-tiny", "int8dq", None), ("mistral-tiny", "int8wo", torch.int8),
-            ("phi3-tiny", "codebook-4", None), ("gemma-tiny", "int8da-int4w-32", None)]
+            ("phi3-tiny", "codebook-4", None), ("gemma-tiny", INT8_ROWS, None)]
 
 
 def prompt(length, seed=1):
@@ -31,11 +37,15 @@ def test_captured_program_generates_what_transformers_generates(llama):
     assert torch.equal(qc.generate(lm.module(), ids, STEPS), expected[:, ids.shape[1]:])
 
 
-@pytest.mark.parametrize("family,scheme,kv_cache_dtype", FAMILIES)
+@pytest.mark.parametrize("family,scheme,kv_cache_dtype", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_packaged_decoder_matches_its_quantized_reference(family, scheme, kv_cache_dtype, tmp_path):
     lm = qc.capture_lm(decoder(family), max_seq_len=MAX_SEQ_LEN, kv_cache_dtype=kv_cache_dtype)
-    program = qc.convert(qc.prepare(lm, qc.config_from_string(scheme)))
-    path = qc.package(qc.lower(program, "cpu"), tmp_path / "lm.pt2")
+    config = scheme if isinstance(scheme, qc.Recipe) else qc.config_from_string(scheme)
+    program = qc.convert(qc.prepare(lm, config))
+    assert sequence_range(program) == (1, MAX_SEQ_LEN)  # every stage keeps the range captured
+    lowered = qc.lower(program, "cpu")
+    assert sequence_range(lowered) == (1, MAX_SEQ_LEN)
+    path = qc.package(lowered, tmp_path / "lm.pt2")
     run, plain = qc.load(path), torch._inductor.aoti_load_package(str(path))  # plain: torch alone
     reference = program.module()
     cache = str(kv_cache_dtype or torch.float32).removeprefix("torch.")
@@ -51,6 +61,55 @@ def test_packaged_decoder_matches_its_quantized_reference(family, scheme, kv_cac
         ours, ref = run(input_ids=ids, cache_position=positions), reference(input_ids=ids, cache_position=positions)
         assert ours.shape == (1, length, 256)
         torch.testing.assert_close(ours, ref, atol=2e-2 * ref.abs().max().item(), rtol=0)
+
+
+def sequence_range(program) -> tuple:
+    """The range of the program's sequence length (``cache_position``'s size)."""
+    name = program.graph_signature.user_inputs[1]
+    size = next(n.meta["val"].shape[0] for n in program.graph.nodes if n.name == name)
+    bounds = program.range_constraints[size.node.expr]
+    return int(bounds.lower), int(bounds.upper)
+
+
+def test_embedding_rows_by_recipe(llama):
+    _, lm = llama
+    recipe = qc.Recipe([("*embed_tokens", qc.Int8WeightOnlyConfig()), ("*lm_head", None),
+                        (torch.nn.Linear, qc.Int4WeightOnlyConfig(32))])
+    program = qc.convert(qc.prepare(lm, recipe))
+    rows = {r.name: r for r in qc.report(program).layers}
+    table = rows["model.model.embed_tokens"]
+    assert (table.scheme, table.bytes_before, table.bytes_after) == ("int8wo", 256 * 64 * 4, 256 * 64 + 256 * 4)
+    tables = {k: v.dtype for k, v in program.state_dict.items() if "embed_tokens" in k}
+    assert sorted(tables.values(), key=str) == [torch.float32, torch.int8]  # int8 rows and their scales, no float table
+    ids = prompt(9)
+    positions = torch.arange(9)
+    ours, ref = program.module()(input_ids=ids, cache_position=positions), lm.module()(input_ids=ids,
+                                                                                     cache_position=positions)
+    torch.testing.assert_close(ours, ref, atol=0.2 * ref.abs().max().item(), rtol=0)
+
+
+def test_embeddings_only_where_a_recipe_names_them(llama):
+    _, lm = llama
+    names = {r.name for r in qc.report(qc.convert(qc.prepare(lm, qc.Int8WeightOnlyConfig()))).layers}
+    assert "model.model.embed_tokens" not in names  # a plain config means the linears
+    recipe = qc.Recipe([("*embed_tokens", qc.config_from_string("int8dq")), ("*", qc.Int8WeightOnlyConfig())])
+    report = qc.report(qc.convert(qc.prepare(lm, recipe)))
+    skipped = {r.name: r.skipped for r in report.layers if r.skipped}
+    assert "weight-only" in skipped["model.model.embed_tokens"]
+
+
+def test_convert_lets_the_float_weights_go():
+    model = decoder("llama-tiny")
+    weights = [weakref.ref(p) for p in model.parameters() if p.ndim == 2]
+    lm = qc.capture_lm(model, max_seq_len=MAX_SEQ_LEN)
+    prepared = qc.prepare(lm, qc.Int4WeightOnlyConfig(32))
+    del model, lm  # they hold the same weights as the prepared module
+    program = qc.convert(prepared)
+    del prepared
+    gc.collect()
+    alive = [w() for w in weights if w() is not None]
+    assert [tuple(t.shape) for t in alive] == [(256, 64)]  # the embedding table alone: no recipe named it
+    assert qc.generate(program.module(), prompt(5), 4).shape == (1, 4)
 
 
 def test_the_cache_starts_again_with_each_prompt(llama):

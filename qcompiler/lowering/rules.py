@@ -71,8 +71,8 @@ def mark_unfused(gm: GraphModule, declined: dict, target: Target, kernel: str = 
         rec = record.read(node)
         if rec is not None and rec.kernel == "reference":
             why = _joined(declined.get(node, [])) or f"no {target.backend} rule matches this layer's reference pattern"
-            record.write(node, rec.updated(kernel=kernel, kernel_reason=f"no kernel took it: {why}",
-                                           target=str(target)))
+            reason = rec.kernel_reason or f"no kernel took it: {why}"  # convert's own, e.g. an embedding's
+            record.write(node, rec.updated(kernel=kernel, kernel_reason=reason, target=str(target)))
             count += 1
     return count
 

@@ -55,7 +55,7 @@ def canonicalize_linears(gm: GraphModule) -> int:
     return done
 
 
-def _module_of(node: Node):
+def module_of(node: Node):
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None, ""
@@ -73,7 +73,7 @@ def linear_sites(gm: GraphModule) -> list:
         weight = attr_target(w)
         shape = w.meta["val"].shape if isinstance(w, Node) and "val" in w.meta else \
             (stored(gm, weight).shape if weight else (0, 0))
-        name, typ = _module_of(node)
+        name, typ = module_of(node)
         name = name or (weight.rsplit(".", 1)[0] if weight else node.name)
         sites.append(LinearSite(node, name, typ, weight, int(shape[0]), int(shape[-1])))
     return sites

@@ -7,12 +7,13 @@ values packed). A weight used by several linears is quantized once and stored
 once. Each rewritten (or skipped) linear carries its report record (``record.py``).
 """
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 from torch.fx import GraphModule
 
 from .observe import observer_of, remove_observers
-from .pattern import Match, attr_target, find, prune, replace_all
+from .pattern import Match, attr_target, find, prune, replace_all, stored
 from .progress import progress
 from .record import LayerRecord, write
 from .calibration import solved, weight_key
@@ -33,11 +34,13 @@ def nbytes(t: torch.Tensor) -> int:
 
 @dataclass
 class _Weights:
-    """Quantized weights by (weight tensor, spec): each stored once, however many linears read it."""
+    """Quantized weights by (weight tensor, spec): each stored once, however many linears read it. Holds the
+    float weight only by id, so it is freed once no linear reads it (see :func:`_releasing`)."""
 
     stored: dict = field(default_factory=dict)
 
-    def get(self, m: Match, spec, name: str):
+    def get(self, m: Match, spec, name: str) -> tuple:
+        """``(stored names, record, (in_features, float dtype))`` of the linear ``m``'s weight."""
         target, stored_w = attr_target(m["w"]), m.value("w")
         assert stored_w is not None  # rewrite_to_reference matches only linears whose weight is stored
         w, key = stored_w.detach(), (id(stored_w), spec.weight, spec.algorithm)  # tied weights are one object
@@ -48,10 +51,43 @@ class _Weights:
             names = {k: m.store(f"{name}.{k}", v) for k, v in tensors.items()}
             record = LayerRecord(name, spec.scheme, "reference", nbytes(w), sum(nbytes(v) for v in tensors.values()),
                                  sqnr_db(w, w_hat), weight=target)
-            self.stored[key] = (names, record, w)
-            return names, record, w
-        names, record, w = self.stored[key]
-        return names, record.updated(name=name), w
+            self.stored[key] = (names, record, (w.shape[1], w.dtype))
+            return self.stored[key]
+        names, record, weight = self.stored[key]
+        return names, record.updated(name=name), weight
+
+    def forget(self, weight: torch.Tensor) -> None:
+        """Drop the entries of a weight about to be freed (its id may be reused)."""
+        for key in [k for k in self.stored if k[0] == id(weight)]:
+            del self.stored[key]
+
+
+def _releasing(gm: GraphModule, matches: Iterable[Match], weights: _Weights) -> Iterator[Match]:
+    """Yield each match; once it is replaced, delete its float weight from ``gm`` if nothing reads it any more,
+    so a model's float weights are freed layer by layer as they are quantized (where nothing else holds them).
+
+        linear(x, get_attr w)  --replace-->  linear(x, dequantize(get_attr w_q, ...))
+                                             get_attr w (no users)  --here-->  deleted, gm.w deleted
+    """
+    for m in matches:
+        yield m
+        node = m.inputs["w"]
+        target = attr_target(node)
+        if target is None or node.users:
+            continue
+        weights.forget(stored(gm, target))
+        gm.graph.erase_node(node)
+        if not any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+            _delete_attr(gm, target)
+
+
+def _delete_attr(gm: GraphModule, target: str) -> None:
+    owner, _, leaf = target.rpartition(".")
+    mod = gm.get_submodule(owner) if owner else gm
+    for store in (mod._parameters, mod._buffers):
+        store.pop(leaf, None)
+    if leaf in mod.__dict__:  # a plain tensor attribute
+        delattr(mod, leaf)
 
 
 def _linear(x, w, b=None):
@@ -73,8 +109,8 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
 
     def replacement(m: Match, x, w, b=None):
         spec, name = m.anchor.meta["qspec"], names[m.anchor]
-        stored, record, weight = weights.get(m, spec, name)
-        w_hat = spec.weight.dequantize({k: m.attr(v) for k, v in stored.items()}, weight.shape[1], weight.dtype)
+        stored, record, (in_features, dtype) = weights.get(m, spec, name)
+        w_hat = spec.weight.dequantize({k: m.attr(v) for k, v in stored.items()}, in_features, dtype)
         if spec.activation is not None:
             ndim = x.node.meta["val"].ndim
             qparams = _static_qparams(m, spec, ndim, name) if spec.activation.static else None
@@ -87,7 +123,7 @@ def rewrite_to_reference(gm: GraphModule, names: dict) -> int:
         if node.op == "call_function" and node.target == aten.linear.default and "qskip" in node.meta:
             write(node, LayerRecord(names[node], skipped=node.meta["qskip"]))
     matches = find(gm, _linear, where=lambda m: "qspec" in m.anchor.meta and attr_target(m["w"]) is not None)
-    done = replace_all(gm, progress(matches, "quantizing layers"), replacement)
+    done = replace_all(gm, _releasing(gm, progress(matches, "quantizing layers"), weights), replacement)
     remove_observers(gm)
     prune(gm)
     return len(done)
