@@ -33,7 +33,17 @@ from machine import machine  # noqa: E402
 F32, BF16, INT8 = torch.float32, torch.bfloat16, torch.int8
 QC_SYSTEMS = {"bf16": (BF16, None, None), "int8wo": (F32, "int8wo", None), "int8dq": (F32, "int8dq", None),
               "int4wo-64": (F32, "int4wo-64", None), "int4wo-64+gptq": (F32, "int4wo-64+gptq", None),
-              "codebook-4": (F32, "codebook-4", None), "int4wo-64 kv-int8": (F32, "int4wo-64", INT8)}
+              "codebook-4": (F32, "codebook-4", None), "int4wo-64 kv-int8": (F32, "int4wo-64", INT8),
+              "int4wo-64 emb-int8": (F32, "int4wo-64 emb-int8", None)}
+EMBEDDING_INT8 = " emb-int8"  # a scheme's suffix: the embedding table's rows in int8 too, by recipe
+
+
+def config_of(scheme: str):
+    """The config (or Recipe) a system's scheme names."""
+    linears = qc.config_from_string(scheme.removesuffix(EMBEDDING_INT8))
+    if not scheme.endswith(EMBEDDING_INT8):
+        return linears
+    return qc.Recipe([(torch.nn.Embedding, qc.Int8WeightOnlyConfig()), (torch.nn.Linear, linears)])
 CALIBRATION = 4  # random-token sequences of the prompt length, for GPTQ (speed only: random weights)
 
 
@@ -49,7 +59,7 @@ def build_qc(name: str, model_name: str, max_seq_len: int, prompt: int, path: Pa
     lm = qc.capture_lm(model, max_seq_len=max_seq_len, kv_cache_dtype=kv)
     del model
     if scheme is not None:
-        config = qc.config_from_string(scheme)
+        config = config_of(scheme)
         data = None
         if qc.needs_calibration(config):
             gen = torch.Generator().manual_seed(0)
@@ -64,10 +74,13 @@ def build_qc(name: str, model_name: str, max_seq_len: int, prompt: int, path: Pa
 
 
 def embedding_bytes(model_name: str, system: str) -> int:
-    """Bytes of a qcompiler system's embedding table (not quantized: the model's dtype), of which a token reads
-    one row: left out of the bytes read per token."""
+    """Bytes of a qcompiler system's embedding table (the model's dtype, or int8 rows with a float32 scale each),
+    of which a token reads one row: left out of the bytes read per token."""
     config = DECODERS[model_name][1]
-    return config["vocab_size"] * config["hidden_size"] * QC_SYSTEMS[system][0].itemsize
+    dtype, scheme, _ = QC_SYSTEMS[system]
+    if scheme is not None and scheme.endswith(EMBEDDING_INT8):
+        return config["vocab_size"] * (config["hidden_size"] + 4)
+    return config["vocab_size"] * config["hidden_size"] * dtype.itemsize
 
 
 def measure_qc(path: Path, prompt: int, new: int, embedding: int) -> dict:
@@ -94,13 +107,19 @@ def read_bandwidth_gbps() -> float:
 
 
 def peer_systems(model_name: str, folder: Path, rebuild: bool, prompt: int, new: int) -> dict:
-    """llama.cpp systems (name -> measure function), where llama-cpp-python and gguf are installed."""
+    """llama.cpp and torchao systems (name -> measure function), where the ``[peer]`` extra is installed."""
+    cases = {}
     try:
         import peer_llamacpp
+        cases.update(peer_llamacpp.systems(decoder(model_name).config, folder, rebuild, log, prompt, new))
     except ImportError as e:
         log(f"  llama.cpp: not measured ({e})")
-        return {}
-    return peer_llamacpp.systems(decoder(model_name).config, folder, rebuild, log, prompt, new)
+    try:
+        import peer_torchao_llm
+        cases.update(peer_torchao_llm.systems(model_name, folder, rebuild, log, prompt + new, prompt, new))
+    except ImportError as e:
+        log(f"  torchao: not measured ({e})")
+    return cases
 
 
 def main():
