@@ -40,9 +40,11 @@ def _case(m, n, k, group, offset, zero, bits=8, seed=0):
     return q, a, a_scale, a_zero, w_scale, w_offset
 
 
-def _max_relative_error(case) -> float:
+def _max_relative_error(case, scale_dtype=torch.float32) -> float:
+    """The kernel against its float64 reference, with the weight's scales and offsets in ``scale_dtype``."""
     m, n, k, group, offset, zero, bits = case
     q, a, a_scale, a_zero, w_scale, w_offset = _case(*case)
+    w_scale, w_offset = [None if t is None else t.to(scale_dtype) for t in (w_scale, w_offset)]
     y = torch.ops.qcompiler.int8_int4_gemm(a, a_scale, a_zero, int8_int4.pack(q), w_scale, w_offset,
                                            int8_int4.weight_sums(q, w_scale, w_offset), group)
     ref = int8_int4.reference(a, a_scale, a_zero, q, w_scale, w_offset, group)
@@ -73,9 +75,10 @@ def _tolerance(case) -> float:
     return FLOAT_TOLERANCE if case[-1] == 32 else 1e-5
 
 
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=["f32-scales", "bf16-scales"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "m{}-n{}-k{}-g{}-off{:d}-zero{:d}-bits{}".format(*c))
-def test_the_kernel_matches_its_reference(case):
-    assert _max_relative_error(case) < _tolerance(case)
+def test_the_kernel_matches_its_reference(case, scale_dtype):
+    assert _max_relative_error(case, scale_dtype) < _tolerance(case)
 
 
 def test_float_rows_are_taken_in_16_bits_not_8():
@@ -94,9 +97,11 @@ SCRIPT = """
 import sys
 sys.path.insert(0, "tests")
 from qcompiler.runtime import native
+import torch
 from test_int8_int4 import CASES, _max_relative_error, _tolerance
 native.load()
-print(native.kernel_path(), max(_max_relative_error(c) / _tolerance(c) for c in CASES))
+print(native.kernel_path(), max(_max_relative_error(c, d) / _tolerance(c) for c in CASES
+                                for d in (torch.float32, torch.bfloat16)))
 """
 
 
@@ -125,6 +130,8 @@ def test_this_machine_takes_its_fastest_path():
     (lambda args: {**args, "group": 48}, "group 48 must be a multiple of 8 dividing K = 128"),
     (lambda args: {**args, "w": args["w"][:8]}, "w must be uint8 with N\\*K/2 = 3072 bytes"),
     (lambda args: {**args, "w_sums": None}, "an a_zero needs w_sums"),
+    (lambda args: {**args, "w_scale": args["w_scale"].half()}, "w_scale must be float32 or bfloat16"),
+    (lambda args: {**args, "w_offset": args["w_offset"].bfloat16()}, "w_offset must be Float \\(as w_scale\\)"),
     (lambda args: {**args, "a_scale": args["a_scale"][:2]}, "a_scale must be float32 with M = 5 elements")])
 def test_bad_inputs_are_refused_with_what_is_allowed(change, message):
     q, a, a_scale, a_zero, w_scale, w_offset = _case(5, 48, 128, 64, True, True)

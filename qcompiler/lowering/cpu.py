@@ -130,16 +130,20 @@ def _int8static(m, target, need_k8: bool):
             or (_k8(m.value("w_q").shape[1]) if need_k8 else None))
 
 
-def _int4_scale_offset(m):
-    """Each int4 weight as ``scale·q + offset`` for ``q = u - 8`` in [-8, 7]: float32 [K/g, N] each; the offset is
-    None for symmetric int4 (the float zero-point domain is ``(u - 8)·s + z``; the int domain ``(u - z)·s``)."""
-    s = m.value("scale").float()
-    if m["domain"] == "float":
-        offset = m.value("zero_point").float()
-    elif m["domain"] == "int":
+def _int4_scale_offset(m, stored_dtype: bool = False):
+    """Each int4 weight as ``scale·q + offset`` for ``q = u - 8`` in [-8, 7]: [K/g, N] each; the offset is None for
+    symmetric int4 (the float zero-point domain is ``(u - 8)·s + z``; the int domain ``(u - z)·s``). float32, or with
+    ``stored_dtype`` the stored scales' dtype where that form is exact (a float or no zero point, stored in float32 or
+    bfloat16 alike): bfloat16 scales and offsets are half the bytes a kernel reads per group."""
+    s = m.value("scale")
+    if m["domain"] == "int":
+        s = s.float()
         offset = (8 - m.value("zero_point").float()) * s
     else:
-        offset = None
+        offset = m.value("zero_point") if m["domain"] == "float" else None
+        same = offset is None or offset.dtype == s.dtype
+        if not (stored_dtype and same and s.dtype in (torch.float32, torch.bfloat16)):
+            s, offset = s.float(), (None if offset is None else offset.float())
     return s.t().contiguous(), (None if offset is None else offset.t().contiguous())
 
 
@@ -420,7 +424,7 @@ def _int4_weight_int16(m, x, n, signed, block, out_dtype, b, **_):
     """int4 weight-only on the integer kernel: ``x``'s rows go in as they are, and the kernel takes them in
     16 bits (each row quantized to ±32639 and run as two int8 rows)."""
     q = _int4_values(m, n, signed)
-    scale, offset = _int4_scale_offset(m)
+    scale, offset = _int4_scale_offset(m, stored_dtype=True)
     x2, back = rows(m, x, n, q.shape[0])
     y = _int8_int4(m, x2, None, None, q, scale, offset, block[1])
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)

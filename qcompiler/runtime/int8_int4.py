@@ -11,7 +11,8 @@ Q4 x Q8 and ONNX Runtime's int8-compute MatMulNBits, written in C++
 for activations ``x = a_scale·(a - a_zero)`` (``a`` int8 or int16; ``a_zero`` optional) and weights
 ``w = w_scale·q + w_offset`` with ``q`` in [-8, 7] (``w_offset`` optional); ``w_sums[n] =
 Σ_k w[n, k]``. Every int4 form (symmetric, integer or float zero point) is one ``w_scale``
-and ``w_offset`` per group. The sums within a group are exact int32; scales apply in float32.
+and ``w_offset`` per group, float32 or bfloat16 (both the same; int4wo's bfloat16 scales and float zero points
+go in as stored, half the bytes per group). The sums within a group are exact int32; scales apply in float32.
 
 An int16 row runs as two int8 rows, its high and low bytes, whose integer sums combine
 before the group's scale: twice the int8 work for 16-bit activations, in one call. int16

@@ -5,7 +5,8 @@
 //
 // for activations x = a_scale * (a - a_zero) (a int8 or int16 [M, K]; a_zero optional; a float32 `a` is
 // quantized here, per row, to 16 bits: x = a_scale * a with a_scale = max |x| / 32639) and weights
-// w = w_scale * q + w_offset (q in [-8, 7], w_offset optional), w_sums[n] = sum_k w[n, k].
+// w = w_scale * q + w_offset (q in [-8, 7], w_offset optional), w_sums[n] = sum_k w[n, k]. w_scale and w_offset
+// are float32 or bfloat16 (read as float32); bfloat16 ones read 2 bytes a group and column instead of 4.
 // The integer sums run as uint8 u = q + 8 times int8 a (VNNI's u8 x s8 operand order) and take
 // 8 * sum_{k in g} a[m, k] off after. An int16 row runs as two int8 rows, its high and low bytes
 // (a = 256 * hi + lo, lo in [-128, 127]; values above 32639 saturate), whose sums combine in int32
@@ -46,12 +47,22 @@ struct Problem {
   const float* a_scale;   // [M]
   const float* a_zero;    // [M]; null: none
   const uint8_t* w;       // packed
-  const float* w_scale;   // [G, N]
-  const float* w_offset;  // [G, N]; null: none
+  const void* w_scale;    // [G, N], float32 or bfloat16 (bf16 below)
+  const void* w_offset;   // [G, N], as w_scale; null: none
   const float* w_sums;    // [N]; null: none (then a_zero is null too)
   float* y;               // [M, N]: written by the first group, accumulated by the others, finished by the last
   int64_t M, N, K, group;
+  bool bf16;  // w_scale and w_offset are bfloat16 (read as float32: exact)
 };
+
+// w_scale or w_offset element i as float32.
+inline float scale_at(const Problem& p, const void* base, int64_t i) {
+  if (!p.bf16) return static_cast<const float*>(base)[i];
+  const uint32_t bits = uint32_t(static_cast<const uint16_t*>(base)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
 constexpr int kLanes = 16;  // output columns per packed block
 constexpr int kChunk = 8;   // k per packed block
@@ -94,8 +105,8 @@ inline void epilogue_scalar(const Problem& p, int64_t m, int64_t g, int64_t n0, 
   const int64_t gi = g * p.N + n0;
   const bool first = g == 0, last = g + 1 == p.K / p.group;
   for (int l = 0; l < kLanes; ++l) {
-    float f = p.w_scale[gi + l] * float(acc[l] - 8 * ra);
-    if (p.w_offset) f += p.w_offset[gi + l] * float(ra);
+    float f = scale_at(p, p.w_scale, gi + l) * float(acc[l] - 8 * ra);
+    if (p.w_offset) f += scale_at(p, p.w_offset, gi + l) * float(ra);
     if (!first) f += y[l];
     y[l] = last ? finish(p, m, n0 + l, f) : f;
   }
@@ -189,6 +200,13 @@ QC_VNNI_TARGET inline __m512i dpbusd(__m512i acc, __m512i u, const int8_t* s) {
   return acc;
 }
 
+// 16 scales (or offsets) from element i as float32: bfloat16 ones widened (their bits are a float32's top half).
+QC_VNNI_TARGET __attribute__((always_inline)) inline __m512 scales16(const Problem& p, const void* base, int64_t i) {
+  if (!p.bf16) return _mm512_loadu_ps(static_cast<const float*>(base) + i);
+  const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
 // Group g's step for a tile's ROWS / PAIR output rows (from m0) x COLS blocks (columns from n0), given the
 // int32 sums of a * (q + 8) over the group: f = (FIRST ? 0 : f) + w_scale * (sum - 8 * sum a) [+ w_offset * sum a].
 // It runs once per group and tile: the float sums stay in registers, and the options are template arguments.
@@ -197,8 +215,7 @@ QC_VNNI_TARGET __attribute__((always_inline)) inline void group_step_vnni(const 
                                                                          int64_t g, const __m512i (&acc)[ROWS][COLS],
                                                                          __m512 (&f)[ROWS / PAIR][COLS]) {
   const int64_t groups = p.K / p.group;
-  const float* scale = p.w_scale + g * p.N + n0;
-  const float* offset = p.w_offset + g * p.N + n0;  // read only when OFFSET
+  const int64_t at = g * p.N + n0;  // the group's scales (and offsets) for these columns
 #pragma GCC unroll 8
   for (int o = 0; o < ROWS / PAIR; ++o) {
     const int32_t ra = p.a_sums[(m0 + o) * groups + g];
@@ -208,9 +225,10 @@ QC_VNNI_TARGET __attribute__((always_inline)) inline void group_step_vnni(const 
       __m512i v = acc[o * PAIR][j];
       if constexpr (PAIR == 2) v = _mm512_add_epi32(_mm512_slli_epi32(v, 8), acc[o * PAIR + 1][j]);
       const __m512 x = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, shift));
-      const __m512 s = _mm512_loadu_ps(scale + j * kLanes);
+      const __m512 s = scales16(p, p.w_scale, at + j * kLanes);
       f[o][j] = FIRST ? _mm512_mul_ps(x, s) : _mm512_fmadd_ps(x, s, f[o][j]);
-      if constexpr (OFFSET) f[o][j] = _mm512_fmadd_ps(_mm512_loadu_ps(offset + j * kLanes), _mm512_set1_ps(float(ra)), f[o][j]);
+      if constexpr (OFFSET)
+        f[o][j] = _mm512_fmadd_ps(scales16(p, p.w_offset, at + j * kLanes), _mm512_set1_ps(float(ra)), f[o][j]);
     }
   }
 }
@@ -316,7 +334,7 @@ void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
   const auto type = a.scalar_type();
   TORCH_CHECK(a.dim() == 2 && (type == at::kChar || type == at::kShort || type == at::kFloat),
               "int8_int4_gemm: a must be int8, int16 or float32 [M, K], got ", type, " ", a.sizes());
-  TORCH_CHECK(w_scale.dim() == 2, "int8_int4_gemm: w_scale must be float32 [K / group, N], got ", w_scale.sizes());
+  TORCH_CHECK(w_scale.dim() == 2, "int8_int4_gemm: w_scale must be [K / group, N], got ", w_scale.sizes());
   const int64_t M = a.size(0), K = a.size(1), N = w_scale.size(1);
   TORCH_CHECK(group > 0 && group % kChunk == 0 && K % group == 0, "int8_int4_gemm: group ", group,
               " must be a multiple of 8 dividing K = ", K);
@@ -338,10 +356,12 @@ void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
   TORCH_CHECK(!w_sums || (w_sums->scalar_type() == at::kFloat && w_sums->numel() == N),
               "int8_int4_gemm: w_sums must be float32 with N = ", N, " elements");
   const int64_t G = K / group;
-  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.size(0) == G, "int8_int4_gemm: w_scale must be float32 [",
-              G, ", ", N, "]");
-  TORCH_CHECK(!w_offset || (w_offset->scalar_type() == at::kFloat && w_offset->numel() == G * N),
-              "int8_int4_gemm: w_offset must be float32 [", G, ", ", N, "]");
+  const auto scale_type = w_scale.scalar_type();
+  TORCH_CHECK((scale_type == at::kFloat || scale_type == at::kBFloat16) && w_scale.size(0) == G,
+              "int8_int4_gemm: w_scale must be float32 or bfloat16 [", G, ", ", N, "], got ", scale_type, " ",
+              w_scale.sizes());
+  TORCH_CHECK(!w_offset || (w_offset->scalar_type() == scale_type && w_offset->numel() == G * N),
+              "int8_int4_gemm: w_offset must be ", scale_type, " (as w_scale) [", G, ", ", N, "]");
 }
 
 constexpr int32_t kInt16Max = 32639;  // the largest int16 whose high and low bytes are both int8 (256 * 127 + 127)
@@ -439,8 +459,9 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
   at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
   const Problem p{rows.rows.data_ptr<int8_t>(), a.scalar_type() == at::kChar ? 1 : 2,
                   rows.sums.data_ptr<int32_t>(), a_scale.data_ptr<float>(), a_zero ? a_zero->data_ptr<float>() : nullptr,
-                  w.data_ptr<uint8_t>(), w_scale.data_ptr<float>(), w_offset ? w_offset->data_ptr<float>() : nullptr,
-                  w_sums ? w_sums->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group};
+                  w.data_ptr<uint8_t>(), w_scale.data_ptr(), w_offset ? w_offset->data_ptr() : nullptr,
+                  w_sums ? w_sums->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group,
+                  w_scale.scalar_type() == at::kBFloat16};
   // Work items: (64 int8 rows, one panel of 64 columns); a panel's weights stay in cache across its rows.
   const int64_t panels = (N / kLanes + kPanel - 1) / kPanel, row_chunk = 64 / p.pair;
   const int64_t row_items = (M + row_chunk - 1) / row_chunk;
