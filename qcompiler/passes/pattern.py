@@ -281,8 +281,15 @@ def prune(gm: GraphModule) -> None:
              + [n for n, _ in gm.named_buffers(remove_duplicate=False)])
     for name in names:
         if name not in used:
-            owner, _, leaf = name.rpartition(".")
-            mod = gm.get_submodule(owner) if owner else gm
-            mod._parameters.pop(leaf, None)
-            mod._buffers.pop(leaf, None)
+            delete_attr(gm, name)
     gm.recompile()
+
+
+def delete_attr(gm: GraphModule, target: str) -> None:
+    """Delete the parameter, buffer or plain tensor attribute ``target`` (``"blocks.0.fc1.weight"``) of ``gm``."""
+    owner, _, leaf = target.rpartition(".")
+    mod = gm.get_submodule(owner) if owner else gm
+    mod._parameters.pop(leaf, None)
+    mod._buffers.pop(leaf, None)
+    if leaf in mod.__dict__:  # a plain tensor attribute
+        delattr(mod, leaf)

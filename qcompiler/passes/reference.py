@@ -13,7 +13,7 @@ import torch
 from torch.fx import GraphModule
 
 from .observe import observer_of, remove_observers
-from .pattern import Match, attr_target, find, prune, replace_all, stored
+from .pattern import Match, attr_target, delete_attr, find, prune, replace_all, stored
 from .progress import progress
 from .record import LayerRecord, write
 from .calibration import solved, weight_key
@@ -78,16 +78,7 @@ def _releasing(gm: GraphModule, matches: Iterable[Match], weights: _Weights) -> 
         weights.forget(stored(gm, target))
         gm.graph.erase_node(node)
         if not any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
-            _delete_attr(gm, target)
-
-
-def _delete_attr(gm: GraphModule, target: str) -> None:
-    owner, _, leaf = target.rpartition(".")
-    mod = gm.get_submodule(owner) if owner else gm
-    for store in (mod._parameters, mod._buffers):
-        store.pop(leaf, None)
-    if leaf in mod.__dict__:  # a plain tensor attribute
-        delattr(mod, leaf)
+            delete_attr(gm, target)
 
 
 def _linear(x, w, b=None):
