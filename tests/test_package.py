@@ -145,6 +145,16 @@ def test_qc_load_runs_it_and_carries_the_report(packaged):
     assert run.metadata["torch"] == torch.__version__
 
 
+def test_packaging_leaves_no_copy_of_the_library_in_inductors_cache(packaged):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    with zipfile.ZipFile(packaged[1]) as z:
+        libraries = [Path(n).name for n in z.namelist() if n.endswith(".wrapper.so")]
+    assert libraries
+    left = [p for name in libraries for p in Path(cache_dir()).glob(f"*/{name}")]
+    assert not left, f"AOTInductor's build folders were left behind: {left}"
+
+
 def test_the_loaded_report_says_where_unquantized_parts_run_in_another_dtype(tmp_path):
     meta = {"report": [], "unquantized": {"dtype": "bfloat16", "ops": 3}}
     rep = qc.Loaded(tmp_path / "m.pt2", None, meta).report

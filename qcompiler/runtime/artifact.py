@@ -9,8 +9,10 @@ so a missing, truncated or foreign file fails with a message naming it.
 import contextlib
 import importlib
 import json
+import logging
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 
 METADATA = "qcompiler/metadata.json"
+
+log = logging.getLogger(__name__)
 
 
 def check_writable(path: Union[str, Path]) -> Path:
@@ -57,11 +61,29 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
     with atomic_write(path) as tmp:
         torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=inductor_options or {})
         with zipfile.ZipFile(tmp, "a") as z:
+            _remove_build_folders(z.namelist())
             root = z.namelist()[0].split("/", 1)[0]
             z.writestr(f"{root}/{METADATA}", json.dumps(metadata, indent=1))
             for name, data in (members or {}).items():
                 z.writestr(f"{root}/qcompiler/{name}", data)
     return Path(path).resolve()
+
+
+def _remove_build_folders(names: Sequence[str]) -> None:
+    """Remove the folders AOTInductor built the package's shared library in.
+
+    AOTInductor compiles into a folder of Inductor's cache (``TORCHINDUCTOR_CACHE_DIR``) and copies the
+    result into the archive, leaving the library and its constants behind: as large as the package
+    itself, every time. Only folders holding this package's own ``*.wrapper.so`` go; the rest of the
+    cache (compiled kernels, precompiled headers) stays for the next compile."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    wrappers = {n.rsplit("/", 1)[-1] for n in names if n.endswith(".wrapper.so")}
+    root = Path(cache_dir())
+    for folder in root.iterdir() if root.is_dir() else ():
+        if folder.is_dir() and any((folder / w).exists() for w in wrappers):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.debug("removed AOTInductor's build folder %s", folder)
 
 
 def save_program(program: torch.export.ExportedProgram, path: Union[str, Path]) -> Path:
