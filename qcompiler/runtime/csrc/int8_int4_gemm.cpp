@@ -67,6 +67,12 @@ inline float scale_at(const Problem& p, const void* base, int64_t i) {
 constexpr int kLanes = 16;  // output columns per packed block
 constexpr int kChunk = 8;   // k per packed block
 constexpr int kPanel = 4;   // blocks per panel
+// Weight bytes a tile prefetches ahead of the ones it reads. The hardware prefetchers alone leave decode
+// (one row: the weights read once, from memory) at 70% of the machine's read bandwidth; 4 KB ahead
+// (16 chunks of a full panel) measured best of 2, 4 and 8 KB on TinyLlama's 155 GEMMs per token (-12%).
+// Past a panel's end it reads the next one's start, which is the next read; prefetches never fault.
+constexpr int64_t kPrefetchAhead = 4096;
+constexpr int64_t kPrefetchGroups = 2;  // and their scales this many groups ahead
 
 // The packed blocks of the panel holding block nb, and nb's place and the panel's width in blocks.
 struct Panel {
@@ -151,6 +157,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t r0,
     for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t c = g * p.group / kChunk; c < (g + 1) * p.group / kChunk; ++c) {
       const uint8_t* b = panel.base + (c * panel.width + j) * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetchAhead), _MM_HINT_T0);
       __m256i lo[2], hi[2];
       for (int h = 0; h < 2; ++h) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 32 * h));
@@ -207,6 +214,17 @@ QC_VNNI_TARGET __attribute__((always_inline)) inline __m512 scales16(const Probl
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
 }
 
+// The scales (and offsets) of group g for COLS blocks from column n0, into L1. A tile reads them a group
+// at a time, N columns apart: a stride the hardware prefetchers miss (-2% decode GEMM time, fetched 2 groups ahead).
+template <int COLS, bool OFFSET>
+QC_VNNI_TARGET __attribute__((always_inline)) inline void prefetch_scales(const Problem& p, int64_t g, int64_t n0) {
+  const int64_t bytes = p.bf16 ? 2 : 4, at = (g * p.N + n0) * bytes;
+  for (int64_t o = 0; o < COLS * kLanes * bytes; o += 64) {
+    _mm_prefetch(static_cast<const char*>(p.w_scale) + at + o, _MM_HINT_T0);
+    if constexpr (OFFSET) _mm_prefetch(static_cast<const char*>(p.w_offset) + at + o, _MM_HINT_T0);
+  }
+}
+
 // Group g's step for a tile's ROWS / PAIR output rows (from m0) x COLS blocks (columns from n0), given the
 // int32 sums of a * (q + 8) over the group: f = (FIRST ? 0 : f) + w_scale * (sum - 8 * sum a) [+ w_offset * sum a].
 // It runs once per group and tile: the float sums stay in registers, and the options are template arguments.
@@ -254,6 +272,7 @@ QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t r0, const Panel& panel, 
       const uint8_t* bc = b + c * stride;
 #pragma GCC unroll 4
       for (int j = 0; j < COLS; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(bc + kPrefetchAhead + j * 64), _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(bc + j * 64);
         lo[j] = _mm512_and_si512(v, low);
         hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
@@ -268,6 +287,7 @@ QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t r0, const Panel& panel, 
         }
       }
     }
+    if (g + kPrefetchGroups < groups) prefetch_scales<COLS, OFFSET>(p, g + kPrefetchGroups, n0);
     if (g == 0) group_step_vnni<ROWS, COLS, PAIR, true, OFFSET>(p, m0, n0, g, acc, f);
     else group_step_vnni<ROWS, COLS, PAIR, false, OFFSET>(p, m0, n0, g, acc, f);
   }
