@@ -26,13 +26,13 @@ program like any other captured one.
 import contextlib
 import functools
 import logging
-import os
 from typing import Iterator, Optional
 
 import torch
 from torch.export import Dim, ExportedProgram
 
 from .capture import capture
+from .gqa_attention import grouped_query_attention
 from .runtime.errors import fail
 
 log = logging.getLogger(__name__)
@@ -62,30 +62,9 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
     with _static_generation(model, batch_size, max_seq_len):
         module = _cache_as_state()(model.eval(), batch_size, max_seq_len, kv_cache_dtype == torch.int8)
     example = {"input_ids": ids, "cache_position": torch.arange(length, device=ids.device)}
-    with _grouped_query_attention():
+    with grouped_query_attention():
         return capture(module, (), example_kwargs=example,
                        dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
-
-
-GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers' sdpa_attention_forward at each call
-
-
-@contextlib.contextmanager
-def _grouped_query_attention() -> Iterator[None]:
-    """Let transformers' SDPA attention pass the cache's kv heads as they are (``enable_gqa=True``) while the
-    program is traced, instead of repeating each one for its query heads first (``repeat_kv``): PyTorch's
-    CPU flash attention groups them itself, exactly. The repeat copies the whole cache, every layer and
-    token: on the TinyLlama shape at 256 positions it cost 2.6 ms of a 34 ms decode step. The
-    environment variable is transformers' own switch, set for the trace alone and restored after."""
-    saved = os.environ.get(GQA_SWITCH)
-    os.environ[GQA_SWITCH] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[GQA_SWITCH]
-        else:
-            os.environ[GQA_SWITCH] = saved
 
 
 def _check(model, max_seq_len, batch_size):

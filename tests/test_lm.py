@@ -1,5 +1,6 @@
 """Decoder LLMs: captured with their KV cache, quantized, packaged, generated from."""
 import gc
+import os
 import weakref
 
 import pytest
@@ -186,3 +187,51 @@ def test_int8_kv_cache_stores_int8_with_a_scale_per_token_and_head(llama):
     torch.testing.assert_close(ours, ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
     with pytest.raises(ValueError, match="kv_cache_dtype must be None"):
         qc.capture_lm(model, max_seq_len=16, kv_cache_dtype=torch.float16)
+
+
+def _sdpa_cases():
+    gen = torch.Generator().manual_seed(0)
+    key, value = torch.randn(2, 2, 10, 16, generator=gen), torch.randn(2, 2, 10, 16, generator=gen)
+    for length in (1, 5):
+        query = torch.randn(2, 8, length, 16, generator=gen)
+        causal = torch.arange(10)[None, :] <= torch.arange(10 - length, 10)[:, None]  # [length, 10]
+        masks = {"none": None, "bool": causal[None, None].expand(2, 1, length, 10),
+                 "float": torch.zeros(1, 1, length, 10).masked_fill(~causal, float("-inf")),
+                 "one row": causal[-1:][None, None]}
+        for name, mask in masks.items():
+            yield f"L={length} mask={name}", query, key, value, mask
+
+
+@pytest.mark.parametrize("case", list(_sdpa_cases()), ids=lambda c: c[0])
+def test_grouped_rows_attend_as_grouped_query_attention(case):
+    from qcompiler.gqa_attention import GroupedRows
+
+    _, query, key, value, mask = case
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    expected = sdpa(query, key, value, attn_mask=mask, enable_gqa=True)
+    calls = []
+    grouped = GroupedRows(lambda q, *args, **kwargs: calls.append(q.shape) or sdpa(q, *args, **kwargs))
+    torch.testing.assert_close(grouped(query, key, value, attn_mask=mask, enable_gqa=True), expected)
+    assert calls == [(2, 2, 4 * query.shape[2], 16)]  # the kv heads, their query heads as rows
+
+
+def test_grouped_rows_leave_other_attention_alone():
+    from qcompiler.gqa_attention import GroupedRows
+
+    q, k = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8)
+    calls = []
+    grouped = GroupedRows(lambda q, *args, **kwargs: calls.append(q.shape))
+    grouped(q, k, k, is_causal=True, enable_gqa=True)  # causal: as it is
+    grouped(q, k, k, attn_mask=torch.zeros(1, 4, 3, 3), enable_gqa=True)  # a mask per head
+    grouped(q, q, q)  # no grouped-query attention
+    assert calls == [(1, 4, 3, 8)] * 3
+
+
+def test_capture_lm_attends_with_the_kv_heads_and_restores_sdpa(llama):
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    model, lm = llama
+    heads = {n.args[0].meta["val"].shape[1] for n in lm.graph.nodes
+             if n.op == "call_function" and "scaled_dot_product" in str(n.target)}
+    assert heads == {model.config.num_key_value_heads}  # llama-tiny: 2 query heads per kv head, as rows
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
