@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
+from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 METADATA = "qcompiler/metadata.json"
 
@@ -76,8 +77,6 @@ def _remove_build_folders(names: Sequence[str]) -> None:
     result into the archive, leaving the library and its constants behind: as large as the package
     itself, every time. Only folders holding this package's own ``*.wrapper.so`` go; the rest of the
     cache (compiled kernels, precompiled headers) stays for the next compile."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
     wrappers = {n.rsplit("/", 1)[-1] for n in names if n.endswith(".wrapper.so")}
     root = Path(cache_dir())
     for folder in root.iterdir() if root.is_dir() else ():
