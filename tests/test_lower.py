@@ -111,6 +111,30 @@ def test_int8_grid_codebooks_lower_to_the_int8_weight_kernels(config, dtype, tar
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
 
 
+CODEBOOK_LUT = "qcompiler.codebook_gemm (b-bit indices, table shuffled in the kernel) (16-bit activations)"
+
+
+@pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4), qc.CodebookWeightOnlyConfig(3, block_rows=32),
+                                    qc.CodebookWeightOnlyConfig(2), qc.CodebookWeightOnlyConfig(1)],
+                         ids=lambda c: c.alias)
+@pytest.mark.parametrize("target", [PLAIN, AVX2, VNNI], ids=["plain", "avx2", "vnni"])
+def test_codebooks_of_up_to_4_bits_keep_their_indices_packed_and_look_up_in_the_kernel(config, target):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(128, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32)).eval()
+    prog = qc.quantize(m, (torch.randn(2, 3, 128),), config, dynamic_shapes=DIMS)
+    low = qc.lower(prog, target)
+    first, second = qc.report(low).quantized
+    assert first.kernel == CODEBOOK_LUT and "qcompiler.codebook_gemm.default" in call_targets(low)
+    # b-bit indices, a 16-entry int8 table, an int32 weight sum and a float32 scale per row
+    assert first.bytes_after == 96 * 128 * config.bits // 8 + 96 * (16 + 4 + 4)
+    assert second.kernel != CODEBOOK_LUT and "K % 128 == 0" in second.kernel_reason  # K = 96: an int8 kernel
+    assert no_reference_ops(low)
+    tol = 2e-2 if target is PLAIN else 1e-3  # the second layer's kernel on PLAIN takes activations in bfloat16
+    for shape in ((2, 3, 128), (1, 1, 128), (7, 5, 128)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
+
+
 def test_reference_backend_changes_nothing_and_bad_backends_are_named():
     prog = qc.quantize(model(torch.float32), (torch.randn(2, 3, 64),), qc.Int8WeightOnlyConfig())
     assert kernels(qc.lower(prog, "reference")) == ["reference", "reference"]
@@ -242,7 +266,7 @@ def test_back_to_back_linears_lower(scheme, target):
 
 
 HOST_SCHEMES = [qc.Int8WeightOnlyConfig(), qc.Int8DynamicActivationInt8WeightConfig(),
-                qc.Int8StaticActivationInt8WeightConfig(), qc.CodebookWeightOnlyConfig(4)]
+                qc.Int8StaticActivationInt8WeightConfig(), qc.CodebookWeightOnlyConfig(8)]  # codebook-8: int8 kernels
 
 
 @pytest.mark.parametrize("config", HOST_SCHEMES, ids=lambda c: c.alias)
@@ -253,7 +277,7 @@ def test_on_this_machine_vnni_takes_onednn_prepacked_for_large_weights_and_agree
     prog = qc.quantize(m, (torch.randn(3, 2048),), config, dynamic_shapes=dims, calibration_data=[torch.randn(8, 2048)])
     host = qc.Target.host()
     low = qc.lower(prog, host)
-    suffix = " (16-bit activations)" if config.alias in ("int8wo", "codebook-4") else " (int8 activations)"
+    suffix = " (16-bit activations)" if config.alias in ("int8wo", "codebook-8") else " (int8 activations)"
     first, second = qc.report(low).quantized
     if not host.has("vnni"):
         assert first.kernel.startswith(INT8_GEMM) and "lacks vnni" in first.kernel_reason

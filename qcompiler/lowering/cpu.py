@@ -6,8 +6,12 @@ Per scheme, on a target with ``vnni``; then on an ``avx2`` target without ``vnni
   without ``vnni``, ``q`` as int8 -> ``qcompiler.int8_gemm``, exact int32.
 - int8static: per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z``; without ``vnni``,
   ``q`` as int8 -> ``qcompiler.int8_gemm``, zero point taken off in the kernel.
-- int8wo, codebook on an int8 grid: 16-bit activations as two int8 rows each (below) -> an integer GEMM;
-  without ``vnni``, the float rows -> ``qcompiler.int8_gemm``, which takes them in 16 bits.
+- codebook on an int8 grid, 1-4 bits: the float rows -> ``qcompiler.codebook_gemm``, which keeps the indices
+  at their bit width and shuffles each row's int8 table into weights inside the kernel (VNNI, AVX2 or plain
+  C++ where it runs; ``runtime/codebook_gemm.py``), taking the rows in 16 bits; the same without ``vnni``.
+- int8wo, codebook on an int8 grid of 5-8 bits (or shapes the lookup kernel does not take): 16-bit
+  activations as two int8 rows each (below) -> an integer GEMM; without ``vnni``, the float rows ->
+  ``qcompiler.int8_gemm``, which takes them in 16 bits.
 - int4wo, every zero-point domain: the float rows -> ``qcompiler.int8_int4_gemm``, which takes them in
   16 bits (two int8 rows); the same without ``vnni``.
 - int8da-int4w: per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the
@@ -71,7 +75,7 @@ from functools import partial
 
 import torch
 
-from ..runtime import int8_gemm, int8_int4, native
+from ..runtime import codebook_gemm, int8_gemm, int8_int4, native
 from ..runtime.int4_layout import pack_for
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
@@ -113,6 +117,22 @@ def _int8_per_channel(m, target, need_k8: bool):
 def _grid_codebook(m, target, need_k8: bool, packed: bool):
     return (_stored(m, "w_q", "cb_q", "cb_scale")
             or (_k8(m["n"] if packed else m.value("w_q").shape[1]) if need_k8 else None))
+
+
+def _codebook_rows(m):
+    """The stored codebook's int8 tables and scales, one per weight row (a table per block of rows repeated)."""
+    cb_q, cb_s = m.value("cb_q"), m.value("cb_scale").reshape(-1)
+    per = m.value("w_q").shape[0] // cb_q.shape[0]
+    return cb_q.repeat_interleave(per, 0), cb_s.repeat_interleave(per, 0)
+
+
+def _codebook_lut_fits(m, target):
+    """What ``qcompiler.codebook_gemm`` takes: stored indices of 1-4 bits, kernel shapes, entries in [-127, 127]."""
+    declined = _stored(m, "w_q", "cb_q", "cb_scale") or codebook_gemm.unfit(m.value("w_q").shape[0], m["n"], m["bits"])
+    if declined:
+        return declined
+    low = int(m.value("cb_q").min())
+    return _unless(low >= -127, f"a table entry is {low}; the codebook kernel takes entries in [-127, 127]")
 
 
 def _per_channel_int8_weight(m):
@@ -328,9 +348,23 @@ def _grid_codebook_weight(kernel, m, x, out_dtype, b, packed: bool = False, **_)
     idx = m.value("w_q")
     if packed:
         idx = qops.unpack_int(idx, m["bits"], m["n"], False)
-    cb_q, cb_s = m.value("cb_q"), m.value("cb_scale").reshape(-1)
-    block_of_row = torch.arange(idx.shape[0]) // (idx.shape[0] // cb_q.shape[0])
-    return kernel(m, x, cb_q[block_of_row[:, None], idx.long()], cb_s[block_of_row], out_dtype, b)
+    table, scale = _codebook_rows(m)
+    return kernel(m, x, table.gather(1, idx.long()), scale, out_dtype, b)
+
+
+def _codebook_lut(m, x, out_dtype, b, **_):
+    """The b-bit indices stay packed (in the kernel's layout) and each row's table is read inside the matmul."""
+    n_out, k, bits = m.value("w_q").shape[0], m["n"], m["bits"]
+    idx = qops.unpack_int(m.value("w_q"), bits, k, False)
+    table, scale = _codebook_rows(m)
+    name = weight_name(m)
+    w = m.constant(f"{name}_codebook_lut", codebook_gemm.pack(idx, bits))
+    t = m.constant(f"{name}_codebook_lut_table", codebook_gemm.table16(table))
+    sums = m.constant(f"{name}_codebook_lut_sums", codebook_gemm.weight_sums(idx, table))
+    s = m.constant(f"{name}_codebook_lut_scale", scale.float().contiguous())
+    x2, back = rows(m, x, k, n_out)
+    y = qops.codebook_gemm.default(_f32(x2), w, t, sums, s, bits)
+    return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
 def _int8_activations(gemm, m, x, quantize, zero, b):
@@ -447,6 +481,10 @@ INT8PACK = "aten._weight_int8pack_mm"
 INT4PACK = "aten._weight_int4pack_mm_for_cpu"
 INT8_INT4 = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)"
 INT8_GEMM = "qcompiler.int8_gemm (int16 pairs, no VNNI needed)"
+CODEBOOK_LUT = "qcompiler.codebook_gemm (b-bit indices, table shuffled in the kernel)"
+_WHY_CODEBOOK_LUT = ("qcompiler's lookup-table GEMM: the indices stay at their bit width in the .pt2 and each row's "
+                     "int8 table is shuffled into weights inside the kernel (vpshufb), exact int32 sums on 16-bit "
+                     "activations; the int8 GEMMs below need the table gathered into an int8 weight, twice the bytes")
 _WHY_INT8_INT4 = ("qcompiler's integer GEMM: exact int32 sums per group of int4 weights on int8 rows (VNNI, AVX2 or "
                   "plain C++, chosen where it runs); ATen's int4 kernel is a bfloat16 GEMV, 2-5x slower from 2 rows on")
 _WHY_QLINEAR = ("the target is this machine and has VNNI, and the weight is large: an int32 GEMM on a weight "
@@ -536,6 +574,8 @@ def rules(target_isa: str) -> tuple:
         LoweringRule("int4wo", weight_only_packed, partial(_int4_weight_only, target_isa), INT4PACK,
                      "ATen's int4 kernel, where qcompiler's is not available", check=_int4_groups),
         *_integer_rules("int8wo", weight_only_unpacked, _int8_weight_only, _int8_per_channel, _INT16_ACTS, True),
+        LoweringRule("codebook (int8 grid)", grid_codebook_packed, _codebook_lut, CODEBOOK_LUT + _INT16_ACTS,
+                     _WHY_CODEBOOK_LUT, check=_on_native(_codebook_lut_fits)),
         *_integer_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,
                         _INT16_ACTS, True, packed=True),
         *_integer_rules("codebook-8 (int8 grid)", grid_codebook_bytes, _grid_codebook_weight, _grid_codebook,

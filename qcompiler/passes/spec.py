@@ -62,7 +62,7 @@ class CodebookWeight:
     """A k-means codebook per tensor or per block of rows; each weight stores a b-bit index.
 
     ``grid="int8"`` then snaps the codebook onto an int8 grid *per row*: row ``n`` stores
-    the table ``q[n]`` (int8, ``2**bits`` entries) and a scale ``s[n]`` fitted to the
+    the table ``q[n]`` (int8 in [-127, 127], ``2**bits`` entries) and a scale ``s[n]`` fitted to the
     entries that row uses, and each index is re-chosen against its row's snapped table.
     Weights are then int8 values times a per-row scale, which the CPU backend runs on its
     int8 kernel; the tables cost ``N·(2**bits + 4)`` bytes. A per-row scale keeps a
@@ -95,7 +95,8 @@ class CodebookWeight:
         s, _ = ops.choose_qparams_affine(used, [1, -1], "int8", "symmetric", "none", None, torch.float32,
                                          torch.finfo(torch.float32).eps)
         rows = cb.repeat_interleave(w.shape[0] // cb.shape[0], dim=0)  # (N, 2**bits)
-        return {"codebook": ops.quantize_affine(rows, [1, -1], s, None, "int8", "none"), "codebook_scale": s}
+        q = ops.quantize_affine(rows, [1, -1], s, None, "int8", "none").clamp(min=-127)  # the CPU kernel negates them
+        return {"codebook": q, "codebook_scale": s}
 
     def _entries(self, t: Mapping):
         if self.grid is None:
