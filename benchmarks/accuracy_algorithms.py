@@ -24,9 +24,10 @@ ALGORITHMS = {"int4wo-64": ["gptq", "hqq", "awq"], "int4wo-128": ["gptq", "hqq",
               "codebook-4": ["gptq"], "int8dq": ["smoothquant"], "int8static": ["smoothquant"]}
 CALIBRATION_BATCH = 4
 # Settings other than the defaults, measured beside them where a default lost to round-to-nearest.
-EXTRA = {"codebook-4": [("gptq damp=0.5", qc.CodebookWeightOnlyConfig(4, algorithm=qc.GPTQ(damp=0.5)))],
-         "int8static": [("smoothquant alpha=0.75",
+EXTRA = {"int8static": [("smoothquant alpha=0.75",
                          qc.Int8StaticActivationInt8WeightConfig(algorithm=qc.SmoothQuant(0.75)))]}
+# Also calibrated on only the first FEW_SENTENCES of the corpus, as a new user with a little data of their own would.
+FEW_DATA, FEW_SENTENCES = ("codebook-3", "codebook-4"), 16
 
 
 def linear_outputs(gm: torch.fx.GraphModule, inputs: dict) -> dict:
@@ -66,19 +67,26 @@ def main():
     rows = []
     print(f"{'scheme':<34} {'mean cos':>9} {'worst cos':>9} {'layer SQNR':>11} {'time s':>7}")
     for base in args.schemes:
-        runs = [(a, qc.config_from_string(base if a == "rtn" else f"{base}+{a}")) for a in ["rtn"] + ALGORITHMS[base]]
-        for algorithm, config in runs + EXTRA.get(base, []):
+        runs = [(a, qc.config_from_string(base if a == "rtn" else f"{base}+{a}"), calibration)
+                for a in ["rtn"] + ALGORITHMS[base]]
+        runs += [(a, c, calibration) for a, c in EXTRA.get(base, [])]
+        if base in FEW_DATA:
+            runs += [(f"{a} ({FEW_SENTENCES} sentences)", qc.config_from_string(f"{base}+{a}"),
+                      calibration[:FEW_SENTENCES // CALIBRATION_BATCH]) for a in ALGORITHMS[base]]
+        for algorithm, config, data in runs:
             scheme = f"{base} {algorithm}"
             start = time.perf_counter()
             prog = qc.quantize(m.model, (), config, example_kwargs=m.example_kwargs,
-                               dynamic_shapes=m.dynamic_shapes, calibration_data=calibration)
+                               dynamic_shapes=m.dynamic_shapes, calibration_data=data)
             seconds = time.perf_counter() - start
             cos = (m.embed(prog.module(), SENTENCES) * reference).sum(-1)
             row = {"scheme": base, "algorithm": algorithm, "mean_cosine": round(cos.mean().item(), 5),
                    "worst_cosine": round(cos.min().item(), 5),
                    "mean_layer_output_sqnr_db": round(
                        mean_layer_sqnr(float_outputs, linear_outputs(prog.module(), held_out)), 2),
-                   "quantize_s": round(seconds, 1)}
+                   "quantize_s": round(seconds, 1),
+                   "calibration_sentences": len(data) * CALIBRATION_BATCH if qc.needs_calibration(config) else 0,
+                   "layers_noted": [r.algorithm_note for r in qc.report(prog).quantized if r.algorithm_note]}
             rows.append(row)
             print(f"{scheme:<34} {row['mean_cosine']:>9.5f} {row['worst_cosine']:>9.5f} "
                   f"{row['mean_layer_output_sqnr_db']:>11.2f} {row['quantize_s']:>7.1f}", flush=True)

@@ -52,6 +52,7 @@ class Report:
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         lines += self._reasons()
+        lines += [f"{r.name}: {r.algorithm_note}" for r in self.quantized if r.algorithm_note]
         lines += [f"skipped {r.name}: {r.skipped}" for r in self.skipped]
         if self.unquantized_dtype:
             lines.append(f"unquantized matmuls, linears, convolutions and attention ({self.unquantized_ops}) run in "

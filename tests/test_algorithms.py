@@ -64,6 +64,56 @@ def test_gptq_act_order_keeps_groups_contiguous():
     assert output_sqnr(prog, model) > output_sqnr(quantize("int4wo-64", model), model)
 
 
+def test_codebook_gptq_refits_its_tables_to_its_assignments():
+    model = toy()
+    fixed = qc.quantize(model, (CALIB[0][0],), qc.CodebookWeightOnlyConfig(3, algorithm=qc.GPTQ(refit=0)),
+                        calibration_data=CALIB)
+    refit = quantize("codebook-3+gptq", model)
+    assert output_sqnr(refit, model) > output_sqnr(fixed, model) + 0.2
+    tables = {k: v for k, v in refit.state_dict.items() if k.endswith("_codebook")}
+    assert tables and any(not torch.equal(v, fixed.state_dict[k]) for k, v in tables.items())
+
+
+def two_subspaces(batches, seed):
+    """Rows 3 mod 4 (the ones GPTQ holds back) use only the last 64 input channels, the others only the first 64."""
+    x = torch.randn(batches, 16, 128, generator=torch.Generator().manual_seed(seed))
+    held = torch.arange(16) % 4 == 3
+    x[:, held, :64] = 0
+    x[:, ~held, 64:] = 0
+    return x
+
+
+def test_gptq_never_keeps_a_layer_worse_than_round_to_nearest_on_rows_it_did_not_fit():
+    # fitted on rows that never use half the inputs, error feedback moves all the error there
+    torch.manual_seed(0)
+    model, calibration, x = torch.nn.Linear(128, 64).eval(), [(two_subspaces(4, 0),)], two_subspaces(4, 9)
+
+    def sqnr(algorithm):
+        prog = qc.quantize(model, (calibration[0][0],), qc.CodebookWeightOnlyConfig(4, algorithm=algorithm),
+                           calibration_data=calibration)
+        with torch.no_grad():
+            ref = model(x)
+        return float(10 * torch.log10(ref.pow(2).sum() / (ref - prog.module()(x)).pow(2).sum())), prog
+    (rtn, _), (guarded, prog), (unguarded, _) = sqnr(None), sqnr(qc.GPTQ()), sqnr(qc.GPTQ(guard=False))
+    assert unguarded < rtn - 1 and guarded >= rtn
+    note = qc.report(prog).quantized[0].algorithm_note
+    assert note.startswith("round to nearest kept: GPTQ's error on held-back calibration rows was ")
+    assert "with damp 0.1" in note and "with damp 0.5" in note and note.endswith("(64 rows for 128 inputs)")
+    assert note in qc.report(prog).table()
+
+
+def test_the_held_back_hessian_is_every_fourth_row():
+    from qcompiler.passes.observe import RangeObserver
+    obs = RangeObserver(features=8, hessian=True, held_out=True)
+    x, more = torch.randn(3, 5, 8), torch.randn(7, 8)
+    obs(x)
+    obs(more)
+    rows = torch.cat([x.reshape(-1, 8), more])
+    torch.testing.assert_close(obs.hessian, rows.t() @ rows)
+    torch.testing.assert_close(obs.hessian_held, rows[3::4].t() @ rows[3::4])
+    assert obs.hessian_rows == 22 and obs.hessian_bytes == 2 * 8 * 8 * 4
+
+
 def test_smoothing_folds_into_a_layer_norm_read_only_by_the_linear():
     prog = quantize("int8dq+smoothquant")
     muls = [n for n in prog.graph.nodes if n.target == torch.ops.aten.mul.Tensor]

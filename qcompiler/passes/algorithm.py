@@ -4,7 +4,8 @@ An algorithm chooses better quantized values than round-to-nearest. Each is one 
 ``passes/``: a frozen dataclass (its user-facing config, e.g. ``GPTQ(damp=0.1)``) that
 subclasses :class:`Algorithm`, is decorated with :func:`register`, and implements one of two forms:
 
-- weight quantization: ``quantize_weight(spec, w, stats)``, the tensors to store for ``w`` (GPTQ, HQQ);
+- weight quantization: ``quantize_weight(spec, w, stats)``, the tensors to store for ``w`` (GPTQ, HQQ), or a
+  :class:`Solved` that also says where the algorithm departed from its settings and why (the report shows it);
 - input rescaling (``rescales = True``): ``input_scales(stats, weights, specs)``, ``s`` per input channel
   (AWQ, SmoothQuant).
 
@@ -15,11 +16,25 @@ scheme families it applies to; ``check`` refuses a config it does not apply to. 
 calibrate or at convert, and its results live in one store keyed by the weight
 (``calibration.solved``), not on the observers, which hold statistics only.
 """
-from typing import ClassVar, Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Union
 
 import torch
 
 REGISTRY: dict = {}  # name -> class, filled by @register as each implementation is imported
+
+
+@dataclass(frozen=True)
+class Solved:
+    """A weight algorithm's result: the tensors to store, and a note where it departed from its settings (kept
+    round to nearest, damped more, ...), which the layer's record keeps (``algorithm_note``)."""
+
+    tensors: dict
+    note: Optional[str] = None
+
+
+def as_solved(result: Union[dict, Solved]) -> Solved:
+    return result if isinstance(result, Solved) else Solved(result)
 
 
 def register(cls):
@@ -44,7 +59,7 @@ class Algorithm:
             raise ValueError(f"qcompiler: {type(self).__name__} does not apply to {alias}; it supports "
                              f"{', '.join(self.schemes)}")
 
-    def quantize_weight(self, spec, w: torch.Tensor, stats: Optional[torch.nn.Module]) -> dict:
+    def quantize_weight(self, spec, w: torch.Tensor, stats: Optional[torch.nn.Module]) -> Union[dict, Solved]:
         """The tensors to store for ``w`` [N, K] under the weight spec ``spec`` (weight algorithms)."""
         raise NotImplementedError(f"{type(self).__name__} rescales inputs; it quantizes no weight")
 

@@ -69,7 +69,7 @@ def solve(gm: GraphModule, window) -> None:
                 if _data_driven(spec) and not spec.algorithm.rescales and weight_key(u, spec) not in store:
                     w = stored_arg(gm, u, 1).detach()
                     store[weight_key(u, spec)] = spec.algorithm.quantize_weight(spec.weight, w, obs)
-        obs.hessian, obs.collect = None, False
+        obs.hessian, obs.hessian_held, obs.collect = None, None, False
 
 
 def _solve_input(gm: GraphModule, store: dict, node: Node, obs, users: list) -> None:

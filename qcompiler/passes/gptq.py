@@ -8,21 +8,30 @@ from the weight spec, so the result is stored exactly as round-to-nearest stores
 - affine (int8 per channel, int4 groups): each group's qparams are chosen by the spec's own
   ``choose_qparams_affine`` when the loop reaches the group, from the weights as updated so
   far (with ``act_order``, from the original weights, so groups stay contiguous);
-- codebook: the k-means tables are fitted (and snapped onto the int8 grid) first, then each
-  weight takes its row table's nearest entry: error feedback with codebook assignment.
+- codebook: k-means tables with each weight counted by its input's Hessian diagonal (per row on the
+  int8 grid, which stores a table per row anyway) start; each weight takes its row table's nearest
+  entry with error feedback, then the tables are refitted to those
+  assignments by least squares under the damped Hessian (``codebook_refit``), and again, for
+  ``refit`` rounds; the pair with the least error is kept.
+
+Every fourth calibration row's Hessian is held back (``observe.py``): fitted on the others, a
+layer's result is checked on those rows against round to nearest, and damped more or dropped
+where it loses (:func:`guarded_gptq`), so GPTQ never overfits a rank-deficient Hessian unseen.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Optional
 
 import torch
 
 from ..runtime import int_type
 from ..runtime.errors import fail
-from .algorithm import Algorithm, register
+from .algorithm import Algorithm, Solved, register
+from .codebook_refit import CodebookTables
 from .spec import AffineWeight, CodebookWeight
 
 ops = torch.ops.qcompiler
 EPS = torch.finfo(torch.float32).eps
+FALLBACK_DAMP = 0.5  # where the configured damp loses to round to nearest on held-back rows
 
 
 @register
@@ -37,23 +46,33 @@ class GPTQ(Algorithm):
     (48 calibration sentences) 0.1 beat 0.01 on every scheme measured. ``block_size``: columns updated
     together; ``act_order``: quantize columns in order of decreasing ``H`` diagonal (groups
     keep their qparams from the original weights then, so the stored layout is unchanged).
+    ``refit``: codebooks only, rounds of refitting the tables to GPTQ's assignments (``codebook_refit``).
+    ``guard``: check each layer on held-back calibration rows and never keep a result worse than round
+    to nearest there (:func:`guarded_gptq`; the layer's report says where it damped more or fell back).
     """
 
     damp: float = 0.1
     block_size: int = 128
     act_order: bool = False
+    refit: int = 3
+    guard: bool = True
     name: ClassVar[str] = "gptq"
     schemes: ClassVar[tuple] = ("int8wo", "int4wo", "codebook")
-    needs: ClassVar[tuple] = ("hessian",)
+    needs: ClassVar[tuple] = ("hessian", "held_out")
 
     def __post_init__(self):
         if not 0 <= self.damp < 1:
             raise fail("damp", "a fraction in [0, 1)", self.damp)
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise fail("block_size", "a positive integer", self.block_size)
+        if not isinstance(self.refit, int) or isinstance(self.refit, bool) or self.refit < 0:
+            raise fail("refit", "a number of rounds >= 0", self.refit)
 
-    def quantize_weight(self, spec, w: torch.Tensor, stats) -> dict:
-        return gptq_quantize(spec, w, stats.hessian, self)
+    def quantize_weight(self, spec, w: torch.Tensor, stats) -> Solved:
+        held = getattr(stats, "hessian_held", None)
+        if not self.guard or held is None or not bool(held.diagonal().any()):
+            return Solved(gptq_quantize(spec, w, stats.hessian, self))
+        return guarded_gptq(spec, w, stats.hessian, held, stats.hessian_rows, self)
 
 
 class AffineColumns:
@@ -94,24 +113,20 @@ class AffineColumns:
 
 
 class CodebookColumns:
-    """Columns of a codebook weight: each row looks up its own table (fitted before the loop)."""
+    """Columns of a codebook weight: each weight takes its row's nearest entry ([N, E] entries per row)."""
 
-    def __init__(self, spec: CodebookWeight, w: torch.Tensor):
-        self.spec = spec
-        rtn = spec.quantize(w)  # k-means (+ snap onto the int8 grid): the tables GPTQ assigns against
-        self.tables = {k: v for k, v in rtn.items() if k != "q"}
-        entries = spec._entries(self.tables)
-        self.rows = entries if spec.grid else entries.repeat_interleave(w.shape[0] // entries.shape[0], dim=0)
-        self.idx = torch.zeros(w.shape, dtype=torch.uint8)
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+        self.idx = torch.zeros(rows.shape[0], 0, dtype=torch.uint8)
+
+    def start(self, k: int) -> "CodebookColumns":
+        self.idx = torch.zeros(self.rows.shape[0], k, dtype=torch.uint8)
+        return self
 
     def column(self, j: int, col: torch.Tensor, ahead) -> torch.Tensor:
         nearest = (self.rows - col[:, None]).abs().argmin(1)
         self.idx[:, j] = nearest.to(torch.uint8)
         return self.rows.gather(1, nearest[:, None])[:, 0]
-
-    def stored(self) -> dict:
-        q = self.idx if self.spec.bits == 8 else ops.pack_int(self.idx, self.spec.bits)
-        return {"q": q, **self.tables}
 
 
 def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
@@ -127,18 +142,14 @@ def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
                      "calibrate with more (or more varied) inputs")
 
 
-def gptq_quantize(spec, w: torch.Tensor, hessian: torch.Tensor, algo: GPTQ, rows_seen: Optional[int] = None) -> dict:
-    """GPTQ for ``w`` [N, K] under ``spec`` with the input Hessian ``XᵀX`` [K, K]; the stored tensors."""
-    w = w.detach().float().clone()
-    h = hessian.float().clone()
-    dead = h.diagonal() == 0  # inputs never non-zero: their weights cannot matter
-    h[dead, dead] = 1
-    w[:, dead] = 0
-    order = torch.argsort(h.diagonal(), descending=True) if algo.act_order else torch.arange(w.shape[1])
-    cols = CodebookColumns(spec, w) if isinstance(spec, CodebookWeight) else AffineColumns(spec, w, algo.act_order)
-    w, h = w[:, order], h[order][:, order]
-    hinv = _inverse_hessian_factor(h, algo.damp)
-    k, block = w.shape[1], algo.block_size
+def _damped(h: torch.Tensor, damp: float) -> torch.Tensor:
+    return h + damp * h.diagonal().mean() * torch.eye(h.shape[0])
+
+
+def _error_feedback(cols, w: torch.Tensor, hinv: torch.Tensor, order: torch.Tensor, block: int) -> None:
+    """GPTQ's loop: round column by column (``cols.column``), each error spread over the columns after it."""
+    w = w[:, order].clone()
+    k = w.shape[1]
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1, err = w[:, i1:i2].clone(), torch.zeros(w.shape[0], i2 - i1)
@@ -151,4 +162,67 @@ def gptq_quantize(spec, w: torch.Tensor, hessian: torch.Tensor, algo: GPTQ, rows
             w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
             err[:, i] = e
         w[:, i2:] -= err @ hinv[i1:i2, i2:]
+
+
+def gptq_quantize(spec, w: torch.Tensor, hessian: torch.Tensor, algo: GPTQ) -> dict:
+    """GPTQ for ``w`` [N, K] under ``spec`` with the input Hessian ``XᵀX`` [K, K]; the stored tensors."""
+    w = w.detach().float().clone()
+    h = hessian.float().clone()
+    dead = h.diagonal() == 0  # inputs never non-zero: their weights cannot matter
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    order = torch.argsort(h.diagonal(), descending=True) if algo.act_order else torch.arange(w.shape[1])
+    hinv = _inverse_hessian_factor(h[order][:, order], algo.damp)
+    if isinstance(spec, CodebookWeight):
+        return _codebook_rounds(spec, w, h, hinv, order, algo)
+    cols = AffineColumns(spec, w, algo.act_order)
+    _error_feedback(cols, w, hinv, order, algo.block_size)
     return cols.stored()
+
+
+def _codebook_rounds(spec, w, h, hinv, order, algo: GPTQ) -> dict:
+    """Assign with error feedback, refit the tables to the assignments, again: ``algo.refit`` rounds; the
+    (assignments, tables) pair with the least error under the damped Hessian is stored."""
+    hd = _damped(h, algo.damp)
+    tables = CodebookTables.fitted(spec, w, h)
+    best: Optional[tuple] = None
+    for round_ in range(algo.refit + 1):
+        cols = CodebookColumns(tables.per_row(w.shape[0])).start(w.shape[1])
+        _error_feedback(cols, w, hinv, order, algo.block_size)
+        candidates = [tables] if round_ == algo.refit else [tables, tables.refitted(w, cols.idx, hd)]
+        for t in candidates:
+            error = t.error(w, cols.idx, hd)
+            if best is None or error < best[0]:
+                best = (error, cols.idx, t)
+        tables = candidates[-1]
+    assert best is not None
+    return best[2].stored(best[1])
+
+
+def held_out_error(spec, w: torch.Tensor, tensors: dict, held: torch.Tensor) -> float:
+    """``tr((W - Ŵ) H_held (W - Ŵ)ᵀ)``: the output error on the held-back calibration rows."""
+    delta = w.float() - spec.dequantize(tensors, w.shape[1], torch.float32)
+    return float(((delta @ held) * delta).sum())
+
+
+def guarded_gptq(spec, w: torch.Tensor, hessian: torch.Tensor, held: torch.Tensor, rows: int, algo: GPTQ) -> Solved:
+    """GPTQ that never does worse than round to nearest on calibration rows it did not fit.
+
+    Fitted on the rows not held back, GPTQ's error on the held-back rows is compared with round to
+    nearest's. Where it is worse (an ``H`` of fewer rows than inputs lets error feedback overfit), it is
+    fitted again with damp :data:`FALLBACK_DAMP`, and where that is worse too, the layer keeps round to
+    nearest. The setting that won is fitted again on all rows. The note says what happened.
+    """
+    rtn = spec.quantize(w)
+    rtn_error = max(held_out_error(spec, w, rtn, held), 1e-30)
+    fit, tried = hessian - held, []
+    for damp in dict.fromkeys((algo.damp, max(algo.damp, FALLBACK_DAMP))):
+        ratio = held_out_error(spec, w, gptq_quantize(spec, w, fit, replace(algo, damp=damp)), held) / rtn_error
+        tried.append(f"{ratio:.2f}x with damp {damp}")
+        if ratio <= 1:
+            final = gptq_quantize(spec, w, hessian, replace(algo, damp=damp))
+            return Solved(final, None if damp == algo.damp else
+                          f"GPTQ damped more ({damp}): its error on held-back calibration rows was {tried[0]} "
+                          f"round to nearest's ({rows} rows for {w.shape[1]} inputs)")
+    return Solved(rtn, f"round to nearest kept: GPTQ's error on held-back calibration rows was {', '.join(tried)} "
+                       f"round to nearest's ({rows} rows for {w.shape[1]} inputs)")

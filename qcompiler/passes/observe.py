@@ -3,7 +3,9 @@
 Every observer tracks the input's range (for static activations). For the algorithms it
 can also track per-channel statistics along the last dimension (``channels``: min, max
 and mean magnitude; SmoothQuant, AWQ) and the Hessian ``XᵀX`` of the rows (``hessian``:
-``K×K`` float32, the memory GPTQ and AWQ pay per distinct linear input).
+``K×K`` float32, the memory GPTQ and AWQ pay per distinct linear input). With ``held_out``
+(GPTQ) it also keeps the Hessian of every fourth row apart (``hessian_held``, another ``K×K``),
+so an algorithm can check its result on rows it did not fit.
 """
 from typing import Optional
 
@@ -11,6 +13,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 OBSERVER_PREFIX = "qcompiler_observer_"
+HOLD_EVERY = 4  # with ``held_out``, every fourth row's Hessian is kept apart as well
 
 
 class RangeObserver(torch.nn.Module):
@@ -30,7 +33,7 @@ class RangeObserver(torch.nn.Module):
     channel_abs_sum: torch.Tensor
 
     def __init__(self, kind: str = "minmax", averaging: float = 0.01, features: int = 0, channels: bool = False,
-                 hessian: bool = False):
+                 hessian: bool = False, held_out: bool = False):
         super().__init__()
         self.kind, self.averaging = kind, averaging
         self.register_buffer("lo", torch.tensor(float("inf")))
@@ -44,21 +47,21 @@ class RangeObserver(torch.nn.Module):
         # The Hessian is no buffer (never exported). ``collect`` switches it on and off (calibration in
         # windows); ``frozen`` stops every other statistic (a later pass over the same data). What is
         # solved from a freed Hessian lives in ``calibration.solved``: observers hold statistics only.
-        self.features, self.wants_hessian = features, hessian
+        self.features, self.wants_hessian, self.wants_held = features, hessian, hessian and held_out
         self.hessian: Optional[torch.Tensor] = None
+        self.hessian_held: Optional[torch.Tensor] = None  # of the rows whose place in the data is 3 mod HOLD_EVERY
+        self.hessian_rows = 0  # rows in ``hessian`` (held ones included)
         self.collect, self.frozen = hessian, False
 
     @property
     def hessian_bytes(self) -> int:
-        return self.features * self.features * 4 if self.wants_hessian else 0
+        return self.features * self.features * 4 * (1 + self.wants_held) if self.wants_hessian else 0
 
     @torch.no_grad()
     def _statistics(self, x: torch.Tensor) -> None:
         rows = x.detach().reshape(-1, x.shape[-1]).float()
         if self.collect:
-            if self.hessian is None:
-                self.hessian = torch.zeros(self.features, self.features)
-            self.hessian.addmm_(rows.t(), rows)
+            self._add_to_hessians(rows)
         if self.frozen:
             return
         if hasattr(self, "channel_lo"):
@@ -66,6 +69,17 @@ class RangeObserver(torch.nn.Module):
             self.channel_hi.copy_(torch.maximum(self.channel_hi, rows.amax(0)))
             self.channel_abs_sum += rows.abs().sum(0, dtype=torch.float64)
         self.rows += rows.shape[0]
+
+    def _add_to_hessians(self, rows: torch.Tensor) -> None:
+        if self.hessian is None:
+            self.hessian, self.hessian_rows = torch.zeros(self.features, self.features), 0
+            self.hessian_held = torch.zeros(self.features, self.features) if self.wants_held else None
+        self.hessian.addmm_(rows.t(), rows)
+        if self.hessian_held is not None:
+            place = torch.arange(self.hessian_rows, self.hessian_rows + rows.shape[0])
+            held = rows[place % HOLD_EVERY == HOLD_EVERY - 1]
+            self.hessian_held.addmm_(held.t(), held)
+        self.hessian_rows += rows.shape[0]
 
     @property
     def channel_abs_mean(self) -> torch.Tensor:
@@ -94,7 +108,7 @@ class RangeObserver(torch.nn.Module):
 
 def needs(spec) -> set:
     """What calibration must observe for a QuantSpec: ``range`` (static activations), ``channels``,
-    ``hessian`` (its algorithm's); empty if it needs no data."""
+    ``hessian``, ``held_out`` (its algorithm's); empty if it needs no data."""
     needs = set(getattr(spec.algorithm, "needs", ()))
     if spec.activation is not None and spec.activation.static:
         needs.add("range")
@@ -118,7 +132,7 @@ def insert_observers(gm: GraphModule) -> int:
         name = f"{OBSERVER_PREFIX}{len(made)}"
         features = x.meta["val"].shape[-1] if "val" in x.meta else 0
         gm.add_submodule(name, RangeObserver(kind or "minmax", features=features, channels="channels" in wants,
-                                             hessian="hessian" in wants))
+                                             hessian="hessian" in wants, held_out="held_out" in wants))
         with gm.graph.inserting_after(x):
             made[x] = gm.graph.call_module(name, (x,))
         made[x].meta.update({k: v for k, v in x.meta.items() if k in ("val", "nn_module_stack")})

@@ -36,6 +36,7 @@ class LayerRecord:
     kernel_reason: Optional[str] = None  # why this kernel; for a ``decomposed`` layer, why no kernel took it
     target: Optional[str] = None  # what it was lowered for (``Target``'s text form), once lowered
     weight: Optional[str] = None  # the stored weight it reads (its graph attribute)
+    algorithm_note: Optional[str] = None  # where its algorithm departed from its settings, and why
 
     def updated(self, **changes) -> "LayerRecord":
         """This record with ``changes`` (None values left out)."""

@@ -45,12 +45,13 @@ class _Weights:
         assert stored_w is not None  # rewrite_to_reference matches only linears whose weight is stored
         w, key = stored_w.detach(), (id(stored_w), spec.weight, spec.algorithm)  # tied weights are one object
         if key not in self.stored:
-            tensors = quantize_weight(spec, w, observer_of(m.graph_module, m.anchor)[1], name, solved(m.graph_module),
-                                      weight_key(m.anchor, spec))
+            result = quantize_weight(spec, w, observer_of(m.graph_module, m.anchor)[1], name, solved(m.graph_module),
+                                     weight_key(m.anchor, spec))
+            tensors = result.tensors
             w_hat = spec.weight.dequantize(tensors, w.shape[1], torch.float32)
             names = {k: m.store(f"{name}.{k}", v) for k, v in tensors.items()}
             record = LayerRecord(name, spec.scheme, "reference", nbytes(w), sum(nbytes(v) for v in tensors.values()),
-                                 sqnr_db(w, w_hat), weight=target)
+                                 sqnr_db(w, w_hat), weight=target, algorithm_note=result.note)
             self.stored[key] = (names, record, (w.shape[1], w.dtype))
             return self.stored[key]
         names, record, weight = self.stored[key]
