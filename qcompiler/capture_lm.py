@@ -156,7 +156,7 @@ def _int8_layer() -> type:
                 step = new.float().abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
                 store.index_copy_(2, positions, (new.float() / step).round().clamp(-127, 127).to(torch.int8))
                 scale.index_copy_(2, positions, step)
-                out.append((store.float() * scale).to(self.dtype))
+                out.append((store.float() * scale).to(new.dtype))  # the model's dtype
             return out[0], out[1]
     return Int8StaticLayer
 
