@@ -5,7 +5,8 @@ re-exported here with typed Python wrappers:
 
 - affine: :func:`choose_qparams_affine`, :func:`quantize_affine`, :func:`dequantize_affine`
 - sub-byte storage: :func:`pack_int`, :func:`unpack_int`
-- codebooks: :func:`kmeans_codebook`, :func:`quantize_codebook`, :func:`dequantize_codebook`
+- codebooks: :func:`kmeans_codebook`, :func:`quantize_codebook`, :func:`dequantize_codebook`;
+  additive codebooks (AQLM): :func:`dequantize_additive`
 - float8: :func:`choose_scale_float8`, :func:`quantize_float8`, :func:`dequantize_float8`
 
 The stages (capture, annotate, prepare, convert, lower, package, load) build on them.
@@ -15,6 +16,7 @@ from .runtime import (
     IntType,
     choose_qparams_affine,
     choose_scale_float8,
+    dequantize_additive,
     dequantize_affine,
     dequantize_codebook,
     dequantize_float8,
@@ -33,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "choose_qparams_affine", "quantize_affine", "dequantize_affine",
     "pack_int", "unpack_int", "packed_size",
-    "kmeans_codebook", "quantize_codebook", "dequantize_codebook",
+    "kmeans_codebook", "quantize_codebook", "dequantize_codebook", "dequantize_additive",
     "choose_scale_float8", "quantize_float8", "dequantize_float8",
     "IntType", "int_type", "INT_TYPE_NAMES",
 ]
@@ -42,6 +44,7 @@ from .capture import capture
 from .capture_lm import capture_lm
 from .generate import generate, stream
 from .configs import (
+    AQLMWeightOnlyConfig,
     CodebookWeightOnlyConfig,
     Float8DynamicActivationFloat8WeightConfig,
     Float8WeightOnlyConfig,
@@ -56,6 +59,7 @@ from .configs import (
 from .convert import convert
 from .lower import lower
 from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
+from .passes.aqlm import AQLM
 from .package import Loaded, load, package
 from .files import Artifact, check_writable, open_artifact, save
 from .pipeline import quantize
@@ -70,7 +74,7 @@ __all__ += [
     "lower", "package", "load", "Loaded", "Target", "CPU_CAPABILITIES",
     "capture_lm", "generate", "stream",
     "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS",
-    "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant",
+    "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant", "AQLM", "AQLMWeightOnlyConfig",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
     "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig",

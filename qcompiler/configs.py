@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 
 from .passes.algorithms import check_algorithm, from_name
-from .passes.spec import ActivationSpec, AffineWeight, CodebookWeight, Float8Weight, QuantSpec
+from .passes.aqlm import AQLM
+from .passes.spec import ActivationSpec, AdditiveWeight, AffineWeight, CodebookWeight, Float8Weight, QuantSpec
 from .runtime.errors import fail
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -150,6 +151,38 @@ class CodebookWeightOnlyConfig:
 
 
 @dataclass(frozen=True)
+class AQLMWeightOnlyConfig:
+    """``aqlm-<M>x<B>-g<g>``: AQLM additive codebooks. Each group of ``group_size`` weights is the sum of one
+    vector from each of ``codebooks`` codebooks of ``2**bits`` vectors, times its row's scale:
+    ``codebooks·bits / group_size`` bits a weight in codes (``aqlm-1x16-g8``, ``aqlm-2x8-g8``: 2), plus the
+    codebooks (float16) and a scale per row. Codes and codebooks are learned against each layer's calibration
+    Hessian (beam search, least squares; ``passes/aqlm.py``): it needs calibration data."""
+
+    codebooks: int = 1
+    bits: int = 16
+    group_size: int = 8
+    beam: int = 4
+    rounds: int = 4
+
+    def __post_init__(self):
+        if not isinstance(self.codebooks, int) or not 1 <= self.codebooks <= 8:
+            raise fail("codebooks", "an integer from 1 to 8", self.codebooks)
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
+            raise fail("bits", "an integer from 1 to 16 (codebooks of 2**bits vectors)", self.bits)
+        if not isinstance(self.group_size, int) or not 1 <= self.group_size <= 32:
+            raise fail("group_size", "an integer from 1 to 32", self.group_size)
+        AQLM(self.beam, self.rounds)  # checks them
+
+    @property
+    def alias(self) -> str:
+        return f"aqlm-{self.codebooks}x{self.bits}-g{self.group_size}"
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.alias, AdditiveWeight(self.codebooks, self.bits, self.group_size),
+                         algorithm=AQLM(self.beam, self.rounds))
+
+
+@dataclass(frozen=True)
 class Float8WeightOnlyConfig:
     """``fp8wo``: float8 e4m3fn weights with a scale per output channel."""
 
@@ -193,8 +226,8 @@ class Int8StaticActivationInt8WeightConfig(_Algorithmic):
 
 
 CONFIG_TYPES = (Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Int4WeightOnlyConfig,
-                Int8DynamicActivationInt4WeightConfig, CodebookWeightOnlyConfig, Float8WeightOnlyConfig,
-                Float8DynamicActivationFloat8WeightConfig, Int8StaticActivationInt8WeightConfig)
+                Int8DynamicActivationInt4WeightConfig, CodebookWeightOnlyConfig, AQLMWeightOnlyConfig,
+                Float8WeightOnlyConfig, Float8DynamicActivationFloat8WeightConfig, Int8StaticActivationInt8WeightConfig)
 
 _FIXED = {"int8wo": Int8WeightOnlyConfig, "int8dq": Int8DynamicActivationInt8WeightConfig,
           "fp8wo": Float8WeightOnlyConfig, "fp8dq": Float8DynamicActivationFloat8WeightConfig,
@@ -204,9 +237,11 @@ _PARAMETRIC = [
     (re.compile(r"int8da-int4w-(\d+)"), lambda g: Int8DynamicActivationInt4WeightConfig(group_size=int(g))),
     (re.compile(r"codebook-(\d+)(?:-(\d+))?(-float)?"),
      lambda b, r, f: CodebookWeightOnlyConfig(int(b), int(r) if r else None, None if f else "int8")),
+    (re.compile(r"aqlm-(\d+)x(\d+)-g(\d+)"), lambda m, b, g: AQLMWeightOnlyConfig(int(m), int(b), int(g))),
 ]
 SCHEME_FORMS = tuple(_FIXED) + ("int4wo-<32|64|128|256>", "int8da-int4w-<32|64|128|256>",
-                                "codebook-<1..8>[-<block_rows>][-float]", "any of these +gptq|+hqq|+awq|+smoothquant")
+                                "codebook-<1..8>[-<block_rows>][-float]", "aqlm-<M>x<B>-g<g>",
+                                "any of these +gptq|+hqq|+awq|+smoothquant")
 
 
 def config_from_string(name: str):

@@ -217,22 +217,29 @@ def test_a_failed_compile_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int4_layers_on_qcompilers_kernel_package_and_load_where_qcompiler_is(tmp_path, monkeypatch):
+def test_layers_on_qcompilers_kernels_package_and_load_where_qcompiler_is(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64)).eval()
-    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)),
-                        ("2", qc.Int8DynamicActivationInt4WeightConfig(group_size=32))])
-    dims = ({0: torch.export.Dim("batch", max=64)},)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 64)).eval()
+    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.CodebookWeightOnlyConfig(4)),
+                        ("4", qc.Int8DynamicActivationInt4WeightConfig(group_size=32))])
+    dims = ({0: torch.export.Dim("batch", max=128)},)
     lowered = qc.lower(qc.quantize(model, (torch.randn(2, 64),), recipe, dynamic_shapes=dims), "cpu")
     path = qc.package(lowered, tmp_path / "int4.pt2")
     run = qc.load(path)
-    assert run.metadata["native_ops"] == ["qcompiler::int8_int4_gemm"] and "cpu_int4" not in run.metadata
-    assert [r.kernel.split(" (")[0] for r in run.report.quantized] == ["qcompiler.int8_int4_gemm"] * 2
-    for rows in (1, 5, 33):
+    assert run.metadata["native_ops"] == ["qcompiler::codebook_gemm", "qcompiler::int8_int4_gemm"]
+    assert "cpu_int4" not in run.metadata
+    assert [r.kernel.split(" (")[0] for r in run.report.quantized] == [
+        "qcompiler.int8_int4_gemm", "qcompiler.codebook_gemm", "qcompiler.int8_int4_gemm"]
+    for rows in (1, 5, 70):  # 70: the lookup kernel's many-rows form
         x = torch.randn(rows, 64)
         torch.testing.assert_close(run(x), lowered.module()(x), rtol=1e-5, atol=1e-5)
+    plain = subprocess.run([sys.executable, "-c", f"import torch; torch._inductor.aoti_load_package({str(path)!r})"],
+                           capture_output=True, text=True)  # a process that imports torch alone
+    assert plain.returncode != 0 and "qcompiler::" in plain.stderr  # names the op it lacks
     monkeypatch.setattr(native, "unavailable", lambda: "no compiler")
-    with pytest.raises(ValueError, match=r"cannot run .*int4.pt2 here: it calls qcompiler::int8_int4_gemm, qcompiler's "
+    with pytest.raises(ValueError, match=r"cannot run .*int4.pt2 here: it calls qcompiler::codebook_gemm, "
+                                         r"qcompiler::int8_int4_gemm, qcompiler's "
                                          r"C\+\+ CPU kernels, which could not be built here \(no compiler\)"):
         qc.load(path)
 

@@ -16,6 +16,8 @@ Per scheme, on a target with ``vnni``; then on an ``avx2`` target without ``vnni
   16 bits (two int8 rows); the same without ``vnni``.
 - int8da-int4w: per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the
   kernel); the same without ``vnni``.
+- aqlm: the float rows -> ``qcompiler.additive_gemm`` with the codes as stored and the float16 codebooks
+  (``runtime/additive_gemm.py``); the same without ``vnni``.
 
 Where qcompiler's C++ kernels cannot be built (no C++ compiler), or the target lacks AVX2, int8
 weights go to ATen's packed bfloat16 kernel (``aten._weight_int8pack_mm``), with the integer
@@ -75,13 +77,13 @@ from functools import partial
 
 import torch
 
-from ..runtime import codebook_gemm, int8_gemm, int8_int4, native
+from ..runtime import additive_gemm, codebook_gemm, int8_gemm, int8_int4, native
 from ..runtime.int4_layout import pack_for
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
-from .reference_patterns import (dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes, grid_codebook_packed,
-                                 per_token_block, per_token_int8, rows, static_int8_int8, stored_inputs, weight_name,
-                                 weight_only_packed, weight_only_unpacked, with_bias)
+from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes,
+                                 grid_codebook_packed, per_token_block, per_token_int8, rows, static_int8_int8,
+                                 stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule, Take
 
 aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn
@@ -133,6 +135,12 @@ def _codebook_lut_fits(m, target):
         return declined
     low = int(m.value("cb_q").min())
     return _unless(low >= -127, f"a table entry is {low}; the codebook kernel takes entries in [-127, 127]")
+
+
+def _additive_fits(m, target):
+    """What ``qcompiler.additive_gemm`` takes: stored codes of 8 or 16 bits, codebooks and row scales."""
+    return (_stored(m, "codes", "codebooks", "scale")
+            or additive_gemm.unfit(m.value("codes"), m.value("codebooks")))
 
 
 def _per_channel_int8_weight(m):
@@ -367,6 +375,18 @@ def _codebook_lut(m, x, out_dtype, b, **_):
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
+def _additive(m, x, out_dtype, b, **_):
+    """AQLM: the codes as stored (group-major), the float16 codebooks and row scales into ``additive_gemm``."""
+    codes, books = m.value("codes"), m.value("codebooks")
+    name = m["codes"].target.removesuffix("_codes")
+    c = m.constant(f"{name}_additive_codes", additive_gemm.layout(codes))
+    cb = m.constant(f"{name}_additive_codebooks", books.half().contiguous())
+    s = m.constant(f"{name}_additive_scale", m.value("scale").float().reshape(-1).contiguous())
+    x2, back = rows(m, x, codes.shape[1] * books.shape[2], codes.shape[0])
+    y = qops.additive_gemm.default(_f32(x2), c, cb, s)
+    return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
+
+
 def _int8_activations(gemm, m, x, quantize, zero, b):
     """``(q - zero)·scale @ (w·w_scale)ᵀ (+ b)`` where ``quantize(x2)`` gives ``x``'s integers ``q`` and ``scale``;
     ``gemm`` is an integer GEMM (:func:`_qlinear_gemm`, :func:`_int_mm_gemm`, :func:`_native_gemm`) or None for the
@@ -481,6 +501,11 @@ INT8PACK = "aten._weight_int8pack_mm"
 INT4PACK = "aten._weight_int4pack_mm_for_cpu"
 INT8_INT4 = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)"
 INT8_GEMM = "qcompiler.int8_gemm (int16 pairs, no VNNI needed)"
+ADDITIVE = "qcompiler.additive_gemm (codes decoded in the kernel)"
+_WHY_ADDITIVE = ("qcompiler's AQLM GEMM: the codes stay as stored (2 bits a weight for 1x16 and 2x8 over groups of 8) "
+                 "and the float16 codebooks are read inside the kernel (a table of each row's dots with the codebook "
+                 "vectors under 8 rows, panels decoded for at::mm from 8); decomposed, Inductor would decode the "
+                 "whole weight on every call")
 CODEBOOK_LUT = "qcompiler.codebook_gemm (b-bit indices, table shuffled in the kernel)"
 _WHY_CODEBOOK_LUT = ("qcompiler's lookup-table GEMM: the indices stay at their bit width in the .pt2 and each row's "
                      "int8 table is shuffled into weights inside the kernel (vpshufb), exact int32 sums on 16-bit "
@@ -574,6 +599,7 @@ def rules(target_isa: str) -> tuple:
         LoweringRule("int4wo", weight_only_packed, partial(_int4_weight_only, target_isa), INT4PACK,
                      "ATen's int4 kernel, where qcompiler's is not available", check=_int4_groups),
         *_integer_rules("int8wo", weight_only_unpacked, _int8_weight_only, _int8_per_channel, _INT16_ACTS, True),
+        LoweringRule("aqlm", additive, _additive, ADDITIVE, _WHY_ADDITIVE, check=_on_native(_additive_fits)),
         LoweringRule("codebook (int8 grid)", grid_codebook_packed, _codebook_lut, CODEBOOK_LUT + _INT16_ACTS,
                      _WHY_CODEBOOK_LUT, check=_on_native(_codebook_lut_fits)),
         *_integer_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,

@@ -69,6 +69,10 @@ def float_codebook_bytes(x, w_q, codebook, block_rows, out_dtype, b):  # 8-bit i
     return aten.linear.default(x, qops.dequantize_codebook.default(w_q, codebook, block_rows, out_dtype), b)
 
 
+def additive(x, codes, codebooks, scale, out_dtype, b):  # AQLM
+    return aten.linear.default(x, qops.dequantize_additive.default(codes, codebooks, scale, out_dtype), b)
+
+
 def dynamic_int8_int8(x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):
     s = qops.choose_qparams_affine.default(x, block, "int8", "symmetric", "none", None, torch.float32, eps)[0]
     xq = qops.quantize_affine.default(x, block, s, None, "int8", "none")

@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Union
 import torch
 
 from qcompiler.runtime import int_type
+from qcompiler.runtime.additive import fit_additive
 from qcompiler.runtime.affine import resolve_zero_point_dtype
 
 ops = torch.ops.qcompiler
@@ -109,6 +110,28 @@ class CodebookWeight:
 
 
 @dataclass(frozen=True)
+class AdditiveWeight:
+    """AQLM: each group of ``group_size`` weights is the sum of one vector from each of ``codebooks`` codebooks
+    of ``2**bits`` vectors, times the row's scale (``runtime/additive.py``). Rounding without data fits the
+    codebooks by residual k-means; the ``AQLM`` algorithm learns them against the layer's Hessian."""
+
+    codebooks: int = 1
+    bits: int = 16
+    group_size: int = 8
+
+    def unfit(self, shape) -> Optional[str]:
+        if shape[1] % self.group_size:
+            return f"input size {shape[1]} is not a multiple of group size {self.group_size}"
+        return None
+
+    def quantize(self, w: torch.Tensor) -> dict:
+        return fit_additive(w.detach(), self.codebooks, self.bits, self.group_size)
+
+    def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
+        return ops.dequantize_additive(t["codes"], t["codebooks"], t["scale"], out_dtype)
+
+
+@dataclass(frozen=True)
 class Float8Weight:
     """float8 weights with one scale per output channel."""
 
@@ -125,7 +148,7 @@ class Float8Weight:
         return ops.dequantize_float8(t["q"], [1, -1], t["scale"], out_dtype)
 
 
-WeightSpec = Union[AffineWeight, CodebookWeight, Float8Weight]
+WeightSpec = Union[AffineWeight, CodebookWeight, AdditiveWeight, Float8Weight]
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,19 @@ front doors. This package imports nothing else from qcompiler.
 """
 import importlib.util
 
+from .additive import dequantize_additive
 from .affine import choose_qparams_affine, dequantize_affine, quantize_affine
 from .codebook import dequantize_codebook, quantize_codebook
 from .dtypes import FLOAT8_DTYPES, FLOAT_DTYPES, INT_TYPE_NAMES, IntType, int_type
 from .float8 import choose_scale_float8, dequantize_float8, quantize_float8
 from .kmeans import kmeans_codebook
-from . import int8_gemm, int8_int4, onednn  # noqa: F401  (qcompiler's C++ ops defined; onednn.qlinear_prepack faked)
+from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, onednn  # noqa: F401  (C++ ops; prepack faked)
 from .packing import pack_int, packed_size, unpack_int
 
 __all__ = [
     "choose_qparams_affine", "quantize_affine", "dequantize_affine",
     "pack_int", "unpack_int", "packed_size",
-    "kmeans_codebook", "quantize_codebook", "dequantize_codebook",
+    "kmeans_codebook", "quantize_codebook", "dequantize_codebook", "dequantize_additive",
     "choose_scale_float8", "quantize_float8", "dequantize_float8",
     "IntType", "int_type", "INT_TYPE_NAMES", "FLOAT_DTYPES", "FLOAT8_DTYPES",
 ]

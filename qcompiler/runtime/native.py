@@ -9,8 +9,9 @@ AOTInductor needs anyway) into PyTorch's extension cache, and loaded into the pr
     native.unavailable()     # None, or why the library could not be built or loaded here
 
 A ``.pt2`` that calls these ops needs them loaded before it runs: ``qcompiler.load`` does it.
-The kernels (``int8_int4_gemm``, ``int8_gemm``, ``codebook_gemm``) pick their instruction set per call (AVX512-VNNI,
-AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so one build serves every x86 machine.
+The kernels (``int8_int4_gemm``, ``int8_gemm``, ``codebook_gemm``, ``additive_gemm``) pick their instruction
+set per call (AVX512-VNNI, AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so one build serves every
+x86 machine.
 """
 import functools
 import hashlib
@@ -30,8 +31,8 @@ LIBRARY = "qcompiler_cpu_kernels"
 
 
 def _native_ops() -> tuple:
-    from . import codebook_gemm, int8_gemm, int8_int4
-    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP)
+    from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4
+    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, additive_gemm.OP)
 
 
 @functools.lru_cache(maxsize=None)
