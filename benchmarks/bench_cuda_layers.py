@@ -22,7 +22,8 @@ import qcompiler as qc
 import peer_torchao
 from machine import machine
 
-SCHEMES = ["int8wo", "int4wo-64", "int4wo-128", "codebook-4", "codebook-3", "int8dq", "int8da-int4w-128"]
+SCHEMES = ["int8wo", "int4wo-64", "int4wo-128", "codebook-4", "codebook-3", "int8dq", "int8da-int4w-128",
+           "aqlm-2x8-g8"]
 
 
 def timer(device: str):

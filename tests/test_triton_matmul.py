@@ -9,7 +9,7 @@ import torch
 
 import qcompiler as qc
 from qcompiler.runtime import triton_matmul as tm
-from qcompiler.runtime.triton_matmul import affine_scale_zero, dq_matmul, wo_matmul
+from qcompiler.runtime.triton_matmul import additive_matmul, affine_scale_zero, dq_matmul, wo_matmul
 from qcompiler.passes.spec import AffineWeight, CodebookWeight
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,6 +62,20 @@ def test_codebook_weights_look_up_in_the_kernel(spec, m, n, k):
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m,n,k,codebooks,bits,group", [(1, 48, 64, 2, 8, 8), (5, 33, 72, 1, 16, 8),
+                                                        (3, 20, 60, 3, 4, 4)])
+def test_aqlm_weights_decode_in_the_kernel(m, n, k, codebooks, bits, group):
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 1 << bits, (n, k // group, codebooks), generator=g, dtype=torch.int32)
+    codes[0, 0, 0] = (1 << bits) - 1  # the last vector: with 16 bits, stored as the int16 -1
+    codes = codes.to(torch.uint8 if bits <= 8 else torch.int16)
+    books, scale = torch.randn(codebooks, 1 << bits, group, generator=g).half(), torch.rand(n, 1, generator=g) + 0.5
+    x = _x(m, k, torch.float32)
+    ref = x @ qc.dequantize_additive(codes, books, scale).to(DEVICE).t()
+    y = additive_matmul(x, codes.to(DEVICE), books.to(DEVICE), scale.to(DEVICE))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_activations_match_the_reference_in_that_dtype(dtype):
     torch.manual_seed(0)
@@ -96,6 +110,19 @@ def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kern
     name = ("qcompiler::triton_dq_matmul (int8 activations)" if kernel == "dq"
             else f"qcompiler::triton_wo_matmul ({kernel})")
     assert quantized and all(r.kernel == name for r in quantized)
+    torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_the_cuda_rule_lowers_aqlm_to_its_triton_kernel():
+    from qcompiler.lowering import lower_graph
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 64)).eval()
+    x = torch.randn(2, 3, 64)
+    data = [(torch.randn(2, 3, 64),) for _ in range(2)]
+    gm = qc.quantize(model, (x,), qc.AQLMWeightOnlyConfig(2, 6, 8, rounds=1), calibration_data=data).module()
+    ref = gm(x)
+    lower_graph(gm, "cuda")
+    assert [r.kernel for r in qc.report(gm).quantized] == ["qcompiler::triton_additive_matmul (AQLM)"] * 2
     torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4)
 
 

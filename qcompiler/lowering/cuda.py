@@ -5,6 +5,7 @@
 | int8wo, int4wo (every zero-point domain), any b-bit affine weight | ``qcompiler::triton_wo_matmul`` (affine) |
 | codebook, int8-grid or float, any block of rows | ``qcompiler::triton_wo_matmul`` (table lookup) |
 | int8dq, int8da-int4w | per-token int8 quantization in ATen ops, then ``qcompiler::triton_dq_matmul`` |
+| aqlm (additive codebooks) | ``qcompiler::triton_additive_matmul`` (codes and float16 codebooks as stored) |
 
 ``triton_dq_matmul`` computes an exact int32 dot per group.
 The kernel (``runtime/triton_matmul.py``) reads the reference program's packed storage
@@ -17,14 +18,16 @@ compiles it into a CUDA ``.pt2``.
 import torch
 
 from ..runtime.dtypes import int_type
-from .reference_patterns import (dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes, float_codebook_packed,
-                                 grid_codebook_bytes, grid_codebook_packed, per_token_block, per_token_int8, rows,
-                                 stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
+from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes,
+                                 float_codebook_packed, grid_codebook_bytes, grid_codebook_packed, per_token_block,
+                                 per_token_int8, rows, stored_inputs, weight_name, weight_only_packed,
+                                 weight_only_unpacked, with_bias)
 from .rules import LoweringRule
 from ..runtime.triton_matmul import affine_scale_zero
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
 triton_wo_matmul, triton_dq_matmul = torch.ops.qcompiler.triton_wo_matmul, torch.ops.qcompiler.triton_dq_matmul
+triton_additive_matmul = torch.ops.qcompiler.triton_additive_matmul
 
 
 def _affine(m) -> bool:
@@ -80,6 +83,21 @@ def _float_codebook(m) -> bool:
     return stored_inputs(m, "w_q", "codebook")
 
 
+def _additive(m) -> bool:
+    return stored_inputs(m, "codes", "codebooks", "scale")
+
+
+def _additive_kernel(m, x, out_dtype, b, **_):
+    """AQLM: the codes, float16 codebooks and row scales as stored, decoded in the kernel's tiles."""
+    codes, books = m.value("codes"), m.value("codebooks")
+    name = m["codes"].target.removesuffix("_codes")
+    x2, back = rows(m, x, codes.shape[1] * books.shape[2], codes.shape[0])
+    consts = [m.constant(f"{name}_triton_{key}", t) for key, t in
+              (("codes", codes), ("codebooks", books.half().contiguous()),
+               ("scale", m.value("scale").float().reshape(-1).contiguous()))]
+    return with_bias(back(triton_additive_matmul(x2, *consts)), b)
+
+
 def _dynamic(m) -> bool:
     w_block = list(m["w_block"])
     return (per_token_block(m) and len(w_block) == 2 and w_block[0] == 1 and stored_inputs(m, "w_q", "w_scale")
@@ -105,6 +123,7 @@ AFFINE_KERNEL = "qcompiler::triton_wo_matmul (affine)"
 CODEBOOK_KERNEL = "qcompiler::triton_wo_matmul (codebook)"
 
 DYNAMIC_KERNEL = "qcompiler::triton_dq_matmul (int8 activations)"
+ADDITIVE_KERNEL = "qcompiler::triton_additive_matmul (AQLM)"
 
 _WHY = "the CUDA backend's one kernel for this pattern"
 _BAD_WEIGHTS = "weight blocks or qparams unsupported"
@@ -125,4 +144,5 @@ RULES = (
     _rule("codebook-8 (int8 grid)", grid_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, _NO_TABLES),
     _rule("codebook (float)", float_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, _NO_TABLES),
     _rule("codebook-8 (float)", float_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, _NO_TABLES),
+    _rule("aqlm", additive, _additive_kernel, ADDITIVE_KERNEL, _additive, "codes or codebooks not stored"),
 )

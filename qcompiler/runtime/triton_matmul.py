@@ -18,6 +18,10 @@ storage, so lowering repacks nothing:
   looks up with ``tl.gather``; wider tables are read through the cache. No dequantized
   weight is ever written to memory.
 
+``qcompiler::triton_additive_matmul`` decodes AQLM weights (``runtime/additive.py``) the same way: each
+weight of a tile is the sum of its group's codewords' entries, read from the float16 codebooks through
+the cache, and each output column takes its row scale after the dot.
+
 The decoded tile is cast to x's dtype, as the reference dequantizes to the activation
 dtype, and multiplied with ``tl.dot`` (float32 accumulation). Each op launches a decode
 (M <= 16) or a prefill config family, each autotuned; under export both, with grids
@@ -89,6 +93,39 @@ def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N,
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w))
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _additive_matmul_kernel(x_ptr, codes_ptr, books_ptr, scale_ptr, y_ptr, M, N, K, groups, entries,
+                            stride_xm, stride_ym, BOOKS: tl.constexpr, GROUP: tl.constexpr, WIDE: tl.constexpr,
+                            DOT_F32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """AQLM: each weight the sum over codebooks of its group's codeword entry, read from the float16 codebooks
+    (through the cache); the row scale applied to the tile's sums."""
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        w_mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
+        at = (offs_n[:, None] * groups + offs_k[None, :] // GROUP) * BOOKS  # [BN, BK]: each weight's group codes
+        w = tl.zeros((BN, BK), dtype=tl.float32)
+        for c in tl.static_range(BOOKS):
+            code = tl.load(codes_ptr + at + c, mask=w_mask, other=0).to(tl.int32)
+            if WIDE:
+                code = code & 0xFFFF
+            w += tl.load(books_ptr + (c * entries + code) * GROUP + offs_k[None, :] % GROUP, mask=w_mask,
+                         other=0.0).to(tl.float32)
+        w = w.to(x.dtype)
+        if DOT_F32:  # the interpreter's bf16 tl.dot is wrong; same values, multiplied in float32
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    acc *= tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -169,7 +206,8 @@ def _tuned(kernel, kind: str, max_bk: Optional[int]):
     """``kernel`` autotuned over one variant's configs (only the default under the interpreter,
     which has nothing to time; tests run every config explicitly)."""
     cfgs = configs(kind, max_bk)
-    return triton.autotune(cfgs[:1] if _INTERPRETED else cfgs, key=["N", "K", "BITS"])(kernel)
+    key = ["N", "K"] + [name for name in ("BITS", "BOOKS", "WIDE") if name in kernel.arg_names]
+    return triton.autotune(cfgs[:1] if _INTERPRETED else cfgs, key=key)(kernel)
 
 
 def _variants(m):
@@ -266,6 +304,25 @@ def wo_matmul(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool 
     float32 [T, 2**bits] with T dividing N (one table per N / T rows).
     """
     return wo_launch(x, q, bits, k, signed, scale, zero, table).run()
+
+
+def additive_launch(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scale: torch.Tensor) -> Launch:
+    """The AQLM kernel's launch for ``additive_matmul``'s arguments."""
+    m, (n, groups, books), (_, entries, group) = x.shape[0], codes.shape, codebooks.shape
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    x = x.contiguous()
+    args = (x, codes.contiguous(), codebooks.contiguous(), scale.float().reshape(-1).contiguous(), y, m, n,
+            groups * group, groups, entries, x.stride(0), y.stride(0))
+    return Launch(_additive_matmul_kernel, m, n, None, args,
+                  dict(BOOKS=books, GROUP=group, WIDE=codes.dtype == torch.int16, DOT_F32=_INTERPRETED), y)
+
+
+@torch.library.triton_op("qcompiler::triton_additive_matmul", mutates_args=())
+def additive_matmul(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor,
+                    scale: torch.Tensor) -> torch.Tensor:
+    """``x @ Wᵀ`` for an AQLM weight as stored (``runtime/additive.py``): ``codes`` [N, G, C] uint8 or int16,
+    ``codebooks`` float16 [C, E, g], ``scale`` [N] (or [N, 1]); the weight is decoded in the kernel's tiles."""
+    return additive_launch(x, codes, codebooks, scale).run()
 
 
 @torch.library.triton_op("qcompiler::triton_dq_matmul", mutates_args=())
