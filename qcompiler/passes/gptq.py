@@ -10,7 +10,8 @@ from the weight spec, so the result is stored exactly as round-to-nearest stores
   far (with ``act_order``, from the original weights, so groups stay contiguous);
 - codebook: k-means tables with each weight counted by its input's Hessian diagonal (per row on the
   int8 grid, which stores a table per row anyway) start; each weight takes its row table's nearest
-  entry with error feedback, then the tables are refitted to those
+  entry with error feedback, ``descend`` sweeps of coordinate descent then move each weight to the
+  entry that lowers the layer's error most with the others fixed, then the tables are refitted to those
   assignments by least squares under the damped Hessian (``codebook_refit``), and again, for
   ``refit`` rounds; the pair with the least error is kept.
 
@@ -32,6 +33,7 @@ from .spec import AffineWeight, CodebookWeight
 ops = torch.ops.qcompiler
 EPS = torch.finfo(torch.float32).eps
 FALLBACK_DAMP = 0.5  # where the configured damp loses to round to nearest on held-back rows
+DEFAULT_DAMP = {AffineWeight: 0.1, CodebookWeight: 0.3}  # GPTQ(damp=None), by weight spec
 
 
 @register
@@ -41,32 +43,43 @@ class GPTQ(Algorithm):
     error over the columns not yet quantized, weighted by the inverse Hessian of the layer's
     inputs (``H = XᵀX`` over the calibration data).
 
-    ``damp``: fraction of the mean diagonal added to ``H``. The default is 0.1, not the paper's 0.01:
-    with a few thousand calibration rows a wide layer's ``H`` is rank-deficient, and on MiniLM
-    (48 calibration sentences) 0.1 beat 0.01 on every scheme measured. ``block_size``: columns updated
-    together; ``act_order``: quantize columns in order of decreasing ``H`` diagonal (groups
-    keep their qparams from the original weights then, so the stored layout is unchanged).
+    ``damp``: fraction of the mean diagonal added to ``H``; ``None`` (the default) takes 0.1 for affine
+    weights and 0.3 for codebooks (:data:`DEFAULT_DAMP`), not the paper's 0.01: with a few thousand
+    calibration rows a wide layer's ``H`` is rank-deficient. On MiniLM (48 calibration sentences) 0.1 beat
+    0.01 and 0.3 on int4; codebooks, whose tables and descent lean on ``H`` harder, did best at 0.3.
+    ``block_size``: columns updated together; ``act_order``: quantize columns in order of decreasing ``H``
+    diagonal (groups keep their qparams from the original weights then, so the stored layout is unchanged).
     ``refit``: codebooks only, rounds of refitting the tables to GPTQ's assignments (``codebook_refit``).
+    ``descend``: codebooks only, sweeps of coordinate descent over the assignments after error feedback
+    (:meth:`CodebookColumns.descend`): error feedback only looks ahead, the sweeps also revisit the
+    columns behind.
     ``guard``: check each layer on held-back calibration rows and never keep a result worse than round
     to nearest there (:func:`guarded_gptq`; the layer's report says where it damped more or fell back).
     """
 
-    damp: float = 0.1
+    damp: Optional[float] = None
     block_size: int = 128
     act_order: bool = False
     refit: int = 3
+    descend: int = 2
     guard: bool = True
     name: ClassVar[str] = "gptq"
     schemes: ClassVar[tuple] = ("int8wo", "int4wo", "codebook")
     needs: ClassVar[tuple] = ("hessian", "held_out")
 
     def __post_init__(self):
-        if not 0 <= self.damp < 1:
-            raise fail("damp", "a fraction in [0, 1)", self.damp)
+        if self.damp is not None and not (isinstance(self.damp, (int, float)) and 0 <= self.damp < 1):
+            raise fail("damp", "None or a fraction in [0, 1)", self.damp)
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise fail("block_size", "a positive integer", self.block_size)
-        if not isinstance(self.refit, int) or isinstance(self.refit, bool) or self.refit < 0:
-            raise fail("refit", "a number of rounds >= 0", self.refit)
+        for field in ("refit", "descend"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise fail(field, "a number of rounds >= 0", value)
+
+    def damp_for(self, spec) -> float:
+        """The damping this weight gets: ``damp``, or the default for its kind of weight."""
+        return DEFAULT_DAMP[type(spec)] if self.damp is None else self.damp
 
     def quantize_weight(self, spec, w: torch.Tensor, stats) -> Solved:
         held = getattr(stats, "hessian_held", None)
@@ -128,6 +141,28 @@ class CodebookColumns:
         self.idx[:, j] = nearest.to(torch.uint8)
         return self.rows.gather(1, nearest[:, None])[:, 0]
 
+    def descend(self, w: torch.Tensor, h: torch.Tensor, sweeps: int, block: int) -> None:
+        """Coordinate descent on the assignments under ``h``: with ``R = W - Ŵ``, weight ``k`` of every row
+        moves to the entry nearest ``w_k - r_k + (R h)_k / h_kk``, which minimises ``tr(R h Rᵀ)`` over that
+        weight with the others fixed, so no step raises the error. ``R h`` is kept current inside a block of
+        columns and brought up to date for the rest with one matmul per block."""
+        idx = self.idx.long()
+        r = w - self.rows.gather(1, idx)
+        hr, diag, k = r @ h, h.diagonal(), w.shape[1]
+        for _ in range(sweeps):
+            for s in range(0, k, block):
+                e = min(s + block, k)
+                before = r[:, s:e].clone()
+                for j in range(s, e):
+                    nearest = (self.rows - (w[:, j] - r[:, j] + hr[:, j] / diag[j])[:, None]).abs().argmin(1)
+                    rj = w[:, j] - self.rows.gather(1, nearest[:, None])[:, 0]
+                    hr[:, s:e] += (rj - r[:, j])[:, None] * h[j, s:e][None, :]
+                    r[:, j], idx[:, j] = rj, nearest
+                delta = r[:, s:e] - before
+                hr[:, :s] += delta @ h[s:e, :s]
+                hr[:, e:] += delta @ h[s:e, e:]
+        self.idx = idx.to(torch.uint8)
+
 
 def _inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of the damped inverse Hessian (GPTQ's ``Hinv``)."""
@@ -172,7 +207,7 @@ def gptq_quantize(spec, w: torch.Tensor, hessian: torch.Tensor, algo: GPTQ) -> d
     h[dead, dead] = 1
     w[:, dead] = 0
     order = torch.argsort(h.diagonal(), descending=True) if algo.act_order else torch.arange(w.shape[1])
-    hinv = _inverse_hessian_factor(h[order][:, order], algo.damp)
+    hinv = _inverse_hessian_factor(h[order][:, order], algo.damp_for(spec))
     if isinstance(spec, CodebookWeight):
         return _codebook_rounds(spec, w, h, hinv, order, algo)
     cols = AffineColumns(spec, w, algo.act_order)
@@ -181,14 +216,15 @@ def gptq_quantize(spec, w: torch.Tensor, hessian: torch.Tensor, algo: GPTQ) -> d
 
 
 def _codebook_rounds(spec, w, h, hinv, order, algo: GPTQ) -> dict:
-    """Assign with error feedback, refit the tables to the assignments, again: ``algo.refit`` rounds; the
-    (assignments, tables) pair with the least error under the damped Hessian is stored."""
-    hd = _damped(h, algo.damp)
+    """Assign with error feedback and coordinate descent, refit the tables to the assignments, again:
+    ``algo.refit`` rounds; the (assignments, tables) pair with the least error under the damped Hessian is stored."""
+    hd = _damped(h, algo.damp_for(spec))
     tables = CodebookTables.fitted(spec, w, h)
     best: Optional[tuple] = None
     for round_ in range(algo.refit + 1):
         cols = CodebookColumns(tables.per_row(w.shape[0])).start(w.shape[1])
         _error_feedback(cols, w, hinv, order, algo.block_size)
+        cols.descend(w, hd, algo.descend, algo.block_size)
         candidates = [tables] if round_ == algo.refit else [tables, tables.refitted(w, cols.idx, hd)]
         for t in candidates:
             error = t.error(w, cols.idx, hd)
@@ -216,12 +252,13 @@ def guarded_gptq(spec, w: torch.Tensor, hessian: torch.Tensor, held: torch.Tenso
     rtn = spec.quantize(w)
     rtn_error = max(held_out_error(spec, w, rtn, held), 1e-30)
     fit, tried = hessian - held, []
-    for damp in dict.fromkeys((algo.damp, max(algo.damp, FALLBACK_DAMP))):
+    configured = algo.damp_for(spec)
+    for damp in dict.fromkeys((configured, max(configured, FALLBACK_DAMP))):
         ratio = held_out_error(spec, w, gptq_quantize(spec, w, fit, replace(algo, damp=damp)), held) / rtn_error
         tried.append(f"{ratio:.2f}x with damp {damp}")
         if ratio <= 1:
             final = gptq_quantize(spec, w, hessian, replace(algo, damp=damp))
-            return Solved(final, None if damp == algo.damp else
+            return Solved(final, None if damp == configured else
                           f"GPTQ damped more ({damp}): its error on held-back calibration rows was {tried[0]} "
                           f"round to nearest's ({rows} rows for {w.shape[1]} inputs)")
     return Solved(rtn, f"round to nearest kept: GPTQ's error on held-back calibration rows was {', '.join(tried)} "
