@@ -44,11 +44,11 @@ def calibrate(prepared: torch.fx.GraphModule, data: Optional[Iterable],
 def _run(prepared, items: list, label: str) -> None:
     with torch.no_grad():
         for item in progress(items, label):
-            args, kwargs = _split(item)
+            args, kwargs = split_item(item)
             prepared(*args, **kwargs)
 
 
-def _split(item):
+def split_item(item):
     if isinstance(item, dict):
         return (), item
     if (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list))

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Union
 
 from .configs import CONFIG_TYPES, config_from_string
 from .passes.embeddings import EmbeddingSite
+from .plan import Plan
 from .passes.linears import LinearSite
 from .runtime.errors import fail
 
@@ -55,12 +56,15 @@ class Rule:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Ordered rules; the first whose ``match`` fits a layer decides its config."""
+    """Ordered rules; the first whose ``match`` fits a layer decides its config. A recipe from
+    :func:`qcompiler.autoquant` also carries its ``plan`` (the measurements behind each rule)."""
 
     rules: tuple
+    plan: Optional[Plan] = None
 
-    def __init__(self, rules):
+    def __init__(self, rules, plan: Optional[Plan] = None):
         object.__setattr__(self, "rules", tuple(r if isinstance(r, Rule) else Rule(*r) for r in rules))
+        object.__setattr__(self, "plan", plan)
 
     def config_for(self, site: LinearSite):
         """``(config, None)`` for the first matching rule, or ``(None, reason)``."""
@@ -69,13 +73,39 @@ class Recipe:
                 return (rule.config, None) if rule.config is not None else (None, f"left alone by recipe rule {i}")
         return None, "no recipe rule matched"
 
+    def to_json(self) -> str:
+        """The rules as ``from_json`` reads them (with the plan, where there is one). Rules must match by name glob
+        and configs be what their alias says (``config_from_string(config.alias) == config``)."""
+        rows = [{"match": _glob(i, r.match), "config": _alias(i, r.config)} for i, r in enumerate(self.rules)]
+        return json.dumps(rows if self.plan is None else {"rules": rows, "plan": self.plan.to_dict()}, indent=1)
+
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
-        """``[{"match": "*.mlp.*", "config": "int4wo-64"}, {"match": "lm_head", "config": null}, ...]``."""
-        rows = json.loads(text)
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and "match" in r for r in rows):
+        """``[{"match": "*.mlp.*", "config": "int4wo-64"}, {"match": "lm_head", "config": null}, ...]``, or
+        ``{"rules": [...], "plan": {...}}`` as :meth:`to_json` writes an autoquant recipe."""
+        data = json.loads(text)
+        plan = None
+        if isinstance(data, dict) and "rules" in data:
+            data, plan = data["rules"], (Plan.from_dict(data["plan"]) if data.get("plan") is not None else None)
+        if not isinstance(data, list) or not all(isinstance(r, dict) and "match" in r for r in data):
             raise fail("recipe", 'a JSON list of {"match": glob, "config": scheme or null}', text[:80])
-        return cls([(r["match"], None if r.get("config") is None else config_from_string(r["config"])) for r in rows])
+        rules = [(r["match"], None if r.get("config") is None else config_from_string(r["config"])) for r in data]
+        return cls(rules, plan)
+
+
+def _glob(i: int, match) -> str:
+    if not isinstance(match, str):
+        raise fail(f"rule {i}'s match, to be written as JSON,", "a name glob", match)
+    return match
+
+
+def _alias(i: int, config) -> Optional[str]:
+    if config is None:
+        return None
+    if config_from_string(config.alias) != config:
+        raise fail(f"rule {i}'s config, to be written as JSON,", "a config its alias names (default settings)",
+                   config)
+    return config.alias
 
 
 def as_recipe(config) -> Recipe:
