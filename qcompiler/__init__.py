@@ -63,7 +63,7 @@ from .passes.aqlm import AQLM
 from .package import Loaded, load, package
 from .files import Artifact, check_writable, open_artifact, save
 from .pipeline import quantize
-from .autoquant import LayerFloor, ModelBudget, autoquant
+from .autoquant import AUTOQUANT_CANDIDATES, LayerFloor, ModelBudget, autoquant
 from .plan import Plan
 from .calibrate import calibrate, needs_calibration
 from .prepare import prepare
@@ -77,7 +77,7 @@ __all__ += [
     "capture_lm", "generate", "stream",
     "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant", "AQLM", "AQLMWeightOnlyConfig",
-    "autoquant", "Plan", "LayerFloor", "ModelBudget",
+    "autoquant", "AUTOQUANT_CANDIDATES", "Plan", "LayerFloor", "ModelBudget",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
     "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig",

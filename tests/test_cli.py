@@ -87,6 +87,23 @@ def test_scheme_with_an_algorithm(tmp_path, capsys):
     assert {r["scheme"] for r in result["layers"] if r["skipped"] is None} == {"int4wo-32+gptq"}
 
 
+def test_scheme_auto_writes_its_plan_inspect_prints_it_and_a_second_run_reuses_it(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    code, out, err = run(capsys, "quantize", MLP, "--scheme", "auto", "--candidates", "int8dq", "--shapes", "decode=1",
+                         "--min-sqnr", "25", "--plan", plan, "-o", tmp_path / "auto.pt2", "--json")
+    assert code == 0, err
+    assert "autoquant: layers x candidates measured: 6/6" in err and "predicted total" in err  # 3 linears x 2
+    layers = {r["name"]: r["scheme"] for r in json.loads(out)["layers"] if r["skipped"] is None}
+    info = run_json(capsys, "inspect", plan)
+    assert {r["name"]: r["choice"] for r in info["layers"] if r["choice"] != "float"} == layers
+    assert info["shapes"] == {"decode": 1} and all(len(r["candidates"]) == 2 for r in info["layers"])
+    code, out, err = run(capsys, "quantize", MLP, "--scheme", "auto", "--plan", plan, "--min-sqnr", "500",
+                         "-o", tmp_path / "float.pt2", "--json")
+    assert code == 0, err
+    assert "candidates measured" not in err and "left float: every candidate is under 500 dB" in err  # chosen again, not timed
+    assert not [r for r in json.loads(out)["layers"] if r["skipped"] is None]
+
+
 def test_calibration_from_a_saved_list(tmp_path, capsys):
     data = tmp_path / "calib.pt"
     torch.save([(torch.randint(0, 96, (2, 8)),) for _ in range(2)], data)

@@ -32,11 +32,11 @@ from ..runtime.target import Target, host_cpu_capabilities
 from .choose import Accuracy, LayerFloor, ModelBudget, as_accuracy, choose
 from .measure import Timer, layer_errors, layer_inputs
 
-__all__ = ["autoquant", "LayerFloor", "ModelBudget", "DEFAULT_CANDIDATES"]
+__all__ = ["autoquant", "LayerFloor", "ModelBudget", "AUTOQUANT_CANDIDATES"]
 log = logging.getLogger(__name__)
 
 # Tried where the caller names no candidates; those the target does not fuse are left out (said in the plan).
-DEFAULT_CANDIDATES = ("int8dq", "int8wo", "int4wo-64", "int4wo-128", "int8da-int4w-64", "codebook-4")
+AUTOQUANT_CANDIDATES = ("int8dq", "int8wo", "int4wo-64", "int4wo-128", "int8da-int4w-64", "codebook-4")
 
 
 def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example_args: tuple = (), *,
@@ -51,7 +51,7 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
         model_or_program: the float model (captured here with ``example_args``, ``example_kwargs`` and
             ``dynamic_shapes``) or a float program from :func:`qcompiler.capture`.
         candidates: scheme aliases (``"int8dq"``, ``"int4wo-64"``, ...), round to nearest. Default:
-            :data:`DEFAULT_CANDIDATES` that the target runs on a fused kernel. Float is always a candidate.
+            :data:`AUTOQUANT_CANDIDATES` that the target runs on a fused kernel. Float is always a candidate.
         target: where the kernels are timed: this machine (``"cpu"``, the default), or a :class:`Target`
             this machine can run.
         shapes: rows (tokens) a linear is timed at, by label: ``{"decode": 1, "prefill": 128}``. The choice
@@ -121,7 +121,7 @@ def _recipe(plan: Plan) -> Recipe:
 
 def _candidates(candidates) -> tuple:
     if candidates is None:
-        return DEFAULT_CANDIDATES
+        return AUTOQUANT_CANDIDATES
     if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
         raise fail("candidates", "a list of scheme aliases such as ['int8dq', 'int4wo-64']", candidates)
     out = []

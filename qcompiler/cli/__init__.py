@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from .. import SCHEME_FORMS
+from .. import AUTOQUANT_CANDIDATES, SCHEME_FORMS
 from . import commands
 from .generate import generate_cmd
 from .tables import emit
@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("model", metavar="MODEL", help="'minilm' (bundled all-MiniLM-L6-v2) or package.module:factory, "
                    "a callable returning (model, example_inputs)")
     how = q.add_mutually_exclusive_group(required=True)
-    how.add_argument("--scheme", help=f"one scheme for every linear: {schemes}")
+    how.add_argument("--scheme", help=f"one scheme for every linear: {schemes}; or 'auto': each linear's scheme "
+                     "chosen by measuring candidates on this machine (qcompiler.autoquant)")
     how.add_argument("--recipe", metavar="FILE.json",
                      help='per-layer rules: [{"match": "*.mlp.*", "config": "int4wo-64"}, ...]')
     q.add_argument("--calib", metavar="N|FILE", help="calibration: N batches, sentences (.txt, bundled model) or a "
@@ -52,8 +53,19 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--dynamic", metavar="DIMS", help="dynamic dims by position, e.g. 'batch,seq' (dim 0 of every input "
                    "is batch, dim 1 seq), or 'none'; default: the bundled model's batch,seq, a factory's static shapes")
     q.add_argument("-o", "--output", required=True, metavar="OUT.pt2")
+    auto = q.add_argument_group("--scheme auto")
+    auto.add_argument("--candidates", metavar="S,S,...", help="schemes to try (default: "
+                      f"{','.join(AUTOQUANT_CANDIDATES)}, those this machine runs fused); float always")
+    auto.add_argument("--plan", metavar="PLAN.json", help="write the plan (every measurement and choice) here; if the "
+                      "file exists, choose again from its measurements instead of measuring")
+    auto.add_argument("--shapes", metavar="LABEL=ROWS,...", help="rows each linear is timed at, e.g. "
+                      "decode=1,prefill=128 (default: the example's)")
+    auto.add_argument("--min-sqnr", type=float, default=20.0, metavar="DB",
+                      help="the floor on every layer's output SQNR (default 20 dB)")
+    auto.add_argument("--budget-s", type=float, metavar="S", help="stop timing candidates after S seconds")
 
-    i = sub.add_parser("inspect", help="what is in a .pt2 or saved program: layers, schemes, kernels, sizes, inputs")
+    i = sub.add_parser("inspect", help="what is in a .pt2 or saved program (layers, schemes, kernels, sizes, "
+                       "inputs), or an autoquant plan (PLAN.json: per layer, each candidate's time and error)")
     i.add_argument("file", metavar="FILE")
 
     b = sub.add_parser("bench", help="latency of a .pt2 or saved program, against a baseline")

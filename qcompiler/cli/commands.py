@@ -9,6 +9,8 @@ from typing import Callable, Optional
 import torch
 
 from .. import (
+    AUTOQUANT_CANDIDATES,
+    LayerFloor,
     Recipe,
     Report,
     Target,
@@ -20,6 +22,7 @@ from .. import (
     open_artifact,
     package,
     quantize,
+    autoquant,
     report,
     save,
 )
@@ -72,16 +75,64 @@ def quantize_cmd(a) -> tuple:
         target.check_unquantized_dtype(unquantized)
     except ValueError as e:
         raise CliError(f"--unquantized-dtype: {e}".replace("qcompiler: ", "")) from None
-    config = _config(a.scheme, a.recipe)
     device = "cuda" if a.backend == "cuda" else "cpu"
-    source = resolve_model(a.model, a.dynamic, device)
+    if a.scheme == "auto":
+        source = resolve_model(a.model, a.dynamic, device)
+        config = _auto(a, source, target)
+    else:
+        config = _config(a.scheme, a.recipe)
+        source = resolve_model(a.model, a.dynamic, device)
     result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device),
                    str(target) if a.target else None, unquantized)
     layers = Report.from_dict(result["layers"]).table()
     return result, f"{layers}\nwrote {result['output']} ({result['bytes']:,} bytes)"
 
 
+def _auto(a, source: Source, target: Target) -> Recipe:
+    """``--scheme auto``: the recipe autoquant measures (or re-chooses from ``--plan``), the plan written."""
+    if a.backend != "cpu":
+        raise CliError("--scheme auto times kernels on this machine's CPU: it needs --backend cpu")
+    plan_path = Path(a.plan) if a.plan else None
+    earlier = _plan_file(plan_path) if plan_path is not None and plan_path.exists() else None
+    candidates = [c for c in a.candidates.split(",") if c] if a.candidates else None
+    recipe = autoquant(source.model, source.args, example_kwargs=source.kwargs, dynamic_shapes=source.dynamic_shapes,
+                       candidates=candidates, target=target, shapes=_shapes(a.shapes),
+                       accuracy=LayerFloor(a.min_sqnr), calibration_data=calibration(source, a.calib),
+                       budget_s=a.budget_s, plan=earlier)
+    if plan_path is not None:
+        plan_path.write_text(recipe.to_json())
+    print(recipe.plan.table(), file=sys.stderr, flush=True)
+    return recipe
+
+
+def _plan_file(path: Path) -> Recipe:
+    try:
+        recipe = Recipe.from_json(path.read_text())
+    except ValueError as e:
+        raise CliError(f"{path}: not an autoquant plan ({str(e).splitlines()[0]})") from None
+    if recipe.plan is None:
+        raise CliError(f"{path}: a recipe without a plan; --plan takes the file an earlier --scheme auto wrote")
+    return recipe
+
+
+def _shapes(text: Optional[str]) -> Optional[dict]:
+    if not text:
+        return None
+    shapes = {}
+    for part in text.split(","):
+        label, eq, rows = part.partition("=")
+        if not eq or not label or not rows.isdigit():
+            raise CliError(f"--shapes must be LABEL=ROWS,... (e.g. decode=1,prefill=128); got {text!r}")
+        shapes[label] = int(rows)
+    return shapes
+
+
 def inspect_cmd(a) -> tuple:
+    if a.file.endswith(".json"):
+        recipe = _plan_file(Path(a.file)) if Path(a.file).is_file() else None
+        if recipe is None:
+            raise CliError(f"{a.file}: no such file")
+        return recipe.plan.to_dict(), recipe.plan.table()
     art = open_artifact(a.file, load=False)
     result = {"file": str(art.path), "kind": art.kind, "bytes": art.size, "layers": art.report.to_dict(),
               "inputs": art.inputs, **{k: art.metadata[k] for k in INSPECT_METADATA if k in art.metadata}}
