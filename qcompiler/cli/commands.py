@@ -9,7 +9,6 @@ from typing import Callable, Optional
 import torch
 
 from .. import (
-    AUTOQUANT_CANDIDATES,
     LayerFloor,
     Recipe,
     Report,
