@@ -30,7 +30,7 @@ from ..recipe import Recipe
 from ..runtime.errors import fail
 from ..runtime.target import Target, host_cpu_capabilities
 from .choose import Accuracy, LayerFloor, ModelBudget, as_accuracy, choose
-from .measure import Timer, layer_errors, layer_inputs
+from .measure import LayerData, Timer, layer_errors, layer_inputs
 
 __all__ = ["autoquant", "LayerFloor", "ModelBudget", "AUTOQUANT_CANDIDATES"]
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
     accuracy = as_accuracy(accuracy)
     if plan is not None:
         return _rechoose(plan, target, accuracy)
+    if shapes is not None:
+        _check_shapes(dict(shapes))  # before any long work
     start = time.perf_counter()
     program = model_or_program if isinstance(model_or_program, ExportedProgram) else \
         capture(model_or_program, example_args, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
@@ -85,12 +87,12 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
     sites = _sites(gm)
     work = [(site, scheme) for site in sites for scheme in (FLOAT, *schemes)]
     measured: dict = {}
+    layer: Optional[LayerData] = None
     for site, scheme in progress(work, "autoquant: layers x candidates measured"):
-        w = stored(gm, site.weight)
-        bias = attr_target(site.node.args[2]) if len(site.node.args) > 2 else None
-        b = stored(gm, bias) if bias else None
+        if scheme == FLOAT:  # a layer's first candidate: its tensors and float output, kept for its other ones
+            layer = _layer_data(gm, site, inputs[site.weight])
         measured.setdefault(site.weight, []).append(
-            _measure(scheme, site, w, b, inputs[site.weight], timer, candidates is None, start, budget_s))
+            _measure(scheme, site, layer, timer, candidates is None, start, budget_s))
     layers = [LayerPlan(s.name, s.out_features, s.in_features, tuple(measured[s.weight])) for s in sites]
     chosen = Plan(target, shapes, str(accuracy), tuple(choose(layers, accuracy)), round(time.perf_counter() - start, 1))
     log.info("autoquant measured %d layers x %d candidates in %.1f s (%d shapes timed)", len(layers),
@@ -148,7 +150,12 @@ def _sites(gm) -> list:
     return list({s.weight: s for s in reversed(linear_sites(gm)) if s.weight}.values())[::-1]
 
 
-def _measure(scheme: str, site, w, b, x, timer: Timer, default_pool: bool, start: float,
+def _layer_data(gm, site, x: torch.Tensor) -> LayerData:
+    bias = attr_target(site.node.args[2]) if len(site.node.args) > 2 else None
+    return LayerData.of(stored(gm, site.weight), stored(gm, bias) if bias else None, x)
+
+
+def _measure(scheme: str, site, layer, timer: Timer, default_pool: bool, start: float,
              budget_s: Optional[float]) -> Candidate:
     """One candidate on one layer: its error, then its time (or why it has none)."""
     if scheme == FLOAT:
@@ -158,14 +165,14 @@ def _measure(scheme: str, site, w, b, x, timer: Timer, default_pool: bool, start
         if unfit:
             return Candidate(scheme, excluded=f"does not fit this layer: {unfit}")
         try:
-            errors = layer_errors(scheme, w, b, x)
+            errors = layer_errors(scheme, layer)
         except ValueError as e:
             return Candidate(scheme, excluded=f"could not be measured: {e}")
-    key = (scheme, site.out_features, site.in_features, b is not None)
+    shape = (site.out_features, site.in_features, layer.b is not None)
     spent = budget_s is not None and time.perf_counter() - start > budget_s
-    if spent and scheme != FLOAT and key not in timer.cache:  # float is the baseline: always timed
+    if spent and scheme != FLOAT and not timer.timed(scheme, *shape):  # float is the baseline: always timed
         return Candidate(scheme, weight_sqnr_db=errors[0], output_sqnr_db=errors[1],
                          excluded=f"not timed: budget_s ({budget_s:g} s) spent")
-    kernel, us = timer.time(scheme, site.out_features, site.in_features, b is not None)
+    kernel, us = timer.time(scheme, *shape)
     excluded = f"not fused on {timer.target}: {DECOMPOSED}" if default_pool and kernel == DECOMPOSED else None
     return Candidate(scheme, kernel, us, errors[0], errors[1], excluded)

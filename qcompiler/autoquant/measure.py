@@ -12,6 +12,7 @@ import logging
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
@@ -24,6 +25,7 @@ from ..lower import lower
 from ..lowering.rules import DECOMPOSED
 from ..package import load, package
 from ..passes.linears import linear_sites
+from ..passes.reference import sqnr_db
 from ..pipeline import quantize
 from ..report import report
 from ..runtime.target import Target
@@ -62,24 +64,36 @@ def _spread(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x[torch.linspace(0, x.shape[0] - 1, rows).long()]
 
 
-def _sqnr(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    noise = (ref - approx).pow(2).sum()
-    return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
+@dataclass(frozen=True)
+class LayerData:
+    """One layer's float weight and bias, its recorded inputs, and its float output on them (computed once)."""
+
+    w: torch.Tensor
+    b: Optional[torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def of(cls, w: torch.Tensor, b: Optional[torch.Tensor], x: torch.Tensor) -> "LayerData":
+        w, b = w.detach().float(), None if b is None else b.detach().float()
+        return cls(w, b, x, _linear(x, w, b))
 
 
-def layer_errors(scheme: str, w: torch.Tensor, b: Optional[torch.Tensor], x: torch.Tensor) -> tuple:
-    """``(weight SQNR, output SQNR)`` in dB of ``scheme`` (round to nearest) on weight ``w`` and inputs ``x``."""
+def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    return x @ w.T if b is None else x @ w.T + b
+
+
+def layer_errors(scheme: str, layer: LayerData) -> tuple:
+    """``(weight SQNR, output SQNR)`` in dB of ``scheme`` (round to nearest) on ``layer``."""
     spec = config_from_string(scheme).spec()
-    w = w.detach().float()
-    w_hat = spec.weight.dequantize(spec.weight.quantize(w), w.shape[1], torch.float32)
-    x_hat = x
+    w_hat = spec.weight.dequantize(spec.weight.quantize(layer.w), layer.w.shape[1], torch.float32)
+    x_hat = layer.x
     if spec.activation is not None:
         qparams = None
         if spec.activation.static:
-            qparams = spec.activation.qparams_from_range(x.min(), x.max())
-        x_hat = spec.activation.fake_quantize(x, 2, qparams)
-    bias = 0 if b is None else b.detach().float()
-    return _sqnr(w, w_hat), _sqnr(x @ w.T + bias, x_hat @ w_hat.T + bias)
+            qparams = spec.activation.qparams_from_range(layer.x.min(), layer.x.max())
+        x_hat = spec.activation.fake_quantize(layer.x, 2, qparams)
+    return sqnr_db(layer.w, w_hat), sqnr_db(layer.y, _linear(x_hat, w_hat, layer.b))
 
 
 class Timer:
@@ -87,9 +101,12 @@ class Timer:
 
     def __init__(self, target: Target, shapes: Mapping[str, int], repeats: int = 5):
         self.target, self.shapes, self.repeats = target, dict(shapes), repeats
-        self.folder = Path(tempfile.mkdtemp(prefix="qcompiler_autoquant_"))
         self.cache: dict = {}
         self.overhead: Optional[dict] = None
+
+    def timed(self, scheme: str, out_features: int, in_features: int, bias: bool) -> bool:
+        """Whether this (scheme, shape, bias) was timed already (a later layer of its shape costs nothing)."""
+        return (scheme, out_features, in_features, bias) in self.cache
 
     def time(self, scheme: str, out_features: int, in_features: int, bias: bool) -> tuple:
         """``(kernel, {shape label: us})`` of ``scheme`` on a linear of this shape."""
@@ -114,10 +131,9 @@ class Timer:
                          calibration_data=[example])
             lowered = lower(program, self.target)
             kernels = [r.kernel for r in report(lowered).quantized]
-            path = package(lowered, self.folder / f"{len(list(self.folder.iterdir()))}.pt2")
-            run = load(path)
-            us = {label: self._run(run, torch.randn(rows, in_features)) for label, rows in self.shapes.items()}
-            path.unlink()
+            with tempfile.TemporaryDirectory(prefix="qcompiler_autoquant_") as folder:
+                run = load(package(lowered, Path(folder) / "layer.pt2"))
+                us = {label: self._run(run, torch.randn(rows, in_features)) for label, rows in self.shapes.items()}
         return (kernels[0] if kernels else ("aten" if scheme == FLOAT else DECOMPOSED)), us
 
     def _run(self, run, x: torch.Tensor) -> float:
