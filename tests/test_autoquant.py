@@ -102,6 +102,7 @@ def test_a_small_model_is_measured_on_this_machine_and_its_recipe_quantizes_it()
     program = qc.quantize(model, batches[0], recipe)
     chosen = {r.name: r.scheme for r in qc.report(program).quantized}
     assert chosen == {layer.name: layer.choice for layer in recipe.plan.layers if layer.choice != FLOAT}
-    cut = qc.autoquant(model, batches[0], candidates=["int8dq"], shapes={"decode": 1}, budget_s=0)
+    cut = qc.autoquant(model, batches[0], candidates=["int8dq"], budget_s=0, calibration_data=batches * 50)
+    assert cut.plan.shapes == {"example": 4}  # the example's rows, not the calibration data's (600)
     assert cut.plan.layers[0].candidate("int8dq").excluded == "not timed: budget_s (0 s) spent"
     assert cut.plan.layers[0].choice == FLOAT

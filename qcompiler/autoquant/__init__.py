@@ -79,7 +79,7 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
         capture(model_or_program, example_args, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
     data = list(calibration_data) if calibration_data is not None else [(tuple(example_args), example_kwargs or {})]
     inputs = layer_inputs(program, data)
-    shapes = dict(shapes) if shapes is not None else {"example": _example_rows(inputs)}
+    shapes = dict(shapes) if shapes is not None else {"example": _example_rows(program, example_args, example_kwargs)}
     _check_shapes(shapes)
     schemes = _candidates(candidates)
     timer = Timer(target, shapes)
@@ -141,8 +141,10 @@ def _check_shapes(shapes: dict) -> None:
         raise fail("shapes", 'rows to time each linear at, by label: {"decode": 1, "prefill": 128}', shapes)
 
 
-def _example_rows(inputs: dict) -> int:
-    return max(1, max((x.shape[0] for x in inputs.values()), default=1))
+def _example_rows(program, example_args: tuple, example_kwargs: Optional[dict]) -> int:
+    """The most rows any linear sees on the example (not on the calibration data, nor capped as it is)."""
+    seen = layer_inputs(program, [(tuple(example_args), example_kwargs or {})], rows=2**62)
+    return max((x.shape[0] for x in seen.values()), default=1)
 
 
 def _sites(gm) -> list:
