@@ -8,6 +8,7 @@ import torch
 
 import qcompiler as qc
 from qcompiler.autoquant.choose import choose
+from qcompiler.autoquant.measure import DEFAULT_CACHE_BYTES, last_level_cache_bytes
 from qcompiler.plan import FLOAT, Candidate, LayerPlan, Plan
 
 SHAPES = {"decode": 1, "prefill": 64}
@@ -84,6 +85,14 @@ def test_bad_arguments_are_refused_by_name():
         qc.autoquant(model, (x,), accuracy="high")
     with pytest.raises(ValueError, match="rule 0's match, to be written as JSON, must be a name glob"):
         qc.Recipe([(lambda site: True, None)]).to_json()
+
+
+def test_the_cache_flushed_before_each_timed_call_is_the_largest_one_sysfs_lists(tmp_path):
+    for index, size in (("index0", "48K"), ("index2", "2048K"), ("index3", "32M")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert last_level_cache_bytes(tmp_path) == 32 << 20
+    assert last_level_cache_bytes(tmp_path / "absent") == DEFAULT_CACHE_BYTES
 
 
 def test_a_small_model_is_measured_on_this_machine_and_its_recipe_quantizes_it():

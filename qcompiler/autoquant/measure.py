@@ -3,20 +3,25 @@
 - Error (:func:`layer_errors`): the weight quantized as the scheme stores it (round to nearest) and
   dequantized, the input fake-quantized where the scheme quantizes activations; weight SQNR, and output SQNR
   of ``x Ŵᵀ + b`` against ``x Wᵀ + b`` on the layer's recorded calibration inputs (:func:`layer_inputs`).
-- Time (:class:`Timer`): a linear of the layer's shape, quantized with the scheme, lowered for the target and
+- Time (:class:`Timer`): linears of the layer's shape, quantized with the scheme, lowered for the target and
   packaged with AOTInductor exactly as a model is, loaded, and run at every declared number of rows; the
-  microseconds of an empty package's call are taken off, so that layer times add up to a model's.
-  Layers of one shape share one measurement per scheme.
+  microseconds of an empty package's call are taken off, so that layer times add up to a model's. Each call
+  is timed alone after a buffer twice the last-level cache is written over, so that the weights come from
+  memory, as they do in a model larger than the cache (not from a cache kept warm by calling one layer again
+  and again). Layers of one shape share one measurement per scheme.
 """
+import contextlib
+import ctypes
 import logging
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Iterator, Mapping, Optional
 
 import torch
+from torch.utils._pytree import tree_map
 
 from ..calibrate import split_item
 from ..capture import capture
@@ -34,6 +39,7 @@ from ..plan import FLOAT
 log = logging.getLogger(__name__)
 ROWS_KEPT = 512  # calibration rows kept per layer input for the error measurements
 EXAMPLE_ROWS = 8  # rows of the example a timed linear is exported with (its row count is dynamic)
+DEFAULT_CACHE_BYTES = 32 << 20
 
 
 def layer_inputs(program: torch.export.ExportedProgram, batches: Iterable, rows: int = ROWS_KEPT) -> dict:
@@ -99,8 +105,11 @@ def layer_errors(scheme: str, layer: LayerData) -> tuple:
 class Timer:
     """Times candidates on this machine, each (shape, bias, scheme) once, as packaged ``.pt2`` files."""
 
-    def __init__(self, target: Target, shapes: Mapping[str, int], repeats: int = 5):
-        self.target, self.shapes, self.repeats = target, dict(shapes), repeats
+    def __init__(self, target: Target, shapes: Mapping[str, int], calls: int = 21):
+        self.target, self.shapes, self.calls = target, dict(shapes), calls
+        # twice the last-level cache, written over by memset on this thread before each timed call (not by a torch
+        # op: torch's OpenMP threads would still be spinning when the package's own start)
+        self._flush = (ctypes.c_char * (2 * last_level_cache_bytes()))()
         self.cache: dict = {}
         self.overhead: Optional[dict] = None
 
@@ -109,54 +118,84 @@ class Timer:
         return (scheme, out_features, in_features, bias) in self.cache
 
     def time(self, scheme: str, out_features: int, in_features: int, bias: bool) -> tuple:
-        """``(kernel, {shape label: us})`` of ``scheme`` on a linear of this shape."""
+        """``(kernel, {shape label: us})`` of ``scheme`` on a linear of this shape, less a package call's cost."""
         key = (scheme, out_features, in_features, bias)
         if key not in self.cache:
-            if self.overhead is None:
-                self.overhead = self._overhead()
-            kernel, us = self._measure(scheme, torch.nn.Linear(in_features, out_features, bias=bias).eval())
-            self.cache[key] = (kernel, {k: max(v - self.overhead[k], 0.0) for k, v in us.items()})
+            linear = torch.nn.Linear(in_features, out_features, bias=bias).eval()
+            torch.manual_seed(0)
+            for p in linear.parameters():
+                torch.nn.init.normal_(p, std=0.02)
+            config = None if scheme == FLOAT else config_from_string(scheme)
+            kernels, us = self.package_us(linear, config, lambda rows: (torch.randn(rows, in_features),))
+            kernel = kernels[0] if kernels else ("aten" if scheme == FLOAT else DECOMPOSED)
+            overhead = self.overhead_us()
+            self.cache[key] = (kernel, {k: max(v - overhead[k], 0.0) for k, v in us.items()})
         return self.cache[key]
 
-    def _measure(self, scheme: str, module: torch.nn.Module) -> tuple:
-        torch.manual_seed(0)
-        for p in module.parameters():
-            torch.nn.init.normal_(p, std=0.02)
-        in_features = module.in_features if isinstance(module, torch.nn.Linear) else 8
-        example = (torch.randn(EXAMPLE_ROWS, in_features),)
-        dims = ({0: torch.export.Dim("rows", min=1, max=max(max(self.shapes.values()), EXAMPLE_ROWS) * 2)},)
-        with torch.no_grad():
-            program = capture(module, example, dynamic_shapes=dims) if scheme == FLOAT else \
-                quantize(module, example, config_from_string(scheme), dynamic_shapes=dims,
-                         calibration_data=[example])
+    def overhead_us(self) -> dict:
+        """Microseconds of calling a package that does almost nothing, at each declared row count (measured once)."""
+        if self.overhead is None:
+            _, self.overhead = self.package_us(_Empty(), None, lambda rows: (torch.randn(rows, 8),))
+            log.info("a package call costs %s us on its own", {k: round(v, 1) for k, v in self.overhead.items()})
+        return self.overhead
+
+    def package_us(self, module: torch.nn.Module, config, inputs: Callable[[int], tuple]) -> tuple:
+        """``(kernels, {shape label: us})``: ``module`` quantized with ``config`` (a config or Recipe; ``None``
+        leaves it float), lowered for the target, packaged, and called on ``inputs(rows)`` at every declared
+        row count. ``inputs`` gives a tuple of arguments (tensors, or lists of them), every tensor's first
+        dimension dynamic. The kernels are those of the quantized layers."""
+        example = inputs(EXAMPLE_ROWS)
+        rows = torch.export.Dim("rows", min=1, max=max(max(self.shapes.values()), EXAMPLE_ROWS) * 2)
+        dims = tree_map(lambda _: {0: rows}, example)  # every input tensor's first dimension
+        with torch.no_grad(), _quiet_packaging():
+            program = capture(module, example, dynamic_shapes=dims) if config is None else \
+                quantize(module, example, config, dynamic_shapes=dims, calibration_data=[example])
             lowered = lower(program, self.target)
             kernels = [r.kernel for r in report(lowered).quantized]
             with tempfile.TemporaryDirectory(prefix="qcompiler_autoquant_") as folder:
                 run = load(package(lowered, Path(folder) / "layer.pt2"))
-                us = {label: self._run(run, torch.randn(rows, in_features)) for label, rows in self.shapes.items()}
-        return (kernels[0] if kernels else ("aten" if scheme == FLOAT else DECOMPOSED)), us
+                us = {label: self._run(run, inputs(n)) for label, n in self.shapes.items()}
+        return kernels, us
 
-    def _run(self, run, x: torch.Tensor) -> float:
+    def _run(self, run, x: tuple) -> float:
+        """Median microseconds of one call, each call timed alone after the cache is flushed."""
         for _ in range(3):
-            run(x)
-        once = _seconds(run, x, 1)
-        n = max(1, int(0.02 / max(once, 1e-7)))  # rounds of about 20 ms
-        return 1e6 * statistics.median(_seconds(run, x, n) for _ in range(self.repeats))
+            run(*x)
+        calls = []
+        for i in range(self.calls):
+            ctypes.memset(self._flush, i, len(self._flush))  # the cache written over: weights come from memory
+            start = time.perf_counter()
+            run(*x)
+            calls.append(time.perf_counter() - start)
+        return 1e6 * statistics.median(calls)
 
-    def _overhead(self) -> dict:
-        """Microseconds of calling a package that does almost nothing, at each declared row count."""
-        _, us = self._measure(FLOAT, _Empty())
-        log.info("a package call costs %s us on its own", {k: round(v, 1) for k, v in us.items()})
-        return us
+
+@contextlib.contextmanager
+def _quiet_packaging() -> Iterator[None]:
+    """The INFO lines of quantizing and packaging each timed layer held back (warnings still show)."""
+    loggers = [logging.getLogger(name) for name in ("qcompiler.package", "qcompiler.progress")]
+    saved = [logger.level for logger in loggers]
+    for logger, level in zip(loggers, saved):
+        logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)
+
+
+def last_level_cache_bytes(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The largest CPU cache of this machine (from Linux sysfs, ``index*/size`` files such as ``32768K``), or
+    ``DEFAULT_CACHE_BYTES`` where none can be read."""
+    sizes = []
+    for path in caches.glob("index*/size"):
+        text = path.read_text().strip().upper()
+        digits = text.rstrip("KM")
+        if digits.isdigit():
+            sizes.append(int(digits) * {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1))
+    return max(sizes, default=DEFAULT_CACHE_BYTES)
 
 
 class _Empty(torch.nn.Module):
     def forward(self, x):
         return x[:, :1] + 1
-
-
-def _seconds(run, x, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        run(x)
-    return (time.perf_counter() - start) / n
