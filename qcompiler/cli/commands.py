@@ -75,12 +75,10 @@ def quantize_cmd(a) -> tuple:
     except ValueError as e:
         raise CliError(f"--unquantized-dtype: {e}".replace("qcompiler: ", "")) from None
     device = "cuda" if a.backend == "cuda" else "cpu"
-    if a.scheme == "auto":
-        source = resolve_model(a.model, a.dynamic, device)
+    config = None if a.scheme == "auto" else _config(a.scheme, a.recipe)  # a bad scheme fails before the model loads
+    source = resolve_model(a.model, a.dynamic, device)
+    if config is None:
         config = _auto(a, source, target)
-    else:
-        config = _config(a.scheme, a.recipe)
-        source = resolve_model(a.model, a.dynamic, device)
     result = build(source, config, a.backend, out, calibration_for(source, config, a.calib, device),
                    str(target) if a.target else None, unquantized)
     layers = Report.from_dict(result["layers"]).table()
@@ -128,10 +126,10 @@ def _shapes(text: Optional[str]) -> Optional[dict]:
 
 def inspect_cmd(a) -> tuple:
     if a.file.endswith(".json"):
-        recipe = _plan_file(Path(a.file)) if Path(a.file).is_file() else None
-        if recipe is None:
+        if not Path(a.file).is_file():
             raise CliError(f"{a.file}: no such file")
-        return recipe.plan.to_dict(), recipe.plan.table()
+        plan = _plan_file(Path(a.file)).plan
+        return plan.to_dict(), plan.table()
     art = open_artifact(a.file, load=False)
     result = {"file": str(art.path), "kind": art.kind, "bytes": art.size, "layers": art.report.to_dict(),
               "inputs": art.inputs, **{k: art.metadata[k] for k in INSPECT_METADATA if k in art.metadata}}
