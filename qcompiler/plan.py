@@ -2,7 +2,7 @@
 with the target and shapes it was measured on. JSON only (``to_json`` / ``from_json``); no pickle.
 
     {"target": {"backend": "cpu", "capabilities": [...]}, "shapes": {"decode": 1, "prefill": 128},
-     "accuracy": "layer output SQNR >= 20 dB", "cost_s": 84.2,
+     "accuracy": "layer output SQNR >= 20 dB", "cost_s": 84.2, "timing": "warm cache: ...",
      "layers": [{"name": "encoder.layer.0.attention.self.query", "out_features": 384, "in_features": 384,
                  "choice": "int8dq", "reason": "...",
                  "candidates": [{"scheme": "int8dq", "kernel": "...", "us": {"decode": 9.1, "prefill": 64.0},
@@ -60,6 +60,7 @@ class Plan:
     accuracy: str
     layers: tuple
     cost_s: float = 0.0
+    timing: str = ""  # how the times were taken: with the cache written over before each call (cold) or not
 
     def predicted_us(self) -> dict:
         """Per declared shape, the sum over layers of the chosen candidates' times."""
@@ -76,8 +77,9 @@ class Plan:
         """One line per layer: the choice, its time per shape, its output SQNR, and the reason."""
         labels = list(self.shapes)
         head = f"{'layer':<44} {'choice':<16} " + " ".join(f"{'us ' + k:>12}" for k in labels)
+        timing = f" ({self.timing})" if self.timing else ""
         lines = [f"plan for {self.target}, shapes {dict(self.shapes)}, {self.accuracy}; "
-                 f"measured in {self.cost_s:.0f} s", head + f" {'out SQNR':>9}  reason"]
+                 f"measured in {self.cost_s:.0f} s{timing}", head + f" {'out SQNR':>9}  reason"]
         for layer in self.layers:
             c = layer.candidate(layer.choice)
             lines.append(f"{layer.name:<44} {layer.choice:<16} " + " ".join(f"{c.us[k]:>12.1f}" for k in labels)
@@ -90,7 +92,7 @@ class Plan:
         layers = [{**asdict(layer), "candidates": [_candidate_dict(c) for c in layer.candidates]}
                   for layer in self.layers]
         return {"format": FORMAT, "target": self.target.to_json(), "shapes": dict(self.shapes),
-                "accuracy": self.accuracy, "cost_s": self.cost_s, "layers": layers}
+                "accuracy": self.accuracy, "cost_s": self.cost_s, "timing": self.timing, "layers": layers}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
@@ -99,7 +101,7 @@ class Plan:
         layers = tuple(LayerPlan(**{**layer, "candidates": tuple(_candidate(c) for c in layer["candidates"])})
                        for layer in data["layers"])
         return cls(Target.from_json(data["target"]), dict(data["shapes"]), data["accuracy"], layers,
-                   float(data.get("cost_s", 0.0)))
+                   float(data.get("cost_s", 0.0)), str(data.get("timing", "")))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

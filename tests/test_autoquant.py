@@ -2,12 +2,17 @@
 float with the reason, the choice is a function of the measurements, and one small model is measured for real."""
 import json
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import qcompiler as qc
 from qcompiler.autoquant.choose import choose
+from qcompiler.autoquant import _cache_regime
 from qcompiler.autoquant.measure import DEFAULT_CACHE_BYTES, last_level_cache_bytes
 from qcompiler.plan import FLOAT, Candidate, LayerPlan, Plan
 
@@ -95,6 +100,38 @@ def test_the_cache_flushed_before_each_timed_call_is_the_largest_one_sysfs_lists
     assert last_level_cache_bytes(tmp_path / "absent") == DEFAULT_CACHE_BYTES
 
 
+def test_a_model_whose_weights_fit_in_the_cache_is_timed_warm_and_a_larger_one_cold():
+    site = type("Site", (), {"out_features": 1024, "in_features": 1024})  # 1 MB at a byte a weight
+    small, large = _cache_regime([site] * 2), _cache_regime([site] * (2 * last_level_cache_bytes() >> 20))
+    assert small[0] is False and small[1].startswith("warm cache: the linears' weights (2 MB")
+    assert large[0] is True and large[1].startswith("cold cache:")
+
+
+STEADY = """
+import resource, sys, torch
+from qcompiler.autoquant.measure import steady_allocator
+if sys.argv[1] == "steady":
+    steady_allocator()
+for _ in range(3):  # two 24 MB buffers a round, as a layer's int32 accumulator and its output
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        a = torch.empty(6 << 20, dtype=torch.int32).fill_(1)
+        b = torch.empty(6 << 20, dtype=torch.int32).fill_(1)
+        del a, b
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the steadied allocator is glibc's")
+def test_the_timer_steadies_the_allocator_so_large_outputs_are_not_page_faulted_on_every_call():
+    def faults(mode):  # glibc's defaults fixed (its thresholds not adapting): 24 MB buffers are mapped afresh
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
+        return int(subprocess.run([sys.executable, "-c", STEADY, mode], capture_output=True, text=True, check=True,
+                                  env=env).stdout)
+    assert faults("plain") > 6144  # about 6144 faults a buffer
+    assert faults("steady") < 6144  # reused from the heap
+
+
 def test_a_small_model_is_measured_on_this_machine_and_its_recipe_quantizes_it():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128)).eval()
@@ -106,6 +143,7 @@ def test_a_small_model_is_measured_on_this_machine_and_its_recipe_quantizes_it()
     for c in first.candidates:
         assert set(c.us) == {"decode", "prefill"} and all(v >= 0 for v in c.us.values()) and c.excluded is None
     assert first.candidate("int8dq").us == second.candidate("int8dq").us  # one shape: timed once
+    assert recipe.plan.timing.startswith("warm cache")  # 32 KB of weights
     assert 30 < first.candidate("int8dq").output_sqnr_db < math.inf
     assert first.choice in (FLOAT, "int8dq") and first.reason
     program = qc.quantize(model, batches[0], recipe)

@@ -30,7 +30,7 @@ from ..recipe import Recipe
 from ..runtime.errors import fail
 from ..runtime.target import Target, host_cpu_capabilities
 from .choose import Accuracy, LayerFloor, ModelBudget, as_accuracy, choose
-from .measure import LayerData, Timer, layer_errors, layer_inputs
+from .measure import LayerData, Timer, last_level_cache_bytes, layer_errors, layer_inputs, weights_fit
 
 __all__ = ["autoquant", "LayerFloor", "ModelBudget", "AUTOQUANT_CANDIDATES"]
 log = logging.getLogger(__name__)
@@ -82,19 +82,25 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
     shapes = dict(shapes) if shapes is not None else {"example": _example_rows(program, example_args, example_kwargs)}
     _check_shapes(shapes)
     schemes = _candidates(candidates)
-    timer = Timer(target, shapes)
     gm = program.module()
     sites = _sites(gm)
+    cold, timing = _cache_regime(sites)
+    timer = Timer(target, shapes, cold=cold)
     work = [(site, scheme) for site in sites for scheme in (FLOAT, *schemes)]
     measured: dict = {}
     layer: Optional[LayerData] = None
+
+    def in_budget() -> bool:
+        return budget_s is None or time.perf_counter() - start <= budget_s
     for site, scheme in progress(work, "autoquant: layers x candidates measured"):
         if scheme == FLOAT:  # a layer's first candidate: its tensors and float output, kept for its other ones
             layer = _layer_data(gm, site, inputs[site.weight])
-        measured.setdefault(site.weight, []).append(
-            _measure(scheme, site, layer, timer, candidates is None, start, budget_s))
+            fitting = [c for c in schemes if not _unfit(c, site)]
+            timer.time_all([FLOAT, *fitting], *_shape(site, layer), keep_going=in_budget)  # once per shape
+        measured.setdefault(site.weight, []).append(_measure(scheme, site, layer, timer, candidates is None, budget_s))
     layers = [LayerPlan(s.name, s.out_features, s.in_features, tuple(measured[s.weight])) for s in sites]
-    chosen = Plan(target, shapes, str(accuracy), tuple(choose(layers, accuracy)), round(time.perf_counter() - start, 1))
+    chosen = Plan(target, shapes, str(accuracy), tuple(choose(layers, accuracy)), round(time.perf_counter() - start, 1),
+                  timing)
     log.info("autoquant measured %d layers x %d candidates in %.1f s (%d shapes timed)", len(layers),
              len(schemes) + 1, chosen.cost_s, len(timer.cache))
     return _recipe(chosen)
@@ -157,22 +163,37 @@ def _layer_data(gm, site, x: torch.Tensor) -> LayerData:
     return LayerData.of(stored(gm, site.weight), stored(gm, bias) if bias else None, x)
 
 
-def _measure(scheme: str, site, layer, timer: Timer, default_pool: bool, start: float,
-             budget_s: Optional[float]) -> Candidate:
+def _cache_regime(sites: list) -> tuple:
+    """``(cold, why)``: time with the cache written over before each call where the linears' weights, at a byte
+    each as int8 stores them, exceed the last-level cache (they come from memory in the model too)."""
+    weights, cache = sum(s.out_features * s.in_features for s in sites), last_level_cache_bytes()
+    cold = not weights_fit(weights)
+    return cold, (f"{'cold' if cold else 'warm'} cache: the linears' weights ({weights / 2**20:.0f} MB at a byte "
+                  f"each) {'exceed' if cold else 'fit in'} the last-level cache ({cache / 2**20:.0f} MB)")
+
+
+def _unfit(scheme: str, site) -> Optional[str]:
+    return config_from_string(scheme).spec().weight.unfit((site.out_features, site.in_features))
+
+
+def _shape(site, layer: LayerData) -> "tuple[int, int, bool]":
+    return site.out_features, site.in_features, layer.b is not None
+
+
+def _measure(scheme: str, site, layer, timer: Timer, default_pool: bool, budget_s: Optional[float]) -> Candidate:
     """One candidate on one layer: its error, then its time (or why it has none)."""
     if scheme == FLOAT:
         errors: tuple = (float("inf"), float("inf"))
     else:
-        unfit = config_from_string(scheme).spec().weight.unfit((site.out_features, site.in_features))
+        unfit = _unfit(scheme, site)
         if unfit:
             return Candidate(scheme, excluded=f"does not fit this layer: {unfit}")
         try:
             errors = layer_errors(scheme, layer)
         except ValueError as e:
             return Candidate(scheme, excluded=f"could not be measured: {e}")
-    shape = (site.out_features, site.in_features, layer.b is not None)
-    spent = budget_s is not None and time.perf_counter() - start > budget_s
-    if spent and scheme != FLOAT and not timer.timed(scheme, *shape):  # float is the baseline: always timed
+    shape = _shape(site, layer)
+    if not timer.timed(scheme, *shape):  # float is the baseline: always timed
         return Candidate(scheme, weight_sqnr_db=errors[0], output_sqnr_db=errors[1],
                          excluded=f"not timed: budget_s ({budget_s:g} s) spent")
     kernel, us = timer.time(scheme, *shape)

@@ -5,10 +5,11 @@
   of ``x Ŵᵀ + b`` against ``x Wᵀ + b`` on the layer's recorded calibration inputs (:func:`layer_inputs`).
 - Time (:class:`Timer`): linears of the layer's shape, quantized with the scheme, lowered for the target and
   packaged with AOTInductor exactly as a model is, loaded, and run at every declared number of rows; the
-  microseconds of an empty package's call are taken off, so that layer times add up to a model's. Each call
-  is timed alone after a buffer twice the last-level cache is written over, so that the weights come from
-  memory, as they do in a model larger than the cache (not from a cache kept warm by calling one layer again
-  and again). Layers of one shape share one measurement per scheme.
+  microseconds of an empty package's call are taken off, so that layer times add up to a model's. The
+  candidates of one shape are timed side by side in interleaved rounds. Where the model's weights exceed the
+  last-level cache, each call is timed after the cache is written over, so that the weights come from memory
+  as in the model; where they fit, they stay cached, as in the model. Layers of one shape share one
+  measurement per scheme.
 """
 import contextlib
 import ctypes
@@ -18,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Optional
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch.utils._pytree import tree_map
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 ROWS_KEPT = 512  # calibration rows kept per layer input for the error measurements
 EXAMPLE_ROWS = 8  # rows of the example a timed linear is exported with (its row count is dynamic)
 DEFAULT_CACHE_BYTES = 32 << 20
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for its dynamic mmap threshold on 64-bit
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def layer_inputs(program: torch.export.ExportedProgram, batches: Iterable, rows: int = ROWS_KEPT) -> dict:
@@ -103,13 +106,23 @@ def layer_errors(scheme: str, layer: LayerData) -> tuple:
 
 
 class Timer:
-    """Times candidates on this machine, each (shape, bias, scheme) once, as packaged ``.pt2`` files."""
+    """Times candidates on this machine, each (shape, bias, scheme) once, as packaged ``.pt2`` files.
 
-    def __init__(self, target: Target, shapes: Mapping[str, int], calls: int = 21):
-        self.target, self.shapes, self.calls = target, dict(shapes), calls
-        # twice the last-level cache, written over by memset on this thread before each timed call (not by a torch
-        # op: torch's OpenMP threads would still be spinning when the package's own start)
-        self._flush = (ctypes.c_char * (2 * last_level_cache_bytes()))()
+    The candidates of one layer shape are packaged first, then timed side by side: ``rounds`` rounds, each
+    calling every candidate ``calls`` times at every declared row count (the order alternating), a round's
+    median kept and the median over rounds reported; a slow drift of the host then hits every candidate alike.
+
+    ``cold``: before each timed call a buffer twice the last-level cache is written over, so that the weights
+    come from memory, as they do in a model larger than the cache; without it the weights stay cached between
+    calls, as in a model that fits in the cache (autoquant decides by the model's size, see ``weights_fit``)."""
+
+    def __init__(self, target: Target, shapes: Mapping[str, int], *, cold: bool = True, rounds: int = 11,
+                 calls: int = 3):
+        self.target, self.shapes, self.cold, self.rounds, self.calls = target, dict(shapes), cold, rounds, calls
+        # written over by memset on this thread (not by a torch op: torch's OpenMP threads would still be spinning
+        # when the package's own start)
+        self._flush = (ctypes.c_char * (2 * last_level_cache_bytes()))() if cold else None
+        steady_allocator()
         self.cache: dict = {}
         self.overhead: Optional[dict] = None
 
@@ -119,23 +132,42 @@ class Timer:
 
     def time(self, scheme: str, out_features: int, in_features: int, bias: bool) -> tuple:
         """``(kernel, {shape label: us})`` of ``scheme`` on a linear of this shape, less a package call's cost."""
-        key = (scheme, out_features, in_features, bias)
-        if key not in self.cache:
-            linear = torch.nn.Linear(in_features, out_features, bias=bias).eval()
-            torch.manual_seed(0)
-            for p in linear.parameters():
-                torch.nn.init.normal_(p, std=0.02)
-            config = None if scheme == FLOAT else config_from_string(scheme)
-            kernels, us = self.package_us(linear, config, lambda rows: (torch.randn(rows, in_features),))
-            kernel = kernels[0] if kernels else ("aten" if scheme == FLOAT else DECOMPOSED)
-            overhead = self.overhead_us()
-            self.cache[key] = (kernel, {k: max(v - overhead[k], 0.0) for k, v in us.items()})
-        return self.cache[key]
+        if not self.timed(scheme, out_features, in_features, bias):
+            self.time_all([scheme], out_features, in_features, bias)
+        return self.cache[(scheme, out_features, in_features, bias)]
+
+    def time_all(self, schemes: Sequence[str], out_features: int, in_features: int, bias: bool,
+                 keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Package every scheme not timed yet on a linear of this shape, then time them side by side. Before each
+        quantized scheme is packaged ``keep_going()`` is asked; once it says no, the rest are left untimed."""
+        todo = [s for s in schemes if not self.timed(s, out_features, in_features, bias)]
+        if not todo:
+            return
+        start = time.perf_counter()
+        linear = torch.nn.Linear(in_features, out_features, bias=bias).eval()
+        torch.manual_seed(0)
+        for p in linear.parameters():
+            torch.nn.init.normal_(p, std=0.02)
+        overhead = self.overhead_us()
+        with tempfile.TemporaryDirectory(prefix="qcompiler_autoquant_") as folder:
+            runs, kernel = {}, {}
+            for scheme in todo:
+                if scheme != FLOAT and not keep_going():
+                    break
+                config = None if scheme == FLOAT else config_from_string(scheme)
+                kernels, runs[scheme] = self._packaged(linear, config, _rows_of(in_features), Path(folder) / scheme)
+                kernel[scheme] = kernels[0] if kernels else ("aten" if scheme == FLOAT else DECOMPOSED)
+            us = self._side_by_side(runs, _rows_of(in_features))
+        for scheme, times in us.items():
+            self.cache[(scheme, out_features, in_features, bias)] = (
+                kernel[scheme], {k: max(v - overhead[k], 0.0) for k, v in times.items()})
+        log.info("timed %d candidates on %dx%d%s in %.1f s", len(runs), out_features, in_features,
+                 " with bias" if bias else "", time.perf_counter() - start)
 
     def overhead_us(self) -> dict:
         """Microseconds of calling a package that does almost nothing, at each declared row count (measured once)."""
         if self.overhead is None:
-            _, self.overhead = self.package_us(_Empty(), None, lambda rows: (torch.randn(rows, 8),))
+            _, self.overhead = self.package_us(_Empty(), None, _rows_of(8))
             log.info("a package call costs %s us on its own", {k: round(v, 1) for k, v in self.overhead.items()})
         return self.overhead
 
@@ -144,6 +176,12 @@ class Timer:
         leaves it float), lowered for the target, packaged, and called on ``inputs(rows)`` at every declared
         row count. ``inputs`` gives a tuple of arguments (tensors, or lists of them), every tensor's first
         dimension dynamic. The kernels are those of the quantized layers."""
+        with tempfile.TemporaryDirectory(prefix="qcompiler_autoquant_") as folder:
+            kernels, run = self._packaged(module, config, inputs, Path(folder) / "module")
+            return kernels, self._side_by_side({"module": run}, inputs)["module"]
+
+    def _packaged(self, module: torch.nn.Module, config, inputs: Callable[[int], tuple], path: Path) -> tuple:
+        """``(kernels, loaded package)`` of ``module`` with ``config``, its rows dynamic, packaged at ``path``."""
         example = inputs(EXAMPLE_ROWS)
         rows = torch.export.Dim("rows", min=1, max=max(max(self.shapes.values()), EXAMPLE_ROWS) * 2)
         dims = tree_map(lambda _: {0: rows}, example)  # every input tensor's first dimension
@@ -152,22 +190,54 @@ class Timer:
                 quantize(module, example, config, dynamic_shapes=dims, calibration_data=[example])
             lowered = lower(program, self.target)
             kernels = [r.kernel for r in report(lowered).quantized]
-            with tempfile.TemporaryDirectory(prefix="qcompiler_autoquant_") as folder:
-                run = load(package(lowered, Path(folder) / "layer.pt2"))
-                us = {label: self._run(run, inputs(n)) for label, n in self.shapes.items()}
-        return kernels, us
+            return kernels, load(package(lowered, path.with_suffix(".pt2")))
 
-    def _run(self, run, x: tuple) -> float:
-        """Median microseconds of one call, each call timed alone after the cache is flushed."""
-        for _ in range(3):
-            run(*x)
+    def _side_by_side(self, runs: Mapping[str, Callable], inputs: Callable[[int], tuple]) -> dict:
+        """``{name: {shape label: us}}``: the median over rounds of each round's median call."""
+        xs = {label: inputs(n) for label, n in self.shapes.items()}
+        rounds: dict = {(name, label): [] for name in runs for label in xs}
+        with torch.no_grad():
+            for r in range(self.rounds):
+                for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                    for label, x in xs.items():
+                        rounds[(name, label)].append(self._round(runs[name], x))
+        return {name: {label: 1e6 * statistics.median(rounds[(name, label)]) for label in xs} for name in runs}
+
+    def _round(self, run: Callable, x: tuple) -> float:
+        """Median seconds of ``calls`` calls after one untimed call, the cache written over before each if cold."""
+        run(*x)
         calls = []
         for i in range(self.calls):
-            ctypes.memset(self._flush, i, len(self._flush))  # the cache written over: weights come from memory
+            if self._flush is not None:
+                ctypes.memset(self._flush, i, len(self._flush))  # the cache written over: weights come from memory
             start = time.perf_counter()
             run(*x)
             calls.append(time.perf_counter() - start)
-        return 1e6 * statistics.median(calls)
+        return statistics.median(calls)
+
+
+def _rows_of(width: int) -> Callable[[int], tuple]:
+    return lambda rows: (torch.randn(rows, width),)
+
+
+def weights_fit(weight_bytes: int) -> bool:
+    """Whether weights of this many bytes stay in this machine's last-level cache between calls."""
+    return weight_bytes <= last_level_cache_bytes()
+
+
+def steady_allocator() -> None:
+    """Set glibc's thresholds where its dynamic ones end up in a process that has run a model for a while: blocks
+    under 32 MB (its ceiling on 64-bit) come from the heap, and the heap is given back to the system only past
+    64 MB free. Otherwise a timed layer's large output (such as int8dq's 25 MB int32 accumulator at 4096 x 1536)
+    is mapped afresh and page-faulted on every call, or not, depending on what ran before it (measured: 6144
+    faults a call, which doubled that layer's time). Nothing is done where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return
+    if hasattr(libc, "gnu_get_libc_version"):  # only glibc has these thresholds
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
 
 
 @contextlib.contextmanager
