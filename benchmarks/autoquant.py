@@ -80,14 +80,13 @@ class MiniLM:
             return round((self.bundled.embed(run, self.sentences) * self.reference).sum(-1).mean().item(), 5)
 
     def time(self, paths: dict, rounds: int) -> dict:
-        """{system: {shape label: ms}}: every system and shape interleaved, medians over rounds."""
+        """{system: {shape label: [ms per round]}}: every system and shape interleaved, one median per round."""
         runs = {system: qc.load(path) for system, path in paths.items()}
         cases = {(system, label): (lambda r=run, i=inp: r(**i))
                  for system, run in runs.items() for label, inp in self.inputs.items()}
         with torch.no_grad():
             times = interleaved(cases, rounds=rounds, min_time=0.5)
-        return {system: {label: round(1e3 * statistics.median(times[(system, label)]), 3) for label in self.shapes}
-                for system in runs}
+        return {system: {label: [1e3 * t for t in times[(system, label)]] for label in self.shapes} for system in runs}
 
 
 def _tokens(shape) -> dict:
@@ -129,16 +128,15 @@ class Decoder:
                              torch.cat([o.flatten() for o in outs])), 2)
 
     def time(self, paths: dict, rounds: int) -> dict:
-        """{system: {"decode": ms per token, "prefill": ms per prompt}}: medians over rounds, order alternating."""
+        """{system: {"decode": [ms per token], "prefill": [ms per prompt]}}: one per round, order alternating."""
         from bench_llm import measure_qc
         runs: dict = {system: [] for system in paths}
         for r in range(rounds):
             for system in (list(paths) if r % 2 == 0 else list(reversed(paths))):
                 runs[system].append(measure_qc(paths[system], self.prompt, self.new, 0))
                 log(f"  round {r + 1}: {system}: {runs[system][-1]['decode_tokens_per_s']:.1f} decode tok/s")
-        return {system: {"decode": round(1e3 / statistics.median(x["decode_tokens_per_s"] for x in rs), 2),
-                         "prefill": round(1e3 * self.prompt / statistics.median(x["prefill_tokens_per_s"] for x in rs),
-                                          1)}
+        return {system: {"decode": [1e3 / x["decode_tokens_per_s"] for x in rs],
+                         "prefill": [1e3 * self.prompt / x["prefill_tokens_per_s"] for x in rs]}
                 for system, rs in runs.items()}
 
 
@@ -164,14 +162,30 @@ def build(model, config, path: Path, reuse: bool = False) -> Path:
     return path
 
 
-def dominators(rows: dict, accuracy_key: str, labels: list) -> dict:
-    """{system: [systems at least as accurate and as fast at every shape, strictly better somewhere]}."""
+def spread(values: list) -> float:
+    """Round-to-round spread of one system's time: interquartile range over median (0 with fewer than 2 rounds)."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(values)
+
+
+def noise(rows: dict, labels: list) -> dict:
+    """{shape: the median over systems of their round-to-round spread}: time differences within it are ties."""
+    return {k: statistics.median(r["spread"][k] for r in rows.values()) for k in labels}
+
+
+def dominators(rows: dict, accuracy_key: str, labels: list, tie: dict) -> dict:
+    """{system: [systems at least as accurate and as fast at every shape, strictly better somewhere]}; times
+    within ``tie[shape]`` (a fraction) of each other count as equal."""
+    def faster(a, b, k):
+        return rows[a]["ms"][k] < rows[b]["ms"][k] * (1 - tie[k])
+
     def better_or_equal(a, b):
-        return rows[a][accuracy_key] >= rows[b][accuracy_key] and all(
-            rows[a]["ms"][k] <= rows[b]["ms"][k] for k in labels)
+        return rows[a][accuracy_key] >= rows[b][accuracy_key] and not any(faster(b, a, k) for k in labels)
 
     def strictly(a, b):
-        return rows[a][accuracy_key] > rows[b][accuracy_key] or any(rows[a]["ms"][k] < rows[b]["ms"][k] for k in labels)
+        return rows[a][accuracy_key] > rows[b][accuracy_key] or any(faster(a, b, k) for k in labels)
     return {s: [o for o in rows if o != s and better_or_equal(o, s) and strictly(o, s)] for s in rows}
 
 
@@ -203,10 +217,11 @@ class Linears(torch.nn.Module):
 
 
 def prediction(model, recipe) -> dict:
-    """The plan's predicted us per shape against its linears packaged together, timed as autoquant times."""
+    """The plan's predicted us per shape against its linears packaged together, timed as autoquant timed them
+    (cache written over before each call or not, as the plan says)."""
     plan = recipe.plan
     module = Linears(plan.layers, dict(model.program.state_dict)).eval()
-    timer = Timer(plan.target, plan.shapes)
+    timer = Timer(plan.target, plan.shapes, cold=plan.timing.startswith("cold"))
     overhead = timer.overhead_us()
     _, raw = timer.package_us(module, recipe, lambda rows: ([torch.randn(rows, k) for k in module.widths],))
     predicted = plan.predicted_us()
@@ -216,6 +231,19 @@ def prediction(model, recipe) -> dict:
         out[label] = {"predicted_us": round(predicted[label], 1), "measured_us": round(measured, 1),
                       "package_call_us": round(overhead[label], 1),
                       "error": round(predicted[label] / measured - 1, 4)}
+    return out
+
+
+def saving(plan, rows: dict, name: str) -> dict:
+    """{shape: predicted and measured ms the plan saves over the float model}: the per-layer model's sum of
+    (chosen - float) against the two whole models timed side by side."""
+    out = {}
+    for label in plan.shapes:
+        predicted = sum(layer.candidate(FLOAT).us[label] - layer.candidate(layer.choice).us[label]
+                        for layer in plan.layers) / 1e3
+        measured = rows["float"]["ms"][label] - rows[name]["ms"][label]
+        out[label] = {"predicted_ms": round(predicted, 2), "measured_ms": round(measured, 2),
+                      "error": round(predicted / measured - 1, 4) if measured else None}
     return out
 
 
@@ -263,10 +291,12 @@ def main():
             rows[system][model.accuracy_key] = model.accuracy(qc.load(path))
             log(f"  {system}: {model.accuracy_key} {rows[system][model.accuracy_key]}")
         gc.collect()
-        for system, ms in model.time(paths, rounds).items():
-            rows[system]["ms"] = ms
+        for system, per_round in model.time(paths, rounds).items():
+            rows[system]["ms"] = {label: round(statistics.median(ms), 3) for label, ms in per_round.items()}
+            rows[system]["spread"] = {label: round(spread(ms), 4) for label, ms in per_round.items()}
     checks = {name: prediction(model, recipe) for name, recipe in recipes.items()}
-    write(out, model, plan, recipes, rows, excluded, checks, rounds)
+    savings = {name: saving(recipe.plan, rows, name) for name, recipe in recipes.items()}
+    write(out, model, plan, recipes, rows, excluded, checks, savings, rounds)
 
 
 def autoquant_recipes(model, constraints: list, candidates, plan_path, out: Path) -> dict:
@@ -291,13 +321,17 @@ def _db(c) -> str:
     return f"{c.min_output_sqnr_db:g}" if isinstance(c, qc.LayerFloor) else f"{c.min_mean_sqnr_db:g}"
 
 
-def write(out: Path, model, plan, recipes: dict, rows: dict, excluded: dict, checks: dict, rounds: int) -> None:
+def write(out: Path, model, plan, recipes: dict, rows: dict, excluded: dict, checks: dict, savings: dict,
+          rounds: int) -> None:
     labels = list(model.shapes)
-    dominated = dominators(rows, model.accuracy_key, labels)
+    tie = noise(rows, labels)
+    dominated = dominators(rows, model.accuracy_key, labels, tie)
     choices = {name: _choices(r.plan) for name, r in recipes.items()}
     result = {"model": model.name, "shapes": model.shapes, "rounds": rounds, "machine": machine(),
               "plan_cost_s": plan.cost_s, "excluded_candidates": excluded, "choices": choices,
-              "systems": rows, "dominated_by": dominated, "prediction": checks}
+              "systems": rows, "dominated_by": dominated, "prediction": checks,
+              "saving_over_float": savings, "timing": plan.timing,
+              "ties_within": tie}
     Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
     m = result["machine"]
     base = rows["float"]["ms"]
@@ -305,7 +339,10 @@ def write(out: Path, model, plan, recipes: dict, rows: dict, excluded: dict, che
         ["MB", "dominated by"]
     lines = [f"# Autoquant on {model.name}: every system side by side ({rounds} rounds, medians)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; torch {m['torch']}. "
-             f"Shapes (rows): {model.shapes}. Autoquant measured in {plan.cost_s:.0f} s.", "",
+             f"Shapes (rows): {model.shapes}. Autoquant measured in {plan.cost_s:.0f} s ({plan.timing}).", "",
+             "Times within the round-to-round noise of each other (the median over systems of their interquartile "
+             "range over median: " + ", ".join(f"{k} {v:.1%}" for k, v in tie.items()) + ") count as ties when "
+             "deciding who dominates whom.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for system, r in rows.items():
         speed = [f"{base[k] / r['ms'][k]:.2f}x" for k in labels]
@@ -320,6 +357,13 @@ def write(out: Path, model, plan, recipes: dict, rows: dict, excluded: dict, che
     for name, check in checks.items():
         for label, c in check.items():
             lines.append(f"| {name} | {label} | {c['predicted_us']:g} | {c['measured_us']:g} | {c['error']:+.1%} |")
+    lines += ["", "Predicted (sum over layers of chosen - float) against the measured saving of the whole model over "
+              "the float model, ms:", "", "| plan | shape | predicted | measured | predicted / measured - 1 |",
+              "|---|---|---|---|---|"]
+    for name, check in savings.items():
+        for label, c in check.items():
+            error = "-" if c["error"] is None else f"{c['error']:+.1%}"
+            lines.append(f"| {name} | {label} | {c['predicted_ms']:g} | {c['measured_ms']:g} | {error} |")
     text = "\n".join(lines) + "\n"
     Path(f"{out}.md").write_text(text)
     print(text)
