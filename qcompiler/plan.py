@@ -34,10 +34,12 @@ class Candidate:
     output_sqnr_db: float = math.inf
     excluded: Optional[str] = None
 
-    @property
-    def total_us(self) -> float:
-        """The time the choice minimises: the sum over the declared shapes."""
-        return sum(self.us.values()) if self.us else math.inf
+    def cost_us(self, weights: Optional[Mapping[str, float]] = None) -> float:
+        """The time the choice minimises: the sum over the declared shapes, each times its weight (1 unless
+        ``weights`` gives one)."""
+        if not self.us:
+            return math.inf
+        return sum(us * (weights or {}).get(label, 1.0) for label, us in self.us.items())
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Plan:
     layers: tuple
     cost_s: float = 0.0
     timing: str = ""  # how the times were taken: with the cache written over before each call (cold) or not
+    weights: Optional[Mapping[str, float]] = None  # each shape's weight in the time minimised (None: 1 each)
 
     def predicted_us(self) -> dict:
         """Per declared shape, the sum over layers of the chosen candidates' times."""
@@ -78,7 +81,8 @@ class Plan:
         labels = list(self.shapes)
         head = f"{'layer':<44} {'choice':<16} " + " ".join(f"{'us ' + k:>12}" for k in labels)
         timing = f" ({self.timing})" if self.timing else ""
-        lines = [f"plan for {self.target}, shapes {dict(self.shapes)}, {self.accuracy}; "
+        weighted = f" weighted {dict(self.weights)}" if self.weights else ""
+        lines = [f"plan for {self.target}, shapes {dict(self.shapes)}{weighted}, {self.accuracy}; "
                  f"measured in {self.cost_s:.0f} s{timing}", head + f" {'out SQNR':>9}  reason"]
         for layer in self.layers:
             c = layer.candidate(layer.choice)
@@ -92,7 +96,8 @@ class Plan:
         layers = [{**asdict(layer), "candidates": [_candidate_dict(c) for c in layer.candidates]}
                   for layer in self.layers]
         return {"format": FORMAT, "target": self.target.to_json(), "shapes": dict(self.shapes),
-                "accuracy": self.accuracy, "cost_s": self.cost_s, "timing": self.timing, "layers": layers}
+                "accuracy": self.accuracy, "cost_s": self.cost_s, "timing": self.timing,
+                "weights": dict(self.weights) if self.weights else None, "layers": layers}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
@@ -101,7 +106,7 @@ class Plan:
         layers = tuple(LayerPlan(**{**layer, "candidates": tuple(_candidate(c) for c in layer["candidates"])})
                        for layer in data["layers"])
         return cls(Target.from_json(data["target"]), dict(data["shapes"]), data["accuracy"], layers,
-                   float(data.get("cost_s", 0.0)), str(data.get("timing", "")))
+                   float(data.get("cost_s", 0.0)), str(data.get("timing", "")), data.get("weights"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -54,6 +54,21 @@ def test_the_choice_is_a_function_of_the_measurements_and_ties_go_to_the_first_l
     assert choose(tied, qc.ModelBudget(20.0))[0].choice == "int8wo"
 
 
+def test_weights_make_the_shape_that_runs_most_decide_and_a_plan_is_rechosen_with_new_ones():
+    assert [c.choice for c in choose(layers(), 20.0)] == ["int8dq", "int4wo-64"]  # 44 and 48 us summed
+    # 64 decode steps per prefill: a's int4wo-64 is under 20 dB, b's int4wo-64 decodes faster than its int8dq
+    assert [c.choice for c in choose(layers(), 15.0, {"decode": 64})] == ["int4wo-64", "int4wo-64"]
+    assert [c.choice for c in choose(layers(), 15.0, {"decode": 0.01})] == ["int8dq", "int4wo-64"]
+    recipe = qc.autoquant(None, plan=plan(15.0), target="cpu:avx2", accuracy=15.0, weights={"decode": 64})
+    assert recipe.plan.weights == {"decode": 64} and recipe.plan.layers[0].choice == "int4wo-64"
+    assert qc.Recipe.from_json(recipe.to_json()) == recipe and "weighted {'decode': 64}" in recipe.plan.table()
+    again = qc.autoquant(None, plan=recipe, target="cpu:avx2", accuracy=15.0)  # the plan's weights kept
+    assert again.plan.weights == {"decode": 64} and again.plan.layers[0].choice == "int4wo-64"
+    with pytest.raises(ValueError, match=r"weights must be a positive number per shape label, labels among "
+                                         r"\['decode', 'prefill'\]"):
+        qc.autoquant(None, plan=plan(), target="cpu:avx2", weights={"generate": 64})
+
+
 def test_a_model_budget_is_spent_where_it_buys_the_most_time():
     # room for one layer at 30 dB of noise: a saves 100 us for it, b saves 10 us
     two = [LayerPlan("a", 8, 8, (cand(FLOAT, 100, 100), cand("int8dq", 0, 0, 30.0))),

@@ -98,10 +98,11 @@ def test_scheme_auto_writes_its_plan_inspect_prints_it_and_a_second_run_reuses_i
     assert {r["name"]: r["choice"] for r in info["layers"] if r["choice"] != "float"} == layers
     assert info["shapes"] == {"decode": 1} and all(len(r["candidates"]) == 2 for r in info["layers"])
     code, out, err = run(capsys, "quantize", MLP, "--scheme", "auto", "--plan", plan, "--min-sqnr", "500",
-                         "-o", tmp_path / "float.pt2", "--json")
+                         "--weights", "decode=3", "-o", tmp_path / "float.pt2", "--json")
     assert code == 0, err
     # chosen again from the plan's measurements, nothing timed
     assert "candidates measured" not in err and "left float: every candidate is under 500 dB" in err
+    assert "shapes {'decode': 1} weighted {'decode': 3}" in err
     assert not [r for r in json.loads(out)["layers"] if r["skipped"] is None]
 
 
@@ -133,6 +134,8 @@ def test_calibration_from_a_saved_list(tmp_path, capsys):
       "{tmp}/a.pt2"], r"--unquantized-dtype: .*needs a target with native bfloat16 .*; cpu:avx2 has neither"),
     (["quantize", FACTORY, "--scheme", "int8wo", "--backend", "reference", "--unquantized-dtype", "bfloat16", "-o",
       "{tmp}/a.pt2"], r"--unquantized-dtype: .*'reference' changes nothing"),
+    (["quantize", FACTORY, "--scheme", "auto", "--weights", "decode=many", "-o", "{tmp}/a.pt2"],
+     r"--weights must be LABEL=N,\.\.\."),
     (["inspect", "{tmp}/nothing.pt2"], r"no such file"),
     (["inspect", "{tmp}/junk.pt2"], r"neither a .pt2 package nor a saved program"),
     (["bench", "{tmp}/junk.pt2"], r"neither a .pt2 package nor a saved program"),

@@ -12,6 +12,7 @@ error (``measure.layer_errors``) and, once per layer shape, the time as a packag
 (``measure.Timer``); then the choice (``choose.choose``), a pure function of the measurements.
 """
 import logging
+import math
 import time
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
@@ -42,9 +43,9 @@ AUTOQUANT_CANDIDATES = ("int8dq", "int8wo", "int4wo-64", "int4wo-128", "int8da-i
 def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example_args: tuple = (), *,
               example_kwargs: Optional[dict] = None, candidates: Optional[Sequence[str]] = None,
               target: Union[str, Target, None] = None, dynamic_shapes: Any = None,
-              shapes: Optional[Mapping[str, int]] = None, accuracy: Accuracy = 20.0,
-              calibration_data: Optional[Iterable] = None, budget_s: Optional[float] = None,
-              plan: Union[Recipe, Plan, None] = None) -> Recipe:
+              shapes: Optional[Mapping[str, int]] = None, weights: Optional[Mapping[str, float]] = None,
+              accuracy: Accuracy = 20.0, calibration_data: Optional[Iterable] = None,
+              budget_s: Optional[float] = None, plan: Union[Recipe, Plan, None] = None) -> Recipe:
     """Choose each linear's scheme by measuring every candidate on its real shapes; return a :class:`Recipe`.
 
     Args:
@@ -56,6 +57,9 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
             this machine can run.
         shapes: rows (tokens) a linear is timed at, by label: ``{"decode": 1, "prefill": 128}``. The choice
             minimises the sum over the labels. Default: the example's rows, ``{"example": rows}``.
+        weights: how many times each shape runs in the work to make fast, by label (1 where not given):
+            ``{"decode": 64}`` for 64 tokens generated after each prompt. The choice minimises the weighted
+            sum. With ``plan``, the plan's own weights unless given.
         accuracy: a floor on every layer's output SQNR in dB (a number, or :class:`LayerFloor`), or a
             whole-model :class:`ModelBudget`.
         calibration_data: batches the errors are measured on (as :func:`qcompiler.calibrate` takes them);
@@ -71,9 +75,10 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
     target = _target(target)
     accuracy = as_accuracy(accuracy)
     if plan is not None:
-        return _rechoose(plan, target, accuracy)
+        return _rechoose(plan, target, accuracy, weights)
     if shapes is not None:
         _check_shapes(dict(shapes))  # before any long work
+        _check_weights(weights, shapes)
     start = time.perf_counter()
     program = model_or_program if isinstance(model_or_program, ExportedProgram) else \
         capture(model_or_program, example_args, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
@@ -81,6 +86,7 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
     inputs = layer_inputs(program, data)
     shapes = dict(shapes) if shapes is not None else {"example": _example_rows(program, example_args, example_kwargs)}
     _check_shapes(shapes)
+    _check_weights(weights, shapes)
     schemes = _candidates(candidates)
     gm = program.module()
     sites = _sites(gm)
@@ -99,8 +105,8 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
             timer.time_all([FLOAT, *fitting], *_shape(site, layer), keep_going=in_budget)  # once per shape
         measured.setdefault(site.weight, []).append(_measure(scheme, site, layer, timer, candidates is None, budget_s))
     layers = [LayerPlan(s.name, s.out_features, s.in_features, tuple(measured[s.weight])) for s in sites]
-    chosen = Plan(target, shapes, str(accuracy), tuple(choose(layers, accuracy)), round(time.perf_counter() - start, 1),
-                  timing)
+    chosen = Plan(target, shapes, str(accuracy), tuple(choose(layers, accuracy, weights)),
+                  round(time.perf_counter() - start, 1), timing, dict(weights) if weights else None)
     log.info("autoquant measured %d layers x %d candidates in %.1f s (%d shapes timed)", len(layers),
              len(schemes) + 1, chosen.cost_s, len(timer.cache))
     return _recipe(chosen)
@@ -114,12 +120,16 @@ def _target(target) -> Target:
     return target
 
 
-def _rechoose(plan, target: Target, accuracy) -> Recipe:
+def _rechoose(plan, target: Target, accuracy, weights) -> Recipe:
     plan = plan.plan if isinstance(plan, Recipe) else plan
     if not isinstance(plan, Plan):
         raise fail("plan", "a Recipe from qcompiler.autoquant (or its Plan)", plan)
     plan.check_target(target)
-    return _recipe(replace(plan, accuracy=str(accuracy), layers=tuple(choose(list(plan.layers), accuracy))))
+    if weights is not None:
+        _check_weights(weights, plan.shapes)
+        plan = replace(plan, weights=dict(weights))
+    layers = tuple(choose(list(plan.layers), accuracy, plan.weights))
+    return _recipe(replace(plan, accuracy=str(accuracy), layers=layers))
 
 
 def _recipe(plan: Plan) -> Recipe:
@@ -145,6 +155,16 @@ def _candidates(candidates) -> tuple:
 def _check_shapes(shapes: dict) -> None:
     if not shapes or not all(isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in shapes.items()):
         raise fail("shapes", 'rows to time each linear at, by label: {"decode": 1, "prefill": 128}', shapes)
+
+
+def _check_weights(weights, shapes) -> None:
+    if weights is None:
+        return
+    if not isinstance(weights, Mapping) or not all(
+            k in shapes and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+            for k, v in weights.items()):
+        raise fail("weights", f"a positive number per shape label, labels among {sorted(shapes)} "
+                   '(e.g. {"decode": 64})', weights)
 
 
 def _example_rows(program, example_args: tuple, example_kwargs: Optional[dict]) -> int:

@@ -13,7 +13,7 @@ Ties go to the candidate listed first, so the same measurements always give the 
 """
 import math
 from dataclasses import dataclass, replace
-from typing import Union
+from typing import Mapping, Optional, Union
 
 from ..runtime.errors import fail
 from ..plan import FLOAT, Candidate, LayerPlan
@@ -61,12 +61,13 @@ def as_accuracy(accuracy) -> Union[LayerFloor, ModelBudget]:
     raise fail("accuracy", "a layer SQNR floor in dB, qc.LayerFloor(...) or qc.ModelBudget(...)", accuracy)
 
 
-def choose(layers: list, accuracy: Accuracy) -> list:
-    """``layers``' :class:`LayerPlan` with ``choice`` and ``reason`` filled in under ``accuracy``."""
+def choose(layers: list, accuracy: Accuracy, weights: Optional[Mapping[str, float]] = None) -> list:
+    """``layers``' :class:`LayerPlan` with ``choice`` and ``reason`` filled in under ``accuracy``, minimising each
+    candidate's time summed over the shapes, each times its weight (1 unless ``weights`` gives one)."""
     accuracy = as_accuracy(accuracy)
     if isinstance(accuracy, LayerFloor):
-        return [_floor(layer, accuracy) for layer in layers]
-    return _budget(layers, accuracy)
+        return [_floor(layer, accuracy, weights) for layer in layers]
+    return _budget(layers, accuracy, weights)
 
 
 def _usable(layer: LayerPlan) -> list:
@@ -77,15 +78,15 @@ def _noise(c: Candidate) -> float:
     return 0.0 if math.isinf(c.output_sqnr_db) else 10 ** (-c.output_sqnr_db / 10)
 
 
-def _floor(layer: LayerPlan, floor: LayerFloor) -> LayerPlan:
+def _floor(layer: LayerPlan, floor: LayerFloor, weights) -> LayerPlan:
     usable = _usable(layer)
     kept = [c for c in usable if c.scheme != FLOAT and c.output_sqnr_db >= floor.min_output_sqnr_db]
     if not kept:
         return replace(layer, choice=FLOAT, reason=_none_kept(layer, usable, floor))
-    best = min([c for c in usable if c.scheme == FLOAT] + kept, key=lambda c: c.total_us)  # first of equals
-    why = f"fastest of {len(kept)} at >= {floor.min_output_sqnr_db:g} dB and float ({best.total_us:.1f} us"
+    best = min([c for c in usable if c.scheme == FLOAT] + kept, key=lambda c: c.cost_us(weights))  # first of equals
+    why = f"fastest of {len(kept)} at >= {floor.min_output_sqnr_db:g} dB and float ({best.cost_us(weights):.1f} us"
     if best.scheme != FLOAT and _has_float(layer):
-        why += f"; float {layer.candidate(FLOAT).total_us:.1f} us"
+        why += f"; float {layer.candidate(FLOAT).cost_us(weights):.1f} us"
     under = [f"{c.scheme} {c.output_sqnr_db:.1f} dB" for c in usable if c.scheme != FLOAT and c not in kept]
     if under:
         why += f"; under the floor: {', '.join(under)}"
@@ -106,13 +107,13 @@ def _none_kept(layer: LayerPlan, usable: list, floor: LayerFloor) -> str:
             f"(best {best.scheme} at {best.output_sqnr_db:.1f} dB)")
 
 
-def _budget(layers: list, budget: ModelBudget) -> list:
+def _budget(layers: list, budget: ModelBudget, weights) -> list:
     allowed = len(layers) * 10 ** (-budget.min_mean_sqnr_db / 10)
     options = [sorted(_usable(layer), key=_noise) for layer in layers]  # stable: ties keep the listed order
     pick = [0] * len(layers)
     spent = sum(_noise(o[0]) for o in options if o)
     while True:
-        move = _best_move(options, pick, allowed - spent)
+        move = _best_move(options, pick, allowed - spent, weights)
         if move is None:
             break
         i, j, added = move
@@ -123,12 +124,12 @@ def _budget(layers: list, budget: ModelBudget) -> list:
             out.append(replace(layer, choice=FLOAT, reason="left float: no candidate could be measured"))
             continue
         c = opts[j]
-        out.append(replace(layer, choice=c.scheme, reason=f"whole-model budget: {c.total_us:.1f} us at "
+        out.append(replace(layer, choice=c.scheme, reason=f"whole-model budget: {c.cost_us(weights):.1f} us at "
                                                           f"{c.output_sqnr_db:.1f} dB ({len(opts)} candidates)"))
     return out
 
 
-def _best_move(options: list, pick: list, room: float):
+def _best_move(options: list, pick: list, room: float, weights):
     """The (layer, candidate, noise added) that saves the most time per noise added within ``room``."""
     best, best_rate = None, 0.0
     for i, opts in enumerate(options):
@@ -136,7 +137,7 @@ def _best_move(options: list, pick: list, room: float):
             continue
         now = opts[pick[i]]
         for j, c in enumerate(opts):
-            saved, added = now.total_us - c.total_us, _noise(c) - _noise(now)
+            saved, added = now.cost_us(weights) - c.cost_us(weights), _noise(c) - _noise(now)
             if saved <= 0 or added > room:
                 continue
             rate = math.inf if added <= 0 else saved / added

@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
                       "file exists, choose again from its measurements instead of measuring")
     auto.add_argument("--shapes", metavar="LABEL=ROWS,...", help="rows each linear is timed at, e.g. "
                       "decode=1,prefill=128 (default: the example's)")
+    auto.add_argument("--weights", metavar="LABEL=N,...", help="how many times each shape runs in the work to make "
+                      "fast, e.g. decode=64 for 64 tokens generated per prompt (default: 1 each)")
     auto.add_argument("--min-sqnr", type=float, default=20.0, metavar="DB",
                       help="the floor on every layer's output SQNR (default 20 dB)")
     auto.add_argument("--budget-s", type=float, metavar="S", help="stop timing candidates after S seconds")

@@ -93,7 +93,8 @@ def _auto(a, source: Source, target: Target) -> Recipe:
     earlier = _plan_file(plan_path) if plan_path is not None and plan_path.exists() else None
     candidates = [c for c in a.candidates.split(",") if c] if a.candidates else None
     recipe = autoquant(source.model, source.args, example_kwargs=source.kwargs, dynamic_shapes=source.dynamic_shapes,
-                       candidates=candidates, target=target, shapes=_shapes(a.shapes),
+                       candidates=candidates, target=target, shapes=_labelled(a.shapes, "--shapes", "ROWS"),
+                       weights=_labelled(a.weights, "--weights", "N"),
                        accuracy=LayerFloor(a.min_sqnr), calibration_data=calibration(source, a.calib),
                        budget_s=a.budget_s, plan=earlier)
     if plan_path is not None:
@@ -112,16 +113,17 @@ def _plan_file(path: Path) -> Recipe:
     return recipe
 
 
-def _shapes(text: Optional[str]) -> Optional[dict]:
+def _labelled(text: Optional[str], flag: str, what: str) -> Optional[dict]:
+    """``decode=1,prefill=128`` -> ``{"decode": 1, "prefill": 128}`` (whole numbers)."""
     if not text:
         return None
-    shapes = {}
+    out = {}
     for part in text.split(","):
-        label, eq, rows = part.partition("=")
-        if not eq or not label or not rows.isdigit():
-            raise CliError(f"--shapes must be LABEL=ROWS,... (e.g. decode=1,prefill=128); got {text!r}")
-        shapes[label] = int(rows)
-    return shapes
+        label, eq, number = part.partition("=")
+        if not eq or not label or not number.isdigit():
+            raise CliError(f"{flag} must be LABEL={what},... (e.g. decode=1,prefill=128); got {text!r}")
+        out[label] = int(number)
+    return out
 
 
 def inspect_cmd(a) -> tuple:
