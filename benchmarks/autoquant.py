@@ -3,6 +3,7 @@
     python benchmarks/autoquant.py minilm [--accuracy floor:20 budget:30] [--rounds 5]
     python benchmarks/autoquant.py decoder [--model tinyllama-1.1b] [--prompt 128] [--new 64] [--rounds 3]
                                            [--folder bench-autoquant/tinyllama] [--plan PLAN.json]
+                                           [--weights decode=64] [--out results/autoquant_tinyllama_decode64]
 
 1. Autoquant measures the model's linears once (``qc.autoquant``, default candidates) at the model's shapes:
    MiniLM at 1 x 128 and 32 x 128 tokens (128 and 4096 rows); a decoder at decode (1 row) and prefill
@@ -260,6 +261,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--folder", default=None, help="keep the packages here; single schemes found there are reused")
     ap.add_argument("--plan", default=None, help="re-choose from this plan instead of measuring")
+    ap.add_argument("--weights", default=None, metavar="LABEL=N,...",
+                    help="each shape's weight in the time autoquant minimises, e.g. decode=64 (default: 1 each)")
     ap.add_argument("--out", default=None, help="results path without suffix (default: results/autoquant_<model>)")
     args = ap.parse_args()
     logging.basicConfig(format="  %(message)s")
@@ -272,7 +275,8 @@ def main():
     out = Path(args.out) if args.out else RESULTS / f"autoquant_{'minilm' if minilm else args.model.split('-')[0]}"
 
     candidates = args.candidates.split(",") if args.candidates else None
-    recipes = autoquant_recipes(model, constraints, candidates, args.plan, out)
+    weights = {k: float(v) for k, v in (part.split("=") for part in args.weights.split(","))} if args.weights else None
+    recipes = autoquant_recipes(model, constraints, candidates, args.plan, out, weights)
     plan = next(iter(recipes.values())).plan
     schemes = [c.scheme for c in plan.layers[0].candidates if c.scheme != FLOAT]
     excluded = {c.scheme: c.excluded for c in plan.layers[0].candidates if c.excluded}
@@ -299,18 +303,18 @@ def main():
     write(out, model, plan, recipes, rows, excluded, checks, savings, rounds)
 
 
-def autoquant_recipes(model, constraints: list, candidates, plan_path, out: Path) -> dict:
+def autoquant_recipes(model, constraints: list, candidates, plan_path, out: Path, weights=None) -> dict:
     """{"autoquant <constraint>": Recipe}: one measurement (or the given plan), re-chosen per constraint."""
     if plan_path:
         measured = qc.Recipe.from_json(Path(plan_path).read_text())
     else:
         log(f"autoquant: measuring {model.name} at {model.shapes} ...")
-        measured = qc.autoquant(model.program, candidates=candidates, shapes=model.shapes,
+        measured = qc.autoquant(model.program, candidates=candidates, shapes=model.shapes, weights=weights,
                                 calibration_data=model.calibration, accuracy=constraints[0])
         log(f"  measured in {measured.plan.cost_s:.0f} s")
     recipes = {}
     for c in constraints:
-        recipe = qc.autoquant(model.program, plan=measured, accuracy=c)
+        recipe = qc.autoquant(model.program, plan=measured, accuracy=c, weights=weights)
         name = f"autoquant {'floor' if isinstance(c, qc.LayerFloor) else 'budget'} {_db(c)} dB"
         recipes[name] = recipe
         Path(f"{out}_plan_{name.split(' ', 1)[1].replace(' ', '_')}.json").write_text(recipe.to_json() + "\n")
@@ -339,7 +343,9 @@ def write(out: Path, model, plan, recipes: dict, rows: dict, excluded: dict, che
         ["MB", "dominated by"]
     lines = [f"# Autoquant on {model.name}: every system side by side ({rounds} rounds, medians)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; torch {m['torch']}. "
-             f"Shapes (rows): {model.shapes}. Autoquant measured in {plan.cost_s:.0f} s ({plan.timing}).", "",
+             f"Shapes (rows): {model.shapes}"
+             + (f", weighted {dict(plan.weights)} in the time autoquant minimises" if plan.weights else "")
+             + f". Autoquant measured in {plan.cost_s:.0f} s ({plan.timing}).", "",
              "Times within the round-to-round noise of each other (the median over systems of their interquartile "
              "range over median: " + ", ".join(f"{k} {v:.1%}" for k, v in tie.items()) + ") count as ties when "
              "deciding who dominates whom.", "",
