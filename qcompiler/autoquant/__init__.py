@@ -186,9 +186,9 @@ def _layer_data(gm, site, x: torch.Tensor) -> LayerData:
 def _cache_regime(sites: list) -> tuple:
     """``(cold, why)``: time with the cache written over before each call where the linears' weights, at a byte
     each as int8 stores them, exceed the last-level cache (they come from memory in the model too)."""
-    weights, cache = sum(s.out_features * s.in_features for s in sites), last_level_cache_bytes()
-    cold = not weights_fit(weights)
-    return cold, (f"{'cold' if cold else 'warm'} cache: the linears' weights ({weights / 2**20:.0f} MB at a byte "
+    weight_bytes, cache = sum(s.out_features * s.in_features for s in sites), last_level_cache_bytes()
+    cold = not weights_fit(weight_bytes)
+    return cold, (f"{'cold' if cold else 'warm'} cache: the linears' weights ({weight_bytes / 2**20:.0f} MB at a byte "
                   f"each) {'exceed' if cold else 'fit in'} the last-level cache ({cache / 2**20:.0f} MB)")
 
 
