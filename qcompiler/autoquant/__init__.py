@@ -31,7 +31,7 @@ from ..recipe import Recipe
 from ..runtime.errors import fail
 from ..runtime.target import Target, host_cpu_capabilities
 from .choose import Accuracy, LayerFloor, ModelBudget, as_accuracy, choose
-from .measure import LayerData, Timer, last_level_cache_bytes, layer_errors, layer_inputs, weights_fit
+from .measure import LayerData, Timer, last_level_cache_bytes, layer_errors, layer_inputs
 
 __all__ = ["autoquant", "LayerFloor", "ModelBudget", "AUTOQUANT_CANDIDATES"]
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def _cache_regime(sites: list) -> tuple:
     """``(cold, why)``: time with the cache written over before each call where the linears' weights, at a byte
     each as int8 stores them, exceed the last-level cache (they come from memory in the model too)."""
     weight_bytes, cache = sum(s.out_features * s.in_features for s in sites), last_level_cache_bytes()
-    cold = not weights_fit(weight_bytes)
+    cold = weight_bytes > cache
     return cold, (f"{'cold' if cold else 'warm'} cache: the linears' weights ({weight_bytes / 2**20:.0f} MB at a byte "
                   f"each) {'exceed' if cold else 'fit in'} the last-level cache ({cache / 2**20:.0f} MB)")
 

@@ -114,7 +114,7 @@ class Timer:
 
     ``cold``: before each timed call a buffer twice the last-level cache is written over, so that the weights
     come from memory, as they do in a model larger than the cache; without it the weights stay cached between
-    calls, as in a model that fits in the cache (autoquant decides by the model's size, see ``weights_fit``)."""
+    calls, as in a model that fits in the cache (autoquant decides by the model's size)."""
 
     def __init__(self, target: Target, shapes: Mapping[str, int], *, cold: bool = True, rounds: int = 11,
                  calls: int = 3):
@@ -218,11 +218,6 @@ class Timer:
 
 def _rows_of(width: int) -> Callable[[int], tuple]:
     return lambda rows: (torch.randn(rows, width),)
-
-
-def weights_fit(weight_bytes: int) -> bool:
-    """Whether weights of this many bytes stay in this machine's last-level cache between calls."""
-    return weight_bytes <= last_level_cache_bytes()
 
 
 def steady_allocator() -> None:
