@@ -1,4 +1,5 @@
 """Package: a lowered (or reference) program into an AOTInductor ``.pt2``; load one back."""
+import contextlib
 import io
 import json
 import logging
@@ -61,8 +62,10 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
         metadata["lm"] = lm
         options["aot_inductor.metadata"] = {LM_METADATA_KEY: json.dumps(lm)}
     ops = native.native_ops(program)
+    shims = native.shim_options(ops)  # linked into the model's .so as C functions: the file needs torch alone
     if ops:
         metadata["native_ops"] = ops
+        metadata["native_ops_linked"] = bool(shims)
     int4 = int4_weights(program)
     members = {}
     if int4:
@@ -71,8 +74,8 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
         metadata["cpu_int4"] = {"layout": layout, "weights": sorted(int4), "portable": portable}
         if portable:
             members[INT4_MEMBER] = _tensor_bytes(int4)
-    with torch.no_grad():
-        out = write_package(program, path, metadata, members, options)
+    with torch.no_grad(), native.linkable() if ops else contextlib.nullcontext():
+        out = write_package(program, path, metadata, members, {**options, **shims})
     log.info("packaged %s (%.1f MB) in %.0f s", out, out.stat().st_size / 1e6, time.perf_counter() - start)
     return out
 
@@ -122,7 +125,7 @@ def load(path: Union[str, Path], *, allow_imports: Sequence[str] = ()) -> Loaded
     path = Path(path).resolve()
     run, metadata = load_package(path, allow_imports)
     _check_target(path, metadata)
-    _load_native_ops(path, metadata.get("native_ops", ()))
+    _load_native_ops(path, metadata)
     _fit_int4_layout(path, run, metadata.get("cpu_int4"))
     return Loaded(path, run, metadata)
 
@@ -143,14 +146,20 @@ def _check_target(path: Path, metadata: dict) -> None:
                     ", ".join(slower))
 
 
-def _load_native_ops(path: Path, ops) -> None:
-    """Build or load qcompiler's C++ kernels where the package calls them (or refuse, naming the file)."""
-    if not ops:
+def _load_native_ops(path: Path, metadata: dict) -> None:
+    """A file packaged before qcompiler linked its C++ kernels into the model (0.x: ``native_ops`` without
+    ``native_ops_linked``) calls them through the dispatcher: build and load them, or refuse naming the file."""
+    ops = metadata.get("native_ops", ())
+    if not ops or metadata.get("native_ops_linked"):
         return
     reason = native.unavailable()
     if reason:
-        raise ValueError(f"qcompiler: cannot run {path} here: it calls {', '.join(ops)}, qcompiler's C++ CPU kernels, "
-                         f"which could not be built here ({reason}); a C++ compiler is needed once per machine")
+        raise ValueError(f"qcompiler: cannot run {path} here: it was packaged by qcompiler "
+                         f"{metadata.get('qcompiler', '?')}, and calls {', '.join(ops)} through PyTorch's dispatcher; "
+                         f"qcompiler's C++ CPU kernels could not be built here ({reason}). Re-package it with this "
+                         "qcompiler: the kernels then travel inside the file")
+    log.warning("qcompiler: %s calls qcompiler's C++ kernels through the dispatcher (packaged by qcompiler %s); "
+                "re-package it so that it runs with torch alone", path, metadata.get("qcompiler", "?"))
 
 
 INT4_MEMBER = "int4_weights.pt"

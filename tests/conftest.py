@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from hypothesis import HealthCheck, settings
 
 # CI runs derandomized so a red build reproduces; locally hypothesis explores.
@@ -15,3 +17,30 @@ try:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # pragma: no cover
     pass
+
+
+def _every_kernel_program():
+    """Five 128-wide linears, one per scheme whose kernel a .pt2 carries inside: int8dq (ATen), int4wo and
+    int8da-int4w (qcompiler.int8_int4_gemm), codebook-4 (codebook_gemm), AQLM (additive_gemm)."""
+    import qcompiler as qc
+    torch.manual_seed(0)
+    d = 128
+    model = torch.nn.Sequential(*[torch.nn.Linear(d, d) for _ in range(5)]).eval()
+    schemes = ("int8dq", "int4wo-32", "int8da-int4w-32", "codebook-4", "aqlm-2x8-g8")
+    recipe = qc.Recipe([(str(i), qc.config_from_string(s)) for i, s in enumerate(schemes)])
+    return qc.quantize(model, (torch.randn(4, d),), recipe, dynamic_shapes=({0: torch.export.Dim("rows", max=256)},),
+                       calibration_data=[(torch.randn(32, d),)])
+
+
+@pytest.fixture(scope="session")
+def every_kernel(tmp_path_factory):
+    """A packaged .pt2 whose layers call every kernel a file can carry (packaged once a session), with inputs of
+    several row counts and the lowered program's outputs for them (saved beside it as io.pt)."""
+    import qcompiler as qc
+    folder = tmp_path_factory.mktemp("every_kernel")
+    lowered = qc.lower(_every_kernel_program(), "cpu")
+    path = qc.package(lowered, folder / "every_kernel.pt2")
+    torch.manual_seed(1)
+    xs = [torch.randn(m, 128) for m in (1, 5, 64, 200)]
+    torch.save({"xs": xs, "ys": [lowered.module()(x) for x in xs]}, folder / "io.pt")
+    return path, folder / "io.pt"

@@ -217,30 +217,31 @@ def test_a_failed_compile_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_layers_on_qcompilers_kernels_package_and_load_where_qcompiler_is(tmp_path, monkeypatch):
+def test_a_file_packaged_before_the_kernels_travelled_inside_still_loads_where_they_build(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """Files from qcompiler 0.x called its kernels through the dispatcher (made here by packaging without the C
+    shims): ``qc.load`` builds the kernels for them, with a warning to re-package, or refuses naming the file."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128), torch.nn.ReLU(),
-                                torch.nn.Linear(128, 64)).eval()
-    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.CodebookWeightOnlyConfig(4)),
-                        ("4", qc.Int8DynamicActivationInt4WeightConfig(group_size=32))])
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64)).eval()
+    recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("2", qc.CodebookWeightOnlyConfig(4))])
     dims = ({0: torch.export.Dim("batch", max=128)},)
     lowered = qc.lower(qc.quantize(model, (torch.randn(2, 64),), recipe, dynamic_shapes=dims), "cpu")
-    path = qc.package(lowered, tmp_path / "int4.pt2")
-    run = qc.load(path)
-    assert run.metadata["native_ops"] == ["qcompiler::codebook_gemm", "qcompiler::int8_int4_gemm"]
-    assert "cpu_int4" not in run.metadata
-    assert [r.kernel.split(" (")[0] for r in run.report.quantized] == [
-        "qcompiler.int8_int4_gemm", "qcompiler.codebook_gemm", "qcompiler.int8_int4_gemm"]
-    for rows in (1, 5, 70):  # 70: the lookup kernel's many-rows form
-        x = torch.randn(rows, 64)
-        torch.testing.assert_close(run(x), lowered.module()(x), rtol=1e-5, atol=1e-5)
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "shim_options", lambda ops: {})
+        path = qc.package(lowered, tmp_path / "old.pt2")
+    with caplog.at_level(logging.WARNING, logger="qcompiler"):
+        run = qc.load(path)
+    assert run.metadata["native_ops_linked"] is False and "re-package it" in caplog.text
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(run(x), lowered.module()(x), rtol=1e-5, atol=1e-5)
     plain = subprocess.run([sys.executable, "-c", f"import torch; torch._inductor.aoti_load_package({str(path)!r})"],
                            capture_output=True, text=True)  # a process that imports torch alone
     assert plain.returncode != 0 and "qcompiler::" in plain.stderr  # names the op it lacks
     monkeypatch.setattr(native, "unavailable", lambda: "no compiler")
-    with pytest.raises(ValueError, match=r"cannot run .*int4.pt2 here: it calls qcompiler::codebook_gemm, "
-                                         r"qcompiler::int8_int4_gemm, qcompiler's "
-                                         r"C\+\+ CPU kernels, which could not be built here \(no compiler\)"):
+    with pytest.raises(ValueError, match=r"cannot run .*old.pt2 here: it was packaged by qcompiler .*, and calls "
+                                         r"qcompiler::codebook_gemm, qcompiler::int8_int4_gemm through PyTorch's "
+                                         r"dispatcher; qcompiler's C\+\+ CPU kernels could not be built here "
+                                         r"\(no compiler\). Re-package it"):
         qc.load(path)
 
 

@@ -145,11 +145,21 @@ def load_package(path: Union[str, Path], allow_imports: Sequence[str] = ()) -> T
     path = Path(path).resolve()
     metadata = package_metadata(path)
     try:
-        run = torch._inductor.aoti_load_package(str(path))
+        run = _aoti_load(path)
     except Exception as e:  # the loader raises RuntimeError for any broken archive
         raise ValueError(f"qcompiler: cannot load {path}: {e}") from e
     _register_pytree_types(path, run, tuple(allow_imports))
     return run, metadata
+
+
+def _aoti_load(path: Path):
+    """AOTInductor's C++ package loader, called as ``torch._inductor.aoti_load_package`` ends up calling it.
+
+    ``aoti_load_package`` first compiles small probe programs to compare this machine's vector ISA with the
+    package's (and, with no compiler, logs "Loading outdated pt2 file" and falls back to this same loader);
+    :func:`qcompiler.load` checks the target from the metadata instead, so nothing is compiled at load."""
+    from torch.export.pt2_archive._package import AOTICompiledModel
+    return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1))
 
 
 _TYPE = re.compile(r'"type": "([\w.]+)"')

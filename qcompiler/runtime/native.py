@@ -1,21 +1,29 @@
-"""qcompiler's own C++ CPU kernels (``runtime/csrc``): compiled once per machine, loaded on first use.
+"""qcompiler's own C++ CPU kernels (``runtime/csrc``): compiled once per machine where programs are lowered
+and packaged; carried inside every ``.pt2`` that calls them.
 
 The ops' schemas and fake implementations are defined in Python (so programs that call them
-can be traced, lowered and packaged anywhere); their CPU implementations live in a library
-built from ``csrc/*.cpp`` with ``torch.utils.cpp_extension`` (a C++ compiler, which
-AOTInductor needs anyway) into PyTorch's extension cache, and loaded into the process:
+can be traced, lowered and packaged anywhere). Their CPU implementations are built from ``csrc/*.cpp``
+with ``torch.utils.cpp_extension`` (a C++ compiler, which AOTInductor needs anyway) into PyTorch's
+extension cache, once per machine and source version, and serve two uses:
 
-    native.load()            # compiles the first time (tens of seconds), then loads from the cache
+    native.load()            # the dispatcher's kernels in this process: runs a lowered program eagerly
     native.unavailable()     # None, or why the library could not be built or loaded here
+    native.archive()         # the same kernels as a static library of C shims (``csrc/shims.cpp``)
+    native.shim_options(ops) # the AOTInductor options that link that library into a model's .so
 
-A ``.pt2`` that calls these ops needs them loaded before it runs: ``qcompiler.load`` does it.
-The kernels (``int8_int4_gemm``, ``int8_gemm``, ``codebook_gemm``, ``additive_gemm``) pick their instruction
-set per call (AVX512-VNNI, AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so one build serves every
-x86 machine.
+Packaging links the archive into the model's shared library, and the generated code calls each kernel
+as a C function: the ``.pt2`` then runs where only torch is installed, in Python or C++
+(``AOTIModelPackageLoader``), with nothing compiled or registered at load. The kernels (``int8_int4_gemm``,
+``int8_gemm``, ``codebook_gemm``, ``additive_gemm``) pick their instruction set per call (AVX512-VNNI, AVX2,
+plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so one build, and one file, serves every x86 machine.
 """
+import contextlib
 import functools
 import hashlib
 import logging
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +36,9 @@ CSRC = Path(__file__).parent / "csrc"
 SOURCES = sorted(CSRC.glob("*.cpp"))
 HEADERS = sorted(CSRC.glob("*.h"))
 LIBRARY = "qcompiler_cpu_kernels"
+ARCHIVE = "libqcompiler_cpu_kernels_shims.a"
+REGISTRATION = "register.cpp"  # the dispatcher's registrations: in the eager library, never in a model's .so
+CFLAGS = ("-O3", "-fopenmp", "-fvisibility=hidden", "-fvisibility-inlines-hidden")
 
 
 def _native_ops() -> tuple:
@@ -44,7 +55,7 @@ def _build() -> Optional[str]:
               ", ".join(s.name for s in SOURCES))
     try:
         cpp_extension.load(name=LIBRARY, sources=[str(s) for s in SOURCES], extra_ldflags=["-fopenmp"],
-                           extra_cflags=["-O3", "-fopenmp", f"-DQC_HEADERS_HASH={_headers_hash()}"],
+                           extra_cflags=[*CFLAGS, f"-DQC_HEADERS_HASH={_headers_hash()}"],
                            is_python_module=False, verbose=False)
     except Exception as e:  # no compiler, a failed build: the rules that need these kernels decline with this
         text = str(e).strip().splitlines()
@@ -72,6 +83,71 @@ def load() -> None:
     if reason:
         raise RuntimeError(f"qcompiler: its C++ CPU kernels could not be built here ({reason}); a C++ compiler "
                            "(the one AOTInductor uses) is needed once per machine")
+
+
+@functools.lru_cache(maxsize=None)
+def archive() -> Path:
+    """The kernels and their C shims as a static library (``-fPIC`` objects of the same build, less the
+    dispatcher's registrations), which packaging links into a model's ``.so``; built once per build."""
+    load()
+    from torch.utils import cpp_extension
+    folder = Path(cpp_extension._get_build_directory(LIBRARY, verbose=False))
+    objects = [folder / f"{s.stem}.o" for s in SOURCES if s.name != REGISTRATION]
+    absent = [o.name for o in objects if not o.is_file()]
+    if absent:
+        raise RuntimeError(f"qcompiler: the kernels' build in {folder} lacks {', '.join(absent)}")
+    out = folder / ARCHIVE
+    if not out.is_file() or out.stat().st_mtime < max(o.stat().st_mtime for o in objects):
+        tool = shutil.which("gcc-ar") or shutil.which("ar")
+        if tool is None:
+            raise RuntimeError("qcompiler: no 'ar' to archive its C++ kernels (binutils, installed with the compiler)")
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([tool, "rcs", str(tmp), *map(str, objects)], check=True, capture_output=True)
+        os.replace(tmp, out)
+    return out
+
+
+_C_TYPES = {"Tensor": "AtenTensorHandle", "Optional[Tensor]": "AtenTensorHandle*", "int": "int64_t"}
+
+
+def c_declaration(op: torch._ops.OpOverload) -> str:
+    """The C function AOTInductor's generated code calls for ``op`` (``aoti_torch_cpu_<name>``): the schema's
+    arguments in order (Tensor as a handle, Tensor? as a pointer to one, int as int64_t), the result last."""
+    args = []
+    for a in op._schema.arguments:
+        kind = str(a.type)
+        if kind not in _C_TYPES:
+            raise TypeError(f"qcompiler: {op} has an argument {a.name} of type {kind}, which its C shim cannot take")
+        args.append(f"{_C_TYPES[kind]} {a.name}")
+    if [str(r.type) for r in op._schema.returns] != ["Tensor"]:
+        raise TypeError(f"qcompiler: {op} must return one Tensor to have a C shim")
+    name = op._schema.name.split("::")[-1]
+    return f"AOTITorchError aoti_torch_cpu_{name}({', '.join(args)}, AtenTensorHandle* ret0)"
+
+
+def shim_options(ops) -> dict:
+    """AOTInductor options that make a model's generated code call ``ops`` (native ops, by name) through their C
+    shims, linked from :func:`archive` into the model's ``.so``; ``{}`` for no ops. Use with :func:`linkable`."""
+    chosen = [op for op in NATIVE_OPS if op._schema.name in set(ops)]
+    if not chosen:
+        return {}
+    return {"aot_inductor.custom_ops_to_c_shims": {op: [c_declaration(op)] for op in chosen},
+            "aot_inductor.custom_op_libs": [f":{archive().name}"]}
+
+
+@contextlib.contextmanager
+def linkable():
+    """While packaging: the linker finds :func:`archive` (its folder on ``LIBRARY_PATH``, restored after)."""
+    before = os.environ.get("LIBRARY_PATH")
+    folder = str(archive().parent)
+    os.environ["LIBRARY_PATH"] = folder if not before else f"{folder}{os.pathsep}{before}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LIBRARY_PATH", None)
+        else:
+            os.environ["LIBRARY_PATH"] = before
 
 
 def kernel_path() -> str:

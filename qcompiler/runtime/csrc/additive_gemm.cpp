@@ -19,11 +19,11 @@
 //   multiplied by at::mm, per work item.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <immintrin.h>
 
 #include "kernel_common.h"
+#include "ops.h"
 
 #include <cstdint>
 #include <vector>
@@ -260,6 +260,10 @@ void check_inputs(const at::Tensor& a, const at::Tensor& codes, const at::Tensor
               scale.scalar_type());
 }
 
+}  // namespace
+
+namespace qc {
+
 at::Tensor additive_gemm(const at::Tensor& a_in, const at::Tensor& codes_in, const at::Tensor& codebooks_in,
                          const at::Tensor& scale_in) {
   check_inputs(a_in, codes_in, codebooks_in, scale_in);
@@ -279,6 +283,4 @@ at::Tensor additive_gemm(const at::Tensor& a_in, const at::Tensor& codes_in, con
   return y;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(qcompiler, CPU, m) { m.impl("additive_gemm", &additive_gemm); }
+}  // namespace qc

@@ -29,12 +29,12 @@
 // The high and low rows' sums combine in float32: y = a_scale * scale * (256 * hi + lo).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <immintrin.h>
 
 #include "activation_rows.h"
 #include "kernel_common.h"
+#include "ops.h"
 
 #include <atomic>
 #include <cstdint>
@@ -398,6 +398,10 @@ void check_inputs(const at::Tensor& a, const at::Tensor& w, const at::Tensor& ta
               "N * K * bits / 8 = ", N * K * bits / 8, " bytes, got ", w.scalar_type(), " ", w.sizes());
 }
 
+}  // namespace
+
+namespace qc {
+
 at::Tensor codebook_gemm(const at::Tensor& a_in, const at::Tensor& w_in, const at::Tensor& table_in,
                          const at::Tensor& w_sums_in, const at::Tensor& scale_in, int64_t bits) {
   check_inputs(a_in, w_in, table_in, w_sums_in, scale_in, bits);
@@ -451,6 +455,4 @@ at::Tensor codebook_gemm(const at::Tensor& a_in, const at::Tensor& w_in, const a
   return y;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(qcompiler, CPU, m) { m.impl("codebook_gemm", &codebook_gemm); }
+}  // namespace qc

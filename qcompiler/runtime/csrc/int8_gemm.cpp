@@ -19,11 +19,11 @@
 // instruction.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <immintrin.h>
 
 #include "kernel_common.h"
+#include "ops.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -200,6 +200,10 @@ void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
               "int8_gemm: a_zero must be float32 with M = ", M, " elements or one");
 }
 
+}  // namespace
+
+namespace qc {
+
 at::Tensor int8_gemm(const at::Tensor& a_in, const std::optional<at::Tensor>& a_scale_in,
                      const std::optional<at::Tensor>& a_zero_in, const at::Tensor& w_in, const at::Tensor& w_scale_in) {
   check_inputs(a_in, a_scale_in, a_zero_in, w_in, w_scale_in);
@@ -234,6 +238,4 @@ at::Tensor int8_gemm(const at::Tensor& a_in, const std::optional<at::Tensor>& a_
   return y;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(qcompiler, CPU, m) { m.impl("int8_gemm", &int8_gemm); }
+}  // namespace qc

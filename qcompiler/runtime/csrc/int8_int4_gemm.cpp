@@ -25,12 +25,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
-#include <torch/library.h>
 
 #include <immintrin.h>
 
 #include "activation_rows.h"
 #include "kernel_common.h"
+#include "ops.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -386,6 +386,10 @@ void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
               "int8_int4_gemm: w_offset must be ", scale_type, " (as w_scale) [", G, ", ", N, "]");
 }
 
+}  // namespace
+
+namespace qc {
+
 at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor>& a_scale_in,
                           const std::optional<at::Tensor>& a_zero_in, const at::Tensor& w_in,
                           const at::Tensor& w_scale_in, const std::optional<at::Tensor>& w_offset_in,
@@ -422,8 +426,4 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
 
 std::string int8_int4_gemm_path() { return qc::path_name(qc::path_here()); }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(qcompiler, CPU, m) { m.impl("int8_int4_gemm", &int8_int4_gemm); }
-
-TORCH_LIBRARY_FRAGMENT(qcompiler_native, m) { m.def("int8_int4_gemm_path() -> str", &int8_int4_gemm_path); }
+}  // namespace qc

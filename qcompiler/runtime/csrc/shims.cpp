@@ -1,0 +1,60 @@
+// The kernels behind AOTInductor's C shim convention, so that a packaged model calls them directly: packaging
+// links this library into the model's .so (aot_inductor.custom_ops_to_c_shims and custom_op_libs), and the .pt2
+// needs neither qcompiler, nor a compiler, nor a registered op where it runs, in Python or C++.
+//
+// The generated code calls aoti_torch_cpu_<op> with the op's arguments in schema order: a Tensor as an
+// AtenTensorHandle, a Tensor? as an AtenTensorHandle* (nullptr for None), an int as int64_t, and the result as a
+// last AtenTensorHandle*. runtime/native.py writes the same declarations from the ops' schemas (c_declaration),
+// and a test checks each op's symbol is here.
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/inductor/aoti_torch/utils.h>
+
+#include "ops.h"
+
+using torch::aot_inductor::new_tensor_handle;
+using torch::aot_inductor::pointer_to_optional;
+using torch::aot_inductor::tensor_handle_to_tensor_pointer;
+
+namespace {
+
+const at::Tensor& tensor(AtenTensorHandle handle) { return *tensor_handle_to_tensor_pointer(handle); }
+
+std::optional<at::Tensor> maybe(AtenTensorHandle* handle) { return pointer_to_optional<at::Tensor>(handle); }
+
+}  // namespace
+
+extern "C" {
+
+AOTITorchError aoti_torch_cpu_int8_int4_gemm(AtenTensorHandle a, AtenTensorHandle* a_scale, AtenTensorHandle* a_zero,
+                                             AtenTensorHandle w, AtenTensorHandle w_scale, AtenTensorHandle* w_offset,
+                                             AtenTensorHandle* w_sums, int64_t group, AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(qc::int8_int4_gemm(tensor(a), maybe(a_scale), maybe(a_zero), tensor(w), tensor(w_scale),
+                                                 maybe(w_offset), maybe(w_sums), group));
+  });
+}
+
+AOTITorchError aoti_torch_cpu_int8_gemm(AtenTensorHandle a, AtenTensorHandle* a_scale, AtenTensorHandle* a_zero,
+                                        AtenTensorHandle w, AtenTensorHandle w_scale, AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(qc::int8_gemm(tensor(a), maybe(a_scale), maybe(a_zero), tensor(w), tensor(w_scale)));
+  });
+}
+
+AOTITorchError aoti_torch_cpu_codebook_gemm(AtenTensorHandle a, AtenTensorHandle w, AtenTensorHandle table,
+                                            AtenTensorHandle w_sums, AtenTensorHandle scale, int64_t bits,
+                                            AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(
+        qc::codebook_gemm(tensor(a), tensor(w), tensor(table), tensor(w_sums), tensor(scale), bits));
+  });
+}
+
+AOTITorchError aoti_torch_cpu_additive_gemm(AtenTensorHandle a, AtenTensorHandle codes, AtenTensorHandle codebooks,
+                                            AtenTensorHandle scale, AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(qc::additive_gemm(tensor(a), tensor(codes), tensor(codebooks), tensor(scale)));
+  });
+}
+
+}  // extern "C"
