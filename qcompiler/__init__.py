@@ -70,10 +70,11 @@ from .prepare import prepare
 from .recipe import Recipe, Rule
 from .report import LayerReport, Report, report
 from .runtime.target import CPU_CAPABILITIES, Target
+from .runtime.digests import Verified, verify
 
 __all__ += [
     "capture", "prepare", "calibrate", "needs_calibration", "convert", "quantize", "report", "Report", "LayerReport",
-    "lower", "package", "load", "Loaded", "Target", "CPU_CAPABILITIES",
+    "lower", "package", "load", "Loaded", "verify", "Verified", "Target", "CPU_CAPABILITIES",
     "capture_lm", "generate", "stream",
     "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant", "AQLM", "AQLMWeightOnlyConfig",

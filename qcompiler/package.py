@@ -18,6 +18,7 @@ from .runtime.inputs import describe_inputs
 from .runtime import native
 from .runtime.int4_layout import BY_NAME, LAYOUT_OF_ISA, int4_weights, native_layout, repack
 from .runtime.artifact import load_package, read_member, write_package
+from .runtime.digests import DIGESTS
 from .runtime.target import Target, code_needs, compile_options, missing
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     rep = report(program)
     target = _lowered_for(rep)
     options = {**INDUCTOR_OPTIONS, **compile_options(target or Target.host()), **(inductor_options or {})}
-    metadata = {"qcompiler": __version__, "torch": torch.__version__, "report": rep.to_dict(),
+    metadata = {"qcompiler": __version__, "torch": torch.__version__, "digests": DIGESTS, "report": rep.to_dict(),
                 "unquantized": {"dtype": rep.unquantized_dtype, "ops": rep.unquantized_ops},
                 "inputs": describe_inputs(program), "inductor_options": options}
     if target is not None:

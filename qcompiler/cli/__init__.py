@@ -1,7 +1,8 @@
-"""The ``qcompiler`` command: quantize, inspect, bench, eval and demo.
+"""The ``qcompiler`` command: quantize, inspect, verify, bench, eval, demo and generate.
 
     qcompiler quantize MODEL --scheme int4wo-64 -o out.pt2
     qcompiler inspect out.pt2
+    qcompiler verify out.pt2
     qcompiler bench out.pt2 --baseline fp32.pt2 --shape 1x128 --shape 32x128
     qcompiler eval [FILE ...] [--scheme int8wo ...]
     qcompiler demo [-o demo-out]
@@ -23,7 +24,8 @@ from . import commands
 from .generate import generate_cmd
 from .tables import emit
 
-COMMANDS = {"quantize": commands.quantize_cmd, "inspect": commands.inspect_cmd, "bench": commands.bench_cmd,
+COMMANDS = {"quantize": commands.quantize_cmd, "inspect": commands.inspect_cmd, "verify": commands.verify_cmd,
+            "bench": commands.bench_cmd,
             "eval": commands.eval_cmd, "demo": commands.demo_cmd, "generate": generate_cmd}
 
 
@@ -70,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
                        "inputs), or an autoquant plan (PLAN.json: per layer, each candidate's time and error)")
     i.add_argument("file", metavar="FILE")
 
+    v = sub.add_parser("verify", help="check every member of a .pt2 against the SHA-256 digests recorded when it was "
+                       "packaged, loading nothing (exit status 1, naming the member, if one is missing, added or "
+                       "damaged)")
+    v.add_argument("file", metavar="FILE.pt2")
+
     b = sub.add_parser("bench", help="latency of a .pt2 or saved program, against a baseline")
     b.add_argument("file", metavar="FILE")
     b.add_argument("--baseline", metavar="FILE", help="another file taking the same inputs (e.g. the fp32 .pt2)")
@@ -111,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--allow-import", action="append", metavar="MODULE", help="a module (with its submodules) "
                        "that loading a .pt2 may import to register the input/output types it names, e.g. "
                        "transformers (repeatable); by default a file imports nothing")
-    for s in (q, i, b, e, d, g):
+    for s in (q, i, v, b, e, d, g):
         s.add_argument("--json", action="store_true", help="print the result as JSON")
         s.add_argument("--traceback", action="store_true", help="on an error, print the whole traceback, not one line "
                        "(also QCOMPILER_TRACEBACK=1)")

@@ -24,6 +24,7 @@ from .. import (
     autoquant,
     report,
     save,
+    verify,
 )
 from .inputs import dynamic_dims, make_inputs
 from .models import CliError, Source, calibration, resolve_model
@@ -124,6 +125,13 @@ def _labelled(text: Optional[str], flag: str, what: str) -> Optional[dict]:
             raise CliError(f"{flag} must be LABEL={what},... (e.g. decode=1,prefill=128); got {text!r}")
         out[label] = int(number)
     return out
+
+
+def verify_cmd(a) -> tuple:
+    """Check every member of a .pt2 against the digests recorded when it was packaged (nothing is loaded)."""
+    checked = verify(a.file)
+    result = {"file": str(Path(a.file).resolve()), "ok": True, "members": checked.members, "bytes": checked.bytes}
+    return result, f"{result['file']}: ok ({checked.members} members, {checked.bytes:,} bytes match their SHA-256)"
 
 
 def inspect_cmd(a) -> tuple:

@@ -21,6 +21,8 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
+from .digests import DIGESTS, MAX_METADATA_BYTES, verify, write_digests
+
 METADATA = "qcompiler/metadata.json"
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
             z.writestr(f"{root}/{METADATA}", json.dumps(metadata, indent=1))
             for name, data in (members or {}).items():
                 z.writestr(f"{root}/qcompiler/{name}", data)
+        write_digests(tmp)
     return Path(path).resolve()
 
 
@@ -118,7 +121,11 @@ def file_kind(path: Union[str, Path]) -> str:
 
 
 def package_metadata(path: Union[str, Path]) -> dict:
-    """Check ``path`` is an intact AOTInductor package; return its qcompiler metadata ({} if none)."""
+    """Check ``path`` is an intact AOTInductor package; return its qcompiler metadata ({} if none).
+
+    A package written by qcompiler is checked member by member against the digests recorded when it was
+    packaged (:func:`qcompiler.runtime.digests.verify`); one that records none (packaged by an earlier
+    qcompiler, or not by qcompiler) only against its zip CRCs, with a warning."""
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"qcompiler: cannot load {path}: no such file")
@@ -127,14 +134,36 @@ def package_metadata(path: Union[str, Path]) -> dict:
                          "(not a zip archive: truncated, or another kind of file)")
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
-        if not _holds_package(names):
-            hint = " (a torch.export.save file? load it with torch.export.load)" if _holds_program(names) else ""
-            raise ValueError(f"qcompiler: cannot load {path}: it holds no AOTInductor model{hint}")
+    if not _holds_package(names):
+        hint = " (a torch.export.save file? load it with torch.export.load)" if _holds_program(names) else ""
+        raise ValueError(f"qcompiler: cannot load {path}: it holds no AOTInductor model{hint}")
+    if any(n.endswith(f"/{DIGESTS}") for n in names):
+        verify(path)
+        return _read_metadata(path)
+    with zipfile.ZipFile(path) as z:
         bad = z.testzip()
-        if bad is not None:
-            raise ValueError(f"qcompiler: cannot load {path}: member {bad} is corrupt")
-        meta = [n for n in names if n.endswith(METADATA)]
-        return json.loads(z.read(meta[0])) if meta else {}
+    if bad is not None:
+        raise ValueError(f"qcompiler: cannot load {path}: member {bad} is corrupt")
+    metadata = _read_metadata(path)
+    if metadata.get("digests"):
+        raise ValueError(f"qcompiler: cannot load {path}: member {DIGESTS}, which it was packaged with, is missing")
+    log.warning("qcompiler: %s records no digests of its members (packaged before qcompiler recorded them, or not "
+                "by qcompiler): only its zip CRCs were checked", path)
+    return metadata
+
+
+def _read_metadata(path: Path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        meta = [i for i in z.infolist() if i.filename.endswith(f"/{METADATA}")]
+        if not meta:
+            return {}
+        if meta[0].file_size > MAX_METADATA_BYTES:
+            raise ValueError(f"qcompiler: cannot load {path}: member {METADATA} holds {meta[0].file_size:,} bytes, "
+                             "more than metadata can")
+        try:
+            return json.loads(z.read(meta[0]))
+        except (ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"qcompiler: cannot load {path}: member {METADATA} is damaged ({e})") from e
 
 
 def load_package(path: Union[str, Path], allow_imports: Sequence[str] = ()) -> Tuple[Callable, dict]:
