@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 # Inductor options every package is compiled with, chosen by measurement (docs/cpu-kernels.md):
 # freezing folds weights into the compiled code as constants and lets Inductor prepack them.
 INDUCTOR_OPTIONS = {"freezing": True}
+# Where a CPU package keeps its weights: one blob beside the model's .so, which the loader maps, copies and unmaps,
+# instead of inside the .so, whose mapped pages stayed resident beside the copy (2.16x the file while running
+# against 1.17x; benchmarks/bench_deploy.py).
+CPU_WEIGHTS = {"aot_inductor.package_constants_in_so": False,
+               "aot_inductor.package_constants_on_disk_format": "binary_blob"}
 
 
 def package(program: torch.export.ExportedProgram, path: Union[str, Path], portable: bool = False,
@@ -51,7 +56,9 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     log.info("packaging %s with AOTInductor ...", Path(path).name)
     rep = report(program)
     target = _lowered_for(rep)
-    options = {**INDUCTOR_OPTIONS, **compile_options(target or Target.host()), **(inductor_options or {})}
+    compiled_for = target or Target.host()
+    options = {**INDUCTOR_OPTIONS, **(CPU_WEIGHTS if compiled_for.backend == "cpu" else {}),
+               **compile_options(compiled_for), **(inductor_options or {})}
     metadata = {"qcompiler": __version__, "torch": torch.__version__, "digests": DIGESTS, "report": rep.to_dict(),
                 "unquantized": {"dtype": rep.unquantized_dtype, "ops": rep.unquantized_ops},
                 "inputs": describe_inputs(program), "inductor_options": options}
@@ -174,8 +181,10 @@ def _tensor_bytes(tensors: dict) -> bytes:
 
 def _fit_int4_layout(path: Path, run, int4: Optional[dict]) -> None:
     """Repack a package's int4 weights where this machine's ATen lays them out otherwise (or refuse)."""
+    if not int4:  # most files: no ATen int4 weights, and no probe of ATen's layout (it holds 17 MB after)
+        return
     here = native_layout()
-    if not int4 or int4["layout"] == here:
+    if int4["layout"] == here:
         return
     if not int4["portable"] or here is None or int4["layout"] not in BY_NAME:
         why = ("ATen's int4 layout here is unknown" if here is None

@@ -1,0 +1,180 @@
+"""Deploying a .pt2: packaging peak, load time, and memory at load and while running, per way of loading.
+
+    python benchmarks/bench_deploy.py [--model mlp|tinyllama-1.1b|llama-2-7b] [--schemes int8wo int4wo-64]
+                                      [--layouts blob so] [--folder bench-deploy] [--out benchmarks/results/deploy_mlp]
+
+``mlp``: eight 4096x4096 linears without bias (all weights, nothing else); the decoder shapes come from
+``qcompiler.zoo.DECODERS`` (random weights), captured with ``qc.capture_lm`` (max_seq_len 256). For each
+scheme and weight layout (``blob``: qcompiler's default, the weights one blob beside the model's .so;
+``so``: inside the .so, AOTInductor's default and qcompiler's before), a fresh process quantizes, lowers
+and packages, and reports the peak resident memory packaging adds over what the process held before it
+(VmHWM, reset after lowering). Each file is then loaded in fresh processes, three ways: ``torch``
+(``torch._inductor.aoti_load_package`` in a process importing only torch) and ``qc.load`` (the C++ runner in
+``examples/cpp`` uses the same AOTInductor loader as ``torch``, and prints its own peak). Memory is resident
+memory above the process's baseline once torch and its package loader are imported (``torch`` imports Inductor
+to load, about 150 MB whatever the file: reported apart as ``import MB``), as multiples of the file: at the
+peak of loading, after loading, and after two calls (plus activations, and the KV cache of a decoder).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine  # noqa: E402
+
+LAYOUTS = {"blob": {}, "so": {"aot_inductor.package_constants_in_so": True,
+                              "aot_inductor.package_constants_on_disk_format": None}}
+MLP_LAYERS, MLP_WIDTH, MAX_SEQ_LEN = 8, 4096, 256
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _status(key: str) -> float:
+    """A /proc/self/status figure in MiB (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+
+
+def package_one(model_name: str, scheme: str, layout: str, path: Path) -> dict:
+    """In this (fresh) process: build, quantize, lower, then package with the peak measured from there."""
+    import torch
+    import qcompiler as qc
+    start = time.perf_counter()
+    if model_name == "mlp":
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[torch.nn.Linear(MLP_WIDTH, MLP_WIDTH, bias=False)
+                                      for _ in range(MLP_LAYERS)]).eval()
+        program = qc.quantize(model, (torch.randn(1, MLP_WIDTH),), qc.config_from_string(scheme))
+        del model
+    else:
+        from qcompiler.zoo import decoder
+        lm = qc.capture_lm(decoder(model_name, dtype=torch.float32), max_seq_len=MAX_SEQ_LEN)
+        program = qc.convert(qc.prepare(lm, qc.config_from_string(scheme)))
+        del lm
+    lowered = qc.lower(program, "cpu")
+    del program
+    before = _status("VmRSS")
+    _reset_peak()
+    t = time.perf_counter()
+    qc.package(lowered, path, inductor_options=LAYOUTS[layout])
+    return {"package_s": time.perf_counter() - t, "build_s": time.perf_counter() - start,
+            "package_peak_mb": _status("VmHWM") - before, "held_before_mb": before, "file_mb": _mb(path)}
+
+
+def _mb(path: Path) -> float:
+    return path.stat().st_size / 2**20
+
+
+def _inputs(model_name: str):
+    import torch
+    if model_name == "mlp":
+        return (torch.randn(1, MLP_WIDTH),)
+    return (torch.randint(3, 1000, (1, 8)), torch.arange(8))
+
+
+def load_one(model_name: str, path: Path, how: str) -> dict:
+    """In this (fresh) process: load ``path`` ``how``, call it twice, report time and memory."""
+    bare = _status("VmRSS")
+    import torch
+    import torch._inductor.package  # noqa: F401  (what torch's loader imports: the baseline)
+    import torch.export.pt2_archive._package  # noqa: F401
+    after_import = _status("VmRSS")
+    if how == "qc.load":
+        import qcompiler as qc
+    base = _status("VmRSS")
+    _reset_peak()
+    t = time.perf_counter()
+    run = torch._inductor.aoti_load_package(str(path)) if how == "torch" else qc.load(path)
+    load_s = time.perf_counter() - t
+    loaded, load_peak = _status("VmRSS"), _status("VmHWM")
+    args = _inputs(model_name)
+    with torch.no_grad():
+        run(*args)
+        run(*args)
+    size = _mb(path)
+    return {"load_s": load_s, "import_mb": after_import - bare, "load_peak_x": (load_peak - base) / size,
+            "loaded_x": (loaded - base) / size, "running_x": (_status("VmRSS") - base) / size,
+            "peak_x": (_status("VmHWM") - base) / size, "file_mb": size}
+
+
+def _child(*args) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip()[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("_package", "_load"):
+        what, model_name, *rest = sys.argv[1:]
+        result = package_one(model_name, rest[0], rest[1], Path(rest[2])) if what == "_package" else \
+            load_one(model_name, Path(rest[0]), rest[1])
+        print(json.dumps(result))
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="mlp")
+    p.add_argument("--schemes", nargs="+", default=["int8wo", "int4wo-64"])
+    p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    p.add_argument("--ways", nargs="+", default=["torch", "qc.load"], choices=["torch", "qc.load"])
+    p.add_argument("--folder", default="bench-deploy")
+    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--out", help="results path without suffix (writes .json and .md)")
+    a = p.parse_args()
+    folder = Path(a.folder)
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for scheme in a.schemes:
+        for layout in a.layouts:
+            path = folder / f"{a.model}_{scheme}_{layout}.pt2"
+            built = None
+            if a.rebuild or not path.exists():
+                log(f"packaging {path.name} ...")
+                built = _child("_package", a.model, scheme, layout, str(path))
+            for way in a.ways:
+                log(f"loading {path.name} with {way} ...")
+                rows.append({"scheme": scheme, "layout": layout, "way": way, **(built or {}),
+                             **_child("_load", a.model, str(path), way)})
+    write(a, rows)
+
+
+def write(a, rows: list) -> None:
+    m = machine()
+    def f(r, key, fmt):
+        return fmt.format(r[key]) if r.get(key) is not None else "-"
+    shape = f"{MLP_LAYERS} x {MLP_WIDTH}x{MLP_WIDTH} linears" if a.model == "mlp" else f"max_seq_len {MAX_SEQ_LEN}"
+    lines = [f"# Deploying {a.model}: packaging, load time and memory ({shape})",
+             "", f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; torch {m['torch']}", "",
+             "Memory: resident MB above the process's baseline once torch's loader is imported, as multiples of the "
+             "file. `blob`: weights beside the .so (qcompiler's default); `so`: inside it.", "",
+             "| scheme | layout | loaded by | file MB | package s | packaging adds (x file) | load s | load peak x |"
+             " after load x | after 2 calls x |", "|" + "---|" * 10]
+    for r in rows:
+        packaging = f"{r['package_peak_mb'] / r['file_mb']:.2f}x" if r.get("package_peak_mb") else "-"
+        lines.append(f"| {r['scheme']} | {r['layout']} | {r['way']} | {f(r, 'file_mb', '{:.0f}')} | "
+                     f"{f(r, 'package_s', '{:.0f}')} | {packaging} | {f(r, 'load_s', '{:.2f}')} | "
+                     f"{f(r, 'load_peak_x', '{:.2f}')} | {f(r, 'loaded_x', '{:.2f}')} | "
+                     f"{f(r, 'running_x', '{:.2f}')} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out + ".json").write_text(json.dumps({"model": a.model, "machine": m, "rows": rows}, indent=1))
+        Path(a.out + ".md").write_text(text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+    main()

@@ -1,0 +1,302 @@
+"""examples/cpp: qc_run, the C++ runner built against the torch wheel's libtorch.
+
+It checks a .pt2 against the SHA-256 of each member (``<root>/qcompiler/members.sha256``) before AOTInductor's
+loader extracts anything, runs any .pt2 on tensors saved from Python, and generates the tokens
+``qcompiler.generate`` does from an LM. Packages come from ``qc.package`` (which writes the digest member); small
+archives made here test the zip reader and the checks. Every run checks the exit code: a signal is a failure.
+"""
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import qcompiler as qc
+
+SOURCE = Path(__file__).resolve().parents[1] / "examples" / "cpp"
+DIGESTS = "qcompiler/members.sha256"
+REFUSED = 2
+MAX_SEQ_LEN = 48
+
+
+def _compiler():
+    return os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+
+
+def _output(done: subprocess.CompletedProcess) -> str:
+    return done.stdout[-5000:] + done.stderr[-5000:]
+
+
+def _check(done: subprocess.CompletedProcess, what: str) -> None:
+    """A negative return code is a signal (a crash): never taken for a refusal."""
+    assert done.returncode >= 0, f"{what} died of signal {-done.returncode}:\n{_output(done)}"
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory) -> Path:
+    """The build folder, holding qc_run and sha256_test (cmake + make, about 30 s with g++ on 2 cores)."""
+    missing = [name for name, found in (("cmake", shutil.which("cmake")), ("make", shutil.which("make")),
+                                        ("a C++ compiler (c++, g++ or clang++)", _compiler())) if not found]
+    if missing:
+        pytest.skip(f"building examples/cpp needs {' and '.join(missing)}: not found on PATH")
+    build = tmp_path_factory.mktemp("qc_run_build")
+    for command in (["cmake", "-S", SOURCE, "-B", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                    ["cmake", "--build", build, "-j", "2"]):
+        done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=600)
+        _check(done, command[0])
+        assert done.returncode == 0, f"{' '.join(map(str, command))} failed:\n{_output(done)}"
+    return build
+
+
+def qc_run(runner: Path, *args, expect: int = 0) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(runner / "qc_run"), *map(str, args)], capture_output=True, text=True, timeout=300)
+    _check(done, "qc_run")
+    assert done.returncode == expect, f"exit code {done.returncode}, not {expect}:\n{done.stdout}{done.stderr}"
+    return done
+
+
+# --- archives made here, damaged copies ---
+
+
+def _members(path: Path) -> list:
+    with zipfile.ZipFile(path) as z:
+        return [(info.filename, z.read(info)) for info in z.infolist()]
+
+
+def _write(path: Path, members: list, compression: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return path
+
+
+def digest_text(members: list, root: str) -> str:
+    """The digest member's text: sha256sum's format, one line per member, sorted by name under the root."""
+    return "".join(f"{hashlib.sha256(data).hexdigest()}  {name[len(root) + 1:]}\n" for name, data in
+                   sorted(members))
+
+
+def _data_range(path: Path, suffix: str) -> tuple:
+    """(name under the root, first byte, end) of the stored data of the member whose name ends in ``suffix``."""
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        start = info.header_offset + 30 + name_length + extra_length
+        return info.filename.split("/", 1)[1], start, start + info.compress_size
+
+
+def _elf_section(library: bytes, names: tuple) -> tuple:
+    """(file offset, size) of the first of the ELF64 sections ``names`` a shared library has."""
+    table, = struct.unpack_from("<Q", library, 0x28)
+    entry_size, count, names_index = struct.unpack_from("<HHH", library, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", library, table + i * entry_size) for i in range(count)]
+    strings = headers[names_index][4]
+    found = {library[strings + h[0]:].split(b"\0", 1)[0].decode(): (h[4], h[5]) for h in headers}
+    return next(found[n] for n in names if n in found)
+
+
+def _flipped(src: Path, dst: Path, offset: int) -> Path:
+    data = bytearray(src.read_bytes())
+    data[offset] ^= 0x10
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def flip_in_library(src: Path, dst: Path, sections: tuple) -> tuple:
+    """A copy of ``src`` with one bit flipped in the middle of a section of the model's .so; (copy, member)."""
+    member, start, end = _data_range(src, ".wrapper.so")
+    offset, size = _elf_section(src.read_bytes()[start:end], sections)
+    return _flipped(src, dst, start + offset + size // 2), member
+
+
+def flip_in_weights(src: Path, dst: Path) -> tuple:
+    """A copy of ``src`` with one bit flipped in the middle of its weights (the blob beside the .so); (copy, member)."""
+    member, start, end = _data_range(src, "_weights.blob")
+    return _flipped(src, dst, (start + end) // 2), member
+
+
+# --- SHA-256 and the zip reader, on small archives made here ---
+
+
+def test_sha256_known_answers(runner):
+    done = subprocess.run([str(runner / "sha256_test")], capture_output=True, text=True, timeout=120)
+    _check(done, "sha256_test")
+    assert done.returncode == 0, done.stderr
+
+
+# sizes around SHA-256's 64-byte blocks (padding needs 9 bytes: 55 and 56 differ) and the runner's 1 MiB reads
+SIZES = [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (2 << 20) + 65]
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_member_digests_agree_with_hashlib(runner, tmp_path, monkeypatch, zip64):
+    """zip64: Python's zipfile writes zip64 records past ZIP64_LIMIT (2 GiB); lowered, the small archive has them."""
+    if zip64:
+        monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 50)
+    rng = torch.Generator().manual_seed(0)
+    members = [(f"m/data/{size}.bin", torch.randint(0, 256, (size,), generator=rng, dtype=torch.uint8).numpy()
+                .tobytes()) for size in SIZES]
+    path = _write(tmp_path / "sizes.pt2", members + [(f"m/{DIGESTS}", digest_text(members, "m"))])
+    assert (b"PK\x06\x06" in path.read_bytes()) == zip64  # the zip64 end of central directory record
+    assert qc_run(runner, path, "--verify").stdout.startswith(f"ok {path}")
+
+
+MEMBERS = [("m/data/a.bin", b"a" * 100), ("m/data/b.bin", b"b")]
+LINES = digest_text(MEMBERS, "m")
+
+
+def _archive(path: Path, members: list = MEMBERS, digests=LINES, compression=zipfile.ZIP_STORED) -> Path:
+    return _write(path, members + ([(f"m/{DIGESTS}", digests)] if digests is not None else []), compression)
+
+
+def _not_zip(path: Path) -> Path:
+    path.write_text("a .pt2 in name only\n" * 10)
+    return path
+
+
+@pytest.mark.parametrize("make,said", [
+    (lambda p: _not_zip(p), "not a zip archive"),
+    (lambda p: _archive(p, digests=None), f"member {DIGESTS} is missing"),
+    (lambda p: _archive(p, digests=LINES.upper()), f"member {DIGESTS} is malformed (line 1: not 64 lowercase hex"),
+    (lambda p: _archive(p, digests=LINES.replace("  ", " ")), f"member {DIGESTS} is malformed (line 1"),
+    (lambda p: _archive(p, digests=LINES.rstrip("\n")), f"member {DIGESTS} is malformed (line 2: no newline"),
+    (lambda p: _archive(p, digests=LINES + LINES), f"member {DIGESTS} is malformed (line 3: a member named twice"),
+    (lambda p: _archive(p, digests=LINES + "#" * (16 << 20)), f"member {DIGESTS} is {len(LINES) + (16 << 20)} bytes"),
+    (lambda p: _archive(p, digests=LINES.splitlines(True)[0]), "member data/b.bin is not listed in"),
+    (lambda p: _archive(p, MEMBERS[:1]), "member data/b.bin is missing (listed in"),
+    (lambda p: _archive(p, MEMBERS + [("other/c.bin", b"c")]), "member other/c.bin is not under the archive's root"),
+    (lambda p: _archive(p, MEMBERS + MEMBERS[:1]), "member data/a.bin is in the archive twice"),
+    (lambda p: _archive(p, compression=zipfile.ZIP_DEFLATED), "member data/a.bin is compressed"),
+    (lambda p: _archive(p, [("m/data/a.bin", b"A" * 100), MEMBERS[1]]), "member data/a.bin is damaged"),
+], ids=["not-zip", "no-digests", "uppercase", "one-space", "no-newline", "twice-listed", "oversized", "unlisted",
+        "missing", "outside-root", "twice-stored", "compressed", "damaged"])
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_verification_refuses_naming_the_member(runner, tmp_path, make, said):
+    path = make(tmp_path / "bad.pt2")
+    stderr = qc_run(runner, path, "--verify", expect=REFUSED).stderr
+    assert f"refusing {path}: " in stderr and said in stderr, stderr
+
+
+# --- a real package: every kernel a .pt2 carries ---
+
+
+@pytest.fixture(scope="module")
+def signed(every_kernel) -> Path:
+    """The package as qc.package wrote it, its digest member included."""
+    return every_kernel[0]
+
+
+def test_outputs_are_the_lowered_programs(runner, signed, every_kernel, tmp_path):
+    """torch.equal, not a tolerance: the file's kernels are bit-identical to the lowered program's (conftest), and
+    qc_run calls the same compiled code as Python does, on the same inputs."""
+    assert qc_run(runner, signed, "--verify").stdout.startswith(f"ok {signed}")
+    io = torch.load(every_kernel[1])
+    for x, y in zip(io["xs"], io["ys"]):  # 1, 5, 64 and 200 rows
+        torch.save([x], tmp_path / "in.pt")
+        qc_run(runner, signed, "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "out.pt")
+        outputs = torch.load(tmp_path / "out.pt")  # weights_only (the default) reads what qc_run writes
+        assert isinstance(outputs, tuple) and len(outputs) == 1
+        assert torch.equal(outputs[0], y), (x.shape, (outputs[0] - y).abs().max())
+
+
+def _truncated(src: Path, dst: Path) -> tuple:
+    dst.write_bytes(src.read_bytes()[:src.stat().st_size // 2])
+    return dst, "not a zip archive"  # the central directory, at the end, is gone: no member to name, the file named
+
+
+def _without(src: Path, dst: Path, suffix: str) -> tuple:
+    members = _members(src)
+    gone = next(n for n, _ in members if n.endswith(suffix))
+    return _write(dst, [(n, d) for n, d in members if n != gone]), gone.split("/", 1)[1]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda src, dst: flip_in_library(src, dst, (".text",)),  # the model's code
+    flip_in_weights,  # its weights, in the blob beside the .so
+    _truncated,
+    lambda src, dst: _without(src, dst, ".wrapper_metadata.json"),
+    lambda src, dst: _without(src, dst, DIGESTS),
+], ids=["so-code", "so-weights", "truncated", "member-removed", "digests-removed"])
+def test_a_damaged_package_is_refused_before_it_is_loaded(runner, signed, tmp_path, damage):
+    path, said = damage(signed, tmp_path / "damaged.pt2")  # said: the member named, or why
+    for args in (["--verify"], []):  # verified, and refused, before the loader opens the file
+        stderr = qc_run(runner, path, *args, expect=REFUSED).stderr
+        assert f"refusing {path}: " in stderr and said in stderr, stderr
+
+
+def test_no_verify_loads_a_package_without_digests(runner, signed, every_kernel, tmp_path):
+    bare, _ = _without(signed, tmp_path / "bare.pt2", DIGESTS)
+    qc_run(runner, bare, expect=REFUSED)
+    io = torch.load(every_kernel[1])
+    torch.save(io["xs"][:1], tmp_path / "in.pt")
+    qc_run(runner, bare, "--no-verify", "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "out.pt")
+    assert torch.equal(torch.load(tmp_path / "out.pt")[0], io["ys"][0])
+
+
+# --- an LM: tokens as qcompiler.generate makes them ---
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> Path:
+    """A tiny llama, int4 weights (qcompiler's int8_int4 kernel), packaged (about 20 s)."""
+    pytest.importorskip("transformers")
+    from qcompiler.zoo import decoder
+    program = qc.capture_lm(decoder("llama-tiny"), max_seq_len=MAX_SEQ_LEN)
+    lowered = qc.lower(qc.convert(qc.prepare(program, qc.config_from_string("int4wo-32"))), "cpu")
+    return qc.package(lowered, tmp_path_factory.mktemp("lm") / "lm.pt2")
+
+
+@pytest.fixture(scope="module")
+def signed_lm(lm) -> Path:
+    return lm
+
+
+def test_verifies_the_digests_qc_package_writes(runner, lm):
+    assert qc_run(runner, lm, "--verify").stdout.startswith(f"ok {lm}")
+
+
+def test_prints_the_metadata_and_call_spec(runner, signed_lm):
+    out = qc_run(runner, signed_lm).stdout
+    assert f'qcompiler.lm: {{"batch_size": 1, "max_seq_len": {MAX_SEQ_LEN}, "layers": 2' in out
+    assert "inputs (call spec): " in out and "input_ids" in out and "cache_position" in out
+
+
+@pytest.mark.parametrize("length,new", [(7, 10), (1, 5), (MAX_SEQ_LEN - 3, 3)])
+def test_generates_the_tokens_qcompiler_generate_does(runner, signed_lm, length, new):
+    ids = torch.randint(3, 256, (1, length), generator=torch.Generator().manual_seed(length))
+    expected = qc.generate(qc.load(signed_lm), ids, max_new_tokens=new)[0].tolist()  # greedy
+    out = qc_run(runner, signed_lm, "--generate", "--prompt", ",".join(map(str, ids[0].tolist())),
+                 "--max-new-tokens", new).stdout
+    lines = out.splitlines()
+    assert lines[0] == "tokens: " + " ".join(map(str, expected)), out
+    assert lines[1].startswith(f"prefill: {length} tokens in ") and "tokens/s" in lines[2], out
+    assert lines[-1].startswith("peak memory (VmHWM): ") and lines[-1].endswith(" MB"), out
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--generate", "--prompt", "1,2,3", "--max-new-tokens", MAX_SEQ_LEN - 2],
+     f"a prompt of 3 tokens and --max-new-tokens {MAX_SEQ_LEN - 2} need {MAX_SEQ_LEN + 1} positions; the program's "
+     f"cache holds max_seq_len={MAX_SEQ_LEN}"),
+    (["--generate", "--prompt", "1,x"], "--prompt (token ids joined by commas) must be an integer; got 'x'"),
+    (["--generate", "--prompt", "1,-2"], "--prompt token ids must be >= 0"),
+    (["--generate", "--prompt", "1", "--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+    (["--generate"], "--generate needs --prompt"),
+    (["--inputs", "in.pt"], "--inputs and --outputs go together"),
+    (["--verify", "--no-verify"], "contradict"),
+    (["--frobnicate"], "unexpected argument '--frobnicate'"),
+], ids=["too-long", "not-an-id", "negative-id", "negative-count", "no-prompt", "no-outputs", "contradiction",
+        "unknown-flag"])
+def test_bad_arguments_are_refused(runner, signed_lm, args, said):
+    stderr = qc_run(runner, signed_lm, *args, expect=REFUSED).stderr
+    assert said in stderr, stderr
+
+
+def test_generate_refuses_a_file_that_is_no_lm(runner, signed):
+    stderr = qc_run(runner, signed, "--generate", "--prompt", "1,2", expect=REFUSED).stderr
+    assert "--generate needs an LM packaged from qcompiler.capture_lm (no qcompiler.lm in its metadata)" in stderr
