@@ -9,7 +9,8 @@ scheme and weight layout (``blob``: qcompiler's default, the weights one blob be
 ``so``: inside the .so, AOTInductor's default and qcompiler's before), a fresh process quantizes, lowers
 and packages, and reports the peak resident memory packaging adds over what the process held before it
 (VmHWM, reset after lowering). Each file is then loaded in fresh processes, three ways: ``torch``
-(``torch._inductor.aoti_load_package`` in a process importing only torch) and ``qc.load`` (the C++ runner in
+(``torch._inductor.aoti_load_package`` in a process importing only torch), ``qc.load`` (weights mapped from the
+file where they can be) and ``qc.load copied`` (``map_weights=False``). (The C++ runner in
 ``examples/cpp`` uses the same AOTInductor loader as ``torch``, and prints its own peak). Memory is resident
 memory above the process's baseline once torch and its package loader are imported (``torch`` imports Inductor
 to load, about 150 MB whatever the file: reported apart as ``import MB``), as multiples of the file: at the
@@ -29,6 +30,9 @@ from machine import machine  # noqa: E402
 LAYOUTS = {"blob": {}, "so": {"aot_inductor.package_constants_in_so": True,
                               "aot_inductor.package_constants_on_disk_format": None}}
 MLP_LAYERS, MLP_WIDTH, MAX_SEQ_LEN = 8, 4096, 256
+# torch: aoti_load_package in a process importing only torch; qc.load: weights mapped where they can be;
+# qc.load copied: map_weights=False, AOTInductor's loader (as torch, with qcompiler's checks)
+WAYS = ("torch", "qc.load", "qc.load copied")
 
 
 def log(message: str) -> None:
@@ -93,12 +97,13 @@ def load_one(model_name: str, path: Path, how: str) -> dict:
     import torch._inductor.package  # noqa: F401  (what torch's loader imports: the baseline)
     import torch.export.pt2_archive._package  # noqa: F401
     after_import = _status("VmRSS")
-    if how == "qc.load":
+    if how.startswith("qc.load"):
         import qcompiler as qc
     base = _status("VmRSS")
     _reset_peak()
     t = time.perf_counter()
-    run = torch._inductor.aoti_load_package(str(path)) if how == "torch" else qc.load(path)
+    run = torch._inductor.aoti_load_package(str(path)) if how == "torch" else \
+        qc.load(path, map_weights=how == "qc.load")
     load_s = time.perf_counter() - t
     loaded, load_peak = _status("VmRSS"), _status("VmHWM")
     args = _inputs(model_name)
@@ -129,7 +134,7 @@ def main() -> None:
     p.add_argument("--model", default="mlp")
     p.add_argument("--schemes", nargs="+", default=["int8wo", "int4wo-64"])
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
-    p.add_argument("--ways", nargs="+", default=["torch", "qc.load"], choices=["torch", "qc.load"])
+    p.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
     p.add_argument("--folder", default="bench-deploy")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--out", help="results path without suffix (writes .json and .md)")
@@ -140,10 +145,11 @@ def main() -> None:
     for scheme in a.schemes:
         for layout in a.layouts:
             path = folder / f"{a.model}_{scheme}_{layout}.pt2"
-            built = None
+            record = path.with_suffix(".build.json")  # what packaging measured, for runs that only load
             if a.rebuild or not path.exists():
                 log(f"packaging {path.name} ...")
-                built = _child("_package", a.model, scheme, layout, str(path))
+                record.write_text(json.dumps(_child("_package", a.model, scheme, layout, str(path))))
+            built = json.loads(record.read_text()) if record.exists() else None
             for way in a.ways:
                 log(f"loading {path.name} with {way} ...")
                 rows.append({"scheme": scheme, "layout": layout, "way": way, **(built or {}),

@@ -113,7 +113,7 @@ class Loaded:
                        unquantized_ops=unquantized.get("ops", 0))
 
 
-def load(path: Union[str, Path], *, allow_imports: Sequence[str] = ()) -> Loaded:
+def load(path: Union[str, Path], *, allow_imports: Sequence[str] = (), map_weights: bool = True) -> Loaded:
     """Load a ``.pt2`` written by :func:`package` (or any AOTInductor package) into a callable.
 
     Inputs and outputs of a type the package names (e.g. a transformers ``ModelOutput``) must be
@@ -128,11 +128,16 @@ def load(path: Union[str, Path], *, allow_imports: Sequence[str] = ()) -> Loaded
     missing. One whose kernels were chosen for a capability this machine lacks (e.g.
     ``vnni``) runs, slower, with a warning. Packed int4 weights laid out for another
     vector ISA are never run as they are: they are repacked (``portable=True``
-    packages) or refused.
+    packages) or refused. Every member is checked against the digests recorded at packaging
+    before the file's library is loaded.
+
+    ``map_weights`` (default True): a CPU package's weights are read from a private, read-only
+    mapping of the file, as the model runs, instead of copied into memory at load (which peaks at
+    twice the file). Files holding oneDNN's prepacked weights are copied. Don't change a loaded file
+    in place (replacing it, as :func:`package` does, is fine).
     """
     path = Path(path).resolve()
-    run, metadata = load_package(path, allow_imports)
-    _check_target(path, metadata)
+    run, metadata = load_package(path, allow_imports, map_weights, check=lambda meta: _check_target(path, meta))
     _load_native_ops(path, metadata)
     _fit_int4_layout(path, run, metadata.get("cpu_int4"))
     return Loaded(path, run, metadata)

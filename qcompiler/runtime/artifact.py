@@ -22,6 +22,7 @@ import torch
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from .digests import DIGESTS, MAX_METADATA_BYTES, verify, write_digests
+from .mapped import try_load_mapped
 
 METADATA = "qcompiler/metadata.json"
 
@@ -166,15 +167,20 @@ def _read_metadata(path: Path) -> dict:
             raise ValueError(f"qcompiler: cannot load {path}: member {METADATA} is damaged ({e})") from e
 
 
-def load_package(path: Union[str, Path], allow_imports: Sequence[str] = ()) -> Tuple[Callable, dict]:
+def load_package(path: Union[str, Path], allow_imports: Sequence[str] = (), map_weights: bool = True,
+                 check: Callable[[dict], None] = lambda metadata: None) -> Tuple[Callable, dict]:
     """Check and load a ``.pt2``: a callable taking the program's inputs, and the qcompiler metadata.
 
     ``allow_imports``: modules (and their submodules) that may be imported to register the input and output
-    types the package's call spec names; see :func:`_register_pytree_types`."""
+    types the package's call spec names; see :func:`_register_pytree_types`. ``map_weights``: a CPU
+    package's weights view a mapping of the file where they can (:mod:`.mapped`), else they are copied.
+    ``check(metadata)`` runs once the file is verified, before its library is loaded (it may raise)."""
     path = Path(path).resolve()
     metadata = package_metadata(path)
+    check(metadata)
+    mappable = map_weights and metadata.get("target", {}).get("backend") == "cpu" and "cpu_int4" not in metadata
     try:
-        run = _aoti_load(path)
+        run = (mappable and try_load_mapped(path)) or _aoti_load(path)
     except Exception as e:  # the loader raises RuntimeError for any broken archive
         raise ValueError(f"qcompiler: cannot load {path}: {e}") from e
     _register_pytree_types(path, run, tuple(allow_imports))
