@@ -53,7 +53,7 @@ def _reset_peak() -> None:
         f.write("5")  # VmHWM := VmRSS
 
 
-def package_one(model_name: str, scheme: str, layout: str, path: Path) -> dict:
+def package_one(model_name: str, scheme: str, layout: str, path: Path, dtype: str) -> dict:
     """In this (fresh) process: build, quantize, lower, then package with the peak measured from there."""
     import torch
     import qcompiler as qc
@@ -66,7 +66,7 @@ def package_one(model_name: str, scheme: str, layout: str, path: Path) -> dict:
         del model
     else:
         from qcompiler.zoo import decoder
-        lm = qc.capture_lm(decoder(model_name, dtype=torch.float32), max_seq_len=MAX_SEQ_LEN)
+        lm = qc.capture_lm(decoder(model_name, dtype=getattr(torch, dtype)), max_seq_len=MAX_SEQ_LEN)
         program = qc.convert(qc.prepare(lm, qc.config_from_string(scheme)))
         del lm
     lowered = qc.lower(program, "cpu")
@@ -83,11 +83,12 @@ def _mb(path: Path) -> float:
     return path.stat().st_size / 2**20
 
 
-def _inputs(model_name: str):
+def _inputs(model_name: str) -> tuple:
+    """(args, kwargs) of one call: a row for the MLP, an 8-token prompt for a decoder."""
     import torch
     if model_name == "mlp":
-        return (torch.randn(1, MLP_WIDTH),)
-    return (torch.randint(3, 1000, (1, 8)), torch.arange(8))
+        return (torch.randn(1, MLP_WIDTH),), {}
+    return (), {"input_ids": torch.randint(3, 1000, (1, 8)), "cache_position": torch.arange(8)}
 
 
 def load_one(model_name: str, path: Path, how: str) -> dict:
@@ -106,10 +107,10 @@ def load_one(model_name: str, path: Path, how: str) -> dict:
         qc.load(path, map_weights=how == "qc.load")
     load_s = time.perf_counter() - t
     loaded, load_peak = _status("VmRSS"), _status("VmHWM")
-    args = _inputs(model_name)
+    args, kwargs = _inputs(model_name)
     with torch.no_grad():
-        run(*args)
-        run(*args)
+        run(*args, **kwargs)
+        run(*args, **kwargs)
     size = _mb(path)
     return {"load_s": load_s, "import_mb": after_import - bare, "load_peak_x": (load_peak - base) / size,
             "loaded_x": (loaded - base) / size, "running_x": (_status("VmRSS") - base) / size,
@@ -126,7 +127,7 @@ def _child(*args) -> dict:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("_package", "_load"):
         what, model_name, *rest = sys.argv[1:]
-        result = package_one(model_name, rest[0], rest[1], Path(rest[2])) if what == "_package" else \
+        result = package_one(model_name, rest[0], rest[1], Path(rest[2]), rest[3]) if what == "_package" else \
             load_one(model_name, Path(rest[0]), rest[1])
         print(json.dumps(result))
         return
@@ -135,6 +136,8 @@ def main() -> None:
     p.add_argument("--schemes", nargs="+", default=["int8wo", "int4wo-64"])
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     p.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="a decoder's weights before quantizing (bfloat16 for shapes whose float32 weights don't fit)")
     p.add_argument("--folder", default="bench-deploy")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--out", help="results path without suffix (writes .json and .md)")
@@ -148,7 +151,7 @@ def main() -> None:
             record = path.with_suffix(".build.json")  # what packaging measured, for runs that only load
             if a.rebuild or not path.exists():
                 log(f"packaging {path.name} ...")
-                record.write_text(json.dumps(_child("_package", a.model, scheme, layout, str(path))))
+                record.write_text(json.dumps(_child("_package", a.model, scheme, layout, str(path), a.dtype)))
             built = json.loads(record.read_text()) if record.exists() else None
             for way in a.ways:
                 log(f"loading {path.name} with {way} ...")

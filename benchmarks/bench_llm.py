@@ -8,9 +8,12 @@ Build phase: each qcompiler system is captured with ``qc.capture_lm`` (random we
 between runs; ``--rebuild`` makes them again); llama.cpp's get the same shapes written to GGUF with
 random weights (``peer_llamacpp.py``). Measure phase: every system runs in a fresh process per round
 (``qcompiler generate --json``, or the llama.cpp runner), rounds alternate the order, and the medians
-are written with the machine. Effective GB/s = bytes read per token x decode tokens/s, where bytes read
-per token are the file's bytes less the embedding table's (a token reads one row of it); the machine's
-read bandwidth (``torch.sum`` over 1 GiB, in the same rounds) is the yardstick. The KV cache read
+are written with the machine. Load s: opening the file (``qc.load`` with its checks for qcompiler;
+llama.cpp's ``Llama(...)``, which maps its file; ``aoti_load_package`` for torchao). Peak MB is the whole
+process's (VmHWM: Python, torch and the KV cache included); peak / file divides it by the file's size.
+Effective GB/s = bytes read per token x decode tokens/s, where bytes read per token are the file's bytes
+less the embedding table's (a token reads one row of it); the machine's read bandwidth (``torch.sum`` over
+1 GiB, in the same rounds) is the yardstick. The KV cache read
 (under 25 MB at 256 tokens here) is left out.
 """
 import argparse
@@ -91,7 +94,7 @@ def measure_qc(path: Path, prompt: int, new: int, embedding: int) -> dict:
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed")
     r = json.loads(out.stdout)
-    keys = ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_memory_mb", "model_bytes")
+    keys = ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_memory_mb", "load_s", "model_bytes")
     return {**{k: r[k] for k in keys}, "embedding_bytes": embedding}
 
 
@@ -182,7 +185,7 @@ def write(a, runs: dict, bandwidth: float) -> None:
               "rounds": a.rounds, "read_bandwidth_gbps": bandwidth, "machine": machine(), "rows": rows,
               "runs": runs}
     header = ["system", "decode tok/s", "vs bf16", "prefill tok/s", "vs bf16", "read MB/token", "GB/s", "of read bw",
-              "peak MB", "file MB"]
+              "load s", "peak MB", "file MB", "peak / file"]
     lines = [f"# {a.model}, batch 1, {a.prompt}-token prompt, {a.new} new tokens ({a.rounds} rounds, medians)", "",
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, flags "
              f"{' '.join(result['machine']['cpu_flags'])}; read bandwidth {bandwidth:.1f} GB/s", "",
@@ -193,8 +196,8 @@ def write(a, runs: dict, bandwidth: float) -> None:
         lines.append(f"| {r['system']} | {r['decode_tokens_per_s']:.1f} | {f(r['decode_vs_bf16'], '{:.2f}x')} | "
                      f"{r['prefill_tokens_per_s']:.1f} | {f(r['prefill_vs_bf16'], '{:.2f}x')} | "
                      f"{r['read_mb_per_token']:.0f} | {r['decode_gb_per_s']:.1f} | "
-                     f"{r['of_read_bandwidth']:.0%} | {r['peak_memory_mb']:.0f} | "
-                     f"{r['model_mb']:.0f} |")
+                     f"{r['of_read_bandwidth']:.0%} | {f(r.get('load_s'), '{:.2f}')} | {r['peak_memory_mb']:.0f} | "
+                     f"{r['model_mb']:.0f} | {r['peak_memory_mb'] * 2**20 / 1e6 / r['model_mb']:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -80,7 +80,9 @@ def run(path: str, prompt: int, new: int) -> dict:
     """Greedy generation of ``new`` tokens after a ``prompt``-token prompt, after a warm-up, as ``qcompiler
     generate`` times it: prefill = prompt / time to the first token; decode over the tokens after it."""
     import qcompiler as qc
+    began = time.perf_counter()
     loaded = torch._inductor.aoti_load_package(path)
+    load_s = time.perf_counter() - began
     ids = torch.randint(3, 256, (1, prompt), generator=torch.Generator().manual_seed(0))
     for _ in qc.stream(loaded, ids, 2):
         pass
@@ -90,7 +92,7 @@ def run(path: str, prompt: int, new: int) -> dict:
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     return {"prefill_tokens_per_s": prompt / times[0], "decode_tokens_per_s": (len(times) - 1) / (times[-1] - times[0]),
-            "peak_memory_mb": peak, "model_bytes": Path(path).stat().st_size}
+            "peak_memory_mb": peak, "load_s": load_s, "model_bytes": Path(path).stat().st_size}
 
 
 def _last_error(stderr: str) -> str:

@@ -22,7 +22,9 @@ DECODER_PREFIX = "decoder:"
 
 def generate_cmd(a) -> tuple:
     out = check_writable(a.output) if a.output else None
+    began = time.perf_counter()
     run, tokenizer, size, source, kv_dtype = _runnable(a, out)
+    load_s = time.perf_counter() - began if a.model.endswith(".pt2") else None  # verify and load the file
     ids = _prompt_ids(a, tokenizer)
     for _ in stream(run, ids, min(a.n, 2), temperature=a.temperature, top_k=a.top_k):  # warm-up: first calls
         pass
@@ -34,7 +36,7 @@ def generate_cmd(a) -> tuple:
     result = {"model": source, "kv_cache_dtype": kv_dtype,
               "prompt_tokens": ids.shape[1], "new_tokens": new.shape[1], "tokens": new[0].tolist(),
               "text": tokenizer.decode(new[0]) if tokenizer is not None else None, "model_bytes": size,
-              **_speed(times, ids.shape[1], size), "peak_memory_mb": _peak_rss_mb()}
+              "load_s": load_s, **_speed(times, ids.shape[1], size), "peak_memory_mb": _peak_rss_mb()}
     return result, _text(result)
 
 
@@ -117,8 +119,9 @@ def _peak_rss_mb() -> float:
 def _text(r: dict) -> str:
     said = r["text"] if r["text"] is not None else " ".join(str(t) for t in r["tokens"])
     row = {**r, "model_mb": r["model_bytes"] / 1e6}
+    load = [("load_s", "load s", "{:.2f}")] if r.get("load_s") is not None else []
     return said + "\n\n" + table([row], [
-        ("prompt_tokens", "prompt"), ("new_tokens", "new"),
+        ("prompt_tokens", "prompt"), ("new_tokens", "new"), *load,
         ("prefill_tokens_per_s", "prefill tok/s", "{:.1f}"), ("decode_tokens_per_s", "decode tok/s", "{:.1f}"),
         ("decode_gb_per_s", "decode GB/s", "{:.2f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
         ("model_mb", "model MB", "{:.1f}")])

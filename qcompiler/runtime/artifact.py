@@ -64,6 +64,7 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
     (and ``members``) beside the model."""
     with atomic_write(path) as tmp:
         torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=inductor_options or {})
+        _drop_empty_weights(tmp)
         with zipfile.ZipFile(tmp, "a") as z:
             _remove_build_folders(z.namelist())
             root = z.namelist()[0].split("/", 1)[0]
@@ -72,6 +73,19 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
                 z.writestr(f"{root}/qcompiler/{name}", data)
         write_digests(tmp)
     return Path(path).resolve()
+
+
+def _drop_empty_weights(path: str) -> None:
+    """Rewrite the archive without an empty weights blob (a model with no weights): AOTInductor's loader fails
+    to map a file of 0 bytes, and loads a model with no blob as one with no weights (the archive is small)."""
+    with zipfile.ZipFile(path) as z:
+        empty = [i.filename for i in z.infolist() if i.filename.endswith("_weights.blob") and i.file_size == 0]
+        if not empty:
+            return
+        members = [(i, z.read(i)) for i in z.infolist() if i.filename not in empty]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            z.writestr(info, data)
 
 
 def _remove_build_folders(names: Sequence[str]) -> None:
