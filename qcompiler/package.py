@@ -131,7 +131,7 @@ def load(path: Union[str, Path], *, allow_imports: Sequence[str] = (), map_weigh
     packages) or refused. Every member is checked against the digests recorded at packaging
     before the file's library is loaded.
 
-    ``map_weights`` (default True): a CPU package's weights are read from a private, read-only
+    ``map_weights`` (default True): a CPU package's weights are read from a private (copy-on-write)
     mapping of the file, as the model runs, instead of copied into memory at load (which peaks at
     twice the file). Files holding oneDNN's prepacked weights are copied. Don't change a loaded file
     in place (replacing it, as :func:`package` does, is fine).

@@ -3,9 +3,11 @@
 AOTInductor's package loader copies every weight on the CPU: it maps the weights blob, copies it into
 memory it allocates and unmaps it, so loading peaks at twice the file. Where a package allows it,
 :func:`load_mapped` builds the model from its shared library alone and hands AOTInductor the weights as
-tensors that view a private, read-only mapping of the ``.pt2`` itself (``user_managed`` constants, which
-AOTInductor uses as they are). The weights are then read from the page cache as the model runs, as
-llama.cpp reads its mapped file: resident memory grows to about 1x the weights, and never holds two copies.
+tensors that view a private (copy-on-write) mapping of the ``.pt2`` itself (``user_managed`` constants,
+which AOTInductor uses as they are; a buffer the model writes, such as an LM's KV cache, becomes private
+memory page by page as it is written, and the file never changes). The weights are then read from the
+page cache as the model runs, as llama.cpp reads its mapped file: resident memory grows to about 1x the
+weights, and never holds two copies.
 
 It allows it where the weights are one blob stored uncompressed at a 64-byte boundary of the ``.pt2``,
 the generated source describes each weight (``constants_info_`` in the wrapper's ``.cpp``: name, dtype,
