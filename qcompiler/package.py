@@ -133,8 +133,8 @@ def load(path: Union[str, Path], *, allow_imports: Sequence[str] = (), map_weigh
 
     ``map_weights`` (default True): a CPU package's weights are read from a private (copy-on-write)
     mapping of the file, as the model runs, instead of copied into memory at load (which peaks at
-    twice the file). Files holding oneDNN's prepacked weights are copied. Don't change a loaded file
-    in place (replacing it, as :func:`package` does, is fine).
+    twice the file); see :mod:`qcompiler.runtime.mapped`. Don't change a loaded file in place
+    (replacing it, as :func:`package` does, is fine).
     """
     path = Path(path).resolve()
     run, metadata = load_package(path, allow_imports, map_weights, check=lambda meta: _check_target(path, meta))

@@ -192,7 +192,7 @@ def load_package(path: Union[str, Path], allow_imports: Sequence[str] = (), map_
     path = Path(path).resolve()
     metadata = package_metadata(path)
     check(metadata)
-    mappable = map_weights and metadata.get("target", {}).get("backend") == "cpu" and "cpu_int4" not in metadata
+    mappable = map_weights and "cpu_int4" not in metadata  # ATen int4 weights may be repacked: copied
     try:
         run = (mappable and try_load_mapped(path)) or _aoti_load(path)
     except Exception as e:  # the loader raises RuntimeError for any broken archive

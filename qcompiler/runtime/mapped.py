@@ -11,10 +11,15 @@ weights, and never holds two copies.
 
 It allows it where the weights are one blob stored uncompressed at a 64-byte boundary of the ``.pt2``,
 the generated source describes each weight (``constants_info_`` in the wrapper's ``.cpp``: name, dtype,
-shape, stride, offset, size), the sizes add up to the blob, and every weight is a strided tensor. oneDNN's
-prepacked weights (int8 and float linears after freezing) are opaque: a file holding one loads through
-AOTInductor's loader, as does anything else that does not check out, with the reason at DEBUG level.
+shape, stride, offset, size, layout), and the sizes add up to the blob. oneDNN's prepacked weights (int8 and
+float linears after freezing) are opaque tensors: they are made over the mapping as AOTInductor makes them
+over its copy, with its own C function (``aoti_torch_create_tensor_from_blob_v2`` with the ``_mkldnn``
+layout and the descriptor the generated code holds; oneDNN wraps the bytes without copying them). Anything
+that does not check out loads through AOTInductor's loader, with the reason at DEBUG level.
 """
+import ctypes
+import functools
+import json
 import logging
 import os
 import re
@@ -45,14 +50,19 @@ class Constant:
     offset: int  # storage offset, in elements
     start: int  # first byte in the blob
     size: int  # bytes
+    opaque: Optional[bytes] = None  # oneDNN's descriptor of a prepacked weight (layout _mkldnn); None: strided
 
 
 class Unmappable(Exception):
     """Why a package's weights cannot be mapped (it loads through AOTInductor's loader instead)."""
 
 
+def _ints_text(text: str) -> List[str]:
+    return [v.strip() for v in text.strip("{} ").split(",") if v.strip()]
+
+
 def _ints(text: str) -> Tuple[int, ...]:
-    return tuple(int(v) for v in text.strip("{} ").split(",") if v.strip())
+    return tuple(int(v.rstrip("L")) for v in _ints_text(text))
 
 
 def _dtype(text: str) -> torch.dtype:
@@ -73,13 +83,15 @@ def constants(source: str) -> List[Constant]:
         f = fields[index]
         if f.get("from_folded") == "true":
             continue
-        if "layout_strided" not in f.get("layout", ""):
-            raise Unmappable(f"weight {f.get('name', index)} has layout {f.get('layout')} (oneDNN's prepacked "
-                             "weights are opaque)")
+        layout = f.get("layout", "")
+        if "layout_strided" not in layout and "layout__mkldnn" not in layout:
+            raise Unmappable(f"weight {f.get('name', index)} has layout {layout}")
         try:
             size = int(f["data_size"])
+            opaque = bytes(int(v.rstrip("L")) for v in _ints_text(f["opaque_metadata"])) \
+                if "layout__mkldnn" in layout else None
             out.append(Constant(f["name"].strip('"'), _dtype(f["dtype"]), _ints(f["shape"]), _ints(f["stride"]),
-                                int(f["offset"]), start, size))
+                                int(f["offset"]), start, size, opaque))
         except (KeyError, ValueError) as e:
             raise Unmappable(f"the generated code describes weight {index} in a form not known here ({e})") from e
         start += size
@@ -102,6 +114,12 @@ def _members(z: zipfile.ZipFile) -> Tuple[zipfile.ZipInfo, zipfile.ZipInfo, zipf
         if len(found) != 1:
             raise Unmappable(f"it has {len(found)} members ending in {suffix}, not one")
         return found[0]
+    try:
+        device = json.loads(z.read(one(".wrapper_metadata.json"))).get("AOTI_DEVICE_KEY")
+    except ValueError as e:
+        raise Unmappable(f"its AOTInductor metadata does not read ({e})") from e
+    if device != "cpu":
+        raise Unmappable(f"it runs on {device}, not the CPU")
     return one(".wrapper.so"), one("_weights.blob"), one(".wrapper.cpp")
 
 
@@ -121,8 +139,53 @@ class MappedModel:
         return torch.utils._pytree.tree_unflatten(outputs, out_spec)
 
 
+@functools.lru_cache(maxsize=None)
+def _shim() -> ctypes.CDLL:
+    """AOTInductor's C functions, in libtorch_cpu (loaded with torch)."""
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    lib.aoti_torch_create_tensor_from_blob_v2.restype = ctypes.c_int32
+    lib.aoti_torch_create_tensor_from_blob_v2.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
+        ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int32,
+        ctypes.POINTER(ctypes.c_uint8), ctypes.c_int64]
+    for name in ("aoti_torch_device_type_cpu", "aoti_torch_layout__mkldnn"):
+        getattr(lib, name).restype = ctypes.c_int32
+    return lib
+
+
+_capsule = ctypes.pythonapi.PyCapsule_New
+_capsule.restype, _capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def _dtype_code(lib: ctypes.CDLL, dtype: torch.dtype) -> int:
+    function = getattr(lib, f"aoti_torch_dtype_{str(dtype).removeprefix('torch.')}", None)
+    if function is None:
+        raise Unmappable(f"AOTInductor has no dtype code for {dtype}")
+    function.restype = ctypes.c_int32
+    return function()
+
+
+def _opaque(mapping: torch.Tensor, byte: int, c: Constant) -> torch.Tensor:
+    """A oneDNN prepacked weight over ``mapping`` at ``byte``, made as AOTInductor makes it over its copy."""
+    if byte % ALIGNMENT:
+        raise Unmappable(f"oneDNN weight {c.name} starts at byte {byte}, not at a multiple of {ALIGNMENT}")
+    lib, n = _shim(), len(c.shape)
+    sizes, strides = (ctypes.c_int64 * n)(*c.shape), (ctypes.c_int64 * n)(*c.stride)
+    meta = (ctypes.c_uint8 * len(c.opaque)).from_buffer_copy(c.opaque)
+    handle = ctypes.c_void_p()
+    failed = lib.aoti_torch_create_tensor_from_blob_v2(
+        mapping.data_ptr() + byte, n, sizes, strides, c.offset, _dtype_code(lib, c.dtype),
+        lib.aoti_torch_device_type_cpu(), 0, ctypes.byref(handle), lib.aoti_torch_layout__mkldnn(), meta, len(c.opaque))
+    if failed or not handle.value:
+        raise Unmappable(f"oneDNN weight {c.name} could not be made over the mapping")
+    capsule = _capsule(ctypes.c_void_p(handle.value), None, None)  # the handle, as the binding takes it
+    return torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr(capsule)
+
+
 def _view(mapping: torch.Tensor, byte: int, c: Constant) -> torch.Tensor:
     """``c`` as a tensor over ``mapping``'s storage, its first element at ``byte`` of the file."""
+    if c.opaque is not None:
+        return _opaque(mapping, byte, c)
     itemsize = torch.empty(0, dtype=c.dtype).element_size()
     if byte % itemsize:
         raise Unmappable(f"weight {c.name} starts at byte {byte}, not a multiple of its {itemsize}-byte elements")
@@ -146,11 +209,13 @@ def load_mapped(path: Path) -> MappedModel:
         if start % ALIGNMENT:
             raise Unmappable(f"its weights start at byte {start}, not at a multiple of {ALIGNMENT}")
         folder = tempfile.mkdtemp(prefix="qcompiler-load-")
-        try:
-            library = os.path.join(folder, "model.so")
-            with z.open(so) as src, open(library, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            runner = torch._C._aoti.AOTIModelContainerRunnerCpu(library, 1)
+        try:  # the model's files but its weights (the library, and the op list a proxy executor reads beside it)
+            model = so.filename.rsplit("/", 1)[0] + "/"
+            for info in z.infolist():
+                if info.filename.startswith(model) and info is not blob and not info.is_dir():
+                    with z.open(info) as src, open(os.path.join(folder, info.filename[len(model):]), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            runner = torch._C._aoti.AOTIModelContainerRunnerCpu(os.path.join(folder, so.filename[len(model):]), 1)
         finally:  # the library stays mapped once loaded
             shutil.rmtree(folder, ignore_errors=True)
     expected = set(runner.get_constant_names_to_original_fqns())
