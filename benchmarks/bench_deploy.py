@@ -3,12 +3,14 @@
     python benchmarks/bench_deploy.py [--model mlp|tinyllama-1.1b|llama-2-7b] [--schemes int8wo int4wo-64]
                                       [--layouts blob so] [--folder bench-deploy] [--out benchmarks/results/deploy_mlp]
 
-``mlp``: eight 4096x4096 linears without bias (all weights, nothing else); the decoder shapes come from
+``mlp``: eight 4096x4096 linears without bias (all weights, nothing else); ``minilm``: the bundled
+all-MiniLM-L6-v2 (one 1x128 sentence a call); the decoder shapes come from
 ``qcompiler.zoo.DECODERS`` (random weights), captured with ``qc.capture_lm`` (max_seq_len 256). For each
 scheme and weight layout (``blob``: qcompiler's default, the weights one blob beside the model's .so;
 ``so``: inside the .so, AOTInductor's default and qcompiler's before), a fresh process quantizes, lowers
 and packages, and reports the peak resident memory packaging adds over what the process held before it
-(VmHWM, reset after lowering). Each file is then loaded in fresh processes, three ways: ``torch``
+(VmHWM, reset after lowering, once unreachable objects are collected and glibc's free heap is trimmed).
+Each file is then loaded in fresh processes, three ways: ``torch``
 (``torch._inductor.aoti_load_package`` in a process importing only torch), ``qc.load`` (weights mapped from the
 file where they can be) and ``qc.load copied`` (``map_weights=False``). (The C++ runner in
 ``examples/cpp`` uses the same AOTInductor loader as ``torch``, and prints its own peak). Memory is resident
@@ -53,6 +55,18 @@ def _reset_peak() -> None:
         f.write("5")  # VmHWM := VmRSS
 
 
+def _release_free_memory() -> None:
+    """Free what is unreachable and hand glibc's free heap back to the system (malloc_trim), so resident memory
+    is what the process holds."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def package_one(model_name: str, scheme: str, layout: str, path: Path, dtype: str) -> dict:
     """In this (fresh) process: build, quantize, lower, then package with the peak measured from there."""
     import torch
@@ -64,6 +78,11 @@ def package_one(model_name: str, scheme: str, layout: str, path: Path, dtype: st
                                       for _ in range(MLP_LAYERS)]).eval()
         program = qc.quantize(model, (torch.randn(1, MLP_WIDTH),), qc.config_from_string(scheme))
         del model
+    elif model_name == "minilm":
+        from qcompiler.zoo import minilm
+        bundled = minilm()
+        program = qc.quantize(bundled.model, (), qc.config_from_string(scheme), example_kwargs=bundled.example_kwargs,
+                              dynamic_shapes=bundled.dynamic_shapes)
     else:
         from qcompiler.zoo import decoder
         lm = qc.capture_lm(decoder(model_name, dtype=getattr(torch, dtype)), max_seq_len=MAX_SEQ_LEN)
@@ -71,6 +90,7 @@ def package_one(model_name: str, scheme: str, layout: str, path: Path, dtype: st
         del lm
     lowered = qc.lower(program, "cpu")
     del program
+    _release_free_memory()  # else packaging reuses freed, still resident memory and its peak reads low
     before = _status("VmRSS")
     _reset_peak()
     t = time.perf_counter()
@@ -88,6 +108,9 @@ def _inputs(model_name: str) -> tuple:
     import torch
     if model_name == "mlp":
         return (torch.randn(1, MLP_WIDTH),), {}
+    if model_name == "minilm":
+        ids = torch.randint(1000, 2000, (1, 128))
+        return (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     return (), {"input_ids": torch.randint(3, 1000, (1, 8)), "cache_position": torch.arange(8)}
 
 
@@ -97,6 +120,8 @@ def load_one(model_name: str, path: Path, how: str) -> dict:
     import torch
     import torch._inductor.package  # noqa: F401  (what torch's loader imports: the baseline)
     import torch.export.pt2_archive._package  # noqa: F401
+    if model_name == "minilm":
+        import transformers  # noqa: F401  (registers the output type MiniLM's file names)
     after_import = _status("VmRSS")
     if how.startswith("qc.load"):
         import qcompiler as qc
@@ -132,7 +157,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="mlp")
+    p.add_argument("--model", default="mlp", help="mlp, minilm or a decoder of qcompiler.zoo.DECODERS")
     p.add_argument("--schemes", nargs="+", default=["int8wo", "int4wo-64"])
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     p.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
