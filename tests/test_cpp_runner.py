@@ -4,6 +4,9 @@ It checks a .pt2 against the SHA-256 of each member (``<root>/qcompiler/members.
 loader extracts anything, runs any .pt2 on tensors saved from Python, and generates the tokens
 ``qcompiler.generate`` does from an LM. Packages come from ``qc.package`` (which writes the digest member); small
 archives made here test the zip reader and the checks. Every run checks the exit code: a signal is a failure.
+
+qc_run maps a package's weights from the file by default (as ``qcompiler.load`` does, qcompiler/runtime/mapped.py)
+and copies them with AOTInductor's loader under ``--copy-weights``: what a model computes is checked both ways.
 """
 import hashlib
 import os
@@ -22,6 +25,9 @@ SOURCE = Path(__file__).resolve().parents[1] / "examples" / "cpp"
 DIGESTS = "qcompiler/members.sha256"
 REFUSED = 2
 MAX_SEQ_LEN = 48
+MODES = [pytest.param([], id="mapped"), pytest.param(["--copy-weights"], id="copied")]
+MAPPED = "weights: mapped from the file ("
+PEAK = "peak memory (VmHWM): "
 
 
 def _compiler():
@@ -58,6 +64,25 @@ def qc_run(runner: Path, *args, expect: int = 0) -> subprocess.CompletedProcess:
     _check(done, "qc_run")
     assert done.returncode == expect, f"exit code {done.returncode}, not {expect}:\n{done.stdout}{done.stderr}"
     return done
+
+
+def line_starting(out: str, prefix: str) -> str:
+    found = [line for line in out.splitlines() if line.startswith(prefix)]
+    assert len(found) == 1, f"not one line starting {prefix!r}:\n{out}"
+    return found[0]
+
+
+def check_weights_line(done: subprocess.CompletedProcess, mode: list) -> None:
+    """Mapped where asked (every package here allows it, so nothing on stderr), copied under --copy-weights."""
+    expected = "weights: copied (--copy-weights)" if mode else MAPPED
+    assert line_starting(done.stdout, "weights: ").startswith(expected), done.stdout + done.stderr
+    assert "weights copied, not mapped" not in done.stderr, done.stderr
+
+
+def peak_mb(out: str) -> float:
+    line = line_starting(out, PEAK)
+    assert line.endswith(" MB"), line
+    return float(line[len(PEAK):-len(" MB")])
 
 
 # --- archives made here, damaged copies ---
@@ -124,9 +149,11 @@ def flip_in_weights(src: Path, dst: Path) -> tuple:
 # --- SHA-256 and the zip reader, on small archives made here ---
 
 
-def test_sha256_known_answers(runner):
-    done = subprocess.run([str(runner / "sha256_test")], capture_output=True, text=True, timeout=120)
-    _check(done, "sha256_test")
+@pytest.mark.parametrize("program", ["sha256_test", "package_parsing_test"])
+def test_known_answers(runner, program):
+    """SHA-256; the metadata's JSON and the generated source's weight descriptions, read to map the weights."""
+    done = subprocess.run([str(runner / program)], capture_output=True, text=True, timeout=120)
+    _check(done, program)
     assert done.returncode == 0, done.stderr
 
 
@@ -192,14 +219,17 @@ def signed(every_kernel) -> Path:
     return every_kernel[0]
 
 
-def test_outputs_are_the_lowered_programs(runner, signed, every_kernel, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_outputs_are_the_lowered_programs(runner, signed, every_kernel, tmp_path, mode):
     """torch.equal, not a tolerance: the file's kernels are bit-identical to the lowered program's (conftest), and
-    qc_run calls the same compiled code as Python does, on the same inputs."""
+    qc_run calls the same compiled code as Python does, on the same inputs, its weights mapped or copied."""
     assert qc_run(runner, signed, "--verify").stdout.startswith(f"ok {signed}")
     io = torch.load(every_kernel[1])
     for x, y in zip(io["xs"], io["ys"]):  # 1, 5, 64 and 200 rows
         torch.save([x], tmp_path / "in.pt")
-        qc_run(runner, signed, "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "out.pt")
+        done = qc_run(runner, signed, "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "out.pt", *mode)
+        check_weights_line(done, mode)
+        assert peak_mb(done.stdout) > 0
         outputs = torch.load(tmp_path / "out.pt")  # weights_only (the default) reads what qc_run writes
         assert isinstance(outputs, tuple) and len(outputs) == 1
         assert torch.equal(outputs[0], y), (x.shape, (outputs[0] - y).abs().max())
@@ -239,6 +269,58 @@ def test_no_verify_loads_a_package_without_digests(runner, signed, every_kernel,
     assert torch.equal(torch.load(tmp_path / "out.pt")[0], io["ys"][0])
 
 
+def _blob_misaligned(src: Path, dst: Path) -> Path:
+    """``src`` rewritten member by member (same names and bytes, so its digests still hold) with its weights blob
+    not at a 64-byte boundary: an extra field of 5 bytes on the first member shifts it, if it happened to be."""
+    members = _members(src)
+    for shift in (b"", struct.pack("<HH", 0xCAFE, 1) + b"\0"):
+        with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
+            for i, (name, data) in enumerate(members):
+                info = zipfile.ZipInfo(name)
+                info.extra = shift if i == 0 else b""
+                z.writestr(info, data)
+        if _data_range(dst, "_weights.blob")[1] % 64:
+            return dst
+    raise AssertionError("the blob stayed aligned")
+
+
+def test_a_file_whose_weights_cannot_be_mapped_loads_copied(runner, signed, every_kernel, tmp_path):
+    """Not an error: qc_run says why on stderr, in one line, and loads the file with AOTInductor's loader."""
+    path = _blob_misaligned(signed, tmp_path / "misaligned.pt2")
+    start = _data_range(path, "_weights.blob")[1]
+    io = torch.load(every_kernel[1])
+    torch.save(io["xs"][:1], tmp_path / "in.pt")
+    done = qc_run(runner, path, "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "out.pt")
+    why = f"its weights start at byte {start}, not at a multiple of 64"
+    assert done.stderr == f"qc_run: {path}: weights copied, not mapped: {why}\n", done.stderr
+    assert line_starting(done.stdout, "weights: ") == f"weights: copied ({why})", done.stdout
+    assert torch.equal(torch.load(tmp_path / "out.pt")[0], io["ys"][0])
+
+
+def test_onednn_prepacked_weights_are_mapped(runner, tmp_path):
+    """Float linears after freezing hold oneDNN's prepacked weights (opaque tensors) on machines with oneDNN: made
+    over the mapping with AOTInductor's own C function, they compute what the copied ones do, bit for bit."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256)).eval()
+    program = qc.lower(torch.export.export(model, (torch.randn(4, 256),),
+                                           dynamic_shapes=({0: torch.export.Dim("rows", max=64)},)), "cpu")
+    path = qc.package(program, tmp_path / "float.pt2")
+    with zipfile.ZipFile(path) as z:
+        source = z.read(next(n for n in z.namelist() if n.endswith(".wrapper.cpp"))).decode()
+    if "cached_torch_layout__mkldnn" not in source:
+        pytest.skip("this machine's freezing made no oneDNN-prepacked weight (no opaque weight to map)")
+    for rows in (1, 7, 64):
+        torch.save([torch.randn(rows, 256)], tmp_path / "in.pt")
+        mapped = qc_run(runner, path, "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "mapped.pt")
+        copied = qc_run(runner, path, "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "copied.pt",
+                        "--copy-weights")
+        check_weights_line(mapped, [])
+        check_weights_line(copied, ["--copy-weights"])
+        assert " of them oneDNN-prepacked, " in line_starting(mapped.stdout, "weights: ")
+        y, expected = torch.load(tmp_path / "mapped.pt")[0], torch.load(tmp_path / "copied.pt")[0]
+        assert torch.equal(y, expected), (rows, (y - expected).abs().max())
+
+
 # --- an LM: tokens as qcompiler.generate makes them ---
 
 
@@ -262,21 +344,32 @@ def test_verifies_the_digests_qc_package_writes(runner, lm):
 
 
 def test_prints_the_metadata_and_call_spec(runner, signed_lm):
-    out = qc_run(runner, signed_lm).stdout
+    """Mapped, the metadata is read from the package's <hash>.wrapper_metadata.json by qc_run's own JSON reader;
+    copied, AOTInductor's loader reads it: the same lines either way."""
+    mapped, copied = (qc_run(runner, signed_lm, *mode) for mode in ([], ["--copy-weights"]))
+    out = mapped.stdout
     assert f'qcompiler.lm: {{"batch_size": 1, "max_seq_len": {MAX_SEQ_LEN}, "layers": 2' in out
     assert "inputs (call spec): " in out and "input_ids" in out and "cache_position" in out
+    check_weights_line(mapped, [])
+    check_weights_line(copied, ["--copy-weights"])
+    assert out.splitlines()[:-1] == copied.stdout.splitlines()[:-1]  # all but the weights line
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("length,new", [(7, 10), (1, 5), (MAX_SEQ_LEN - 3, 3)])
-def test_generates_the_tokens_qcompiler_generate_does(runner, signed_lm, length, new):
+def test_generates_the_tokens_qcompiler_generate_does(runner, signed_lm, length, new, mode):
+    """Mapped, the KV cache (among the "weights") is written through the private mapping: the file stays as it was."""
     ids = torch.randint(3, 256, (1, length), generator=torch.Generator().manual_seed(length))
     expected = qc.generate(qc.load(signed_lm), ids, max_new_tokens=new)[0].tolist()  # greedy
-    out = qc_run(runner, signed_lm, "--generate", "--prompt", ",".join(map(str, ids[0].tolist())),
-                 "--max-new-tokens", new).stdout
-    lines = out.splitlines()
+    done = qc_run(runner, signed_lm, "--generate", "--prompt", ",".join(map(str, ids[0].tolist())),
+                  "--max-new-tokens", new, *mode)
+    out, lines = done.stdout, done.stdout.splitlines()
     assert lines[0] == "tokens: " + " ".join(map(str, expected)), out
     assert lines[1].startswith(f"prefill: {length} tokens in ") and "tokens/s" in lines[2], out
-    assert lines[-1].startswith("peak memory (VmHWM): ") and lines[-1].endswith(" MB"), out
+    assert lines[-2].startswith("weights: ") and lines[-1].startswith(PEAK), out
+    check_weights_line(done, mode)
+    assert peak_mb(out) > 0
+    assert qc_run(runner, signed_lm, "--verify").stdout.startswith(f"ok {signed_lm}")  # unchanged by the run
 
 
 @pytest.mark.parametrize("args,said", [
@@ -289,9 +382,10 @@ def test_generates_the_tokens_qcompiler_generate_does(runner, signed_lm, length,
     (["--generate"], "--generate needs --prompt"),
     (["--inputs", "in.pt"], "--inputs and --outputs go together"),
     (["--verify", "--no-verify"], "contradict"),
+    (["--verify", "--copy-weights"], "--verify only checks the file"),
     (["--frobnicate"], "unexpected argument '--frobnicate'"),
 ], ids=["too-long", "not-an-id", "negative-id", "negative-count", "no-prompt", "no-outputs", "contradiction",
-        "unknown-flag"])
+        "verify-loads-nothing", "unknown-flag"])
 def test_bad_arguments_are_refused(runner, signed_lm, args, said):
     stderr = qc_run(runner, signed_lm, *args, expect=REFUSED).stderr
     assert said in stderr, stderr
@@ -300,3 +394,38 @@ def test_bad_arguments_are_refused(runner, signed_lm, args, said):
 def test_generate_refuses_a_file_that_is_no_lm(runner, signed):
     stderr = qc_run(runner, signed, "--generate", "--prompt", "1,2", expect=REFUSED).stderr
     assert "--generate needs an LM packaged from qcompiler.capture_lm (no qcompiler.lm in its metadata)" in stderr
+
+
+# --- memory: mapped weights are held once, copied ones twice while AOTInductor's loader copies them ---
+
+
+MLP_WIDTH = 2048  # 4 float32 layers of 2048 x 2048: 64 MiB of weights
+
+
+@pytest.fixture(scope="module")
+def big_mlp(tmp_path_factory) -> tuple:
+    """A float MLP whose weights outweigh qc_run's own memory (libtorch: about 120 MB), packaged (about 10 s);
+    (file, an input for it, its weights' bytes)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(MLP_WIDTH, MLP_WIDTH, bias=False) for _ in range(4)]).eval()
+    program = qc.lower(torch.export.export(model, (torch.randn(2, MLP_WIDTH),),
+                                           dynamic_shapes=({0: torch.export.Dim("rows", max=64)},)), "cpu")
+    folder = tmp_path_factory.mktemp("big_mlp")
+    torch.save([torch.randn(1, MLP_WIDTH)], folder / "in.pt")
+    return qc.package(program, folder / "mlp.pt2"), folder / "in.pt", 4 * MLP_WIDTH * MLP_WIDTH * 4
+
+
+def test_mapped_weights_peak_below_copied_ones(runner, big_mlp, tmp_path):
+    """A memory check, not a timing. AOTInductor's loader holds the weights twice while it copies them from the
+    blob (about 2x at its peak); mapped, they count once, as the model reads their pages. Measured here: 180 MB
+    mapped, 240 MB copied for these 64 MiB; the margin asked is half the weights."""
+    path, inputs, weight_bytes = big_mlp
+    peaks, outputs = [], []
+    for mode in ([], ["--copy-weights"]):
+        done = qc_run(runner, path, "--inputs", inputs, "--outputs", tmp_path / "out.pt", *mode)
+        check_weights_line(done, mode)
+        peaks.append(peak_mb(done.stdout))
+        outputs.append(torch.load(tmp_path / "out.pt")[0])
+    mapped, copied = peaks
+    assert mapped < copied - 0.5 * weight_bytes / 2 ** 20, f"peak {mapped} MB mapped, {copied} MB copied"
+    assert torch.equal(*outputs)

@@ -208,13 +208,28 @@ def test_bad_package_paths(tmp_path):
 def test_a_failed_compile_leaves_nothing_behind(tmp_path, monkeypatch):
     prog = qc.capture(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
 
-    def broken(program, package_path, **options):
-        with open(package_path, "wb") as f:
-            f.write(b"partial")
+    def broken(*args, **options):
         raise RuntimeError("compiler crashed")
 
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken)
+    monkeypatch.setattr(torch._inductor, "aot_compile", broken)
     with pytest.raises(RuntimeError, match="compiler crashed"):
+        qc.package(prog, tmp_path / "model.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_while_writing_the_archive_leaves_nothing_behind(tmp_path, monkeypatch):
+    from qcompiler.runtime import artifact
+    prog = qc.capture(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
+    store = artifact._store
+
+    def disk_full(z, name, src, size):
+        if name.endswith(".wrapper.so"):
+            z.fp.write(b"partial")
+            raise OSError("no space left on device")
+        store(z, name, src, size)
+
+    monkeypatch.setattr(artifact, "_store", disk_full)
+    with pytest.raises(OSError, match="no space left"):
         qc.package(prog, tmp_path / "model.pt2")
     assert list(tmp_path.iterdir()) == []
 

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <iomanip>
 
 #include <torch/torch.h>
@@ -30,10 +29,10 @@ std::int64_t json_integer(const std::string& json, const std::string& key) {
   return value;
 }
 
-// capture_lm's program takes input_ids and cache_position by keyword; the loader takes its inputs flat, in the
+// capture_lm's program takes input_ids and cache_position by keyword; the model takes its inputs flat, in the
 // order the call spec's keyword list gives them.
-bool input_ids_come_first(torch::inductor::AOTIModelPackageLoader& loader) {
-  std::string in_spec = loader.get_call_spec().at(0);
+bool input_ids_come_first(Model& model) {
+  std::string in_spec = model.call_spec().at(0);
   std::size_t ids = in_spec.find("input_ids"), positions = in_spec.find("cache_position");
   if (ids == std::string::npos || positions == std::string::npos) {
     throw UsageError("its inputs are not (input_ids, cache_position), as a qcompiler.capture_lm program's are: " +
@@ -45,19 +44,18 @@ bool input_ids_come_first(torch::inductor::AOTIModelPackageLoader& loader) {
 // One call: logits [batch, n, vocab] for input_ids [batch, n] at positions cache_position [n].
 class LmCall {
  public:
-  explicit LmCall(torch::inductor::AOTIModelPackageLoader& loader)
-      : loader_(loader), ids_first_(input_ids_come_first(loader)) {}
+  explicit LmCall(Model& model) : model_(model), ids_first_(input_ids_come_first(model)) {}
 
   at::Tensor operator()(const at::Tensor& input_ids, const at::Tensor& cache_position) {
     std::vector<at::Tensor> inputs = ids_first_ ? std::vector<at::Tensor>{input_ids, cache_position}
                                                 : std::vector<at::Tensor>{cache_position, input_ids};
-    std::vector<at::Tensor> outputs = loader_.run(inputs);
+    std::vector<at::Tensor> outputs = model_.run(inputs);
     if (outputs.empty() || outputs[0].dim() != 3) throw std::runtime_error("the model did not return logits [b, n, v]");
     return outputs[0];
   }
 
  private:
-  torch::inductor::AOTIModelPackageLoader& loader_;
+  Model& model_;
   bool ids_first_;
 };
 
@@ -91,18 +89,8 @@ void check_request(const LmShape& shape, const GenerateRequest& request) {
   }
 }
 
-// Peak resident memory: VmHWM, as `qcompiler generate` reports it (MB = 1024 kB there too); -1 where unknown.
-double peak_memory_mb() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
-  }
-  return -1;
-}
-
 void print_report(const std::vector<std::int64_t>& tokens, const std::vector<double>& seconds,
-                  std::size_t prompt_length, std::ostream& out) {
+                  std::size_t prompt_length, const std::string& weights, std::ostream& out) {
   out << "tokens:";
   for (std::int64_t token : tokens) out << ' ' << token;
   out << '\n' << std::fixed << std::setprecision(1);
@@ -115,6 +103,7 @@ void print_report(const std::vector<std::int64_t>& tokens, const std::vector<dou
     out << "decode: " << seconds.size() - 1 << " tokens in " << decode_seconds * 1e3 << " ms, "
         << static_cast<double>(seconds.size() - 1) / decode_seconds << " tokens/s\n";
   }
+  out << "weights: " << weights << '\n';
   out << "peak memory (VmHWM): " << peak_memory_mb() << " MB\n";
 }
 
@@ -129,20 +118,19 @@ LmShape lm_shape(const std::unordered_map<std::string, std::string>& metadata) {
   return {json_integer(found->second, "batch_size"), json_integer(found->second, "max_seq_len")};
 }
 
-std::vector<std::int64_t> generate(torch::inductor::AOTIModelPackageLoader& loader, const GenerateRequest& request) {
-  check_request(lm_shape(loader.get_metadata()), request);
-  LmCall call(loader);
+std::vector<std::int64_t> generate(Model& model, const GenerateRequest& request) {
+  check_request(lm_shape(model.metadata()), request);
+  LmCall call(model);
   std::vector<std::int64_t> tokens;
   stream_tokens(call, request, [&tokens](std::int64_t token) { tokens.push_back(token); });
   return tokens;
 }
 
-void generate_and_report(torch::inductor::AOTIModelPackageLoader& loader, const GenerateRequest& request,
-                         std::ostream& out) {
-  check_request(lm_shape(loader.get_metadata()), request);
-  LmCall call(loader);
+void generate_and_report(Model& model, const GenerateRequest& request, std::ostream& out) {
+  check_request(lm_shape(model.metadata()), request);
+  LmCall call(model);
   // A warm-up, as `qcompiler generate` does, so that one-time costs (first-call allocations) are not timed.
-  generate(loader, {request.prompt, std::min<std::int64_t>(request.max_new_tokens, 2)});
+  generate(model, {request.prompt, std::min<std::int64_t>(request.max_new_tokens, 2)});
   std::vector<std::int64_t> tokens;
   std::vector<double> seconds;  // since the start, at each token
   auto start = std::chrono::steady_clock::now();
@@ -150,7 +138,7 @@ void generate_and_report(torch::inductor::AOTIModelPackageLoader& loader, const 
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     tokens.push_back(token);
   });
-  print_report(tokens, seconds, request.prompt.size(), out);
+  print_report(tokens, seconds, request.prompt.size(), model.weights(), out);
 }
 
 }  // namespace qc

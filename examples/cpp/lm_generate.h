@@ -7,7 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include "model.h"
 
 namespace qc {
 
@@ -26,11 +26,10 @@ struct GenerateRequest {
 };
 
 // The new tokens: one prefill call with the whole prompt, then one call per token; greedy (argmax).
-std::vector<std::int64_t> generate(torch::inductor::AOTIModelPackageLoader& loader, const GenerateRequest& request);
+std::vector<std::int64_t> generate(Model& model, const GenerateRequest& request);
 
 // Checks the request against the model (as qcompiler.generate does), warms up, generates, and prints the tokens,
-// the prefill time, decode tokens/s and the peak memory to `out`.
-void generate_and_report(torch::inductor::AOTIModelPackageLoader& loader, const GenerateRequest& request,
-                         std::ostream& out);
+// the prefill time, decode tokens/s, how the weights were loaded and the peak memory to `out`.
+void generate_and_report(Model& model, const GenerateRequest& request, std::ostream& out);
 
 }  // namespace qc

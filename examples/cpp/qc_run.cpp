@@ -4,19 +4,21 @@
 // 1 the model itself failed while loading or running.
 #include <algorithm>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
 #include "errors.h"
 #include "lm_generate.h"
+#include "model.h"
 #include "verify.h"
 
 namespace {
@@ -28,12 +30,16 @@ constexpr const char* kUsage = R"(usage:
   qc_run MODEL.pt2 [--verify | --no-verify]                     print the model's metadata and call spec
   qc_run MODEL.pt2 --inputs IN.pt --outputs OUT.pt              run it once
   qc_run MODEL.pt2 --generate --prompt 1,2,3 [--max-new-tokens N]  greedy tokens from an LM (N: 128)
+  (each but --verify also takes --copy-weights)
 
   Before loading, the file is checked against qcompiler/members.sha256 (every member's SHA-256, written when
   it was packaged): a file that fails is refused (exit code 2).
   --verify      only check the file; print "ok MODEL.pt2"
   --no-verify   UNSAFE: load without checking. AOTInductor's loader extracts and dlopens the file's shared
                 library, running its code: skip the check only for files you built yourself.
+  --copy-weights  copy the weights into memory with AOTInductor's loader (loading peaks at twice the weights).
+                By default they are mapped from the file, copy-on-write: the file never changes, but do not change
+                it in place while it is loaded. A file that does not allow mapping loads copied, the reason on stderr.
   IN.pt         the model's inputs, flat, saved from Python: torch.save([x, ...], "IN.pt")
   OUT.pt        its outputs, a tuple of tensors: torch.load("OUT.pt")
 )";
@@ -42,6 +48,7 @@ struct Options {
   std::string model;
   bool verify_only = false;
   bool skip_verify = false;
+  bool copy_weights = false;  // AOTInductor's loader, rather than weights mapped from the file
   std::string inputs;
   std::string outputs;
   bool generate = false;
@@ -83,7 +90,9 @@ void check_combination(const Options& o) {
   if (!o.generate && (o.prompt || o.max_new_tokens)) {
     throw qc::UsageError("--prompt and --max-new-tokens go with --generate");
   }
-  if (o.verify_only && (o.generate || !o.inputs.empty())) throw qc::UsageError("--verify only checks the file");
+  if (o.verify_only && (o.generate || !o.inputs.empty() || o.copy_weights)) {
+    throw qc::UsageError("--verify only checks the file");
+  }
 }
 
 Options parse_args(int argc, char** argv) {
@@ -97,6 +106,7 @@ Options parse_args(int argc, char** argv) {
     };
     if (arg == "--verify") o.verify_only = true;
     else if (arg == "--no-verify") o.skip_verify = true;
+    else if (arg == "--copy-weights") o.copy_weights = true;
     else if (arg == "--inputs") o.inputs = value();
     else if (arg == "--outputs") o.outputs = value();
     else if (arg == "--generate") o.generate = true;
@@ -157,21 +167,23 @@ void save_tensors(const std::vector<at::Tensor>& tensors, const std::string& pat
   if (!out.flush()) throw std::runtime_error("cannot write " + path);
 }
 
-void print_model(torch::inductor::AOTIModelPackageLoader& loader, std::ostream& out) {
-  std::unordered_map<std::string, std::string> metadata = loader.get_metadata();
+void print_model(qc::Model& model, std::ostream& out) {
+  std::unordered_map<std::string, std::string> metadata = model.metadata();
   out << "metadata:\n";
   for (const auto& [key, value] : std::map<std::string, std::string>(metadata.begin(), metadata.end())) {
     out << "  " << key << ": " << value << '\n';
   }
-  std::vector<std::string> spec = loader.get_call_spec();
+  std::vector<std::string> spec = model.call_spec();
   out << "inputs (call spec): " << spec.at(0) << '\n' << "outputs (call spec): " << spec.at(1) << '\n';
+  out << "weights: " << model.weights() << '\n';
 }
 
-void run_once(torch::inductor::AOTIModelPackageLoader& loader, const std::vector<at::Tensor>& inputs,
-              const Options& o) {
-  std::vector<at::Tensor> outputs = loader.run(inputs);
+void run_once(qc::Model& model, const std::vector<at::Tensor>& inputs, const Options& o) {
+  std::vector<at::Tensor> outputs = model.run(inputs);
   save_tensors(outputs, o.outputs);
-  std::cout << "wrote " << outputs.size() << " output(s) to " << o.outputs << '\n';
+  std::cout << "wrote " << outputs.size() << " output(s) to " << o.outputs << '\n'
+            << "weights: " << model.weights() << '\n'
+            << "peak memory (VmHWM): " << std::fixed << std::setprecision(1) << qc::peak_memory_mb() << " MB\n";
 }
 
 int run(const Options& o) {
@@ -184,13 +196,13 @@ int run(const Options& o) {
   }
   c10::InferenceMode no_autograd;
   std::vector<at::Tensor> inputs = o.inputs.empty() ? std::vector<at::Tensor>{} : load_tensor_list(o.inputs);
-  torch::inductor::AOTIModelPackageLoader loader(o.model);
+  std::unique_ptr<qc::Model> model = qc::load_model(o.model, o.copy_weights, std::cerr);
   if (o.generate) {
-    qc::generate_and_report(loader, {*o.prompt, o.max_new_tokens.value_or(128)}, std::cout);
+    qc::generate_and_report(*model, {*o.prompt, o.max_new_tokens.value_or(128)}, std::cout);
   } else if (!o.inputs.empty()) {
-    run_once(loader, inputs, o);
+    run_once(*model, inputs, o);
   } else {
-    print_model(loader, std::cout);
+    print_model(*model, std::cout);
   }
   return 0;
 }

@@ -34,12 +34,13 @@ class ZipArchive {
   // Calls `consume` with the member's stored bytes, a chunk at a time (never the whole member at once).
   void read_member(const ZipMember& member, const std::function<void(const char*, std::size_t)>& consume) const;
   std::string read_small_member(const ZipMember& member) const;  // the whole member: for small ones only
+  // Where the member's stored bytes start in the file (they run compressed_size bytes, within the file).
+  std::uint64_t data_offset(const ZipMember& member) const;
 
  private:
   void read_at(std::uint64_t offset, void* buffer, std::size_t size) const;
   std::uint64_t find_end_of_central_directory() const;
   void read_central_directory(std::uint64_t end_record);
-  std::uint64_t data_offset(const ZipMember& member) const;
 
   int fd_ = -1;
   std::uint64_t file_size_ = 0;

@@ -7,12 +7,16 @@ so a failure never leaves a half-written package. Loading checks the file first,
 so a missing, truncated or foreign file fails with a message naming it.
 """
 import contextlib
+import gc
 import importlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import struct
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,6 +24,15 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch._inductor.runtime.cache_dir_utils import cache_dir
+from torch.export.pt2_archive.constants import (
+    AOTINDUCTOR_DIR,
+    ARCHIVE_FORMAT_PATH,
+    ARCHIVE_FORMAT_VALUE,
+    ARCHIVE_VERSION_PATH,
+    ARCHIVE_VERSION_VALUE,
+    CONSTANTS_DIR,
+    CUSTOM_OBJ_FILENAME_PREFIX,
+)
 
 from .digests import DIGESTS, MAX_METADATA_BYTES, verify, write_digests
 from .mapped import try_load_mapped
@@ -61,31 +74,70 @@ def atomic_write(path: Union[str, Path]) -> Iterator[str]:
 def write_package(program: torch.export.ExportedProgram, path: Union[str, Path], metadata: dict,
                   members: Optional[Dict[str, bytes]] = None, inductor_options: Optional[dict] = None) -> Path:
     """AOTInductor-compile ``program`` (with ``inductor_options``) into ``path`` (.pt2), with ``metadata``
-    (and ``members``) beside the model."""
+    (and ``members``) beside the model.
+
+    What ``torch._inductor.aoti_compile_and_package`` does, in two steps of our own: ``aot_compile`` writes
+    the model's files, then :func:`_write_archive` streams them into the archive. torch's packager reads
+    each file whole into memory to write it (the weights blob: 1x the model, while the compiler's buffer of
+    serialized weights could still be held: packaging a 7B-shaped int4 model added 2.4x its file)."""
     with atomic_write(path) as tmp:
-        torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=inductor_options or {})
-        _drop_empty_weights(tmp)
+        files = _aot_compile(program, inductor_options or {})
+        gc.collect()  # the compiler's serialized weights, should a reference cycle still hold them
+        _write_archive(tmp, files)
         with zipfile.ZipFile(tmp, "a") as z:
             _remove_build_folders(z.namelist())
             root = z.namelist()[0].split("/", 1)[0]
-            z.writestr(f"{root}/{METADATA}", json.dumps(metadata, indent=1))
-            for name, data in (members or {}).items():
-                z.writestr(f"{root}/qcompiler/{name}", data)
+            for name, data in {METADATA: json.dumps(metadata, indent=1).encode(),
+                               **{f"qcompiler/{n}": d for n, d in (members or {}).items()}}.items():
+                _store(z, f"{root}/{name}", io.BytesIO(data), len(data))
         write_digests(tmp)
     return Path(path).resolve()
 
 
-def _drop_empty_weights(path: str) -> None:
-    """Rewrite the archive without an empty weights blob (a model with no weights): AOTInductor's loader fails
-    to map a file of 0 bytes, and loads a model with no blob as one with no weights (the archive is small)."""
-    with zipfile.ZipFile(path) as z:
-        empty = [i.filename for i in z.infolist() if i.filename.endswith("_weights.blob") and i.file_size == 0]
-        if not empty:
-            return
-        members = [(i, z.read(i)) for i in z.infolist() if i.filename not in empty]
+def _aot_compile(program: torch.export.ExportedProgram, options: dict) -> list:
+    """AOTInductor's files for ``program`` (paths), as ``aoti_compile_and_package`` compiles them."""
+    gm = program.module(check_guards=False)
+    args, kwargs = program.example_inputs
+    files = torch._inductor.aot_compile(gm, args, kwargs, options={**options, "aot_inductor.package": True})
+    odd = [f for f in files if not isinstance(f, str)]
+    if odd:
+        raise ValueError(f"qcompiler: AOTInductor returned {type(odd[0]).__name__} among its files; qcompiler packages "
+                         "files only (package_constants_on_disk_format='pickle_weights' is not supported)")
+    return [f for f in files if f]
+
+
+def _write_archive(path: str, files: Sequence[str]) -> None:
+    """The PT2 archive torch's ``package_aoti`` writes, every member stored, streamed from its file and aligned
+    at 64 bytes (the weights can be mapped in place). An empty weights blob (a model with no weights) is left
+    out: AOTInductor's loader cannot map 0 bytes, and loads a model without one as a model without weights."""
+    root = Path(path).stem
     with zipfile.ZipFile(path, "w") as z:
-        for info, data in members:
-            z.writestr(info, data)
+        for name, text in ((ARCHIVE_FORMAT_PATH, ARCHIVE_FORMAT_VALUE), (ARCHIVE_VERSION_PATH, ARCHIVE_VERSION_VALUE),
+                           (".data/version", "6\n"), ("byteorder", sys.byteorder)):
+            _store(z, f"{root}/{name}", io.BytesIO(text.encode()), len(text.encode()))
+        for file in files:
+            base, size = os.path.basename(file), os.path.getsize(file)
+            if base.endswith("_weights.blob") and size == 0:
+                continue
+            folder = CONSTANTS_DIR if base.startswith(CUSTOM_OBJ_FILENAME_PREFIX) else f"{AOTINDUCTOR_DIR}model/"
+            with open(file, "rb") as src:
+                _store(z, f"{root}/{folder}{base}", src, size)
+
+
+ALIGNMENT = 64  # bytes: where each member's data starts, as torch's PyTorchFileWriter aligns them
+_PADDING_ID = 0x4246  # an extra field of padding before the data ("FB", as torch's writer uses)
+
+
+def _store(z: zipfile.ZipFile, name: str, src, size: int) -> None:
+    """Append ``size`` bytes read from ``src`` as member ``name``, stored, its data at a multiple of ALIGNMENT."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    zip64 = size > zipfile.ZIP64_LIMIT
+    fixed = 30 + len(name.encode()) + 4 + (20 if zip64 else 0)  # local header, name, our field's header, zip64's
+    pad = -(z.fp.tell() + fixed) % ALIGNMENT
+    info.extra = struct.pack("<HH", _PADDING_ID, pad) + bytes(pad)
+    with z.open(info, "w", force_zip64=zip64) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _remove_build_folders(names: Sequence[str]) -> None:
