@@ -1,8 +1,15 @@
 import os
+import tempfile
 
 import pytest
 
 from hypothesis import HealthCheck, settings
+
+# pytest-xdist: each worker compiles into its own Inductor cache, so that qc.package removing the build folder of
+# a package it made never removes a folder another worker is compiling the same graph in.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(),
+                                                         f"qcompiler-tests-inductor-{os.environ['PYTEST_XDIST_WORKER']}")
 
 # CI runs derandomized so a red build reproduces; locally hypothesis explores.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=60,
