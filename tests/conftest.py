@@ -27,8 +27,8 @@ except ImportError:  # pragma: no cover
 
 
 def _every_kernel_program():
-    """Five 128-wide linears, one per scheme whose kernel a .pt2 carries inside: int8dq (ATen), int4wo and
-    int8da-int4w (qcompiler.int8_int4_gemm), codebook-4 (codebook_gemm), AQLM (additive_gemm)."""
+    """Five 128-wide linears, one per scheme whose kernel a .pt2 carries inside: int8dq (ATen, or int8_gemm without
+    VNNI), int4wo and int8da-int4w (qcompiler.int8_int4_gemm), codebook-4 (codebook_gemm), AQLM (additive_gemm)."""
     import qcompiler as qc
     torch.manual_seed(0)
     d = 128

@@ -29,7 +29,9 @@ def _run_bare(script: str, env: dict) -> subprocess.CompletedProcess:
 def test_every_kernel_runs_with_torch_alone_and_no_compiler(every_kernel, tmp_path):
     path, io = every_kernel
     meta = qc.load(path).metadata
-    assert meta["native_ops"] == ["qcompiler::additive_gemm", "qcompiler::codebook_gemm", "qcompiler::int8_int4_gemm"]
+    ours = {"qcompiler::additive_gemm", "qcompiler::codebook_gemm", "qcompiler::int8_int4_gemm"}
+    # int8dq takes qcompiler::int8_gemm where the target has no VNNI (AVX2 machines), an ATen GEMM elsewhere
+    assert ours <= set(meta["native_ops"]) <= ours | {"qcompiler::int8_gemm"}
     assert meta["native_ops_linked"] is True
     env = _bare_env(tmp_path)
     out = _run_bare(f"""
