@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine  # noqa: E402
+from machine import machine, write_results  # noqa: E402
 
 LAYOUTS = {"blob": {}, "so": {"aot_inductor.package_constants_in_so": True,
                               "aot_inductor.package_constants_on_disk_format": None}}
@@ -204,9 +204,7 @@ def write(a, rows: list) -> None:
                      f"{f(r, 'running_x', '{:.2f}')} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if a.out:
-        Path(a.out + ".json").write_text(json.dumps({"model": a.model, "machine": m, "rows": rows}, indent=1))
-        Path(a.out + ".md").write_text(text)
+    write_results(a.out, {"model": a.model, "machine": m, "rows": rows}, text)
 
 
 if __name__ == "__main__":

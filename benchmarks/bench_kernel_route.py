@@ -8,7 +8,6 @@ proxy executor and the dispatcher, with the kernels' library loaded in the proce
 side by side in one process, in interleaved rounds; medians per call, with the machine.
 """
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from qcompiler.runtime import native
 from qcompiler.zoo import minilm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine  # noqa: E402
+from machine import machine, write_results  # noqa: E402
 
 SCHEMES = ("int4wo-64", "codebook-4")
 SHAPES = ((1, 128), (8, 128))
@@ -74,9 +73,7 @@ def main() -> None:
               f"{r['linked / dispatcher']:.3f} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    if a.out:
-        Path(a.out + ".json").write_text(json.dumps({"machine": m, "rounds": a.rounds, "rows": rows}, indent=1))
-        Path(a.out + ".md").write_text(text)
+    write_results(a.out, {"machine": m, "rounds": a.rounds, "rows": rows}, text)
 
 
 if __name__ == "__main__":

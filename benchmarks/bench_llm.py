@@ -30,7 +30,7 @@ import qcompiler as qc
 from qcompiler.zoo import DECODERS, decoder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine  # noqa: E402
+from machine import machine, write_results  # noqa: E402
 
 # system -> (weights dtype, scheme or None, KV cache dtype or None); "bf16" is the unquantized baseline
 F32, BF16, INT8 = torch.float32, torch.bfloat16, torch.int8
@@ -200,9 +200,7 @@ def write(a, runs: dict, bandwidth: float) -> None:
                      f"{r['model_mb']:.0f} | {r['peak_memory_mb'] * 2**20 / 1e6 / r['model_mb']:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if a.out:
-        Path(a.out + ".json").write_text(json.dumps(result, indent=1))
-        Path(a.out + ".md").write_text(text)
+    write_results(a.out, result, text)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,12 @@ def machine() -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_flags": [f for f in CPU_FLAGS if f in flags],
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def write_results(out, result: dict, text: str) -> None:
+    """``out``.json (``result``) and ``out``.md (``text``), where ``out`` (a path without suffix) is given."""
+    if out:
+        import json
+        from pathlib import Path
+        Path(out + ".json").write_text(json.dumps(result, indent=1))
+        Path(out + ".md").write_text(text)

@@ -129,14 +129,14 @@ class MappedModel:
     def __init__(self, runner, mapping: torch.Tensor, weights: Dict[str, torch.Tensor]):
         self.loader = runner  # what qcompiler's loader reads the call spec from, as AOTICompiledModel's
         self._mapping, self._weights = mapping, weights  # AOTInductor holds pointers into them: keep them alive
+        # parsed once: a decoder calls this once a token
+        self._in_spec, self._out_spec = (torch.utils._pytree.treespec_loads(s) for s in runner.get_call_spec())
 
     def __call__(self, *args, **kwargs):
-        spec = self.loader.get_call_spec()
-        in_spec, out_spec = (torch.utils._pytree.treespec_loads(s) for s in spec)
         from torch.export.pt2_archive._package import reorder_kwargs
-        flat = torch.utils._pytree.tree_flatten((args, reorder_kwargs(kwargs, in_spec)))[0]
+        flat = torch.utils._pytree.tree_flatten((args, reorder_kwargs(kwargs, self._in_spec)))[0]
         outputs = self.loader.run([x for x in flat if isinstance(x, torch.Tensor)])
-        return torch.utils._pytree.tree_unflatten(outputs, out_spec)
+        return torch.utils._pytree.tree_unflatten(outputs, self._out_spec)
 
 
 @functools.lru_cache(maxsize=None)
