@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, write_results  # noqa: E402
@@ -67,7 +68,36 @@ def _release_free_memory() -> None:
         pass
 
 
-def package_one(model_name: str, scheme: str, layout: str, path: Path, dtype: str) -> dict:
+def _decoder_on_disk(name: str, dtype, folder: Path):
+    """The decoder ``name`` with random weights (std 0.02) in files under ``folder``, each mapped shared: the
+    kernel writes them back and drops them as memory runs short, so a shape whose float weights exceed the
+    machine's memory (Llama-2-13B in bfloat16: 26 GB) can still be quantized; the files go with the model."""
+    import torch
+    import transformers
+    from qcompiler.zoo import DECODERS
+    cls_name, fields = DECODERS[name]
+    cls = getattr(transformers, cls_name)
+    with torch.device("meta"):
+        model = cls(cls.config_class(**fields, torch_dtype=dtype)).to(dtype).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for i, (qualified, param) in enumerate(list(model.named_parameters())):
+        file = folder / f"{i}.bin"
+        file.unlink(missing_ok=True)
+        data = torch.from_file(str(file), shared=True, size=param.numel(), dtype=dtype).view(param.shape)
+        if data.dim() == 1:  # norms
+            data.fill_(1)
+        for rows in data.view(-1, param.shape[-1]).split(256) if data.dim() > 1 else ():
+            rows.normal_(0, 0.02, generator=gen)
+        owner, _, attr = qualified.rpartition(".")
+        setattr(model.get_submodule(owner), attr, torch.nn.Parameter(data, requires_grad=False))
+        file.unlink()  # the mapping keeps it until the model goes
+    model.model.rotary_emb = type(model.model.rotary_emb)(model.config)  # its only buffers: computed, small
+    return model
+
+
+def package_one(model_name: str, scheme: str, layout: str, path: Path, dtype: str,
+                weights_on_disk: Optional[Path] = None) -> dict:
     """In this (fresh) process: build, quantize, lower, then package with the peak measured from there."""
     import torch
     import qcompiler as qc
@@ -85,7 +115,10 @@ def package_one(model_name: str, scheme: str, layout: str, path: Path, dtype: st
                               dynamic_shapes=bundled.dynamic_shapes)
     else:
         from qcompiler.zoo import decoder
-        lm = qc.capture_lm(decoder(model_name, dtype=getattr(torch, dtype)), max_seq_len=MAX_SEQ_LEN)
+        model = _decoder_on_disk(model_name, getattr(torch, dtype), weights_on_disk) if weights_on_disk else \
+            decoder(model_name, dtype=getattr(torch, dtype))
+        lm = qc.capture_lm(model, max_seq_len=MAX_SEQ_LEN)
+        del model
         program = qc.convert(qc.prepare(lm, qc.config_from_string(scheme)))
         del lm
     lowered = qc.lower(program, "cpu")
@@ -152,7 +185,8 @@ def _child(*args) -> dict:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("_package", "_load"):
         what, model_name, *rest = sys.argv[1:]
-        result = package_one(model_name, rest[0], rest[1], Path(rest[2]), rest[3]) if what == "_package" else \
+        result = package_one(model_name, rest[0], rest[1], Path(rest[2]), rest[3],
+                             Path(rest[4]) if len(rest) > 4 else None) if what == "_package" else \
             load_one(model_name, Path(rest[0]), rest[1])
         print(json.dumps(result))
         return
@@ -163,6 +197,8 @@ def main() -> None:
     p.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="a decoder's weights before quantizing (bfloat16 for shapes whose float32 weights don't fit)")
+    p.add_argument("--weights-on-disk", metavar="DIR",
+                   help="a decoder's float weights in files under DIR, mapped (for shapes larger than memory)")
     p.add_argument("--folder", default="bench-deploy")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--out", help="results path without suffix (writes .json and .md)")
@@ -176,7 +212,8 @@ def main() -> None:
             record = path.with_suffix(".build.json")  # what packaging measured, for runs that only load
             if a.rebuild or not path.exists():
                 log(f"packaging {path.name} ...")
-                record.write_text(json.dumps(_child("_package", a.model, scheme, layout, str(path), a.dtype)))
+                record.write_text(json.dumps(_child("_package", a.model, scheme, layout, str(path), a.dtype,
+                                                         *([a.weights_on_disk] if a.weights_on_disk else []))))
             built = json.loads(record.read_text()) if record.exists() else None
             for way in a.ways:
                 log(f"loading {path.name} with {way} ...")
@@ -194,12 +231,13 @@ def write(a, rows: list) -> None:
              "", f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; torch {m['torch']}", "",
              "Memory: resident MB above the process's baseline once torch's loader is imported, as multiples of the "
              "file. `blob`: weights beside the .so (qcompiler's default); `so`: inside it.", "",
-             "| scheme | layout | loaded by | file MB | package s | packaging adds (x file) | load s | load peak x |"
-             " after load x | after 2 calls x |", "|" + "---|" * 10]
+             "| scheme | layout | loaded by | file MB | package s | packaging adds (x file) |"
+             " packaging process peak GB | load s | load peak x | after load x | after 2 calls x |", "|" + "---|" * 11]
     for r in rows:
         packaging = f"{r['package_peak_mb'] / r['file_mb']:.2f}x" if r.get("package_peak_mb") else "-"
+        process = f"{(r['package_peak_mb'] + r['held_before_mb']) / 1024:.1f}" if r.get("held_before_mb") else "-"
         lines.append(f"| {r['scheme']} | {r['layout']} | {r['way']} | {f(r, 'file_mb', '{:.0f}')} | "
-                     f"{f(r, 'package_s', '{:.0f}')} | {packaging} | {f(r, 'load_s', '{:.2f}')} | "
+                     f"{f(r, 'package_s', '{:.0f}')} | {packaging} | {process} | {f(r, 'load_s', '{:.2f}')} | "
                      f"{f(r, 'load_peak_x', '{:.2f}')} | {f(r, 'loaded_x', '{:.2f}')} | "
                      f"{f(r, 'running_x', '{:.2f}')} |")
     text = "\n".join(lines) + "\n"

@@ -163,6 +163,9 @@ DECODERS = {
     "llama-2-7b": ("LlamaForCausalLM", {
         "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
         "num_key_value_heads": 32, "max_position_embeddings": 4096, **_LLAMA_VOCAB}),
+    "llama-2-13b": ("LlamaForCausalLM", {
+        "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
+        "num_key_value_heads": 40, "max_position_embeddings": 4096, **_LLAMA_VOCAB}),
 }
 
 

@@ -157,6 +157,35 @@ def test_packaging_leaves_no_copy_of_the_library_in_inductors_cache(packaged):
     assert not left, f"AOTInductor's build folders were left behind: {left}"
 
 
+def test_packaging_hands_aotinductor_the_weights_themselves_not_copies():
+    """AOTInductor clones every buffer it lifts (for mutation); packaging re-registers the ones never written as
+    parameters over the same storage, so no weight is held twice. A written buffer (a KV cache) stays a buffer."""
+    from qcompiler.runtime.artifact import _buffers_as_parameters, written_buffers
+
+    class Cached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Module()
+            self.inner.register_buffer("codes", torch.randint(-8, 8, (4, 4), dtype=torch.int8))
+            self.register_buffer("cache", torch.zeros(4))
+
+        def forward(self, x):
+            self.cache.add_(1)
+            return x @ self.inner.codes.float() + self.cache
+
+    exported = torch.export.export(Cached(), (torch.randn(2, 4),))
+    for program in (exported, exported.run_decompositions()):  # the write in place, and functional
+        assert written_buffers(program) == {"cache"}
+    gm = program.module(check_guards=False)
+    codes = gm.inner.codes
+    _buffers_as_parameters(gm, written_buffers(program))
+    assert [n for n, _ in gm.named_parameters()] == ["inner.codes"]
+    assert [n for n, _ in gm.named_buffers()] == ["cache"]
+    assert gm.inner.codes.data_ptr() == codes.data_ptr() and not gm.inner.codes.requires_grad
+    x, cache = torch.randn(2, 4), gm.cache.clone()
+    assert torch.equal(gm(x), x @ codes.float() + cache + 1)
+
+
 def test_the_loaded_report_says_where_unquantized_parts_run_in_another_dtype(tmp_path):
     meta = {"report": [], "unquantized": {"dtype": "bfloat16", "ops": 3}}
     rep = qc.Loaded(tmp_path / "m.pt2", None, meta).report

@@ -97,6 +97,7 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
 def _aot_compile(program: torch.export.ExportedProgram, options: dict) -> list:
     """AOTInductor's files for ``program`` (paths), as ``aoti_compile_and_package`` compiles them."""
     gm = program.module(check_guards=False)
+    _buffers_as_parameters(gm, written_buffers(program))
     args, kwargs = program.example_inputs
     files = torch._inductor.aot_compile(gm, args, kwargs, options={**options, "aot_inductor.package": True})
     odd = [f for f in files if not isinstance(f, str)]
@@ -104,6 +105,38 @@ def _aot_compile(program: torch.export.ExportedProgram, options: dict) -> list:
         raise ValueError(f"qcompiler: AOTInductor returned {type(odd[0]).__name__} among its files; qcompiler packages "
                          "files only (package_constants_on_disk_format='pickle_weights' is not supported)")
     return [f for f in files if f]
+
+
+def written_buffers(program: torch.export.ExportedProgram) -> set:
+    """The buffers ``program`` writes: those its signature says it mutates (a functional graph), and those an
+    in-place op takes as a mutable argument (a graph export left in-place)."""
+    signature = program.graph_signature
+    written = set(signature.buffers_to_mutate.values())
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or not schema.is_mutable:
+            continue
+        for arg, value in zip(schema.arguments, node.args):
+            if arg.is_write and isinstance(value, torch.fx.Node) and value.name in signature.inputs_to_buffers:
+                written.add(signature.inputs_to_buffers[value.name])
+    return written
+
+
+def _buffers_as_parameters(gm: torch.nn.Module, mutated: set) -> None:
+    """Re-register ``gm``'s buffers that the program never writes as parameters over the same storage.
+
+    AOTInductor clones every buffer it lifts, to keep the initial value of one the program mutates
+    (``compile_fx._unlift_graph``); it clones no parameter. Our weights are buffers (integer tensors), so
+    packaging held a second copy of every weight until the end (+1x the file, measured on an int4 MLP).
+    Frozen either way, the compiled model is the same; mutated buffers (an LM's KV cache) stay buffers."""
+    for name, buffer in list(gm.named_buffers()):
+        if name in mutated:
+            continue
+        owner, _, attr = name.rpartition(".")
+        module = gm.get_submodule(owner)
+        del module._buffers[attr]
+        module._non_persistent_buffers_set.discard(attr)
+        module.register_parameter(attr, torch.nn.Parameter(buffer, requires_grad=False))
 
 
 def _write_archive(path: str, files: Sequence[str]) -> None:
