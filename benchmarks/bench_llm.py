@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -38,6 +39,7 @@ QC_SYSTEMS = {"bf16": (BF16, None, None), "int8wo": (F32, "int8wo", None), "int8
               "int4wo-64": (F32, "int4wo-64", None), "int4wo-64+gptq": (F32, "int4wo-64+gptq", None),
               "codebook-4": (F32, "codebook-4", None), "int4wo-64 kv-int8": (F32, "int4wo-64", INT8),
               "int4wo-64 emb-int8": (F32, "int4wo-64 emb-int8", None)}
+PEERS = ("llama.cpp", "torchao")
 EMBEDDING_INT8 = " emb-int8"  # a scheme's suffix: the embedding table's rows in int8 too, by recipe
 
 
@@ -54,10 +56,13 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_qc(name: str, model_name: str, max_seq_len: int, prompt: int, path: Path) -> None:
-    dtype, scheme, kv = QC_SYSTEMS[name]
+def build_qc(name: str, model_name: str, max_seq_len: int, prompt: int, path: Path,
+             dtype: Optional[torch.dtype] = None) -> None:
+    """Capture, quantize, lower and package system ``name``; ``dtype`` overrides the weights' dtype before
+    quantizing (bfloat16 for shapes whose float32 weights don't fit in memory)."""
+    own_dtype, scheme, kv = QC_SYSTEMS[name]
     start = time.perf_counter()
-    model = decoder(model_name, dtype=dtype)
+    model = decoder(model_name, dtype=dtype or own_dtype)
     vocab = model.config.vocab_size
     lm = qc.capture_lm(model, max_seq_len=max_seq_len, kv_cache_dtype=kv)
     del model
@@ -109,20 +114,33 @@ def read_bandwidth_gbps() -> float:
     return x.numel() * 4 / statistics.median(times) / 1e9
 
 
-def peer_systems(model_name: str, folder: Path, rebuild: bool, prompt: int, new: int) -> dict:
+def peer_systems(model_name: str, folder: Path, rebuild: bool, prompt: int, new: int, peers: tuple = PEERS,
+                 llamacpp_types: Optional[tuple] = None) -> dict:
     """llama.cpp and torchao systems (name -> measure function), where the ``[peer]`` extra is installed."""
     cases = {}
     try:
         import peer_llamacpp
-        cases.update(peer_llamacpp.systems(decoder(model_name).config, folder, rebuild, log, prompt, new))
+        if "llama.cpp" in peers:
+            config = transformers_config(model_name)
+            cases.update(peer_llamacpp.systems(config, folder, rebuild, log, prompt, new,
+                                               llamacpp_types or peer_llamacpp.TYPES))
     except ImportError as e:
         log(f"  llama.cpp: not measured ({e})")
+    if "torchao" not in peers:
+        return cases
     try:
         import peer_torchao_llm
         cases.update(peer_torchao_llm.systems(model_name, folder, rebuild, log, prompt + new, prompt, new))
     except ImportError as e:
         log(f"  torchao: not measured ({e})")
     return cases
+
+
+def transformers_config(model_name: str):
+    """The transformers config of ``model_name`` (no weights built)."""
+    import transformers
+    cls_name, fields = DECODERS[model_name]
+    return getattr(transformers, cls_name).config_class(**fields)
 
 
 def main():
@@ -133,6 +151,10 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--systems", nargs="+", default=list(QC_SYSTEMS))
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
+    p.add_argument("--llamacpp-types", nargs="+", help="llama.cpp quantization types (default: Q8_0 Q4_0 Q4_K_M)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="every qcompiler system's weights before quantizing (bfloat16 where float32 doesn't fit)")
     p.add_argument("--folder", default="bench-llm")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--out", default=None, help="results path without suffix (writes .json and .md)")
@@ -145,11 +167,12 @@ def main():
         path = folder / f"{name.replace(' ', '_')}.pt2"
         if a.rebuild or not path.is_file():
             log(f"building {name} ...")
-            build_qc(name, a.model, max_seq_len, a.prompt, path)
+            build_qc(name, a.model, max_seq_len, a.prompt, path, getattr(torch, a.dtype) if a.dtype else None)
         embedding = embedding_bytes(a.model, name)
         cases[f"qcompiler {name}"] = lambda path=path, e=embedding: measure_qc(path, a.prompt, a.new, e)
     if not a.no_peers:
-        cases.update(peer_systems(a.model, folder, a.rebuild, a.prompt, a.new))
+        cases.update(peer_systems(a.model, folder, a.rebuild, a.prompt, a.new, tuple(a.peers),
+                                  tuple(a.llamacpp_types) if a.llamacpp_types else None))
     runs = {k: [] for k in cases}
     bandwidth = []
     for r in range(a.rounds):

@@ -68,11 +68,12 @@ def quantize(src: Path, dst: Path, qtype: str) -> None:
         raise RuntimeError(f"llama.cpp could not quantize {src.name} to {qtype}")
 
 
-def systems(config, folder: Path, rebuild: bool, log, prompt: int = 128, new: int = 128) -> dict:
+def systems(config, folder: Path, rebuild: bool, log, prompt: int = 128, new: int = 128,
+            types: tuple = TYPES) -> dict:
     import llama_cpp  # noqa: F401  (fails here, not in the subprocess, where it is not installed)
     f16 = folder / "llamacpp-f16.gguf"
     made = {}
-    for qtype in TYPES:
+    for qtype in types:
         path = folder / f"llamacpp-{qtype}.gguf"
         if rebuild or not path.is_file():
             if not f16.is_file():
