@@ -1,5 +1,6 @@
 """Lower: a quantized program to a target's fused kernels (API front door)."""
 import logging
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -54,4 +55,12 @@ def lower(program: ExportedProgram, target: Union[str, Target] = "cpu", *,
     if unquantized_dtype is not None:
         logger.info("running %d unquantized ops in %s", run_unquantized_in(gm, unquantized_dtype), unquantized_dtype)
     lowered = reexport(gm, program)
-    return lowered if backend == "reference" else lowered.run_decompositions(DECOMPOSITIONS)
+    return lowered if backend == "reference" else _decomposed(lowered)
+
+
+def _decomposed(program: ExportedProgram) -> ExportedProgram:
+    """``program.run_decompositions(DECOMPOSITIONS)``, without torch's own deprecation warning: torch 2.13 deep-copies
+    the module call graph there, whose ``LeafSpec`` objects warn about their own ``isinstance`` use."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        return program.run_decompositions(DECOMPOSITIONS)

@@ -313,3 +313,14 @@ def test_unquantized_parts_run_in_bfloat16_only_when_asked_and_the_target_has_it
         qc.lower(prog, AVX2, unquantized_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"unquantized_dtype must be None or torch.bfloat16; got torch.float16"):
         qc.lower(prog, bf16_target, unquantized_dtype=torch.float16)
+
+
+def test_lowering_shows_no_warning_of_torchs_own():
+    """The library logs; torch's warnings from calls qcompiler makes (run_decompositions' LeafSpec deprecation in
+    torch 2.13) are not passed on to the user."""
+    import warnings
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64)).eval()
+    program = qc.quantize(model, (torch.randn(2, 64),), qc.Int4WeightOnlyConfig(group_size=32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qc.lower(program, "cpu")
