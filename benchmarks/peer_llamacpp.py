@@ -43,19 +43,29 @@ def write_f16(config, path: Path) -> None:
     def weight(rows, cols):  # [out, in] in numpy order: GGUF stores ggml's ne = [in, out]
         return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
 
-    w.add_tensor("token_embd.weight", weight(vocab, h))
+    def norm():
+        return np.ones(h, dtype=np.float32)
+
+    # (name, numpy shape, dtype, maker): described first, then made and written one at a time, so that a
+    # model larger than memory (Llama-2-7B in F16: 13.5 GB) never sits in it whole
+    tensors = [("token_embd.weight", (vocab, h), np.float16, lambda: weight(vocab, h))]
     for i in range(layers):
         for name, rows, cols in (("attn_q", h, h), ("attn_k", kv * head_dim, h), ("attn_v", kv * head_dim, h),
                                  ("attn_output", h, h), ("ffn_gate", ffn, h), ("ffn_up", ffn, h),
                                  ("ffn_down", h, ffn)):
-            w.add_tensor(f"blk.{i}.{name}.weight", weight(rows, cols))
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(h, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(h, dtype=np.float32))
-    w.add_tensor("output_norm.weight", np.ones(h, dtype=np.float32))
-    w.add_tensor("output.weight", weight(vocab, h))
+            tensors.append((f"blk.{i}.{name}.weight", (rows, cols), np.float16,
+                            lambda rows=rows, cols=cols: weight(rows, cols)))
+        tensors += [(f"blk.{i}.attn_norm.weight", (h,), np.float32, norm),
+                    (f"blk.{i}.ffn_norm.weight", (h,), np.float32, norm)]
+    tensors += [("output_norm.weight", (h,), np.float32, norm),
+                ("output.weight", (vocab, h), np.float16, lambda: weight(vocab, h))]
+    for name, shape, dtype, _ in tensors:
+        w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    w.write_ti_data_to_file()
+    for _, _, _, make in tensors:
+        w.write_tensor_data(make())
     w.close()
 
 
