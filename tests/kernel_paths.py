@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 
-def run_capped(script: str, capability: str) -> list:
-    """The words ``script`` prints, run in a fresh process with ``ATEN_CPU_CAPABILITY=capability``."""
+def run_capped(script: str, capability: str, **env: str) -> list:
+    """The words ``script`` prints, run in a fresh process with ``ATEN_CPU_CAPABILITY=capability`` (and ``env``)."""
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.getcwd(), "ATEN_CPU_CAPABILITY": capability})
+                         env={**os.environ, "PYTHONPATH": os.getcwd(), "ATEN_CPU_CAPABILITY": capability, **env})
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.split()
 

@@ -29,9 +29,12 @@ torch.library.define("qcompiler::int8_gemm", SCHEMA)
 OP = torch.ops.qcompiler.int8_gemm.default
 
 
-@torch.library.register_fake("qcompiler::int8_gemm")
-def _(a, a_scale, a_zero, w, w_scale):
+def fake(a, a_scale, a_zero, w, w_scale):
+    """The output of an op with this schema (here and ``int8_tile_gemm``): float32 [M, N]."""
     return a.new_empty((a.shape[0], w_scale.shape[0]), dtype=torch.float32)
+
+
+torch.library.register_fake("qcompiler::int8_gemm")(fake)
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,9 @@ extension cache, once per machine and source version, and serve two uses:
 Packaging links the archive into the model's shared library, and the generated code calls each kernel
 as a C function: the ``.pt2`` then runs where only torch is installed, in Python or C++
 (``AOTIModelPackageLoader``), with nothing compiled or registered at load. The kernels (``int8_int4_gemm``,
-``int8_gemm``, ``codebook_gemm``, ``additive_gemm``) pick their instruction set per call (AVX512-VNNI, AVX2,
-plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so one build, and one file, serves every x86 machine.
+``int8_gemm``, ``int8_tile_gemm``, ``codebook_gemm``, ``additive_gemm``) pick their instruction set per call (AMX
+for ``int8_tile_gemm``'s larger calls, AVX512-VNNI, AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so
+one build, and one file, serves every x86 machine.
 """
 import contextlib
 import functools
@@ -42,8 +43,8 @@ CFLAGS = ("-O3", "-fopenmp", "-fvisibility=hidden", "-fvisibility-inlines-hidden
 
 
 def _native_ops() -> tuple:
-    from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4
-    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, additive_gemm.OP)
+    from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm
+    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, additive_gemm.OP, int8_tile_gemm.OP)
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,6 +156,13 @@ def kernel_path() -> str:
     (``int8_gemm`` has no VNNI path: it runs its AVX2 one where this says either)."""
     load()
     return torch.ops.qcompiler_native.int8_int4_gemm_path()
+
+
+def tile_gemm_path(rows: int) -> str:
+    """The path ``int8_tile_gemm`` takes for ``rows`` rows in this process: ``amx`` (AMX-INT8 tiles through
+    oneDNN's brgemm, for enough rows), ``avx512_vnni``, ``avx2`` or ``scalar``."""
+    load()
+    return torch.ops.qcompiler_native.int8_tile_gemm_path(rows)
 
 
 def native_ops(program: torch.export.ExportedProgram) -> list:

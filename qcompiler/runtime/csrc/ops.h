@@ -1,6 +1,6 @@
 // qcompiler's C++ CPU kernels, as the functions the dispatcher (register.cpp) and the artifact's C shims
-// (shims.cpp) call. Their schemas are defined in Python (runtime/int8_int4.py, int8_gemm.py, codebook_gemm.py,
-// additive_gemm.py); the arguments here follow them in order.
+// (shims.cpp) call. Their schemas are defined in Python (runtime/int8_int4.py, int8_gemm.py, int8_tile_gemm.py,
+// codebook_gemm.py, additive_gemm.py); the arguments here follow them in order.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,6 +19,9 @@ at::Tensor int8_int4_gemm(const at::Tensor& a, const std::optional<at::Tensor>& 
 at::Tensor int8_gemm(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
                      const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& w_scale);
 
+at::Tensor int8_tile_gemm(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
+                          const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& w_scale);
+
 at::Tensor codebook_gemm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& w_sums,
                          const at::Tensor& scale, int64_t bits);
 
@@ -27,5 +30,8 @@ at::Tensor additive_gemm(const at::Tensor& a, const at::Tensor& codes, const at:
 
 // The instruction set int8_int4_gemm runs with in this process: "avx512_vnni", "avx2" or "scalar".
 std::string int8_int4_gemm_path();
+
+// The path int8_tile_gemm takes for `rows` rows in this process: "amx", "avx512_vnni", "avx2" or "scalar".
+std::string int8_tile_gemm_path(int64_t rows);
 
 }  // namespace qc

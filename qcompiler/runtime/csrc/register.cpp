@@ -8,8 +8,12 @@
 TORCH_LIBRARY_IMPL(qcompiler, CPU, m) {
   m.impl("int8_int4_gemm", &qc::int8_int4_gemm);
   m.impl("int8_gemm", &qc::int8_gemm);
+  m.impl("int8_tile_gemm", &qc::int8_tile_gemm);
   m.impl("codebook_gemm", &qc::codebook_gemm);
   m.impl("additive_gemm", &qc::additive_gemm);
 }
 
-TORCH_LIBRARY_FRAGMENT(qcompiler_native, m) { m.def("int8_int4_gemm_path() -> str", &qc::int8_int4_gemm_path); }
+TORCH_LIBRARY_FRAGMENT(qcompiler_native, m) {
+  m.def("int8_int4_gemm_path() -> str", &qc::int8_int4_gemm_path);
+  m.def("int8_tile_gemm_path(int rows) -> str", &qc::int8_tile_gemm_path);
+}

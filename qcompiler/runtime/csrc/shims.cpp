@@ -41,6 +41,14 @@ AOTITorchError aoti_torch_cpu_int8_gemm(AtenTensorHandle a, AtenTensorHandle* a_
   });
 }
 
+AOTITorchError aoti_torch_cpu_int8_tile_gemm(AtenTensorHandle a, AtenTensorHandle* a_scale, AtenTensorHandle* a_zero,
+                                             AtenTensorHandle w, AtenTensorHandle w_scale, AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(
+        qc::int8_tile_gemm(tensor(a), maybe(a_scale), maybe(a_zero), tensor(w), tensor(w_scale)));
+  });
+}
+
 AOTITorchError aoti_torch_cpu_codebook_gemm(AtenTensorHandle a, AtenTensorHandle w, AtenTensorHandle table,
                                             AtenTensorHandle w_sums, AtenTensorHandle scale, int64_t bits,
                                             AtenTensorHandle* ret0) {

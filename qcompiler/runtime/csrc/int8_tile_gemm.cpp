@@ -1,0 +1,392 @@
+// qcompiler::int8_tile_gemm: int8 activations x int8 weights, exact int32 sums; AMX tiles for many rows, a VNNI
+// GEMV for few.
+//
+//   y[m, n] = a_scale[m] * w_scale[n] * sum_k (a[m, k] - a_zero) * w[n, k]
+//
+// for int8 `a` [M, K] with an optional a_scale [M] (none: 1) and an optional a_zero: one float32 holding an integer
+// in [-128, 127] (a static int8 zero point). Every path computes the same int32 sums exactly (|a - a_zero| <= 255,
+// |w| <= 128 and K <= 65536 bound them below 2^31: no saturation, no overflow) and scales them the same way,
+// float(sum) * a_scale[m] * w_scale[n]: the paths' outputs are bit-identical.
+//
+// Packed weight (runtime/int8_tile_gemm.py: pack): int8 [N/64][K/4 + 1][64][4], N padded to 64 and K to 4 with
+// zeros. Block b holds columns 64b..64b+63 as one contiguous run: its quad q (256 bytes) holds w[64b + l, 4q + i]
+// at byte 4l + i, which is the VNNI layout oneDNN's brgemm reads in place (ld_b = 64) and, 64 bytes at a time,
+// the s8 operand of one vpdpbusd (16 columns x 4 k). The block's last quad holds its columns' int32 sums
+// sum_k w[n, k] (little-endian), which take the zero points off: sum_k (a - z) w = sum_k a w - z * sum_k w.
+//
+// Four paths, chosen per call; ATen's CPU capability (ATEN_CPU_CAPABILITY) caps the choice, so tests reach every
+// path on any machine:
+//  - AMX, for M >= kAmxMinRows where oneDNN runs AMX-INT8: ATen's brgemm (oneDNN's ukernel), s8 x s8 -> s32 on
+//    tiles (tdpbssd), per 64-column block and up to 128 rows.
+//  - AVX512-VNNI: vpdpbusd multiplies u8 by s8, so the rows run as u = a + 128 (a ^ 0x80) and the sums take
+//    (128 + a_zero) * sum_k w off. One row streams the weight once, prefetched ahead: a GEMV at memory speed.
+//  - AVX2: both operands widened to int16, vpmaddwd (exact, where u8 x s8 vpmaddubsw saturates its pair sums).
+//  - plain C++.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <immintrin.h>
+
+#include "kernel_common.h"
+#include "ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+using qc::Path;
+
+constexpr int64_t kBlock = 64;         // output columns per packed block
+constexpr int64_t kQuad = 4;           // k per VNNI group
+constexpr int64_t kQuadBytes = kBlock * kQuad;
+constexpr int64_t kMaxK = 65536;       // 255 * 128 * 65536 < 2^31: the int32 sums are exact
+// Rows from which the AMX path is faster than the VNNI one, measured on MiniLM's and a 7B decoder's shapes: at 4 rows
+// 1.05-2.3x; at 1-2 rows the VNNI path is as fast or faster (up to 1.1x) where the weight dominates, whether read
+// from cache or memory (both at the read bandwidth there), and the tiles win only on the smallest shapes.
+constexpr int64_t kAmxMinRows = 4;
+constexpr int64_t kRowChunk = 128;     // rows per work item (a multiple of the AMX calls' rows)
+constexpr int64_t kAmxRows = 32;       // rows per brgemm call in a chunk of fewer rows
+constexpr int64_t kAmxDepth = 1024;    // k per brgemm call where K is long
+// Weight bytes a VNNI tile prefetches ahead of the ones it reads: a GEMV from memory at 7B shapes streams 1.05x faster
+// than with the hardware prefetchers alone (29.4 to 31 GB/s on benchmarks/results/int8_tile_gemm.md's machine; 2-8 KB
+// ahead alike).
+constexpr int64_t kPrefetchAhead = 4096;
+
+struct Problem {
+  const int8_t* a;        // [M, Kp]: a's rows padded to Kp; as u = a ^ 0x80 (uint8 bits) on the VNNI path
+  const float* a_scale;   // [M]; null: 1
+  int32_t shift;          // what the sums of these rows take off per unit of sum_k w: a_zero (+ 128 for u)
+  const int8_t* w;        // packed
+  const float* w_scale;   // [N]
+  float* y;               // [M, N]
+  int64_t M, N, Kp;
+};
+
+inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+inline int64_t block_bytes(int64_t Kp) { return (Kp / kQuad + 1) * kQuadBytes; }
+
+inline const int8_t* block_at(const Problem& p, int64_t b) { return p.w + b * block_bytes(p.Kp); }
+
+inline const int32_t* column_sums(const Problem& p, int64_t b) {
+  return reinterpret_cast<const int32_t*>(block_at(p, b) + p.Kp * kBlock);
+}
+
+// ------------------------------------------------------------------ the float step, every path alike
+
+// Rows m0..m0+rows of `width` columns from n0: y = float(acc - offset) * a_scale * w_scale.
+__attribute__((always_inline)) inline void finish_columns(const Problem& p, int64_t m0, int64_t rows, int64_t n0,
+                                                          int64_t width, const int32_t* __restrict acc,
+                                                          const int32_t* __restrict offset) {
+  const float* __restrict w_scale = p.w_scale + n0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float a_scale = p.a_scale ? p.a_scale[m0 + r] : 1.0f;
+    float* __restrict y = p.y + (m0 + r) * p.N + n0;
+    for (int64_t l = 0; l < width; ++l) y[l] = float(acc[r * kBlock + l] - offset[l]) * a_scale * w_scale[l];
+  }
+}
+
+// Rows m0..m0+rows of block b's columns, given their int32 sums over k of row x w (acc, [rows][kBlock]):
+// y = float(acc - shift * sum_k w) * a_scale * w_scale. One source, compiled per instruction set: GCC vectorizes
+// the same IEEE operations in the same order, so every path's floats are the same. A full block's width is a
+// constant to the compiler (whole vectors, unrolled, no remainder).
+__attribute__((always_inline)) inline void finish(const Problem& p, int64_t m0, int64_t rows, int64_t b,
+                                                  const int32_t* acc) {
+  const int64_t n0 = b * kBlock, width = std::min(kBlock, p.N - n0);
+  const int32_t* sums = column_sums(p, b);
+  int32_t offset[kBlock];  // what the rows' shift takes off each column's sums, once for all the rows
+  for (int64_t l = 0; l < kBlock; ++l) offset[l] = p.shift * sums[l];
+  if (width == kBlock) finish_columns(p, m0, rows, n0, kBlock, acc, offset);
+  else finish_columns(p, m0, rows, n0, width, acc, offset);
+}
+
+void finish_plain(const Problem& p, int64_t m0, int64_t rows, int64_t b, const int32_t* acc) {
+  finish(p, m0, rows, b, acc);
+}
+__attribute__((target("avx2,fma"))) void finish_avx2(const Problem& p, int64_t m0, int64_t rows, int64_t b,
+                                                     const int32_t* acc) {
+  finish(p, m0, rows, b, acc);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_avx512(const Problem& p, int64_t m0, int64_t rows,
+                                                                        int64_t b, const int32_t* acc) {
+  finish(p, m0, rows, b, acc);
+}
+
+// ------------------------------------------------------------------ plain C++
+
+void rows_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t b) {
+  const int8_t* w = block_at(p, b);
+  int32_t acc[kBlock];
+  for (int64_t m = m0; m < m1; ++m) {
+    const int8_t* a = p.a + m * p.Kp;
+    std::fill(acc, acc + kBlock, 0);
+    for (int64_t q = 0; q < p.Kp / kQuad; ++q)
+      for (int64_t l = 0; l < kBlock; ++l)
+        for (int64_t i = 0; i < kQuad; ++i) acc[l] += int32_t(a[q * kQuad + i]) * w[q * kQuadBytes + l * kQuad + i];
+    finish_plain(p, m, 1, b, acc);
+  }
+}
+
+// ------------------------------------------------------------------ AVX2
+
+// Row r's quad q widened to int16 and repeated: the operand vpmaddwd pairs with 4 columns' quads.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256i quad16(const int8_t* a) {
+  int32_t quad;
+  std::memcpy(&quad, a, 4);
+  return _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(quad)));
+}
+
+// ROWS rows x block b, 16 columns at a time: per quad, 4 vpmaddwd per row leave each column's sum in two lanes
+// (its k pairs), added after the k loop.
+template <int ROWS>
+__attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t m0, int64_t b) {
+  const int8_t* w = block_at(p, b);
+  alignas(32) int32_t out[ROWS * kBlock];
+  for (int64_t j = 0; j < kBlock / 16; ++j) {
+    __m256i acc[ROWS][4];
+    for (int r = 0; r < ROWS; ++r)
+      for (int h = 0; h < 4; ++h) acc[r][h] = _mm256_setzero_si256();
+    for (int64_t q = 0; q < p.Kp / kQuad; ++q) {
+      const int8_t* wq = w + q * kQuadBytes + j * 64;
+      __m256i wv[4];
+      for (int h = 0; h < 4; ++h)  // 4 columns x 4 k each
+        wv[h] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + 16 * h)));
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256i x = quad16(p.a + (m0 + r) * p.Kp + q * kQuad);
+        for (int h = 0; h < 4; ++h) acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(wv[h], x));
+      }
+    }
+    for (int r = 0; r < ROWS; ++r)
+      for (int h = 0; h < 4; h += 2) {  // hadd: columns 0 1 4 5 | 2 3 6 7; the permute puts them in order
+        const __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][h], acc[r][h + 1]), 0xD8);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kBlock + j * 16 + h * 4), v);
+      }
+  }
+  finish_avx2(p, m0, ROWS, b, out);
+}
+
+// Rows [m0, m1) of block b in tiles of 2 rows (8 sums, 4 weights and 2 rows fill 14 of the 16 registers).
+template <int ROWS = 2>
+__attribute__((target("avx2,fma"))) void rows_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t b) {
+  for (; m0 + ROWS <= m1; m0 += ROWS) tile_avx2<ROWS>(p, m0, b);
+  if constexpr (ROWS > 1) {
+    if (m0 < m1) rows_avx2<ROWS - 1>(p, m0, m1, b);
+  }
+}
+
+// ------------------------------------------------------------------ AVX-512 VNNI
+
+#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+
+// acc += u8 x x s8 w, four bytes per int32 lane. In asm: GCC copies every accumulator before each
+// _mm512_dpbusd_epi32 in unrolled tiles (as int8_int4_gemm.cpp found).
+QC_VNNI_TARGET inline __m512i dpbusd(__m512i acc, __m512i x, __m512i w) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+  return acc;
+}
+
+// Quad q of ROWS rows (u = a ^ 0x80, from a) x a block (w) into acc: the block's 4 weight vectors and a broadcast
+// per row, 4 * ROWS dot products.
+template <int ROWS>
+QC_VNNI_TARGET __attribute__((always_inline)) inline void quad_vnni(__m512i (&acc)[ROWS][4], const int8_t* w,
+                                                                   const int8_t* a, int64_t Kp, int64_t q) {
+  const int8_t* wq = w + q * kQuadBytes;
+  __m512i wv[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    _mm_prefetch(reinterpret_cast<const char*>(wq + kPrefetchAhead + j * 64), _MM_HINT_T0);
+    wv[j] = _mm512_loadu_si512(wq + j * 64);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r) {
+    int32_t quad;
+    std::memcpy(&quad, a + r * Kp + q * kQuad, 4);
+    const __m512i x = _mm512_set1_epi32(quad);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) acc[r][j] = dpbusd(acc[r][j], x, wv[j]);
+  }
+}
+
+// ROWS rows x block b, the int32 sums in registers (4 * ROWS of them per set, besides the 4 weights and a row).
+// One or two rows keep two sets, for even and odd quads: 4 or 8 chains of dependent vpdpbusd would wait on its
+// latency (5 cycles); 16 keep it busy.
+template <int ROWS>
+QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t m0, int64_t b) {
+  constexpr int kSets = ROWS <= 2 ? 2 : 1;
+  const int8_t* w = block_at(p, b);
+  const int8_t* a = p.a + m0 * p.Kp;
+  const int64_t quads = p.Kp / kQuad;
+  __m512i acc[kSets][ROWS][4];
+#pragma GCC unroll 2
+  for (int s = 0; s < kSets; ++s)
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[s][r][j] = _mm512_setzero_si512();
+  int64_t q = 0;
+  for (; q + kSets <= quads; q += kSets)
+#pragma GCC unroll 2
+    for (int s = 0; s < kSets; ++s) quad_vnni<ROWS>(acc[s], w, a, p.Kp, q + s);
+  if (q < quads) quad_vnni<ROWS>(acc[0], w, a, p.Kp, q);
+  alignas(64) int32_t out[ROWS * kBlock];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      __m512i v = acc[0][r][j];
+      if constexpr (kSets == 2) v = _mm512_add_epi32(v, acc[1][r][j]);
+      _mm512_store_si512(out + r * kBlock + j * 16, v);
+    }
+  finish_avx512(p, m0, ROWS, b, out);
+}
+
+// Rows [m0, m1) of block b in tiles of 6 rows (24 sums, 4 weights and a row: 29 of the 32 registers), the last
+// rows in one smaller tile.
+template <int ROWS = 6>
+QC_VNNI_TARGET void rows_vnni(const Problem& p, int64_t m0, int64_t m1, int64_t b) {
+  for (; m0 + ROWS <= m1; m0 += ROWS) tile_vnni<ROWS>(p, m0, b);
+  if constexpr (ROWS > 1) {
+    if (m0 < m1) rows_vnni<ROWS - 1>(p, m0, m1, b);
+  }
+}
+
+// ------------------------------------------------------------------ AMX
+
+// Rows [m0, m1) of block b (at most kRowChunk): brgemm adds their int32 sums, s8 x s8 on AMX tiles, into a buffer
+// the float step reads while it is in cache. Over a long K (> 2 kAmxDepth) a call takes kAmxDepth of it at a time,
+// so that its rows and weights (128 KB and 64 KB) stay in L2 while the tiles pass over them again and again:
+// 1.07-1.25x faster at K = 5120 and 11008, no faster at K = 4096. brgemm generates a kernel per shape (kept per
+// thread): the rows go kRowChunk or kAmxRows at a time, the last (< kAmxRows) in one call, so a thread keeps few
+// kernels per K whatever the calls' M.
+void rows_amx(const Problem& p, int64_t m0, int64_t m1, int64_t b) {
+  alignas(64) int32_t acc[kRowChunk * kBlock];
+  const int64_t depth = p.Kp > 2 * kAmxDepth ? kAmxDepth : p.Kp;
+  for (int64_t k0 = 0; k0 < p.Kp; k0 += depth) {
+    const int64_t kc = std::min(depth, p.Kp - k0);
+    for (int64_t m = m0; m < m1;) {
+      const int64_t left = m1 - m, rows = left == kRowChunk ? kRowChunk : std::min(kAmxRows, left);
+      at::native::cpublas::brgemm(rows, kBlock, kc, /*ld_a=*/p.Kp, /*ld_b=*/kBlock, /*ld_c=*/kBlock, /*add_C=*/k0 > 0,
+                                  p.a + m * p.Kp + k0, block_at(p, b) + k0 * kBlock, acc + (m - m0) * kBlock,
+                                  /*is_vnni=*/true);
+      m += rows;
+    }
+  }
+  finish_avx512(p, m0, m1 - m0, b, acc);
+}
+
+// ------------------------------------------------------------------ dispatch
+
+// Whether oneDNN runs int8 brgemm on AMX here: the CPU has AMX-INT8, the OS lets this process use the tiles
+// (oneDNN asks Linux for them, arch_prctl(ARCH_REQ_XCOMP_PERM), when it detects the ISA), neither ONEDNN_MAX_CPU_ISA
+// nor torch.backends.mkldnn turns it off. could_pack answers exactly that for int8 (torchao asks it the same way).
+bool amx_here() { return at::native::cpublas::could_pack(at::kChar); }
+
+enum class Route { kScalar, kAvx2, kVnni, kAmx };
+
+// The path for M rows: AMX needs the AVX-512 capability too, so ATEN_CPU_CAPABILITY=avx2 reaches the AVX2 path.
+Route route_for(int64_t M) {
+  switch (qc::path_here()) {
+    case Path::kVnni: return M >= kAmxMinRows && amx_here() ? Route::kAmx : Route::kVnni;
+    case Path::kAvx2: return Route::kAvx2;
+    default: return Route::kScalar;
+  }
+}
+
+const char* route_name(Route route) {
+  return route == Route::kAmx ? "amx" : qc::path_name(route == Route::kVnni ? Path::kVnni
+                                                      : route == Route::kAvx2 ? Path::kAvx2 : Path::kScalar);
+}
+
+// The rows the kernels read: a's rows padded to Kp with zeros (the packed weight's padding is zero too), and on the
+// VNNI path as uint8 u = a + 128, flipping the sign bit. a itself where neither is needed.
+at::Tensor kernel_rows(const at::Tensor& a, int64_t Kp, bool unsigned_rows) {
+  const int64_t M = a.size(0), K = a.size(1);
+  if (Kp == K && !unsigned_rows) return a;
+  at::Tensor rows = at::empty({M, Kp}, a.options());
+  const uint8_t* src = static_cast<const uint8_t*>(a.data_ptr());
+  uint8_t* out = static_cast<uint8_t*>(rows.data_ptr());
+  const uint8_t flip = unsigned_rows ? 0x80 : 0;
+  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      for (int64_t k = 0; k < K; ++k) out[m * Kp + k] = src[m * K + k] ^ flip;
+      std::fill(out + m * Kp + K, out + (m + 1) * Kp, flip);
+    }
+  });
+  return rows;
+}
+
+// Work items: (kRowChunk rows, a block of 64 columns), a chunk's blocks consecutive: a thread writes its rows of y
+// from left to right, which the hardware prefetchers follow (block by block down the rows, the float step waited
+// on its stores' cache misses: 1.1-1.25x slower at M = 512-1024), and reads the weight once per chunk.
+void run(const Problem& p, Route route) {
+  const int64_t blocks = (p.N + kBlock - 1) / kBlock, chunks = (p.M + kRowChunk - 1) / kRowChunk;
+  at::parallel_for(0, chunks * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item % blocks, m0 = (item / blocks) * kRowChunk, m1 = std::min(p.M, m0 + kRowChunk);
+      switch (route) {
+        case Route::kAmx: rows_amx(p, m0, m1, b); break;
+        case Route::kVnni: rows_vnni(p, m0, m1, b); break;
+        case Route::kAvx2: rows_avx2(p, m0, m1, b); break;
+        default: rows_scalar(p, m0, m1, b);
+      }
+    }
+    if (route == Route::kAmx) at::native::cpublas::brgemm_release();  // the thread's tiles, as torch's callers do
+  });
+}
+
+void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
+                  const at::Tensor& w, const at::Tensor& w_scale) {
+  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kChar, "int8_tile_gemm: a must be int8 [M, K], got ",
+              a.scalar_type(), " ", a.sizes());
+  const int64_t M = a.size(0), K = a.size(1);
+  TORCH_CHECK(K >= 1 && K <= kMaxK, "int8_tile_gemm: K = ", K, " must be in [1, ", kMaxK,
+              "] (the int32 sums must not overflow)");
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1, "int8_tile_gemm: w_scale must be float32 [N], "
+              "got ", w_scale.scalar_type(), " ", w_scale.sizes());
+  const int64_t N = w_scale.numel();
+  const std::vector<int64_t> packed{(N + kBlock - 1) / kBlock, round_up(K, kQuad) / kQuad + 1, kBlock, kQuad};
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.sizes() == at::IntArrayRef(packed), "int8_tile_gemm: w must be "
+              "int8_tile_gemm.pack's int8 ", at::IntArrayRef(packed), " for N = ", N, ", K = ", K, ", got ",
+              w.scalar_type(), " ", w.sizes());
+  TORCH_CHECK(!a_scale || (a_scale->scalar_type() == at::kFloat && a_scale->numel() == M),
+              "int8_tile_gemm: a_scale must be float32 with M = ", M, " elements");
+  TORCH_CHECK(!a_zero || (a_zero->scalar_type() == at::kFloat && a_zero->numel() == 1),
+              "int8_tile_gemm: a_zero must be one float32 (a static zero point for every row)");
+  if (a_zero) {
+    const float z = a_zero->item<float>();
+    TORCH_CHECK(z == std::nearbyint(z) && z >= -128.0f && z <= 127.0f, "int8_tile_gemm: a_zero = ", z,
+                " must be an integer in [-128, 127]");
+  }
+}
+
+}  // namespace
+
+namespace qc {
+
+at::Tensor int8_tile_gemm(const at::Tensor& a_in, const std::optional<at::Tensor>& a_scale_in,
+                          const std::optional<at::Tensor>& a_zero, const at::Tensor& w_in,
+                          const at::Tensor& w_scale_in) {
+  check_inputs(a_in, a_scale_in, a_zero, w_in, w_scale_in);
+  const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
+  const std::optional<at::Tensor> a_scale = qc::contiguous(a_scale_in);
+  const int64_t M = a.size(0), K = a.size(1), N = w_scale.numel(), Kp = round_up(K, kQuad);
+  const Route route = route_for(M);
+  const at::Tensor rows = kernel_rows(a, Kp, route == Route::kVnni);
+  const int32_t zero = a_zero ? int32_t(a_zero->item<float>()) : 0;
+  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
+  const Problem p{rows.data_ptr<int8_t>(), a_scale ? a_scale->data_ptr<float>() : nullptr,
+                  route == Route::kVnni ? zero + 128 : zero, w.data_ptr<int8_t>(), w_scale.data_ptr<float>(),
+                  y.data_ptr<float>(), M, N, Kp};
+  run(p, route);
+  return y;
+}
+
+std::string int8_tile_gemm_path(int64_t rows) { return route_name(route_for(rows)); }
+
+}  // namespace qc

@@ -1,0 +1,50 @@
+"""``qcompiler::int8_tile_gemm``: int8 activations times int8 weights, exact int32 sums, on AMX tiles for many rows.
+
+The same product as ``qcompiler::int8_gemm`` (and the same schema, so a lowering rule can call either) for int8
+activations, in C++ (``csrc/int8_tile_gemm.cpp``, built and loaded by ``native.py``):
+
+    y[m, n] = a_scale[m] · w_scale[n] · Σ_k (a[m, k] - a_zero) · w[n, k]
+
+for ``a`` int8 [M, K] (K <= MAX_K), an optional ``a_scale`` [M] (None: 1) and an optional ``a_zero``: one float32
+holding an integer in [-128, 127] (a static int8 zero point). The sums are exact int32 on every path, scaled
+the same way (``float(sum) · a_scale · w_scale``): every path gives the same bits.
+
+The weight is packed once (:func:`pack`) in one layout that every path reads: AMX through oneDNN's brgemm
+(ATen's ``cpublas::brgemm``, s8 x s8 on tiles) where the CPU has AMX-INT8 and the call has at least
+``AMX_MIN_ROWS`` rows; an AVX512-VNNI GEMV that streams the weight at memory speed for
+fewer rows, or without AMX; AVX2 (``vpmaddwd``, exact) and plain C++ elsewhere. ``native.tile_gemm_path(rows)``
+names the one a call takes.
+"""
+import torch
+import torch.nn.functional as F
+
+from .errors import fail
+from .int8_gemm import SCHEMA, fake
+from .int8_gemm import reference as reference  # the same value: Σ_k (a - a_zero)·a_scale · w·w_scale, in float64
+
+BLOCK, QUAD = 64, 4  # output columns per packed block, k per VNNI group
+MAX_K = 65536  # |a - a_zero| <= 255, |w| <= 128: 255·128·65536 < 2^31, the int32 sums are exact
+AMX_MIN_ROWS = 4  # calls with this many rows take AMX where it runs (csrc/int8_tile_gemm.cpp: kAmxMinRows)
+
+torch.library.define("qcompiler::int8_tile_gemm", SCHEMA)
+torch.library.register_fake("qcompiler::int8_tile_gemm")(fake)
+OP = torch.ops.qcompiler.int8_tile_gemm.default
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] -> int8 [ceil(N/64), ceil(K/4) + 1, 64, 4] in the kernel's layout.
+
+    N is padded to a multiple of 64 and K to a multiple of 4 with zeros. Block ``b`` (one contiguous run) holds
+    columns ``64b .. 64b + 63``: ``packed[b, q, l, i] = w[64b + l, 4q + i]`` for the quads ``q < ceil(K/4)``
+    (the VNNI layout brgemm reads with ``ld_b = 64``, and 64 bytes the operand of one ``vpdpbusd``), and the
+    last quad ``packed[b, -1]`` holds the columns' sums ``Σ_k w[n, k]`` as int32 (``packed[b, -1].view(int32)``,
+    little-endian), which take the zero points off.
+    """
+    n, k = w.shape
+    if w.dtype != torch.int8 or not 0 < k <= MAX_K:
+        raise fail("weight", f"an int8 [N, K] weight with 0 < K <= {MAX_K}", f"{w.dtype} [{n}, {k}]")
+    blocks, quads = -(-n // BLOCK), -(-k // QUAD)
+    padded = F.pad(w, (0, quads * QUAD - k, 0, blocks * BLOCK - n))
+    body = padded.reshape(blocks, BLOCK, quads, QUAD).transpose(1, 2)
+    sums = padded.sum(1, dtype=torch.int32).view(torch.int8).reshape(blocks, 1, BLOCK, QUAD)
+    return torch.cat([body, sums], dim=1)
