@@ -18,6 +18,8 @@ def model(dtype):
 VNNI, AVX2, PLAIN = qc.Target.parse("cpu:avx2+vnni"), qc.Target.parse("cpu:avx2"), qc.Target.parse("cpu:none")
 INT_MM, INT8PACK = "aten._int_mm (u8s8, VNNI)", "aten._weight_int8pack_mm"
 INT8_GEMM = "qcompiler.int8_gemm (int16 pairs, no VNNI needed)"
+AMX = qc.Target.parse("cpu:avx2+avx512+vnni+amx")
+TILE = "qcompiler.int8_tile_gemm (s8s8 AMX tiles from 4 rows, VNNI GEMV below)"
 INT8_INT4, INT4PACK = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)", "aten._weight_int4pack_mm_for_cpu"
 
 
@@ -227,7 +229,8 @@ def test_layers_outside_the_kernels_limits_are_decomposed_not_miscomputed():
     low = qc.lower(prog, PLAIN)
     assert kernels(low) == ["decomposed", "aten._weight_int8pack_mm"]
     first = qc.report(low).quantized[0]
-    assert first.kernel_reason == ("no kernel took it: onednn.qlinear_pointwise (u8s8, VNNI, prepacked) "
+    assert first.kernel_reason == (f"no kernel took it: {TILE} (16-bit activations): target cpu:none lacks amx, vnni; "
+                                   "onednn.qlinear_pointwise (u8s8, VNNI, prepacked) "
                                    "(16-bit activations): target cpu:none lacks vnni; "
                                    "aten._int_mm (u8s8, VNNI) (16-bit activations): target cpu:none lacks vnni; "
                                    f"{INT8_GEMM} (16-bit activations): target cpu:none lacks avx2; "
@@ -282,10 +285,12 @@ def test_on_this_machine_vnni_takes_onednn_prepacked_for_large_weights_and_agree
     if not host.has("vnni"):
         assert first.kernel.startswith(INT8_GEMM) and "lacks vnni" in first.kernel_reason
         return
-    # 2048x2048 reaches the size where the prepacked call pays; 64x2048 stays on torch._int_mm
-    assert (first.kernel, second.kernel) == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix,
-                                             INT_MM + suffix)
-    assert "its weight (64x2048) has under 4,194,304 elements" in second.kernel_reason
+    if host.has("amx"):  # AMX takes the tile GEMM before the prepacked call: that rule is for VNNI hosts only
+        assert (first.kernel, second.kernel) == (TILE + suffix,) * 2
+    else:  # 2048x2048 reaches the size where the prepacked call pays; 64x2048 stays on torch._int_mm
+        assert (first.kernel, second.kernel) == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix,
+                                                 INT_MM + suffix)
+        assert "its weight (64x2048) has under 4,194,304 elements" in second.kernel_reason
     portable = qc.lower(prog, "cpu:vnni")  # never this machine: the plain-weight integer GEMM for both
     assert kernels(portable) == [INT_MM + suffix] * 2
     assert "target cpu:vnni is not this machine" in qc.report(portable).quantized[0].kernel_reason
@@ -324,3 +329,23 @@ def test_lowering_shows_no_warning_of_torchs_own():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qc.lower(program, "cpu")
+
+
+@pytest.mark.parametrize("config,note,tol", [
+    (qc.Int8DynamicActivationInt8WeightConfig(), " (int8 activations)", 1e-4),
+    (qc.Int8StaticActivationInt8WeightConfig(), " (int8 activations)", 1e-4),
+    (qc.Int8WeightOnlyConfig(), " (16-bit activations)", 1e-3)], ids=["int8dq", "int8static", "int8wo"])
+def test_int8_schemes_take_the_tile_gemm_on_amx_targets_and_agree_at_every_row_count(config, note, tol):
+    """On a target with AMX the int8 schemes lower to qcompiler.int8_tile_gemm (its AMX path from 4 rows where the
+    machine has AMX-INT8, its VNNI, AVX2 or plain path otherwise: tests/test_int8_tile_gemm.py checks each), the
+    same values as the reference program at 1 row (GEMV) and at many (tiles)."""
+    m = model(torch.float32)
+    calib = [torch.randn(4, 5, 64) for _ in range(3)]
+    prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS, calibration_data=calib)
+    low = qc.lower(prog, AMX)
+    assert kernels(low) == [TILE + note] * 2
+    assert "the target has AMX" in qc.report(low).quantized[0].kernel_reason
+    assert no_reference_ops(low)
+    for shape in ((1, 1, 64), (2, 3, 64), (8, 40, 64)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)

@@ -1,6 +1,10 @@
 """The CPU backend: reference patterns -> integer GEMMs on VNNI machines, ATen's packed kernels elsewhere.
 
-Per scheme, on a target with ``vnni``; then on an ``avx2`` target without ``vnni``:
+On a target with ``amx``, int8dq, int8static and int8wo (and int8-grid codebooks of 5-8 bits) take
+``qcompiler.int8_tile_gemm`` (``runtime/int8_tile_gemm.py``): the integer GEMM below on AMX tiles from 4 rows
+and a VNNI GEMV under that, choosing per call, its weight packed at lowering in one layout every x86 machine
+reads (so the file holds each weight once and packaging prepacks nothing). Otherwise, per scheme, on a target
+with ``vnni``; then on an ``avx2`` target without ``vnni``:
 
 - int8dq: per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32;
   without ``vnni``, ``q`` as int8 -> ``qcompiler.int8_gemm``, exact int32.
@@ -77,7 +81,7 @@ from functools import partial
 
 import torch
 
-from ..runtime import additive_gemm, codebook_gemm, int8_gemm, int8_int4, native
+from ..runtime import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, native
 from ..runtime.int4_layout import pack_for
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
@@ -88,6 +92,7 @@ from .rules import LoweringRule, Take
 
 aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn
 VNNI = frozenset({"vnni"})
+AMX = frozenset({"amx", "vnni"})
 
 
 def _unless(ok: bool, reason: str):
@@ -300,6 +305,21 @@ def _int_mm_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
             for q in blocks]
 
 
+def _tile_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
+    """What :func:`_qlinear_gemm` computes, on ``qcompiler.int8_tile_gemm`` (AMX tiles from
+    ``int8_tile_gemm.AMX_MIN_ROWS`` rows, a VNNI GEMV below): one call on the stacked blocks (int8, the zero point
+    taken off in the kernel), its weight packed here, so that packaging's freezing has nothing to prepack."""
+    w = m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w8.contiguous()))
+    w_s = m.constant(f"{name}_int8_tile_scale", w_scale.reshape(-1).float())
+    z = None if zero is None else m.constant(f"{name}_int8_tile_zero", zero.reshape(1).float())
+    q = blocks[0] if len(blocks) == 1 else aten.cat.default(blocks)
+    acc = qops.int8_tile_gemm.default(aten._to_copy.default(q, dtype=torch.int8), None, z, w, w_s)
+    if len(blocks) == 1:
+        return [acc]
+    parts = aten.split_with_sizes.default(acc, [aten.sym_size.int(b, 0) for b in blocks])
+    return [parts[i] for i in range(len(blocks))]
+
+
 def _int8_gemm_weight(m, w8, w_scale, name: str) -> tuple:
     return (m.constant(f"{name}_int8_gemm", int8_gemm.pack(w8.contiguous())),
             m.constant(f"{name}_int8_gemm_scale", w_scale.reshape(-1).float()))
@@ -495,6 +515,7 @@ def _int8_dynamic_int4_int8(m, x, eps, n, w_block, out_w, b, **_):
 
 # --- the table --------------------------------------------------------------------------------
 
+TILE = "qcompiler.int8_tile_gemm (s8s8 AMX tiles from 4 rows, VNNI GEMV below)"
 QLINEAR = "onednn.qlinear_pointwise (u8s8, VNNI, prepacked)"
 INT_MM = "aten._int_mm (u8s8, VNNI)"
 INT8PACK = "aten._weight_int8pack_mm"
@@ -514,6 +535,10 @@ _WHY_INT8_INT4 = ("qcompiler's integer GEMM: exact int32 sums per group of int4 
                   "plain C++, chosen where it runs); ATen's int4 kernel is a bfloat16 GEMV, 2-5x slower from 2 rows on")
 _WHY_QLINEAR = ("the target is this machine and has VNNI, and the weight is large: an int32 GEMM on a weight "
                 "prepacked for this machine, 1.5-3x torch._int_mm at 4-32 rows (0.8x at one row)")
+_WHY_TILE = ("the target has AMX: qcompiler's int8 GEMM, AMX tiles (oneDNN's brgemm) from 4 rows and a VNNI GEMV at "
+             "memory speed below, one layout packed at lowering: 0.9-1.6x the speed of oneDNN's prepacked qlinear and "
+             "1.2-4.4x torch._int_mm's at 4-1024 rows, as fast at one row (benchmarks/results/int8_tile_gemm.md), "
+             "and any machine reads the file, which holds each weight once")
 _WHY_INT_MM = "the target has VNNI: an exact int32 GEMM on a plain weight, which any VNNI machine reads"
 _WHY_INT8_GEMM = ("the target has AVX2 but no VNNI: qcompiler's integer GEMM on int16 pairs (vpmaddwd), exact int32 "
                   "sums, about 2x ATen's packed bfloat16 kernel at prefill shapes")
@@ -550,6 +575,17 @@ def _prepacked_pays(check, packed: bool = False):
     return checked
 
 
+def _tile_fits(check, packed: bool):
+    """``check``, then the K ``qcompiler.int8_tile_gemm`` sums exactly in int32."""
+    def checked(m, target):
+        declined = check(m, target)
+        if declined:
+            return declined
+        k = _weight_shape(m, packed)[1]
+        return _unless(k <= int8_tile_gemm.MAX_K, f"K = {k}: its int32 sums are exact up to K = {int8_tile_gemm.MAX_K}")
+    return checked
+
+
 def _int8_gemm_fits(check, packed: bool):
     """``check``, then the shapes ``qcompiler.int8_gemm`` packs (N % 8 == 0, even K)."""
     def checked(m, target):
@@ -563,8 +599,8 @@ def _int8_gemm_fits(check, packed: bool):
 
 
 def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: bool, **kw) -> tuple:
-    """The rules for one pattern: oneDNN prepacked, ``torch._int_mm`` (both VNNI), ``qcompiler.int8_gemm`` (AVX2),
-    ATen's packed kernel."""
+    """The rules for one pattern: ``qcompiler.int8_tile_gemm`` (AMX), oneDNN prepacked, ``torch._int_mm`` (both VNNI),
+    ``qcompiler.int8_gemm`` (AVX2), ATen's packed kernel."""
     def bind(gemm):
         if not int16:
             return partial(replace, gemm, **kw)
@@ -574,7 +610,9 @@ def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: 
     integer = partial(check, need_k8=False, **kw)
     why16 = _IN_16_BITS if int16 else ""
     packed = kw.get("packed", False)
-    return (LoweringRule(name, pattern, bind(_qlinear_gemm), QLINEAR + kernel_note, _WHY_QLINEAR + why16, VNNI,
+    return (LoweringRule(name, pattern, bind(_tile_gemm), TILE + kernel_note, _WHY_TILE + why16, AMX,
+                         _on_native(_tile_fits(integer, packed))),
+            LoweringRule(name, pattern, bind(_qlinear_gemm), QLINEAR + kernel_note, _WHY_QLINEAR + why16, VNNI,
                          _prepacked_pays(integer, packed)),
             LoweringRule(name, pattern, bind(_int_mm_gemm), INT_MM + kernel_note, _WHY_INT_MM + why16, VNNI, integer),
             LoweringRule(name, pattern, bind(_native_gemm), INT8_GEMM + kernel_note,
