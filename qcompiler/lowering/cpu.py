@@ -285,11 +285,16 @@ def _qlinear_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
     weight = (onednn.qlinear_prepack.default(m.constant(f"{name}_int8", w8.contiguous()), None),
               m.constant(f"{name}_int8_scale", w_scale.reshape(-1).float()),
               m.constant(f"{name}_int8_zero", torch.zeros(w8.shape[0], dtype=torch.int32)))
-    q = blocks[0] if len(blocks) == 1 else aten.cat.default(blocks)
     zp = 128 + (0 if zero is None else int(zero))
-    acc = onednn.qlinear_pointwise.default(_as_uint8(q), 1.0, zp, *weight, None, 1.0, 0, torch.float32, "none", [], "")
+    return _stacked(blocks, lambda q: onednn.qlinear_pointwise.default(_as_uint8(q), 1.0, zp, *weight, None, 1.0, 0,
+                                                                       torch.float32, "none", [], ""))
+
+
+def _stacked(blocks: list, gemm) -> list:
+    """``gemm`` once on the blocks stacked by rows (a GEMM reads its weight once for all of them), split back."""
     if len(blocks) == 1:
-        return [acc]
+        return [gemm(blocks[0])]
+    acc = gemm(aten.cat.default(blocks))
     parts = aten.split_with_sizes.default(acc, [aten.sym_size.int(b, 0) for b in blocks])
     return [parts[i] for i in range(len(blocks))]
 
@@ -312,12 +317,8 @@ def _tile_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
     w = m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w8.contiguous()))
     w_s = m.constant(f"{name}_int8_tile_scale", w_scale.reshape(-1).float())
     z = None if zero is None else m.constant(f"{name}_int8_tile_zero", zero.reshape(1).float())
-    q = blocks[0] if len(blocks) == 1 else aten.cat.default(blocks)
-    acc = qops.int8_tile_gemm.default(aten._to_copy.default(q, dtype=torch.int8), None, z, w, w_s)
-    if len(blocks) == 1:
-        return [acc]
-    parts = aten.split_with_sizes.default(acc, [aten.sym_size.int(b, 0) for b in blocks])
-    return [parts[i] for i in range(len(blocks))]
+    return _stacked(blocks, lambda q: qops.int8_tile_gemm.default(aten._to_copy.default(q, dtype=torch.int8), None, z,
+                                                                  w, w_s))
 
 
 def _int8_gemm_weight(m, w8, w_scale, name: str) -> tuple:
