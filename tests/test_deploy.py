@@ -55,12 +55,14 @@ def test_the_kernels_inside_a_file_choose_their_instruction_set_where_it_runs(ev
     if capability == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip(f"this machine's ATen capability is {torch.backends.cpu.get_cpu_capability()}: no AVX2")
     path, io = every_kernel
+    # the outputs were computed here: where this machine has AMX, int4 calls of 32 rows or more took bfloat16 tiles
+    tolerances = [2e-2 if native.int4_gemm_path(len(x)) == "amx_bf16" else 1e-3 for x in torch.load(io)["xs"]]
     out = _run_bare(f"""
         import torch
         run = torch._inductor.aoti_load_package({str(path)!r})
         io = torch.load({str(io)!r})
-        for x, y in zip(io["xs"], io["ys"]):
-            torch.testing.assert_close(run(x), y, rtol=1e-3, atol=1e-3)
+        for x, y, tol in zip(io["xs"], io["ys"], {tolerances!r}):
+            torch.testing.assert_close(run(x), y, rtol=tol, atol=tol)
         print(torch.backends.cpu.get_cpu_capability())
     """, _bare_env(tmp_path, ATEN_CPU_CAPABILITY=capability))
     assert out.returncode == 0 and out.stdout.strip() == capability.upper(), out.stderr[-3000:]

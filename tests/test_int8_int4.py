@@ -18,6 +18,7 @@ CASES = [  # M, N, K, group, weight offset, activation zero point, activation bi
     (37, 1040, 256, 128, True, False, 16), (70, 208, 256, 256, True, True, 16), (3, 32, 96, 32, False, False, 16),
     (1, 64, 64, 32, True, False, 32), (37, 1040, 256, 128, False, False, 32), (70, 208, 512, 256, True, False, 32)]
 FLOAT_TOLERANCE = 2e-4  # float32 rows go in 16 bits: about 2^-16 of a row's largest value per element
+AMX_TOLERANCE = 8e-3  # bfloat16 tiles: weights (and float rows) rounded to 8 significant bits, 2^-9 each
 
 
 def _case(m, n, k, group, offset, zero, bits=8, seed=0):
@@ -69,7 +70,11 @@ def test_packing_refuses_shapes_and_values_the_kernel_cannot_take():
 
 
 def _tolerance(case) -> float:
-    return FLOAT_TOLERANCE if case[-1] == 32 else 1e-5
+    """The case's tolerance on the path its rows take here: bfloat16 tiles (AMX), or exact integer sums."""
+    m, bits = case[0], case[-1]
+    if bits != 16 and native.int4_gemm_path(m) == "amx_bf16":
+        return AMX_TOLERANCE
+    return FLOAT_TOLERANCE if bits == 32 else 1e-5
 
 
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=["f32-scales", "bf16-scales"])
@@ -79,8 +84,9 @@ def test_the_kernel_matches_its_reference(case, scale_dtype):
 
 
 def test_float_rows_are_taken_in_16_bits_not_8():
-    """The 16-bit rounding of float rows is far finer than int8's: the same rows rounded to int8 per row miss."""
-    case = (37, 1040, 256, 128, False, False, 32)
+    """The 16-bit rounding of float rows is far finer than int8's: the same rows rounded to int8 per row miss.
+    (Rows fewer than AMX_MIN_ROWS: more take bfloat16 tiles where AMX runs.)"""
+    case = (9, 1040, 256, 128, False, False, 32)
     q, a, _, _, w_scale, w_offset = _case(*case)
     s8 = a.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127
     a8 = torch.round(a / s8).to(torch.int8)
@@ -110,10 +116,56 @@ def test_every_instruction_set_path_matches_the_reference(capability):
     assert float(error) < 1  # every case within its tolerance
 
 
+def _cpu_flags() -> set:
+    return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+
+
+VNNI = torch.backends.cpu.get_cpu_capability() == "AVX512" and "avx512_vnni" in _cpu_flags()
+AMX = VNNI and "amx_bf16" in _cpu_flags() and torch.backends.mkldnn.is_available()
+
+
 def test_this_machine_takes_its_fastest_path():
     capability = torch.backends.cpu.get_cpu_capability()
-    vnni = capability == "AVX512" and "avx512_vnni" in open("/proc/cpuinfo").read()
-    assert native.kernel_path() == ("avx512_vnni" if vnni else "avx2" if capability in ("AVX2", "AVX512") else "scalar")
+    assert native.kernel_path() == ("avx512_vnni" if VNNI else "avx2" if capability in ("AVX2", "AVX512") else "scalar")
+    assert native.int4_gemm_path(int8_int4.AMX_MIN_ROWS - 1) == native.kernel_path()
+    assert native.int4_gemm_path(4096) == ("amx_bf16" if AMX else native.kernel_path())
+
+
+def _amx_or_skip():
+    if not AMX:
+        pytest.skip("no AMX-BF16 here (cpuinfo's amx_bf16 with ATen's AVX512 capability and oneDNN): the bfloat16 "
+                    "tile path is not reachable on this machine")
+
+
+@pytest.mark.parametrize("bits", [8, 32], ids=["int8-rows", "float-rows"])
+def test_amx_takes_the_larger_calls_in_bfloat16_and_the_smaller_stay_exact(bits):
+    """From AMX_MIN_ROWS rows the kernel decodes the weight to bfloat16 and multiplies on tiles: the same rows give
+    the exact path's values below that and values within bfloat16's rounding of them from it."""
+    _amx_or_skip()
+    m = int8_int4.AMX_MIN_ROWS
+    q, a, a_scale, a_zero, w_scale, w_offset = _case(m + 9, 208, 256, 64, True, bits == 8, bits)
+    sums = int8_int4.weight_sums(q, w_scale, w_offset)
+    args = (int8_int4.pack(q), w_scale, w_offset, sums, 64)
+    tiles = torch.ops.qcompiler.int8_int4_gemm(a, a_scale, a_zero, *args)
+    head = [None if t is None else t[:m - 1] for t in (a, a_scale, a_zero)]
+    exact = torch.ops.qcompiler.int8_int4_gemm(*head, *args)
+    ref = int8_int4.reference(a, a_scale, a_zero, q, w_scale, w_offset, 64)
+    error = ((tiles.double() - ref).abs().max() / ref.abs().max()).item()
+    assert 1e-5 < error < AMX_TOLERANCE  # bfloat16's rounding, not the exact path's
+    assert ((exact.double() - ref[:m - 1]).abs().max() / ref.abs().max()).item() < _tolerance((1, 0, 0, 0, 0, 0, bits))
+
+
+def test_int16_rows_keep_the_exact_path_at_every_size():
+    _amx_or_skip()
+    case = (int8_int4.AMX_MIN_ROWS + 40, 208, 256, 256, True, True, 16)
+    assert _max_relative_error(case) < 1e-5
+
+
+def test_capping_onednn_below_amx_keeps_the_vnni_path():
+    """ONEDNN_MAX_CPU_ISA below AMX (or torch.backends.mkldnn off) leaves every call on the integer path."""
+    _amx_or_skip()
+    script = "from qcompiler.runtime import native; print(native.int4_gemm_path(4096))"
+    assert run_capped(script, "avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16") == ["avx512_vnni"]
 
 
 @pytest.mark.parametrize("change,message", [

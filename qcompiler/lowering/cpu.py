@@ -30,7 +30,9 @@ the speed of ``qcompiler.int8_gemm`` at prefill shapes.
 
 int4 runs on qcompiler's own C++ kernel (``runtime/int8_int4.py``): exact int32 sums per
 group of int4 weights on int8 rows, its weight layout the same on every machine, its
-instruction set (AVX512-VNNI, AVX2, plain C++) chosen where it runs. Where that kernel
+instruction set (AVX512-VNNI, AVX2, plain C++) chosen where it runs; on a machine with AMX,
+calls of 32 rows or more decode the weight to bfloat16 and multiply on AMX tiles (the same
+op and weight: the choice is made per call, so one ``.pt2`` decodes on VNNI and prefills on AMX). Where that kernel
 cannot be built (no C++ compiler), int4 takes ATen's int4 kernel (a bfloat16 GEMV,
 2-5x slower from 2 rows on) with bfloat16 activations, as below.
 
@@ -533,7 +535,9 @@ _WHY_CODEBOOK_LUT = ("qcompiler's lookup-table GEMM: the indices stay at their b
                      "int8 table is shuffled into weights inside the kernel (vpshufb), exact int32 sums on 16-bit "
                      "activations; the int8 GEMMs below need the table gathered into an int8 weight, twice the bytes")
 _WHY_INT8_INT4 = ("qcompiler's integer GEMM: exact int32 sums per group of int4 weights on int8 rows (VNNI, AVX2 or "
-                  "plain C++, chosen where it runs); ATen's int4 kernel is a bfloat16 GEMV, 2-5x slower from 2 rows on")
+                  "plain C++, chosen where it runs; on AMX machines, from 32 rows, the weight decoded to bfloat16 on "
+                  "AMX tiles, about 2x faster there); ATen's int4 kernel is a bfloat16 GEMV, 2-5x slower from 2 rows "
+                  "on")
 _WHY_QLINEAR = ("the target is this machine and has VNNI, and the weight is large: an int32 GEMM on a weight "
                 "prepacked for this machine, 1.5-3x torch._int_mm at 4-32 rows (0.8x at one row)")
 _WHY_TILE = ("the target has AMX: qcompiler's int8 GEMM, AMX tiles (oneDNN's brgemm) from 4 rows and a VNNI GEMV at "

@@ -158,6 +158,13 @@ def kernel_path() -> str:
     return torch.ops.qcompiler_native.int8_int4_gemm_path()
 
 
+def int4_gemm_path(rows: int) -> str:
+    """The path ``int8_int4_gemm`` takes for ``rows`` float32 or int8 rows in this process: ``amx_bf16`` (weights
+    decoded to bfloat16 and multiplied on AMX tiles, from enough rows on an AMX machine) or :func:`kernel_path`'s."""
+    load()
+    return torch.ops.qcompiler_native.int4_gemm_route(rows)
+
+
 def tile_gemm_path(rows: int) -> str:
     """The path ``int8_tile_gemm`` takes for ``rows`` rows in this process: ``amx`` (AMX-INT8 tiles through
     oneDNN's brgemm, for enough rows), ``avx512_vnni``, ``avx2`` or ``scalar``."""

@@ -29,6 +29,7 @@
 #include <immintrin.h>
 
 #include "activation_rows.h"
+#include "bf16_tiles.h"
 #include "kernel_common.h"
 #include "ops.h"
 
@@ -346,9 +347,69 @@ QC_VNNI_TARGET void panel_vnni(const Problem& p, int64_t m0, int64_t m1, int64_t
   if (j < panel.width) rows_vnni<kRows, 1, PAIR>(p, m0, m1, panel, j, n0 + j * kLanes);
 }
 
+// ------------------------------------------------------------------ AMX: bfloat16 tiles, from kAmxMinRows rows
+
+// Rows from which the bfloat16 tiles beat the VNNI path (benchmarks/bench_int4_tiles.py).
+constexpr int64_t kAmxMinRows = 32;
+
+// Panel `panel`'s weights w = w_scale * q + w_offset for k in [k0, k0 + kc), rounded to bfloat16, as
+// out[(k - k0) / 2][n][2]. A packed block's 64 bytes hold 16 columns x 8 k (k = 8c + i in the low nibble of byte
+// 4 * lane + i, 8c + 4 + i in the high one): each of the 8 k becomes 16 floats u * s + (offset - 8 s), and each pair
+// of k one 32-wide bfloat16 row, interleaved by column.
+QC_BF16_TARGET int64_t decode_int4_bf16(const Problem& p, int64_t panel_index, int64_t k0, int64_t kc, uint16_t* out) {
+  const Panel panel = panel_of(p, panel_index * kPanel);
+  const int64_t width = panel.width * kLanes, n_first = panel_index * kPanel * kLanes;
+  const __m512i low = _mm512_set1_epi32(0x0F0F0F0F), byte = _mm512_set1_epi32(0xFF);
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  for (int64_t c = k0 / kChunk; c < (k0 + kc) / kChunk; ++c) {
+    const int64_t g = c * kChunk / p.group;
+    uint16_t* row = out + (c * kChunk - k0) / 2 * width * 2;  // the chunk's first pair of k
+    for (int64_t j = 0; j < panel.width; ++j) {
+      const int64_t at = g * p.N + n_first + j * kLanes;
+      const __m512 s = scales16(p, p.w_scale, at);
+      const __m512 o = p.w_offset ? scales16(p, p.w_offset, at) : _mm512_setzero_ps();
+      const __m512 shift = _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), s, o);  // offset - 8 s: w = u s + shift
+      const __m512i v = _mm512_loadu_si512(panel.base + (c * panel.width + j) * 64);
+      const __m512i nibbles[2] = {_mm512_and_si512(v, low), _mm512_and_si512(_mm512_srli_epi32(v, 4), low)};
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h)
+#pragma GCC unroll 2
+        for (int pair = 0; pair < 2; ++pair) {
+          const __m512i u0 = _mm512_and_si512(_mm512_srli_epi32(nibbles[h], 16 * pair), byte);
+          const __m512i u1 = _mm512_and_si512(_mm512_srli_epi32(nibbles[h], 16 * pair + 8), byte);
+          const __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u0), s, shift);
+          const __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u1), s, shift);
+          const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(w1, w0));  // w0's 16, then w1's
+          _mm512_storeu_si512(row + (2 * h + pair) * width * 2 + j * 2 * kLanes,
+                              _mm512_permutexvar_epi16(interleave, both));
+        }
+    }
+  }
+  return width;
+}
+
+// The product on bfloat16 tiles: float rows rounded to bfloat16, int8 rows as a - a_zero (exact), times the decoded
+// weights; int8 rows' a_scale applied after.
+void run_amx(const Problem& p, const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
+             const std::optional<at::Tensor>& a_zero) {
+  const at::Tensor rows = qc::bf16_rows(a, a_zero);
+  const qc::Bf16Tiles tiles{rows.data_ptr<at::BFloat16>(), rows.size(1), a_scale ? p.a_scale : nullptr, p.y, p.M, p.N, p.K};
+  qc::bf16_tile_gemm(tiles, [&](int64_t panel, int64_t k0, int64_t kc, uint16_t* out) {
+    return decode_int4_bf16(p, panel, k0, kc, out);
+  });
+}
+
 // ------------------------------------------------------------------ dispatch
 
 using qc::Path;
+
+// Whether M rows of this type take the bfloat16 tiles: enough of them, float32 or int8 (exact in bfloat16 after their
+// zero point; int16 rows keep the exact integer paths), on an AMX machine whose ATen capability is AVX-512.
+bool amx_route(Path path, at::ScalarType type, int64_t M) {
+  return path == Path::kVnni && type != at::kShort && M >= kAmxMinRows && qc::amx_bf16_here();
+}
 
 void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
                   const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& w_offset,
@@ -400,9 +461,17 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
   const std::optional<at::Tensor> a_zero = qc::contiguous(a_zero_in), w_offset = qc::contiguous(w_offset_in),
                                   w_sums = qc::contiguous(w_sums_in);
   const Path path = qc::path_here();
+  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
+  if (amx_route(path, a.scalar_type(), M)) {
+    const std::optional<at::Tensor> a_scale = qc::contiguous(a_scale_in);
+    const Problem p{nullptr, 1, nullptr, a_scale ? a_scale->data_ptr<float>() : nullptr, nullptr, w.data_ptr<uint8_t>(),
+                    w_scale.data_ptr(), w_offset ? w_offset->data_ptr() : nullptr, nullptr, y.data_ptr<float>(),
+                    M, N, K, group, w_scale.scalar_type() == at::kBFloat16};
+    run_amx(p, a, a_scale, a_zero);
+    return y;
+  }
   const qc::ActivationRows rows = qc::activation_rows(a, group, path);
   const at::Tensor a_scale = a_scale_in ? a_scale_in->contiguous() : rows.scale;
-  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
   const Problem p{rows.rows.data_ptr<int8_t>(), a.scalar_type() == at::kChar ? 1 : 2,
                   rows.sums.data_ptr<int32_t>(), a_scale.data_ptr<float>(), a_zero ? a_zero->data_ptr<float>() : nullptr,
                   w.data_ptr<uint8_t>(), w_scale.data_ptr(), w_offset ? w_offset->data_ptr() : nullptr,
@@ -425,5 +494,10 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
 }
 
 std::string int8_int4_gemm_path() { return qc::path_name(qc::path_here()); }
+
+std::string int4_gemm_route(int64_t rows) {
+  const Path path = qc::path_here();
+  return amx_route(path, at::kFloat, rows) ? "amx_bf16" : qc::path_name(path);
+}
 
 }  // namespace qc
