@@ -11,10 +11,16 @@ def kernels_loaded():
     native.load()
 
 
-# M, N, K; from 64 rows on, the VNNI path decodes each panel to int8 once (130 rows: two work items of rows)
+# M, N, K; from 64 rows on, the VNNI path decodes each panel to int8 once (130 rows: two work items of rows); from 32,
+# where AMX runs, the kernel decodes to bfloat16 and multiplies on tiles (N = 80: a tile panel of 64 and one of 16)
 CASES = [(1, 16, 128), (3, 48, 384), (5, 16, 256), (2, 64, 1024), (34, 32, 256), (64, 16, 128), (67, 80, 128),
          (130, 32, 384)]
 TOLERANCE = 2e-4  # float rows go in 16 bits: about 2^-16 of a row's largest value per element
+TILES_TOLERANCE = 8e-3  # bfloat16 tiles: the rows rounded to 8 significant bits (the int8 entries are exact)
+
+
+def _tolerance(case) -> float:
+    return TILES_TOLERANCE if native.float_rows_path(case[0]) == "amx_bf16" else TOLERANCE
 
 
 def _case(m, n, k, bits, seed=0):
@@ -65,25 +71,34 @@ def test_the_packed_layout_is_the_documented_one(bits):
 @pytest.mark.parametrize("bits", codebook_gemm.BITS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "m{}-n{}-k{}".format(*c))
 def test_the_kernel_matches_its_reference(case, bits):
-    assert _max_relative_error(case, bits) < TOLERANCE
+    assert _max_relative_error(case, bits) < _tolerance(case)
 
 
 SCRIPT = """
 import sys
 sys.path.insert(0, "tests")
 from qcompiler.runtime import codebook_gemm, native
-from test_codebook_gemm import CASES, TOLERANCE, _max_relative_error
+from test_codebook_gemm import CASES, _max_relative_error, _tolerance
 native.load()
-print(native.kernel_path(), max(_max_relative_error(c, b) / TOLERANCE for c in CASES for b in codebook_gemm.BITS))
+print(native.kernel_path(), max(_max_relative_error(c, b) / _tolerance(c) for c in CASES for b in codebook_gemm.BITS),
+      *sorted({native.float_rows_path(c[0]) for c in CASES}))
 """
 
 
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_every_instruction_set_path_matches_the_reference(capability):
     """ATEN_CPU_CAPABILITY caps the kernel's path: the AVX2 and plain C++ paths run on any machine."""
-    path, error = run_capped(SCRIPT, capability)
-    assert path == capped_path(capability)
+    path, error, *paths = run_capped(SCRIPT, capability)
+    assert path == capped_path(capability) and paths == [path]
     assert float(error) < 1  # every case within its tolerance
+
+
+def test_without_amx_every_row_count_stays_on_the_integer_path():
+    """oneDNN capped below AMX: the VNNI paths (a GEMV under 64 rows, the decoded panels from 64) take every case."""
+    if "amx_bf16" not in open("/proc/cpuinfo").read() or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("no AMX here: the VNNI paths are this machine's own, tested above")
+    path, error, *paths = run_capped(SCRIPT, "avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16")
+    assert path == paths[0] == "avx512_vnni" and len(paths) == 1 and float(error) < 1
 
 
 def test_packing_refuses_what_the_kernel_cannot_take():

@@ -72,7 +72,7 @@ def test_packing_refuses_shapes_and_values_the_kernel_cannot_take():
 def _tolerance(case) -> float:
     """The case's tolerance on the path its rows take here: bfloat16 tiles (AMX), or exact integer sums."""
     m, bits = case[0], case[-1]
-    if bits != 16 and native.int4_gemm_path(m) == "amx_bf16":
+    if bits != 16 and native.float_rows_path(m) == "amx_bf16":
         return AMX_TOLERANCE
     return FLOAT_TOLERANCE if bits == 32 else 1e-5
 
@@ -127,8 +127,8 @@ AMX = VNNI and "amx_bf16" in _cpu_flags() and torch.backends.mkldnn.is_available
 def test_this_machine_takes_its_fastest_path():
     capability = torch.backends.cpu.get_cpu_capability()
     assert native.kernel_path() == ("avx512_vnni" if VNNI else "avx2" if capability in ("AVX2", "AVX512") else "scalar")
-    assert native.int4_gemm_path(int8_int4.AMX_MIN_ROWS - 1) == native.kernel_path()
-    assert native.int4_gemm_path(4096) == ("amx_bf16" if AMX else native.kernel_path())
+    assert native.float_rows_path(int8_int4.AMX_MIN_ROWS - 1) == native.kernel_path()
+    assert native.float_rows_path(4096) == ("amx_bf16" if AMX else native.kernel_path())
 
 
 def _amx_or_skip():
@@ -161,10 +161,17 @@ def test_int16_rows_keep_the_exact_path_at_every_size():
     assert _max_relative_error(case) < 1e-5
 
 
+def test_without_amx_every_case_takes_the_exact_vnni_path():
+    """oneDNN capped below AMX: the cases the tiles take here run the exact integer path, within its tolerances."""
+    _amx_or_skip()
+    path, error = run_capped(SCRIPT, "avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16")
+    assert path == "avx512_vnni" and float(error) < 1
+
+
 def test_capping_onednn_below_amx_keeps_the_vnni_path():
     """ONEDNN_MAX_CPU_ISA below AMX (or torch.backends.mkldnn off) leaves every call on the integer path."""
     _amx_or_skip()
-    script = "from qcompiler.runtime import native; print(native.int4_gemm_path(4096))"
+    script = "from qcompiler.runtime import native; print(native.float_rows_path(4096))"
     assert run_capped(script, "avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16") == ["avx512_vnni"]
 
 

@@ -115,6 +115,64 @@ def test_every_path_gives_the_same_bits(here, capability, env):
     assert (int(bad), digest) == (0, here[1])
 
 
+FLOAT_ROWS = (1, 5, int8_tile_gemm.BF16_MIN_ROWS - 1, int8_tile_gemm.BF16_MIN_ROWS, 100)
+
+
+def _float_error(m: int, n: int = 200, k: int = 130) -> float:
+    """Weight-only use: float rows against ``x @ (w·w_scale)ᵀ`` in float64, relative to the output's range."""
+    g = torch.Generator().manual_seed(m)
+    x, w = torch.randn(m, k, generator=g) * 3, _case(1, n, k)[1]
+    w_scale = torch.rand(n, generator=g) + 0.01
+    y = int8_tile_gemm.OP(x, None, None, int8_tile_gemm.pack(w), w_scale)
+    ref = x.double() @ (w.double() * w_scale.double()[:, None]).t()
+    assert y.dtype == torch.float32 and y.shape == (m, n)
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("m", FLOAT_ROWS)
+def test_float_rows_go_in_16_bits_or_on_bfloat16_tiles(m):
+    """Below BF16_MIN_ROWS (or without AMX) the rows go in 16 bits, two int8 rows each; from it, where AMX runs,
+    on bfloat16 tiles: bfloat16's rounding, far coarser than 16 bits and far finer than the int8 weight's."""
+    error = _float_error(m)
+    if native.float_rows_path(m) == "amx_bf16":
+        assert 1e-5 < error < 8e-3
+    else:
+        assert error < 1e-4
+
+
+def test_float_rows_take_the_tiles_from_bf16_min_rows_where_amx_runs():
+    fast = native.kernel_path()
+    assert native.float_rows_path(int8_tile_gemm.BF16_MIN_ROWS - 1) == fast
+    assert native.float_rows_path(int8_tile_gemm.BF16_MIN_ROWS) == ("amx_bf16" if AMX else fast)
+
+
+FLOAT_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from qcompiler.runtime import native
+from test_int8_tile_gemm import FLOAT_ROWS, _float_error
+native.load()
+print(max(_float_error(m) for m in FLOAT_ROWS), *sorted({native.float_rows_path(m) for m in FLOAT_ROWS}))
+"""
+
+
+@pytest.mark.parametrize("capability,env", [("avx2", {}), ("default", {}),
+                                            ("avx512", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})],
+                         ids=["avx2", "plain", "vnni-only"])
+def test_float_rows_go_in_16_bits_on_every_integer_path(capability, env):
+    """Capped below AMX (ATen's capability, or oneDNN's ISA), every row count takes the 16-bit integer form."""
+    if env and not VNNI:
+        pytest.skip("no AVX512-VNNI here")
+    error, *paths = run_capped(FLOAT_SCRIPT, capability, **env)
+    assert paths == ["avx512_vnni" if env else capped_path(capability)] and float(error) < 1e-4
+
+
+def test_float_rows_refuse_activation_scales():
+    w = int8_tile_gemm.pack(torch.zeros(64, 32, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="float32 a takes no a_scale or a_zero"):
+        int8_tile_gemm.OP(torch.ones(2, 32), torch.ones(2), None, w, torch.ones(64))
+
+
 def test_the_packed_layout_is_the_documented_one():
     w = torch.randint(-128, 128, (70, 10), generator=torch.Generator().manual_seed(1), dtype=torch.int8)
     packed = int8_tile_gemm.pack(w)
@@ -170,7 +228,7 @@ def test_a_packaged_program_calls_it_linked_in(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda args: {**args, "a": args["a"].to(torch.int16)}, r"a must be int8 \[M, K\], got Short"),
+    (lambda args: {**args, "a": args["a"].to(torch.int16)}, r"a must be int8 or float32 \[M, K\], got Short"),
     (lambda args: {**args, "a": args["a"][:, :120]}, r"w must be int8_tile_gemm.pack's int8 \[2, 31, 64, 4\] for "
                                                       r"N = 100, K = 120, got Char \[2, 34, 64, 4\]"),
     (lambda args: {**args, "w": args["w"].view(torch.uint8)}, r"w must be .* got Byte \[2, 34, 64, 4\]"),

@@ -3,7 +3,9 @@
 On a target with ``amx``, int8dq, int8static and int8wo (and int8-grid codebooks of 5-8 bits) take
 ``qcompiler.int8_tile_gemm`` (``runtime/int8_tile_gemm.py``): the integer GEMM below on AMX tiles from 4 rows
 and a VNNI GEMV under that, choosing per call, its weight packed at lowering in one layout every x86 machine
-reads (so the file holds each weight once and packaging prepacks nothing). Otherwise, per scheme, on a target
+reads (so the file holds each weight once and packaging prepacks nothing). Weight-only layers hand it their
+float rows: from 32 rows it decodes the int8 weight to bfloat16 and multiplies on AMX's bfloat16 tiles (the
+rows rounded to bfloat16), below it takes them in 16 bits as two int8 rows. Otherwise, per scheme, on a target
 with ``vnni``; then on an ``avx2`` target without ``vnni``:
 
 - int8dq: per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32;
@@ -354,6 +356,18 @@ def _int16_rows(x2):
     return hi, lo, s
 
 
+def _int8_weight_tile(m, x, w8, row_scale, out_dtype, b):
+    """``x @ (w8·row_scale)ᵀ`` on ``qcompiler.int8_tile_gemm``, which takes ``x``'s float rows itself: on bfloat16
+    AMX tiles from 32 rows, in 16 bits (two int8 rows each) on its integer paths below."""
+    n, k = w8.shape
+    x2, back = rows(m, x, k, n)
+    name = weight_name(m)
+    w = m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w8.contiguous()))
+    w_s = m.constant(f"{name}_int8_tile_scale", row_scale.reshape(-1).float())
+    y = qops.int8_tile_gemm.default(_f32(x2), None, None, w, w_s)
+    return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
+
+
 def _int8_weight_int16(gemm, m, x, w8, row_scale, out_dtype, b):
     """``x @ (w8·row_scale)ᵀ`` with ``x``'s rows in 16 bits (:func:`_int16_rows`) through an integer ``gemm``."""
     n, k = w8.shape
@@ -549,8 +563,11 @@ _WHY_INT8_GEMM = ("the target has AVX2 but no VNNI: qcompiler's integer GEMM on 
                   "sums, about 2x ATen's packed bfloat16 kernel at prefill shapes")
 _WHY_PACKED = "ATen's packed kernel, where qcompiler's C++ kernels are not available or the target lacks AVX2"
 _IN_16_BITS = " with 16-bit activations as two int8 rows"
+_TILE_FLOAT = ("; the float rows go in as they are: from 32 rows on bfloat16 AMX tiles (the int8 weight decoded to "
+               "bfloat16), below in 16 bits as two int8 rows")
 _FLOAT_IN_16_BITS = " with the float rows taken in 16 bits"
 _INT8_ACTS, _INT16_ACTS = " (int8 activations)", " (16-bit activations)"
+_FLOAT_ROWS_ACTS = " (bfloat16 activations from 32 rows, 16-bit below)"
 
 
 QLINEAR_MIN_WEIGHT = 1 << 22  # elements (N·K): below, oneDNN's prepacked call is no faster than torch._int_mm
@@ -609,13 +626,14 @@ def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: 
     def bind(gemm):
         if not int16:
             return partial(replace, gemm, **kw)
-        forms = {None: _int8_weight_packed, _native_gemm: _int8_weight_native}
+        forms = {None: _int8_weight_packed, _native_gemm: _int8_weight_native, _tile_gemm: _int8_weight_tile}
         return partial(replace, forms.get(gemm) or partial(_int8_weight_int16, gemm), **kw)
 
     integer = partial(check, need_k8=False, **kw)
     why16 = _IN_16_BITS if int16 else ""
     packed = kw.get("packed", False)
-    return (LoweringRule(name, pattern, bind(_tile_gemm), TILE + kernel_note, _WHY_TILE + why16, AMX,
+    return (LoweringRule(name, pattern, bind(_tile_gemm), TILE + (_FLOAT_ROWS_ACTS if int16 else kernel_note),
+                         _WHY_TILE + (_TILE_FLOAT if int16 else ""), AMX,
                          _on_native(_tile_fits(integer, packed))),
             LoweringRule(name, pattern, bind(_qlinear_gemm), QLINEAR + kernel_note, _WHY_QLINEAR + why16, VNNI,
                          _prepacked_pays(integer, packed)),

@@ -26,7 +26,7 @@ that calls the op runs wherever the op is loaded; the kernel picks AVX512-VNNI, 
 plain C++ per call (``native.kernel_path()``).
 
 On a machine with AMX (AMX-BF16, and oneDNN allowed to use it), calls of at least :data:`AMX_MIN_ROWS` float32
-or int8 rows take bfloat16 tiles instead (``native.int4_gemm_path(rows)`` says ``amx_bf16``): each work item
+or int8 rows take bfloat16 tiles instead (``native.float_rows_path(rows)`` says ``amx_bf16``): each work item
 decodes a 64-column panel of the packed weight into bfloat16 ``w_scale·q + w_offset`` and oneDNN's brgemm
 multiplies the rows by it on AMX (``csrc/bf16_tiles.h``), about 2x the VNNI path from 128 rows
 (``benchmarks/bench_int4_tiles.py``). The sums there are float32, not exact integers: the weights are rounded to
@@ -42,7 +42,7 @@ SCHEMA = ("(Tensor a, Tensor? a_scale, Tensor? a_zero, Tensor w, Tensor w_scale,
 LANES, CHUNK, PANEL = 16, 8, 4  # rows per packed block, k per block, blocks per panel
 GROUPS = (32, 64, 128, 256)
 INT16_MAX = 32639  # the largest int16 that splits as 256·hi + lo with hi and lo in [-128, 127]
-AMX_MIN_ROWS = 32  # calls with this many float32 or int8 rows take bfloat16 tiles where AMX runs (kAmxMinRows)
+AMX_MIN_ROWS = 32  # calls with this many float32 or int8 rows take bfloat16 tiles where AMX runs (kBf16MinRows)
 
 torch.library.define("qcompiler::int8_int4_gemm", SCHEMA)
 OP = torch.ops.qcompiler.int8_int4_gemm.default

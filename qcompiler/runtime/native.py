@@ -158,11 +158,12 @@ def kernel_path() -> str:
     return torch.ops.qcompiler_native.int8_int4_gemm_path()
 
 
-def int4_gemm_path(rows: int) -> str:
-    """The path ``int8_int4_gemm`` takes for ``rows`` float32 or int8 rows in this process: ``amx_bf16`` (weights
-    decoded to bfloat16 and multiplied on AMX tiles, from enough rows on an AMX machine) or :func:`kernel_path`'s."""
+def float_rows_path(rows: int) -> str:
+    """Where ``rows`` float32 rows go in the weight-only kernels (``int8_int4_gemm``, which takes its int8 rows there
+    too, and ``int8_tile_gemm``) in this process: ``amx_bf16`` (weights decoded to bfloat16 and multiplied on AMX
+    tiles, from 32 rows on an AMX machine), else :func:`kernel_path`'s answer."""
     load()
-    return torch.ops.qcompiler_native.int4_gemm_route(rows)
+    return torch.ops.qcompiler_native.float_rows_path(rows)
 
 
 def tile_gemm_path(rows: int) -> str:

@@ -15,6 +15,8 @@
 
 #include <immintrin.h>
 
+#include "kernel_common.h"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -32,7 +34,36 @@ inline bool amx_bf16_here() {
          at::native::cpublas::could_pack(at::kBFloat16);
 }
 
+// Rows from which weight-only kernels take bfloat16 tiles for float rows (benchmarks/bench_int4_tiles.py: at 16 rows
+// the int4 VNNI path is 1.4x faster, at 32 the tiles 1.15-1.3x).
+constexpr int64_t kBf16MinRows = 32;
+
+// Whether `rows` float rows take the tiles in this process: enough of them, AMX here, ATen's capability AVX-512.
+inline bool bf16_tiles_for(int64_t rows) {
+  return rows >= kBf16MinRows && path_here() == Path::kVnni && amx_bf16_here();
+}
+
+// w0's and w1's 16 floats rounded to bfloat16 as 16 pairs (w0[l], w1[l]): a 64-byte stretch of a decoded row of k
+// pairs (16 of its columns).
+QC_BF16_TARGET __attribute__((always_inline)) inline __m512i bf16_pairs(__m512 w0, __m512 w1) {
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(w1, w0));  // w0's 16, then w1's
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both);
+}
+
 constexpr int64_t kTileCols = 64;       // columns per decoded panel
+
+// 16 columns' int8 weights for 4 k (int32 lane l: column l, byte i: k + i) as bfloat16 (exact) in two decoded rows
+// 64 columns wide: pairs (k, k + 1) at out, (k + 2, k + 3) at out + 2 * kTileCols.
+QC_BF16_TARGET __attribute__((always_inline)) inline void store_int8_quads(__m512i v, uint16_t* out) {
+#pragma GCC unroll 2
+  for (int pair = 0; pair < 2; ++pair) {  // bytes 2 pair and 2 pair + 1 of each lane, sign-extended
+    const __m512 w0 = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 16 * pair), 24));
+    const __m512 w1 = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 16 - 16 * pair), 24));
+    _mm512_storeu_si512(out + pair * kTileCols * 2, bf16_pairs(w0, w1));
+  }
+}
 constexpr int64_t kTileRowChunk = 256;  // rows per work item: they share one decoded panel
 // Rows per brgemm call: a call has a fixed cost (ATen's kernel lookup, oneDNN's dispatch), so over a short K (MiniLM's
 // 384) a call takes the chunk's 256 rows at once (2x faster than 64 at a time); over a longer K, 128 rows measured
@@ -48,25 +79,31 @@ struct Bf16Tiles {
   const at::BFloat16* a;   // [M, lda]: the rows, each padded (see bf16_rows)
   int64_t lda;
   const float* row_scale;  // [M]; null: 1
+  const float* col_scale;  // [N]; null: 1
   float* y;                // [M, N]
-  int64_t M, N, K;
+  int64_t M, N, K;         // K: even, at most lda
 };
 
 // Elements each bfloat16 row is padded with: rows a multiple of 4 KB apart would map a tile's 16 rows onto one set
 // of L1 (and C's likewise), which the tile loads thrash.
 constexpr int64_t kRowPad = 32;
 
-inline void scale_rows(const Bf16Tiles& p, int64_t m0, int64_t m1, int64_t n0, int64_t width) {
+inline void scale_block(const Bf16Tiles& p, int64_t m0, int64_t m1, int64_t n0, int64_t width) {
   for (int64_t m = m0; m < m1; ++m) {
+    const float row = p.row_scale ? p.row_scale[m] : 1.0f;
     float* y = p.y + m * p.N + n0;
-    for (int64_t l = 0; l < width; ++l) y[l] *= p.row_scale[m];
+    if (p.col_scale)
+      for (int64_t l = 0; l < width; ++l) y[l] *= row * p.col_scale[n0 + l];
+    else
+      for (int64_t l = 0; l < width; ++l) y[l] *= row;
   }
 }
 
-// `a` as the tiles' rows ([M, K + kRowPad], the padding never read): float32 rounded to bfloat16 (to nearest even);
-// int8 a - a_zero[m] exactly (|a - z| <= 255).
+// `a` as the tiles' rows ([M, K + kRowPad], the padding zero, so a kernel may run K up to a multiple of 4): float32
+// rounded to bfloat16 (to nearest even); int8 a - a_zero[m] exactly (|a - z| <= 255).
 inline at::Tensor bf16_rows(const at::Tensor& a, const std::optional<at::Tensor>& a_zero) {
   at::Tensor rows = at::empty({a.size(0), a.size(1) + kRowPad}, a.options().dtype(at::kBFloat16));
+  rows.narrow(1, a.size(1), kRowPad).zero_();
   auto view = rows.narrow(1, 0, a.size(1));
   if (!a_zero) view.copy_(a);
   else view.copy_(a.to(at::kFloat) - a_zero->reshape({-1, 1}));
@@ -75,8 +112,8 @@ inline at::Tensor bf16_rows(const at::Tensor& a, const std::optional<at::Tensor>
 
 // Runs the product, work items (kTileRowChunk rows, one panel) ordered chunk by chunk, so a thread keeps a chunk's
 // rows in L2 across its panels. decode(panel, k0, kc, out) writes panel `panel`'s weights for k in [k0, k0 + kc) as
-// out[(k - k0) / 2][n][2] (bfloat16 bits, n < its width) and returns the width (columns, at most kTileCols).
-// brgemm adds each call's sums into y itself; int8 rows' scales multiply y's block after.
+// out[(k - k0) / 2][n][2] (bfloat16 bits, n < its width; rows kTileCols pairs apart) and returns the width (columns,
+// at most kTileCols). brgemm adds each call's sums into y itself; the row and column scales multiply y's block after.
 template <typename Decode>
 void bf16_tile_gemm(const Bf16Tiles& p, Decode decode) {
   const int64_t rows_per_call = p.K > kShortK ? kTileRows : kTileRowChunk;
@@ -95,11 +132,11 @@ void bf16_tile_gemm(const Bf16Tiles& p, Decode decode) {
         width = decode(panel, k0, kc, static_cast<uint16_t*>(slice.data_ptr()));
         const auto* b = static_cast<const at::BFloat16*>(slice.data_ptr());
         for (int64_t m = m0; m < m1; m += rows_per_call)
-          at::native::cpublas::brgemm(std::min(rows_per_call, m1 - m), width, kc, /*ld_a=*/p.lda, /*ld_b=*/width,
+          at::native::cpublas::brgemm(std::min(rows_per_call, m1 - m), width, kc, /*ld_a=*/p.lda, /*ld_b=*/kTileCols,
                                       /*ld_c=*/p.N, /*add_C=*/k0 > 0, p.a + m * p.lda + k0, b, p.y + m * p.N + n0,
                                       /*is_vnni=*/true);
       }
-      if (p.row_scale) scale_rows(p, m0, m1, n0, width);
+      if (p.row_scale || p.col_scale) scale_block(p, m0, m1, n0, width);
     }
     at::native::cpublas::brgemm_release();  // the thread's tiles, as torch's callers do
   });

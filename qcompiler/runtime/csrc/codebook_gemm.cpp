@@ -33,6 +33,7 @@
 #include <immintrin.h>
 
 #include "activation_rows.h"
+#include "bf16_tiles.h"
 #include "kernel_common.h"
 #include "ops.h"
 
@@ -297,19 +298,52 @@ QC_VNNI_TARGET __attribute__((always_inline)) inline void decode_subblocks(const
   if constexpr (S + 1 < kSubs) decode_subblocks<BITS, S + 1>(v, table, by_quad, w8);
 }
 
-// The panel from n0 as uint8 weights t + 128, w8 [K / 4][16][4]: each k-quad's 4 bytes for the panel's 16 rows.
+// Chunks [c0, c1) of the panel from n0 as uint8 weights t + 128, w8 [(c1 - c0) * 32][16][4]: each k-quad's 4 bytes
+// for the panel's 16 rows.
 template <int BITS>
-QC_VNNI_TARGET void decode_panel(const Problem& p, int64_t n0, uint8_t* w8) {
+QC_VNNI_TARGET void decode_panel(const Problem& p, int64_t n0, uint8_t* w8, int64_t c0, int64_t c1) {
   const uint8_t* panel = block_words(p, n0, 0, 0);
   const __m512i by_quad = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   for (int j = 0; j < kBlocks; ++j) {
     const __m512i table = _mm512_xor_si512(_mm512_loadu_si512(p.table + (n0 + 4 * j) * 16), _mm512_set1_epi8(-128));
-    for (int64_t c = 0; c < p.K / kChunk; ++c) {
+    for (int64_t c = c0; c < c1; ++c) {
       __m512i v[BITS];
       for (int l = 0; l < BITS; ++l) v[l] = _mm512_loadu_si512(panel + c * chunk_bytes(BITS) + (j * BITS + l) * 64);
-      decode_subblocks<BITS, 0>(v, table, by_quad, w8 + c * (kChunk / 4) * 64 + 16 * j);
+      decode_subblocks<BITS, 0>(v, table, by_quad, w8 + (c - c0) * (kChunk / 4) * 64 + 16 * j);
     }
   }
+}
+
+template <int BITS>
+QC_VNNI_TARGET void decode_panel(const Problem& p, int64_t n0, uint8_t* w8) {
+  decode_panel<BITS>(p, n0, w8, 0, p.K / kChunk);
+}
+
+// --- many rows (AMX): the 4 panels of a 64-column tile panel decoded as above, then their uint8 t + 128 made
+// bfloat16 t (exact) in the pairs AMX reads: out[(k - k0) / 2][16 * panel + lane][2].
+template <int BITS>
+QC_BF16_TARGET int64_t decode_bf16(const Problem& p, int64_t tile_panel, int64_t k0, int64_t kc, uint16_t* out) {
+  const __m512i flip = _mm512_set1_epi8(-128);
+  const int64_t n0 = tile_panel * qc::kTileCols, panels = std::min<int64_t>(qc::kTileCols, p.N - n0) / kPanelRows;
+  thread_local std::vector<uint8_t> w8;  // this thread's decoded panel, [kc / 4][16][4] bytes
+  w8.resize(kc * kPanelRows);
+  for (int64_t j = 0; j < panels; ++j) {
+    decode_panel<BITS>(p, n0 + j * kPanelRows, w8.data(), k0 / kChunk, (k0 + kc) / kChunk);
+    for (int64_t q = 0; q < kc / 4; ++q)  // int8 t (t + 128 flipped): 16 rows x 4 k
+      qc::store_int8_quads(_mm512_xor_si512(_mm512_loadu_si512(w8.data() + q * 64), flip),
+                           out + 2 * q * qc::kTileCols * 2 + j * 2 * kPanelRows);
+  }
+  return panels * kPanelRows;
+}
+
+// x @ (table[idx] * scale)^T on bfloat16 tiles: the rows rounded to bfloat16, the entries exact, scale after.
+template <int BITS>
+void run_tiles(const Problem& p, const at::Tensor& a) {
+  const at::Tensor rows = qc::bf16_rows(a, std::nullopt);
+  const qc::Bf16Tiles tiles{rows.data_ptr<at::BFloat16>(), rows.size(1), nullptr, p.scale, p.y, p.M, p.N, p.K};
+  qc::bf16_tile_gemm(tiles, [&](int64_t panel, int64_t k0, int64_t kc, uint16_t* out) {
+    return decode_bf16<BITS>(p, panel, k0, kc, out);
+  });
 }
 
 // acc += u8 u x the s8 word at s broadcast to every lane (in asm: see dpbusd).
@@ -409,10 +443,21 @@ at::Tensor codebook_gemm(const at::Tensor& a_in, const at::Tensor& w_in, const a
                    w_sums = w_sums_in.contiguous(), scale = scale_in.contiguous();
   const int64_t M = a.size(0), K = a.size(1), N = scale.numel();
   const Path path = qc::path_here();
+  at::Tensor y = at::empty({M, N}, a.options());
+  if (qc::bf16_tiles_for(M)) {
+    const Problem p{nullptr, nullptr, nullptr, w.data_ptr<uint8_t>(), table.data_ptr<int8_t>(), w_sums.data_ptr<int32_t>(),
+                    scale.data_ptr<float>(), y.data_ptr<float>(), M, N, K, int(bits)};
+    switch (bits) {
+      case 1: run_tiles<1>(p, a); break;
+      case 2: run_tiles<2>(p, a); break;
+      case 3: run_tiles<3>(p, a); break;
+      default: run_tiles<4>(p, a); break;
+    }
+    return y;
+  }
   const qc::ActivationRows rows = qc::activation_rows(a, K, path);
   const bool many = path == Path::kVnni && M >= kManyRows;
   const at::Tensor au = path == Path::kVnni && !many ? at::bitwise_xor(rows.rows.view(at::kByte), 128) : at::Tensor();
-  at::Tensor y = at::empty({M, N}, a.options());
   const Problem p{rows.rows.data_ptr<int8_t>(), au.defined() ? au.data_ptr<uint8_t>() : nullptr,
                   rows.scale.data_ptr<float>(), w.data_ptr<uint8_t>(), table.data_ptr<int8_t>(),
                   w_sums.data_ptr<int32_t>(), scale.data_ptr<float>(), y.data_ptr<float>(), M, N, K, int(bits)};

@@ -349,9 +349,6 @@ QC_VNNI_TARGET void panel_vnni(const Problem& p, int64_t m0, int64_t m1, int64_t
 
 // ------------------------------------------------------------------ AMX: bfloat16 tiles, from kAmxMinRows rows
 
-// Rows from which the bfloat16 tiles beat the VNNI path (benchmarks/bench_int4_tiles.py).
-constexpr int64_t kAmxMinRows = 32;
-
 // Panel `panel`'s weights w = w_scale * q + w_offset for k in [k0, k0 + kc), rounded to bfloat16, as
 // out[(k - k0) / 2][n][2]. A packed block's 64 bytes hold 16 columns x 8 k (k = 8c + i in the low nibble of byte
 // 4 * lane + i, 8c + 4 + i in the high one): each of the 8 k becomes 16 floats u * s + (offset - 8 s), and each pair
@@ -360,12 +357,9 @@ QC_BF16_TARGET int64_t decode_int4_bf16(const Problem& p, int64_t panel_index, i
   const Panel panel = panel_of(p, panel_index * kPanel);
   const int64_t width = panel.width * kLanes, n_first = panel_index * kPanel * kLanes;
   const __m512i low = _mm512_set1_epi32(0x0F0F0F0F), byte = _mm512_set1_epi32(0xFF);
-  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i interleave = _mm512_load_si512(kInterleave);
   for (int64_t c = k0 / kChunk; c < (k0 + kc) / kChunk; ++c) {
     const int64_t g = c * kChunk / p.group;
-    uint16_t* row = out + (c * kChunk - k0) / 2 * width * 2;  // the chunk's first pair of k
+    uint16_t* row = out + (c * kChunk - k0) / 2 * qc::kTileCols * 2;  // the chunk's first pair of k
     for (int64_t j = 0; j < panel.width; ++j) {
       const int64_t at = g * p.N + n_first + j * kLanes;
       const __m512 s = scales16(p, p.w_scale, at);
@@ -381,9 +375,7 @@ QC_BF16_TARGET int64_t decode_int4_bf16(const Problem& p, int64_t panel_index, i
           const __m512i u1 = _mm512_and_si512(_mm512_srli_epi32(nibbles[h], 16 * pair + 8), byte);
           const __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u0), s, shift);
           const __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u1), s, shift);
-          const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(w1, w0));  // w0's 16, then w1's
-          _mm512_storeu_si512(row + (2 * h + pair) * width * 2 + j * 2 * kLanes,
-                              _mm512_permutexvar_epi16(interleave, both));
+          _mm512_storeu_si512(row + (2 * h + pair) * qc::kTileCols * 2 + j * 2 * kLanes, qc::bf16_pairs(w0, w1));
         }
     }
   }
@@ -395,7 +387,8 @@ QC_BF16_TARGET int64_t decode_int4_bf16(const Problem& p, int64_t panel_index, i
 void run_amx(const Problem& p, const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
              const std::optional<at::Tensor>& a_zero) {
   const at::Tensor rows = qc::bf16_rows(a, a_zero);
-  const qc::Bf16Tiles tiles{rows.data_ptr<at::BFloat16>(), rows.size(1), a_scale ? p.a_scale : nullptr, p.y, p.M, p.N, p.K};
+  const qc::Bf16Tiles tiles{rows.data_ptr<at::BFloat16>(), rows.size(1), a_scale ? p.a_scale : nullptr, nullptr, p.y,
+                           p.M, p.N, p.K};
   qc::bf16_tile_gemm(tiles, [&](int64_t panel, int64_t k0, int64_t kc, uint16_t* out) {
     return decode_int4_bf16(p, panel, k0, kc, out);
   });
@@ -405,11 +398,9 @@ void run_amx(const Problem& p, const at::Tensor& a, const std::optional<at::Tens
 
 using qc::Path;
 
-// Whether M rows of this type take the bfloat16 tiles: enough of them, float32 or int8 (exact in bfloat16 after their
-// zero point; int16 rows keep the exact integer paths), on an AMX machine whose ATen capability is AVX-512.
-bool amx_route(Path path, at::ScalarType type, int64_t M) {
-  return path == Path::kVnni && type != at::kShort && M >= kAmxMinRows && qc::amx_bf16_here();
-}
+// Whether M rows of this type take the bfloat16 tiles: float32 or int8 (exact in bfloat16 after their zero point;
+// int16 rows keep the exact integer paths), as many as qc::bf16_tiles_for takes.
+bool amx_route(at::ScalarType type, int64_t M) { return type != at::kShort && qc::bf16_tiles_for(M); }
 
 void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
                   const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& w_offset,
@@ -462,7 +453,7 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
                                   w_sums = qc::contiguous(w_sums_in);
   const Path path = qc::path_here();
   at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
-  if (amx_route(path, a.scalar_type(), M)) {
+  if (amx_route(a.scalar_type(), M)) {
     const std::optional<at::Tensor> a_scale = qc::contiguous(a_scale_in);
     const Problem p{nullptr, 1, nullptr, a_scale ? a_scale->data_ptr<float>() : nullptr, nullptr, w.data_ptr<uint8_t>(),
                     w_scale.data_ptr(), w_offset ? w_offset->data_ptr() : nullptr, nullptr, y.data_ptr<float>(),
@@ -495,9 +486,8 @@ at::Tensor int8_int4_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
 
 std::string int8_int4_gemm_path() { return qc::path_name(qc::path_here()); }
 
-std::string int4_gemm_route(int64_t rows) {
-  const Path path = qc::path_here();
-  return amx_route(path, at::kFloat, rows) ? "amx_bf16" : qc::path_name(path);
+std::string float_rows_path(int64_t rows) {
+  return qc::bf16_tiles_for(rows) ? "amx_bf16" : qc::path_name(qc::path_here());
 }
 
 }  // namespace qc

@@ -28,6 +28,8 @@
 
 #include <immintrin.h>
 
+#include "activation_rows.h"
+#include "bf16_tiles.h"
 #include "kernel_common.h"
 #include "ops.h"
 
@@ -280,6 +282,59 @@ void rows_amx(const Problem& p, int64_t m0, int64_t m1, int64_t b) {
   finish_avx512(p, m0, m1 - m0, b, acc);
 }
 
+// ------------------------------------------------------------------ float rows (weight-only)
+
+// Block b's weights for k in [k0, k0 + kc) (kc a multiple of 4) as bfloat16 (int8 values, exact), in the pairs AMX
+// reads: out[(k - k0) / 2][l][2]. A quad's 64 columns are 4 vectors of 16 columns x 4 bytes (k = 4q + i at byte i).
+QC_BF16_TARGET int64_t decode_int8_bf16(const int8_t* w, int64_t Kp, int64_t N, int64_t b, int64_t k0, int64_t kc,
+                                        uint16_t* out) {
+  const int8_t* block = w + b * block_bytes(Kp);
+  for (int64_t q = k0 / kQuad; q < (k0 + kc) / kQuad; ++q)
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < kBlock / 16; ++j)
+      qc::store_int8_quads(_mm512_loadu_si512(block + q * kQuadBytes + j * 64),
+                           out + (q * kQuad - k0) / 2 * qc::kTileCols * 2 + j * 32);
+  return std::min(kBlock, N - b * kBlock);
+}
+
+// x @ (w * w_scale)^T for float rows on bfloat16 tiles: the rows rounded to bfloat16, the weight decoded per block.
+at::Tensor float_rows_on_tiles(const at::Tensor& a, const at::Tensor& w, const at::Tensor& w_scale, int64_t Kp) {
+  const int64_t M = a.size(0), N = w_scale.numel();
+  const at::Tensor rows = qc::bf16_rows(a, std::nullopt);  // zero past K: the weight's padding to Kp is zero too
+  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
+  const int8_t* packed = w.data_ptr<int8_t>();
+  const qc::Bf16Tiles tiles{rows.data_ptr<at::BFloat16>(), rows.size(1), nullptr, w_scale.data_ptr<float>(),
+                            y.data_ptr<float>(), M, N, Kp};
+  qc::bf16_tile_gemm(tiles, [&](int64_t b, int64_t k0, int64_t kc, uint16_t* out) {
+    return decode_int8_bf16(packed, Kp, N, b, k0, kc, out);
+  });
+  return y;
+}
+
+// Float rows in 16 bits on the integer paths: each row x = s * v (v = round(x / s) in +-32639, s = max |x| / 32639)
+// as two int8 rows, v = 256 * hi + lo: hi rows (scale 256 s) then lo rows (scale s), 2M in all.
+std::pair<at::Tensor, at::Tensor> sixteen_bit_rows(const at::Tensor& a) {
+  const int64_t M = a.size(0), K = a.size(1);
+  at::Tensor rows = at::empty({2 * M, K}, a.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({2 * M}, a.options().dtype(at::kFloat));
+  const float* x = a.data_ptr<float>();
+  int8_t* out = rows.data_ptr<int8_t>();
+  float* s = scale.data_ptr<float>();
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float row_scale = qc::row_scale(x + m * K, K, qc::kInt16Max), inv = 1.0f / row_scale;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t v = qc::quantize_to(x[m * K + k], inv, qc::kInt16Max), hi = (v + 128) >> 8;
+        out[m * K + k] = int8_t(hi);
+        out[(M + m) * K + k] = int8_t(v - 256 * hi);
+      }
+      s[m] = 256.0f * row_scale;
+      s[M + m] = row_scale;
+    }
+  });
+  return {rows, scale};
+}
+
 // ------------------------------------------------------------------ dispatch
 
 // Whether oneDNN runs int8 brgemm on AMX here: the CPU has AMX-INT8, the OS lets this process use the tiles
@@ -340,10 +395,27 @@ void run(const Problem& p, Route route) {
   });
 }
 
+// The int8 product for int8 rows `a` (the op's integer form): the path for its rows, the sums, the float step.
+at::Tensor int8_rows(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
+                     const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& w_scale) {
+  const int64_t M = a.size(0), K = a.size(1), N = w_scale.numel(), Kp = round_up(K, kQuad);
+  const Route route = route_for(M);
+  const at::Tensor rows = kernel_rows(a, Kp, route == Route::kVnni);
+  const int32_t zero = a_zero ? int32_t(a_zero->item<float>()) : 0;
+  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
+  const Problem p{rows.data_ptr<int8_t>(), a_scale ? a_scale->data_ptr<float>() : nullptr,
+                  route == Route::kVnni ? zero + 128 : zero, w.data_ptr<int8_t>(), w_scale.data_ptr<float>(),
+                  y.data_ptr<float>(), M, N, Kp};
+  run(p, route);
+  return y;
+}
+
 void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
                   const at::Tensor& w, const at::Tensor& w_scale) {
-  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kChar, "int8_tile_gemm: a must be int8 [M, K], got ",
-              a.scalar_type(), " ", a.sizes());
+  TORCH_CHECK(a.dim() == 2 && (a.scalar_type() == at::kChar || a.scalar_type() == at::kFloat),
+              "int8_tile_gemm: a must be int8 or float32 [M, K], got ", a.scalar_type(), " ", a.sizes());
+  TORCH_CHECK(a.scalar_type() == at::kChar || (!a_scale && !a_zero), "int8_tile_gemm: float32 a takes no a_scale or "
+              "a_zero (the kernel takes the rows themselves, in 16 bits or on bfloat16 tiles)");
   const int64_t M = a.size(0), K = a.size(1);
   TORCH_CHECK(K >= 1 && K <= kMaxK, "int8_tile_gemm: K = ", K, " must be in [1, ", kMaxK,
               "] (the int32 sums must not overflow)");
@@ -374,17 +446,14 @@ at::Tensor int8_tile_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
                           const at::Tensor& w_scale_in) {
   check_inputs(a_in, a_scale_in, a_zero, w_in, w_scale_in);
   const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
-  const std::optional<at::Tensor> a_scale = qc::contiguous(a_scale_in);
-  const int64_t M = a.size(0), K = a.size(1), N = w_scale.numel(), Kp = round_up(K, kQuad);
-  const Route route = route_for(M);
-  const at::Tensor rows = kernel_rows(a, Kp, route == Route::kVnni);
-  const int32_t zero = a_zero ? int32_t(a_zero->item<float>()) : 0;
-  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
-  const Problem p{rows.data_ptr<int8_t>(), a_scale ? a_scale->data_ptr<float>() : nullptr,
-                  route == Route::kVnni ? zero + 128 : zero, w.data_ptr<int8_t>(), w_scale.data_ptr<float>(),
-                  y.data_ptr<float>(), M, N, Kp};
-  run(p, route);
-  return y;
+  const int64_t M = a.size(0), K = a.size(1), Kp = round_up(K, kQuad);
+  if (a.scalar_type() == at::kFloat) {
+    if (qc::bf16_tiles_for(M)) return float_rows_on_tiles(a, w, w_scale, Kp);
+    const auto [rows16, scale16] = sixteen_bit_rows(a);
+    const at::Tensor both = int8_rows(rows16, scale16, std::nullopt, w, w_scale);
+    return both.narrow(0, 0, M) + both.narrow(0, M, M);
+  }
+  return int8_rows(a, qc::contiguous(a_scale_in), a_zero, w, w_scale);
 }
 
 std::string int8_tile_gemm_path(int64_t rows) { return route_name(route_for(rows)); }

@@ -31,9 +31,9 @@ at::Tensor additive_gemm(const at::Tensor& a, const at::Tensor& codes, const at:
 // The instruction set int8_int4_gemm runs with in this process: "avx512_vnni", "avx2" or "scalar".
 std::string int8_int4_gemm_path();
 
-// The path int8_int4_gemm takes for `rows` float32 or int8 rows in this process: "amx_bf16" (bfloat16 tiles) or
-// int8_int4_gemm_path()'s.
-std::string int4_gemm_route(int64_t rows);
+// Whether `rows` float32 rows (and int8_int4_gemm's int8 rows) take bfloat16 AMX tiles in this process: "amx_bf16",
+// or else int8_int4_gemm_path()'s answer.
+std::string float_rows_path(int64_t rows);
 
 // The path int8_tile_gemm takes for `rows` rows in this process: "amx", "avx512_vnni", "avx2" or "scalar".
 std::string int8_tile_gemm_path(int64_t rows);

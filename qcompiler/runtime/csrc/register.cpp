@@ -16,5 +16,5 @@ TORCH_LIBRARY_IMPL(qcompiler, CPU, m) {
 TORCH_LIBRARY_FRAGMENT(qcompiler_native, m) {
   m.def("int8_int4_gemm_path() -> str", &qc::int8_int4_gemm_path);
   m.def("int8_tile_gemm_path(int rows) -> str", &qc::int8_tile_gemm_path);
-  m.def("int4_gemm_route(int rows) -> str", &qc::int4_gemm_route);
+  m.def("float_rows_path(int rows) -> str", &qc::float_rows_path);
 }
