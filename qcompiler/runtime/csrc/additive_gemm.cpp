@@ -15,6 +15,8 @@
 // - fused (g == 8, 16-bit codes, M < kFewRows): each codeword read (16 bytes of float16), widened (F16C) and
 //   multiplied into the activation row, 8 weight rows at a time: no table (65536 vectors would make it 256 KB
 //   a group).
+// - tiles (AMX, from qc::kBf16MinRows rows, K a multiple of 16): 64 weight rows decoded to float32, rounded to
+//   bfloat16 in the pairs AMX reads, multiplied on AMX tiles (bf16_tiles.h), the rows rounded to bfloat16 too.
 // - decode (every other case, and from kFewRows rows): two panels of weight rows decoded to float32 and
 //   multiplied by at::mm, per work item.
 #include <ATen/ATen.h>
@@ -22,6 +24,7 @@
 
 #include <immintrin.h>
 
+#include "bf16_tiles.h"
 #include "kernel_common.h"
 #include "ops.h"
 
@@ -241,6 +244,42 @@ void decode(const Problem& p, Path path) {
   });
 }
 
+// --- tiles (AMX, from qc::kBf16MinRows rows): 64 weight rows decoded to bfloat16, multiplied on AMX tiles ---------
+
+// Weight rows n0.. (64, or to N) for k in [k0, k0 + kc), unscaled, as bfloat16 pairs out[(k - k0) / 2][i][2]: each row
+// decoded to float32 (as the decode path does), rounded 16 at a time, its 8 pairs stored down the columns.
+QC_BF16_TARGET int64_t decode_rows_bf16(const Problem& p, const float* cb, bool widen8, int64_t tile_panel, int64_t k0,
+                                        int64_t kc, uint16_t* out) {
+  const int64_t n0 = tile_panel * qc::kTileCols, rows = std::min(qc::kTileCols, p.N - n0);
+  thread_local std::vector<float> w;  // one decoded row
+  w.resize(p.K);
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t panel = (n0 + i) / kPanel, r = (n0 + i) % kPanel;
+    if (widen8) decode_row8_avx2(p, panel, r, w.data());
+    else decode_row_scalar(p, cb, panel, r, w.data());
+    uint32_t* column = reinterpret_cast<uint32_t*>(out) + i;  // pair (k, k + 1) of row i: one 32-bit word
+    for (int64_t k = k0; k < k0 + kc; k += 16) {
+      alignas(32) uint32_t pairs[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pairs),
+                         reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(w.data() + k))));
+      for (int t = 0; t < 8; ++t) column[((k - k0) / 2 + t) * qc::kTileCols] = pairs[t];
+    }
+  }
+  return rows;
+}
+
+void tiles(const Problem& p, const at::Tensor& a, Path path) {
+  const bool widen8 = path != Path::kScalar && p.g == 8;
+  const at::Tensor cb_t = widen8 ? at::Tensor() : at::from_blob(const_cast<at::Half*>(p.cb), {p.C, p.E, p.g},
+                                                                at::kHalf).to(at::kFloat);
+  const float* cb = widen8 ? nullptr : cb_t.data_ptr<float>();
+  const at::Tensor rows = qc::bf16_rows(a, std::nullopt);
+  const qc::Bf16Tiles t{rows.data_ptr<at::BFloat16>(), rows.size(1), nullptr, p.scale, p.y, p.M, p.N, p.K};
+  qc::bf16_tile_gemm(t, [&](int64_t panel, int64_t k0, int64_t kc, uint16_t* out) {
+    return decode_rows_bf16(p, cb, widen8, panel, k0, kc, out);
+  });
+}
+
 void check_inputs(const at::Tensor& a, const at::Tensor& codes, const at::Tensor& codebooks, const at::Tensor& scale) {
   TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kFloat, "additive_gemm: a must be float32 [M, K], got ",
               a.scalar_type(), " ", a.sizes());
@@ -279,6 +318,7 @@ at::Tensor additive_gemm(const at::Tensor& a_in, const at::Tensor& codes_in, con
   const Path path = qc::path_here();
   if (M < kFewRows && !wide) lookup(p, path);
   else if (M < kFewRows && p.g == 8) fused(p, path);
+  else if (qc::bf16_tiles_for(M) && K % 16 == 0) tiles(p, a, path);
   else decode(p, path);
   return y;
 }
