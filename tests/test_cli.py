@@ -179,7 +179,7 @@ def test_demo_packages_fp32_and_each_scheme_and_leaves_the_files(tmp_path, capsy
     # small for the prepacked one), qcompiler's int16 GEMM elsewhere
     host = qc.Target.host()
     kernel = ("qcompiler.int8_tile_gemm (s8s8 AMX tiles from 4 rows, VNNI GEMV below) (bfloat16 activations from "
-              "32 rows, 16-bit below)" if host.has("amx")
+              "256 rows, 16-bit below)" if host.has("amx")
               else "aten._int_mm (u8s8, VNNI) (16-bit activations)" if host.has("vnni")
               else "qcompiler.int8_gemm (int16 pairs, no VNNI needed) (16-bit activations)")
     assert int8["kernels"] == [kernel]

@@ -115,7 +115,12 @@ def test_every_path_gives_the_same_bits(here, capability, env):
     assert (int(bad), digest) == (0, here[1])
 
 
-FLOAT_ROWS = (1, 5, int8_tile_gemm.BF16_MIN_ROWS - 1, int8_tile_gemm.BF16_MIN_ROWS, 100)
+FLOAT_ROWS = (1, 5, 40, int8_tile_gemm.FLOAT_TILE_ROWS - 1, int8_tile_gemm.FLOAT_TILE_ROWS)
+
+
+def _float_tiles(m: int) -> bool:
+    """Whether ``m`` float rows take the bfloat16 tiles in this process."""
+    return m >= int8_tile_gemm.FLOAT_TILE_ROWS and native.float_rows_path(m) == "amx_bf16"
 
 
 def _float_error(m: int, n: int = 200, k: int = 130) -> float:
@@ -131,19 +136,18 @@ def _float_error(m: int, n: int = 200, k: int = 130) -> float:
 
 @pytest.mark.parametrize("m", FLOAT_ROWS)
 def test_float_rows_go_in_16_bits_or_on_bfloat16_tiles(m):
-    """Below BF16_MIN_ROWS (or without AMX) the rows go in 16 bits, two int8 rows each; from it, where AMX runs,
+    """Below FLOAT_TILE_ROWS (or without AMX) the rows go in 16 bits, two int8 rows each; from it, where AMX runs,
     on bfloat16 tiles: bfloat16's rounding, far coarser than 16 bits and far finer than the int8 weight's."""
     error = _float_error(m)
-    if native.float_rows_path(m) == "amx_bf16":
+    if _float_tiles(m):
         assert 1e-5 < error < 8e-3
     else:
         assert error < 1e-4
 
 
-def test_float_rows_take_the_tiles_from_bf16_min_rows_where_amx_runs():
-    fast = native.kernel_path()
-    assert native.float_rows_path(int8_tile_gemm.BF16_MIN_ROWS - 1) == fast
-    assert native.float_rows_path(int8_tile_gemm.BF16_MIN_ROWS) == ("amx_bf16" if AMX else fast)
+def test_float_rows_take_the_tiles_from_float_tile_rows_where_amx_runs():
+    assert [_float_tiles(m) for m in FLOAT_ROWS] == [AMX and m >= int8_tile_gemm.FLOAT_TILE_ROWS for m in FLOAT_ROWS]
+    assert native.float_rows_path(int8_tile_gemm.FLOAT_TILE_ROWS) == ("amx_bf16" if AMX else native.kernel_path())
 
 
 FLOAT_SCRIPT = """

@@ -20,7 +20,7 @@ INT_MM, INT8PACK = "aten._int_mm (u8s8, VNNI)", "aten._weight_int8pack_mm"
 INT8_GEMM = "qcompiler.int8_gemm (int16 pairs, no VNNI needed)"
 AMX = qc.Target.parse("cpu:avx2+avx512+vnni+amx")
 TILE = "qcompiler.int8_tile_gemm (s8s8 AMX tiles from 4 rows, VNNI GEMV below)"
-FLOAT_ROWS = " (bfloat16 activations from 32 rows, 16-bit below)"  # weight-only layers on the tile GEMM
+FLOAT_ROWS = " (bfloat16 activations from 256 rows, 16-bit below)"  # weight-only layers on the tile GEMM
 INT8_INT4, INT4PACK = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)", "aten._weight_int4pack_mm_for_cpu"
 
 

@@ -4,7 +4,7 @@ On a target with ``amx``, int8dq, int8static and int8wo (and int8-grid codebooks
 ``qcompiler.int8_tile_gemm`` (``runtime/int8_tile_gemm.py``): the integer GEMM below on AMX tiles from 4 rows
 and a VNNI GEMV under that, choosing per call, its weight packed at lowering in one layout every x86 machine
 reads (so the file holds each weight once and packaging prepacks nothing). Weight-only layers hand it their
-float rows: from 32 rows it decodes the int8 weight to bfloat16 and multiplies on AMX's bfloat16 tiles (the
+float rows: from 256 rows it decodes the int8 weight to bfloat16 and multiplies on AMX's bfloat16 tiles (the
 rows rounded to bfloat16), below it takes them in 16 bits as two int8 rows. Otherwise, per scheme, on a target
 with ``vnni``; then on an ``avx2`` target without ``vnni``:
 
@@ -358,7 +358,7 @@ def _int16_rows(x2):
 
 def _int8_weight_tile(m, x, w8, row_scale, out_dtype, b):
     """``x @ (w8·row_scale)ᵀ`` on ``qcompiler.int8_tile_gemm``, which takes ``x``'s float rows itself: on bfloat16
-    AMX tiles from 32 rows, in 16 bits (two int8 rows each) on its integer paths below."""
+    AMX tiles from 256 rows, in 16 bits (two int8 rows each) on its integer paths below."""
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
     name = weight_name(m)
@@ -563,11 +563,11 @@ _WHY_INT8_GEMM = ("the target has AVX2 but no VNNI: qcompiler's integer GEMM on 
                   "sums, about 2x ATen's packed bfloat16 kernel at prefill shapes")
 _WHY_PACKED = "ATen's packed kernel, where qcompiler's C++ kernels are not available or the target lacks AVX2"
 _IN_16_BITS = " with 16-bit activations as two int8 rows"
-_TILE_FLOAT = ("; the float rows go in as they are: from 32 rows on bfloat16 AMX tiles (the int8 weight decoded to "
+_TILE_FLOAT = ("; the float rows go in as they are: from 256 rows on bfloat16 AMX tiles (the int8 weight decoded to "
                "bfloat16), below in 16 bits as two int8 rows")
 _FLOAT_IN_16_BITS = " with the float rows taken in 16 bits"
 _INT8_ACTS, _INT16_ACTS = " (int8 activations)", " (16-bit activations)"
-_FLOAT_ROWS_ACTS = " (bfloat16 activations from 32 rows, 16-bit below)"
+_FLOAT_ROWS_ACTS = " (bfloat16 activations from 256 rows, 16-bit below)"
 
 
 QLINEAR_MIN_WEIGHT = 1 << 22  # elements (N·K): below, oneDNN's prepacked call is no faster than torch._int_mm

@@ -16,11 +16,11 @@ fewer rows, or without AMX; AVX2 (``vpmaddwd``, exact) and plain C++ elsewhere. 
 names the one a call takes.
 
 Float32 rows (no ``a_scale``, no ``a_zero``: weight-only layers) give ``y = x @ (w·w_scale)ᵀ``, as
-``qcompiler::int8_gemm`` does: from ``BF16_MIN_ROWS`` rows where AMX-BF16 runs (``native.float_rows_path(rows)``
-says ``amx_bf16``), the weight decoded to bfloat16 per block (exact: int8 values) and multiplied on bfloat16
-tiles with the rows rounded to bfloat16 (2^-9 relative), ``w_scale`` applied after; otherwise each row in 16
-bits, ``x = s·(256·hi + lo)`` with ``s = max|x| / 32639``, as two int8 rows on the paths above (about 2^-16 of
-the row's largest value).
+``qcompiler::int8_gemm`` does: each row in 16 bits, ``x = s·(256·hi + lo)`` with ``s = max|x| / 32639``, as two
+int8 rows on the paths above (about 2^-16 of the row's largest value); from ``FLOAT_TILE_ROWS`` rows where
+AMX-BF16 runs (``native.float_rows_path(rows)`` says ``amx_bf16``), the weight decoded to bfloat16 per block
+(exact: int8 values) and multiplied on bfloat16 tiles with the rows rounded to bfloat16 (2^-9 relative),
+``w_scale`` applied after: there the 16-bit form's split and doubled output cost more than decoding.
 """
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from .int8_gemm import reference as reference  # the same value: Σ_k (a - a_zer
 BLOCK, QUAD = 64, 4  # output columns per packed block, k per VNNI group
 MAX_K = 65536  # |a - a_zero| <= 255, |w| <= 128: 255·128·65536 < 2^31, the int32 sums are exact
 AMX_MIN_ROWS = 4  # calls with this many rows take AMX where it runs (csrc/int8_tile_gemm.cpp: kAmxMinRows)
-BF16_MIN_ROWS = 32  # float rows take bfloat16 tiles from this many where AMX runs (csrc/bf16_tiles.h: kBf16MinRows)
+FLOAT_TILE_ROWS = 256  # float rows take bfloat16 tiles from this many where AMX-BF16 runs (kFloatTileRows)
 
 torch.library.define("qcompiler::int8_tile_gemm", SCHEMA)
 torch.library.register_fake("qcompiler::int8_tile_gemm")(fake)

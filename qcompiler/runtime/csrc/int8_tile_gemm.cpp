@@ -52,6 +52,7 @@ constexpr int64_t kMaxK = 65536;       // 255 * 128 * 65536 < 2^31: the int32 su
 // 1.05-2.3x; at 1-2 rows the VNNI path is as fast or faster (up to 1.1x) where the weight dominates, whether read
 // from cache or memory (both at the read bandwidth there), and the tiles win only on the smallest shapes.
 constexpr int64_t kAmxMinRows = 4;
+constexpr int64_t kFloatTileRows = 256;  // float rows from which the bfloat16 tiles beat the 16-bit int8 form
 constexpr int64_t kRowChunk = 128;     // rows per work item (a multiple of the AMX calls' rows)
 constexpr int64_t kAmxRows = 32;       // rows per brgemm call in a chunk of fewer rows
 constexpr int64_t kAmxDepth = 1024;    // k per brgemm call where K is long
@@ -311,30 +312,6 @@ at::Tensor float_rows_on_tiles(const at::Tensor& a, const at::Tensor& w, const a
   return y;
 }
 
-// Float rows in 16 bits on the integer paths: each row x = s * v (v = round(x / s) in +-32639, s = max |x| / 32639)
-// as two int8 rows, v = 256 * hi + lo: hi rows (scale 256 s) then lo rows (scale s), 2M in all.
-std::pair<at::Tensor, at::Tensor> sixteen_bit_rows(const at::Tensor& a) {
-  const int64_t M = a.size(0), K = a.size(1);
-  at::Tensor rows = at::empty({2 * M, K}, a.options().dtype(at::kChar));
-  at::Tensor scale = at::empty({2 * M}, a.options().dtype(at::kFloat));
-  const float* x = a.data_ptr<float>();
-  int8_t* out = rows.data_ptr<int8_t>();
-  float* s = scale.data_ptr<float>();
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const float row_scale = qc::row_scale(x + m * K, K, qc::kInt16Max), inv = 1.0f / row_scale;
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t v = qc::quantize_to(x[m * K + k], inv, qc::kInt16Max), hi = (v + 128) >> 8;
-        out[m * K + k] = int8_t(hi);
-        out[(M + m) * K + k] = int8_t(v - 256 * hi);
-      }
-      s[m] = 256.0f * row_scale;
-      s[M + m] = row_scale;
-    }
-  });
-  return {rows, scale};
-}
-
 // ------------------------------------------------------------------ dispatch
 
 // Whether oneDNN runs int8 brgemm on AMX here: the CPU has AMX-INT8, the OS lets this process use the tiles
@@ -410,6 +387,22 @@ at::Tensor int8_rows(const at::Tensor& a, const std::optional<at::Tensor>& a_sca
   return y;
 }
 
+// Float rows (weight-only layers): from kFloatTileRows rows where AMX-BF16 runs, on bfloat16 tiles (above); otherwise
+// each row in 16 bits as activation_rows.h splits it, x = s * (256 * hi + lo), its hi and lo int8 rows interleaved
+// (2m, 2m + 1) with scales 256 s and s, through int8_rows (on AMX's int8 tiles from 2 rows), the two halves of each
+// output row added. The int8 tiles need no decoding and run at twice bfloat16's rate, but the split, the doubled
+// output and the sum cost passes over both: measured on the AMX Xeon, the 16-bit form is 1.3-1.6x faster at 32-128
+// rows of a 4096x11008 layer and as fast at 128 rows of MiniLM's, the bfloat16 tiles 1.4-1.5x faster at 512-1024
+// rows of MiniLM's (docs/cpu-kernels.md).
+at::Tensor float_rows(const at::Tensor& a, const at::Tensor& w, const at::Tensor& w_scale) {
+  const int64_t M = a.size(0), K = a.size(1), N = w_scale.numel();
+  if (M >= kFloatTileRows && qc::bf16_tiles_for(M)) return float_rows_on_tiles(a, w, w_scale, round_up(K, kQuad));
+  const qc::ActivationRows rows = qc::activation_rows(a, K, qc::path_here());
+  const at::Tensor scale = (rows.scale.unsqueeze(1) * at::tensor({256.0f, 1.0f}, rows.scale.options())).reshape({2 * M});
+  const at::Tensor both = int8_rows(rows.rows, scale, std::nullopt, w, w_scale).view({M, 2, N});
+  return both.select(1, 0) + both.select(1, 1);
+}
+
 void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
                   const at::Tensor& w, const at::Tensor& w_scale) {
   TORCH_CHECK(a.dim() == 2 && (a.scalar_type() == at::kChar || a.scalar_type() == at::kFloat),
@@ -446,13 +439,7 @@ at::Tensor int8_tile_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
                           const at::Tensor& w_scale_in) {
   check_inputs(a_in, a_scale_in, a_zero, w_in, w_scale_in);
   const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
-  const int64_t M = a.size(0), K = a.size(1), Kp = round_up(K, kQuad);
-  if (a.scalar_type() == at::kFloat) {
-    if (qc::bf16_tiles_for(M)) return float_rows_on_tiles(a, w, w_scale, Kp);
-    const auto [rows16, scale16] = sixteen_bit_rows(a);
-    const at::Tensor both = int8_rows(rows16, scale16, std::nullopt, w, w_scale);
-    return both.narrow(0, 0, M) + both.narrow(0, M, M);
-  }
+  if (a.scalar_type() == at::kFloat) return float_rows(a, w, w_scale);
   return int8_rows(a, qc::contiguous(a_scale_in), a_zero, w, w_scale);
 }
 
