@@ -64,6 +64,7 @@ QC_BF16_TARGET __attribute__((always_inline)) inline void store_int8_quads(__m51
     _mm512_storeu_si512(out + pair * kTileCols * 2, bf16_pairs(w0, w1));
   }
 }
+
 constexpr int64_t kTileRowChunk = 256;  // rows per work item: they share one decoded panel
 // Rows per brgemm call: a call has a fixed cost (ATen's kernel lookup, oneDNN's dispatch), so over a short K (MiniLM's
 // 384) a call takes the chunk's 256 rows at once (2x faster than 64 at a time); over a longer K, 128 rows measured
@@ -73,7 +74,6 @@ constexpr int64_t kShortK = 1024;
 // k per decoded slice: whole up to here (a 64-column slice of 8192 k is 1 MB, in L2). Shorter slices, kept in L1,
 // measured slower: each brgemm call's fixed cost, and the sums' reloads, outweigh the closer weights.
 constexpr int64_t kTileDepth = 8192;
-
 
 struct Bf16Tiles {
   const at::BFloat16* a;   // [M, lda]: the rows, each padded (see bf16_rows)
