@@ -180,8 +180,8 @@ def decoder(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> tor
     cls_name, fields = DECODERS[name]
     cls = getattr(transformers, cls_name)
     config = cls.config_class(**fields)
-    torch.manual_seed(seed)
-    with _default_dtype(dtype):
+    with torch.random.fork_rng(devices=[]), _default_dtype(dtype):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
         return cls(config).eval()
 
 

@@ -235,3 +235,13 @@ def test_capture_lm_attends_with_the_kv_heads_and_restores_sdpa(llama):
     assert heads == {model.config.num_key_value_heads}  # llama-tiny: 2 query heads per kv head, as rows
     assert torch.nn.functional.scaled_dot_product_attention is sdpa
     assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+
+
+def test_building_a_decoder_leaves_the_callers_random_state_alone():
+    """zoo.decoder seeds its own weights (the same model for the same seed) inside a forked random state."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = decoder("llama-tiny", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = decoder("llama-tiny", seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -145,9 +145,9 @@ class Timer:
             return
         start = time.perf_counter()
         linear = torch.nn.Linear(in_features, out_features, bias=bias).eval()
-        torch.manual_seed(0)
+        weights = torch.Generator().manual_seed(0)  # the same weights every time, the process's random state untouched
         for p in linear.parameters():
-            torch.nn.init.normal_(p, std=0.02)
+            torch.nn.init.normal_(p, std=0.02, generator=weights)
         overhead = self.overhead_us()
         with tempfile.TemporaryDirectory(prefix="qcompiler_autoquant_") as folder:
             runs, kernel = {}, {}
