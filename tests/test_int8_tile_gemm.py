@@ -177,6 +177,50 @@ def test_float_rows_refuse_activation_scales():
         int8_tile_gemm.OP(torch.ones(2, 32), torch.ones(2), None, w, torch.ones(64))
 
 
+DQ_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from qcompiler.runtime import native
+from test_int8_tile_gemm import dq_mismatches
+native.load()
+print(native.kernel_path(), dq_mismatches())
+"""
+
+
+def dq_mismatches() -> int:
+    """Outputs of int8_tile_gemm_dq that differ, bit for bit, from int8_tile_gemm on int8dq's own quantized rows."""
+    bad = 0
+    for m, n, k in ((1, 64, 64), (3, 100, 130), (40, 200, 384), (300, 70, 96)):
+        g = torch.Generator().manual_seed(m)
+        x, w = torch.randn(m, k, generator=g) * 3, _case(1, n, k)[1]
+        x[0, :3] = torch.tensor([2.5, -0.5, 0.0])  # ties that round half to even
+        w_scale, packed = torch.rand(n, generator=g) + 0.01, int8_tile_gemm.pack(w)
+        eps = torch.finfo(torch.float32).eps
+        q, s = int8_tile_gemm.quantize_rows(x, eps)
+        y = int8_tile_gemm.DQ_OP(x, torch.tensor([eps]), packed, w_scale)
+        bad += int((y != int8_tile_gemm.OP(q, s, None, packed, w_scale)).sum())
+    return bad
+
+
+@pytest.mark.parametrize("capability", [None, "avx2", "default"], ids=["here", "avx2", "plain"])
+def test_int8dq_in_one_call_quantizes_its_rows_as_the_reference_does(capability):
+    """int8_tile_gemm_dq: each row quantized in the kernel to int8dq's q and s (the same floats), then the product:
+    the same bits as quantizing in torch ops and calling int8_tile_gemm, on this machine's path and the others."""
+    if capability is None:
+        assert dq_mismatches() == 0
+    else:
+        path, bad = run_capped(DQ_SCRIPT, capability)
+        assert path == capped_path(capability) and int(bad) == 0
+
+
+def test_int8dq_in_one_call_refuses_what_it_cannot_take():
+    w = int8_tile_gemm.pack(torch.zeros(64, 32, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="x must be float32"):
+        int8_tile_gemm.DQ_OP(torch.ones(2, 32, dtype=torch.int8), torch.tensor([1e-6]), w, torch.ones(64))
+    with pytest.raises(RuntimeError, match="eps must be one float32"):
+        int8_tile_gemm.DQ_OP(torch.ones(2, 32), torch.tensor([1e-6, 1.0]), w, torch.ones(64))
+
+
 def test_the_packed_layout_is_the_documented_one():
     w = torch.randint(-128, 128, (70, 10), generator=torch.Generator().manual_seed(1), dtype=torch.int8)
     packed = int8_tile_gemm.pack(w)

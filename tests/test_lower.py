@@ -352,6 +352,8 @@ def test_int8_schemes_take_the_tile_gemm_on_amx_targets_and_agree_at_every_row_c
     low = qc.lower(prog, AMX)
     assert kernels(low) == [TILE + note] * 2
     assert "the target has AMX" in qc.report(low).quantized[0].kernel_reason
+    fused = "qcompiler.int8_tile_gemm_dq.default" in call_targets(low)  # int8dq quantizes its rows in the kernel
+    assert fused == isinstance(config, qc.Int8DynamicActivationInt8WeightConfig)
     assert no_reference_ops(low)
     for shape in ((1, 1, 64), (2, 3, 64), (8, 40, 64)):
         x = torch.randn(shape)

@@ -8,7 +8,8 @@ float rows: from 256 rows it decodes the int8 weight to bfloat16 and multiplies 
 rows rounded to bfloat16), below it takes them in 16 bits as two int8 rows. Otherwise, per scheme, on a target
 with ``vnni``; then on an ``avx2`` target without ``vnni``:
 
-- int8dq: per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32;
+- int8dq (on ``amx`` targets: ``qcompiler.int8_tile_gemm_dq``, which quantizes the rows itself, the same floats):
+  per-token int8 ``x`` as uint8 (``q + 128``) -> an integer GEMM with the int8 weight, exact int32;
   without ``vnni``, ``q`` as int8 -> ``qcompiler.int8_gemm``, exact int32.
 - int8static: per-tensor ``q`` as uint8 -> an integer GEMM, zero point ``128 + z``; without ``vnni``,
   ``q`` as int8 -> ``qcompiler.int8_gemm``, zero point taken off in the kernel.
@@ -443,7 +444,23 @@ def _int8_activations(gemm, m, x, quantize, zero, b):
     return with_bias(back(aten._to_copy.default(y, dtype=m["out_w"])), b)
 
 
+def _int8_dynamic_tile(m, x, eps, b):
+    """int8dq in one ``qcompiler.int8_tile_gemm_dq`` call: the kernel quantizes each row as ``per_token_int8`` does
+    (the same floats), so no pass over the rows is left to Inductor."""
+    w = m.value("w_q")
+    name = weight_name(m)
+    x2, back = rows(m, x, w.shape[1], w.shape[0])
+    packed = m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w.contiguous()))
+    w_s = m.constant(f"{name}_int8_tile_scale", m.value("w_scale").reshape(-1).float())
+    y = qops.int8_tile_gemm_dq.default(_f32(x2), m.constant(f"{name}_int8_tile_eps", torch.tensor([float(eps)])),
+                                       packed, w_s)
+    return with_bias(back(aten._to_copy.default(y, dtype=m["out_w"])), b)
+
+
 def _int8_dynamic_int8(gemm, m, x, eps, b, **_):
+    if gemm is _tile_gemm:
+        return _int8_dynamic_tile(m, x, eps, b)
+
     def quantize(x2):
         q, s, _ = per_token_int8(x2, "symmetric", eps)
         return q, s

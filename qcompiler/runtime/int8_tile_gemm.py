@@ -38,6 +38,24 @@ torch.library.define("qcompiler::int8_tile_gemm", SCHEMA)
 torch.library.register_fake("qcompiler::int8_tile_gemm")(fake)
 OP = torch.ops.qcompiler.int8_tile_gemm.default
 
+# int8dq's whole product in one call: float rows quantized per row inside the kernel, as int8dq's reference does it
+# (``s = max(max|x| / 127.5, eps)``, ``q = clamp(round(x / s), -128, 127)``, the same floats), then the int8 product
+# above with ``a_scale = s``. ``eps``: one float32.
+DQ_SCHEMA = "(Tensor x, Tensor eps, Tensor w, Tensor w_scale) -> Tensor"
+torch.library.define("qcompiler::int8_tile_gemm_dq", DQ_SCHEMA)
+DQ_OP = torch.ops.qcompiler.int8_tile_gemm_dq.default
+
+
+@torch.library.register_fake("qcompiler::int8_tile_gemm_dq")
+def _(x, eps, w, w_scale):
+    return x.new_empty((x.shape[0], w_scale.shape[0]), dtype=torch.float32)
+
+
+def quantize_rows(x: torch.Tensor, eps: float) -> tuple:
+    """``(q, s)``: the int8 rows and per-row scales ``int8_tile_gemm_dq`` computes, in torch ops (for tests)."""
+    s = torch.clamp_min(torch.maximum(-x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)) / 127.5, eps)
+    return torch.clamp(torch.round(x / s), -128, 127).to(torch.int8), s.reshape(-1)
+
 
 def pack(w: torch.Tensor) -> torch.Tensor:
     """int8 [N, K] -> int8 [ceil(N/64), ceil(K/4) + 1, 64, 4] in the kernel's layout.

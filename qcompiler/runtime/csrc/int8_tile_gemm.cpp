@@ -403,6 +403,44 @@ at::Tensor float_rows(const at::Tensor& a, const at::Tensor& w, const at::Tensor
   return both.select(1, 0) + both.select(1, 1);
 }
 
+// int8dq's rows: per row s = max(max(-min x, max x) / 127.5, eps) and q = clamp(round(x / s), -128, 127), each step
+// the float32 operation int8dq's reference takes (a division, not a reciprocal; rounding half to even), so q and s
+// are its values exactly. max(-min x, max x) is max |x| (found on the floats' bits, which vectorizes). One source,
+// compiled per instruction set (GCC vectorizes it; a scalar division per element cost int8dq twice its GEMMs).
+__attribute__((always_inline)) inline void dynamic_int8_row(const float* x, int64_t K, float eps, int8_t* q,
+                                                            float* scale) {
+  const float s = std::max(qc::row_scale(x, K, 1) / 127.5f, eps);  // row_scale(x, K, 1): max |x| (at least 1e-30)
+  for (int64_t k = 0; k < K; ++k) q[k] = int8_t(std::min(std::max(qc::round_to_int(x[k] / s), -128), 127));
+  *scale = s;
+}
+
+void dynamic_int8_row_plain(const float* x, int64_t K, float eps, int8_t* q, float* s) {
+  dynamic_int8_row(x, K, eps, q, s);
+}
+__attribute__((target("avx2,fma"))) void dynamic_int8_row_avx2(const float* x, int64_t K, float eps, int8_t* q,
+                                                               float* s) {
+  dynamic_int8_row(x, K, eps, q, s);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void dynamic_int8_row_avx512(const float* x, int64_t K, float eps,
+                                                                                  int8_t* q, float* s) {
+  dynamic_int8_row(x, K, eps, q, s);
+}
+
+std::pair<at::Tensor, at::Tensor> dynamic_int8_rows(const at::Tensor& x, float eps) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor q = at::empty({M, K}, x.options().dtype(at::kChar)), s = at::empty({M}, x.options());
+  const float* src = x.data_ptr<float>();
+  int8_t* out = q.data_ptr<int8_t>();
+  float* scale = s.data_ptr<float>();
+  const Path path = qc::path_here();
+  const auto row = path == Path::kVnni ? dynamic_int8_row_avx512
+                   : path == Path::kAvx2 ? dynamic_int8_row_avx2 : dynamic_int8_row_plain;
+  at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) row(src + m * K, K, eps, out + m * K, scale + m);
+  });
+  return {q, s};
+}
+
 void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const std::optional<at::Tensor>& a_zero,
                   const at::Tensor& w, const at::Tensor& w_scale) {
   TORCH_CHECK(a.dim() == 2 && (a.scalar_type() == at::kChar || a.scalar_type() == at::kFloat),
@@ -441,6 +479,16 @@ at::Tensor int8_tile_gemm(const at::Tensor& a_in, const std::optional<at::Tensor
   const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
   if (a.scalar_type() == at::kFloat) return float_rows(a, w, w_scale);
   return int8_rows(a, qc::contiguous(a_scale_in), a_zero, w, w_scale);
+}
+
+at::Tensor int8_tile_gemm_dq(const at::Tensor& x_in, const at::Tensor& eps, const at::Tensor& w_in,
+                             const at::Tensor& w_scale_in) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat, "int8_tile_gemm_dq: x must be float32 [M, K], got ",
+              x_in.scalar_type(), " ", x_in.sizes());
+  TORCH_CHECK(eps.scalar_type() == at::kFloat && eps.numel() == 1, "int8_tile_gemm_dq: eps must be one float32");
+  const auto [q, s] = dynamic_int8_rows(x_in.contiguous(), eps.item<float>());
+  check_inputs(q, s, std::nullopt, w_in, w_scale_in);
+  return int8_rows(q, s, std::nullopt, w_in.contiguous(), w_scale_in.contiguous());
 }
 
 std::string int8_tile_gemm_path(int64_t rows) { return route_name(route_for(rows)); }

@@ -22,6 +22,8 @@ at::Tensor int8_gemm(const at::Tensor& a, const std::optional<at::Tensor>& a_sca
 at::Tensor int8_tile_gemm(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
                           const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& w_scale);
 
+at::Tensor int8_tile_gemm_dq(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& w, const at::Tensor& w_scale);
+
 at::Tensor codebook_gemm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& w_sums,
                          const at::Tensor& scale, int64_t bits);
 

@@ -49,6 +49,13 @@ AOTITorchError aoti_torch_cpu_int8_tile_gemm(AtenTensorHandle a, AtenTensorHandl
   });
 }
 
+AOTITorchError aoti_torch_cpu_int8_tile_gemm_dq(AtenTensorHandle x, AtenTensorHandle eps, AtenTensorHandle w,
+                                                AtenTensorHandle w_scale, AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(qc::int8_tile_gemm_dq(tensor(x), tensor(eps), tensor(w), tensor(w_scale)));
+  });
+}
+
 AOTITorchError aoti_torch_cpu_codebook_gemm(AtenTensorHandle a, AtenTensorHandle w, AtenTensorHandle table,
                                             AtenTensorHandle w_sums, AtenTensorHandle scale, int64_t bits,
                                             AtenTensorHandle* ret0) {
