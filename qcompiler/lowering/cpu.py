@@ -315,12 +315,17 @@ def _int_mm_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
             for q in blocks]
 
 
+def _tile_weight(m, w8, w_scale, name: str) -> tuple:
+    """The int8 weight in ``qcompiler.int8_tile_gemm``'s layout and its per-channel scales, as graph constants."""
+    return (m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w8.contiguous())),
+            m.constant(f"{name}_int8_tile_scale", w_scale.reshape(-1).float()))
+
+
 def _tile_gemm(m, w8, w_scale, name: str, blocks: list, zero=None) -> list:
     """What :func:`_qlinear_gemm` computes, on ``qcompiler.int8_tile_gemm`` (AMX tiles from
     ``int8_tile_gemm.AMX_MIN_ROWS`` rows, a VNNI GEMV below): one call on the stacked blocks (int8, the zero point
     taken off in the kernel), its weight packed here, so that packaging's freezing has nothing to prepack."""
-    w = m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w8.contiguous()))
-    w_s = m.constant(f"{name}_int8_tile_scale", w_scale.reshape(-1).float())
+    w, w_s = _tile_weight(m, w8, w_scale, name)
     z = None if zero is None else m.constant(f"{name}_int8_tile_zero", zero.reshape(1).float())
     return _stacked(blocks, lambda q: qops.int8_tile_gemm.default(aten._to_copy.default(q, dtype=torch.int8), None, z,
                                                                   w, w_s))
@@ -362,10 +367,7 @@ def _int8_weight_tile(m, x, w8, row_scale, out_dtype, b):
     AMX tiles from 256 rows, in 16 bits (two int8 rows each) on its integer paths below."""
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
-    name = weight_name(m)
-    w = m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w8.contiguous()))
-    w_s = m.constant(f"{name}_int8_tile_scale", row_scale.reshape(-1).float())
-    y = qops.int8_tile_gemm.default(_f32(x2), None, None, w, w_s)
+    y = qops.int8_tile_gemm.default(_f32(x2), None, None, *_tile_weight(m, w8, row_scale, weight_name(m)))
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
@@ -450,10 +452,8 @@ def _int8_dynamic_tile(m, x, eps, b):
     w = m.value("w_q")
     name = weight_name(m)
     x2, back = rows(m, x, w.shape[1], w.shape[0])
-    packed = m.constant(f"{name}_int8_tile", int8_tile_gemm.pack(w.contiguous()))
-    w_s = m.constant(f"{name}_int8_tile_scale", m.value("w_scale").reshape(-1).float())
-    y = qops.int8_tile_gemm_dq.default(_f32(x2), m.constant(f"{name}_int8_tile_eps", torch.tensor([float(eps)])),
-                                       packed, w_s)
+    eps_c = m.constant(f"{name}_int8_tile_eps", torch.tensor([float(eps)]))
+    y = qops.int8_tile_gemm_dq.default(_f32(x2), eps_c, *_tile_weight(m, w, m.value("w_scale"), name))
     return with_bias(back(aten._to_copy.default(y, dtype=m["out_w"])), b)
 
 
