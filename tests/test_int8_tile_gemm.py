@@ -221,6 +221,63 @@ def test_int8dq_in_one_call_refuses_what_it_cannot_take():
         int8_tile_gemm.DQ_OP(torch.ones(2, 32), torch.tensor([1e-6, 1.0]), w, torch.ones(64))
 
 
+REQUANT_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from qcompiler.runtime import native
+from test_int8_tile_gemm import requant_mismatches
+native.load()
+print(native.kernel_path(), *requant_mismatches())
+"""
+
+
+def requant_mismatches() -> tuple:
+    """(outputs of int8_tile_gemm_requant that differ from its reference graph, the largest difference, outputs
+    compared); exact for no activation and relu, the GELU's approximated erf may put a rounding tie one step away."""
+    bad, worst, total = {"none": 0, "relu": 0, "gelu": 0}, 0, 0
+    for m, n, k in ((1, 64, 64), (3, 100, 130), (40, 200, 384), (300, 1536, 96)):
+        g = torch.Generator().manual_seed(m)
+        a, w = _case(m, n, k, seed=m)
+        w_scale, bias, packed = torch.rand(n, generator=g) * 1e-3, torch.randn(n, generator=g), int8_tile_gemm.pack(w)
+        one = lambda v: torch.tensor([v])  # noqa: E731
+        for act, code in int8_tile_gemm.ACTIVATIONS.items():
+            for b in (bias, None):
+                args = (a, one(0.02), one(3.0), packed, w_scale, b)
+                got = int8_tile_gemm.REQUANT_OP(*args, code, one(0.05), one(-10.0))
+                diff = (got.int() - int8_tile_gemm.requantized(*args, act, one(0.05), one(-10.0)).int()).abs()
+                bad[act] += int((diff > 0).sum())
+                worst, total = max(worst, int(diff.max())), total + diff.numel()
+    return bad["none"] + bad["relu"], bad["gelu"], worst, total
+
+
+@pytest.mark.parametrize("capability", [None, "avx2", "default"], ids=["here", "avx2", "plain"])
+def test_the_requantizing_epilogue_writes_the_reference_graphs_int8(capability):
+    """int8_tile_gemm_requant: the product, a_scale, bias, activation and the next layer's quantization in one call,
+    the reference graph's int8 on every path (GELU: at most one step, on a handful of rounding ties)."""
+    if capability is None:
+        path, results = native.kernel_path(), requant_mismatches()
+    else:
+        path, *results = run_capped(REQUANT_SCRIPT, capability)
+        assert path == capped_path(capability)
+    exact_bad, gelu_bad, worst, total = (int(r) for r in results)
+    assert exact_bad == 0 and worst <= 1 and gelu_bad <= total * 1e-4, (path, results)
+
+
+def test_the_requantizing_epilogue_refuses_what_it_cannot_take():
+    w, one = int8_tile_gemm.pack(torch.zeros(64, 32, dtype=torch.int8)), torch.ones(1)
+    a = torch.ones(2, 32, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="a must be int8"):
+        int8_tile_gemm.REQUANT_OP(a.float(), one, one, w, torch.ones(64), None, 2, one, one)
+    with pytest.raises(RuntimeError, match="out_scale must be one float32"):
+        int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), None, 2, torch.ones(2), one)
+    with pytest.raises(RuntimeError, match="activation = 7 must be 0"):
+        int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), None, 7, one, one)
+    with pytest.raises(RuntimeError, match="out_zero = 0.5 must be an integer"):
+        int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), None, 2, one, torch.tensor([0.5]))
+    with pytest.raises(RuntimeError, match="bias must be float32 with N = 64"):
+        int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), torch.ones(63), 2, one, one)
+
+
 def test_the_packed_layout_is_the_documented_one():
     w = torch.randint(-128, 128, (70, 10), generator=torch.Generator().manual_seed(1), dtype=torch.int8)
     packed = int8_tile_gemm.pack(w)

@@ -20,6 +20,8 @@ INT_MM, INT8PACK = "aten._int_mm (u8s8, VNNI)", "aten._weight_int8pack_mm"
 INT8_GEMM = "qcompiler.int8_gemm (int16 pairs, no VNNI needed)"
 AMX = qc.Target.parse("cpu:avx2+avx512+vnni+amx")
 TILE = "qcompiler.int8_tile_gemm (s8s8 AMX tiles from 4 rows, VNNI GEMV below)"
+REQUANT = ("qcompiler.int8_tile_gemm_requant (s8s8 AMX tiles, bias, activation and the next layer's int8 in the "
+           "kernel)")
 FLOAT_ROWS = " (bfloat16 activations from 256 rows, 16-bit below)"  # weight-only layers on the tile GEMM
 INT8_INT4, INT4PACK = "qcompiler.int8_int4_gemm (int8 x int4, int32 per group)", "aten._weight_int4pack_mm_for_cpu"
 
@@ -291,7 +293,8 @@ def test_on_this_machine_vnni_takes_onednn_prepacked_for_large_weights_and_agree
         assert first.kernel.startswith(INT8_GEMM) and "lacks vnni" in first.kernel_reason
         return
     if host.has("amx"):  # AMX takes the tile GEMM before the prepacked call: that rule is for VNNI hosts only
-        assert (first.kernel, second.kernel) == (TILE + tile_suffix,) * 2
+        static = config.alias == "int8static"  # its first layer writes the second's int8 rows (requantize.py)
+        assert (first.kernel, second.kernel) == (REQUANT if static else TILE + tile_suffix, TILE + tile_suffix)
     else:  # 2048x2048 reaches the size where the prepacked call pays; 64x2048 stays on torch._int_mm
         assert (first.kernel, second.kernel) == ("onednn.qlinear_pointwise (u8s8, VNNI, prepacked)" + suffix,
                                                  INT_MM + suffix)
@@ -350,7 +353,8 @@ def test_int8_schemes_take_the_tile_gemm_on_amx_targets_and_agree_at_every_row_c
     calib = [torch.randn(4, 5, 64) for _ in range(3)]
     prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS, calibration_data=calib)
     low = qc.lower(prog, AMX)
-    assert kernels(low) == [TILE + note] * 2
+    static = isinstance(config, qc.Int8StaticActivationInt8WeightConfig)  # its first layer writes the second's int8
+    assert kernels(low) == [REQUANT if static else TILE + note, TILE + note]
     assert "the target has AMX" in qc.report(low).quantized[0].kernel_reason
     fused = "qcompiler.int8_tile_gemm_dq.default" in call_targets(low)  # int8dq quantizes its rows in the kernel
     assert fused == isinstance(config, qc.Int8DynamicActivationInt8WeightConfig)
@@ -358,3 +362,41 @@ def test_int8_schemes_take_the_tile_gemm_on_amx_targets_and_agree_at_every_row_c
     for shape in ((1, 1, 64), (2, 3, 64), (8, 40, 64)):
         x = torch.randn(shape)
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=tol, atol=tol)
+
+
+class _Block(torch.nn.Module):
+    """A feed-forward block: fc2(activation(fc1(x))), and with ``residual`` fc1's output read again after."""
+
+    def __init__(self, activation, residual: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = torch.nn.Linear(64, 96), torch.nn.Linear(96, 96)
+        self.act, self.residual = activation, residual
+
+    def forward(self, x):
+        h = self.fc1(x)
+        y = self.fc2(self.act(h))
+        return y + h if self.residual else y
+
+
+@pytest.mark.parametrize("activation,residual,fused", [
+    (torch.nn.GELU(), False, True), (torch.nn.ReLU(), False, True), (torch.nn.Identity(), False, True),
+    (torch.nn.GELU(approximate="tanh"), False, False), (torch.nn.GELU(), True, False)],
+    ids=["gelu", "relu", "none", "gelu-tanh", "read-again"])
+def test_int8static_layers_write_the_next_layers_int8_on_amx_targets(activation, residual, fused):
+    """On AMX targets an int8static layer whose output goes, through its bias and a GELU or ReLU, only into the next
+    int8static layer's quantization becomes one int8_tile_gemm_requant call (the report says so), with the
+    reference program's values; where anything else reads the float output, or the activation is one the kernel
+    lacks, the layers stay apart."""
+    block = _Block(activation, residual).eval()
+    calib = [torch.randn(4, 5, 64) for _ in range(3)]
+    prog = qc.quantize(block, (torch.randn(2, 3, 64),), qc.Int8StaticActivationInt8WeightConfig(), dynamic_shapes=DIMS,
+                       calibration_data=calib)
+    low = qc.lower(prog, AMX)
+    assert ("qcompiler.int8_tile_gemm_requant.default" in call_targets(low)) == fused
+    assert kernels(low) == [REQUANT if fused else TILE + " (int8 activations)", TILE + " (int8 activations)"]
+    assert no_reference_ops(low)
+    for shape in ((1, 1, 64), (2, 3, 64), (8, 40, 64)):
+        x = torch.randn(shape)
+        # GELU's erf in the kernel may put a rounding tie of fc2's input one step away: a step of fc2's input scale
+        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)

@@ -8,13 +8,18 @@ kernel ``decomposed``. The CUDA table is imported on first use. Its Triton ops l
 ``runtime/triton_matmul.py`` and are registered by ``import qcompiler``, so a saved
 CUDA-lowered program loads with ``torch.export.load`` after that import alone.
 """
+import logging
 from typing import Union
 
 import torch
 
 from ..runtime.target import Target
 from . import cpu
+from .requantize import fuse_requantize
 from .rules import DECOMPOSED, LoweringRule, apply_rules, mark_unfused
+
+
+log = logging.getLogger(__name__)
 
 
 def _cuda_rules(target: Target) -> tuple:
@@ -33,7 +38,11 @@ def lower_graph(gm: torch.fx.GraphModule, target: Union[str, Target]) -> dict:
     gm.graph.eliminate_dead_code()  # e.g. an unused zero point of a symmetric choose_qparams
     gm.recompile()
     with torch.no_grad():
-        return apply_rules(gm, BACKENDS[target.backend](target), target)
+        counts = apply_rules(gm, BACKENDS[target.backend](target), target)
+        gm.graph.eliminate_dead_code()  # what the rules replaced, so that each value's readers are the live ones
+        if target.backend == "cpu" and (fused := fuse_requantize(gm)):
+            log.info("%d int8 layers write the next layer's int8 input in their kernel (int8_tile_gemm_requant)", fused)
+        return counts
 
 
 __all__ = ["BACKENDS", "DECOMPOSED", "LoweringRule", "lower_graph", "mark_unfused"]

@@ -51,6 +51,32 @@ def _(x, eps, w, w_scale):
     return x.new_empty((x.shape[0], w_scale.shape[0]), dtype=torch.float32)
 
 
+# An int8static layer and what follows it up to the next int8static layer's input, in one call: the float output
+# ``y = int8_tile_gemm(a, None, a_zero, w, w_scale)·a_scale + bias``, its activation (ACTIVATIONS), then the next
+# layer's static quantization ``clamp(round(y / out_scale) + out_zero, -128, 127)``, written as int8 [M, N]: the
+# float32 output never reaches memory. ``a_scale``, ``a_zero``, ``out_scale``, ``out_zero``: one float32 each.
+# The same floats as the reference's ops, except GELU: erf as torch's vectorized erf computes it, with the kernel's
+# own exp (within an ulp of torch's), so an output on a rounding boundary may land one step away.
+REQUANT_SCHEMA = ("(Tensor a, Tensor a_scale, Tensor a_zero, Tensor w, Tensor w_scale, Tensor? bias, int activation, "
+                  "Tensor out_scale, Tensor out_zero) -> Tensor")
+ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2}  # the schema's ``activation`` codes
+torch.library.define("qcompiler::int8_tile_gemm_requant", REQUANT_SCHEMA)
+REQUANT_OP = torch.ops.qcompiler.int8_tile_gemm_requant.default
+
+
+@torch.library.register_fake("qcompiler::int8_tile_gemm_requant")
+def _(a, a_scale, a_zero, w, w_scale, bias, activation, out_scale, out_zero):
+    return a.new_empty((a.shape[0], w_scale.shape[0]), dtype=torch.int8)
+
+
+def requantized(a, a_scale, a_zero, w, w_scale, bias, activation: str, out_scale, out_zero) -> torch.Tensor:
+    """What ``int8_tile_gemm_requant`` computes, in ``int8_tile_gemm`` and torch ops (the graph it replaces)."""
+    y = OP(a, None, a_zero, w, w_scale) * a_scale
+    y = y if bias is None else y + bias
+    y = {"none": y, "relu": torch.relu(y), "gelu": torch.nn.functional.gelu(y)}[activation]
+    return torch.clamp(torch.round(y / out_scale) + out_zero, -128, 127).to(torch.int8)
+
+
 def quantize_rows(x: torch.Tensor, eps: float) -> tuple:
     """``(q, s)``: the int8 rows and per-row scales ``int8_tile_gemm_dq`` computes, in torch ops (for tests)."""
     s = torch.clamp_min(torch.maximum(-x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)) / 127.5, eps)

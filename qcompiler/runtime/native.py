@@ -44,7 +44,8 @@ CFLAGS = ("-O3", "-fopenmp", "-fvisibility=hidden", "-fvisibility-inlines-hidden
 
 def _native_ops() -> tuple:
     from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm
-    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, additive_gemm.OP, int8_tile_gemm.OP, int8_tile_gemm.DQ_OP)
+    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, additive_gemm.OP, int8_tile_gemm.OP, int8_tile_gemm.DQ_OP,
+            int8_tile_gemm.REQUANT_OP)
 
 
 @functools.lru_cache(maxsize=None)

@@ -61,14 +61,28 @@ constexpr int64_t kAmxDepth = 1024;    // k per brgemm call where K is long
 // ahead alike).
 constexpr int64_t kPrefetchAhead = 4096;
 
+// int8_tile_gemm_requant's epilogue: the layer's float output, its activation, and the next layer's static int8
+// quantization, written as int8 instead of the float32 output.
+enum class Activation : int64_t { kNone = 0, kRelu = 1, kGelu = 2 };
+
+struct Requant {
+  float a_scale;           // the rows' static scale, applied after w_scale (as the reference multiplies it)
+  const float* bias;       // [N]; null: none
+  Activation activation;
+  float out_scale;         // q = clamp(round(y / out_scale) + out_zero, -128, 127)
+  float out_zero;
+  int8_t* q;               // [M, N]
+};
+
 struct Problem {
   const int8_t* a;        // [M, Kp]: a's rows padded to Kp; as u = a ^ 0x80 (uint8 bits) on the VNNI path
   const float* a_scale;   // [M]; null: 1
   int32_t shift;          // what the sums of these rows take off per unit of sum_k w: a_zero (+ 128 for u)
   const int8_t* w;        // packed
   const float* w_scale;   // [N]
-  float* y;               // [M, N]
+  float* y;               // [M, N]; unused where requant is set
   int64_t M, N, Kp;
+  const Requant* requant = nullptr;
 };
 
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
@@ -95,6 +109,30 @@ __attribute__((always_inline)) inline void finish_columns(const Problem& p, int6
   }
 }
 
+// torch's erf-based GELU, 0.5 x (1 + erf(x / sqrt 2)), in float32.
+inline float gelu(float x) { return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752f)); }
+
+// The requantizing epilogue's value for one output: y = float(sum - offset) * w_scale * a_scale + bias, the
+// activation, then q = clamp(round(y / out_scale) + out_zero) (the division and rounding half to even of the
+// reference's quantize; |y / out_scale| clamped to 256 first, which changes no result and keeps the rounding exact).
+inline int8_t requantized(const Requant& rq, int32_t sum, float w_scale, float bias) {
+  float y = float(sum) * w_scale * rq.a_scale + bias;
+  if (rq.activation == Activation::kRelu) y = std::max(y, 0.0f);
+  else if (rq.activation == Activation::kGelu) y = gelu(y);
+  const float t = std::min(std::max(y / rq.out_scale, -256.0f), 256.0f);
+  return int8_t(std::min(std::max(float(qc::round_to_int(t)) + rq.out_zero, -128.0f), 127.0f));
+}
+
+void requant_columns(const Problem& p, int64_t m0, int64_t rows, int64_t n0, int64_t width, const int32_t* acc,
+                     const int32_t* offset) {
+  const Requant& rq = *p.requant;
+  for (int64_t r = 0; r < rows; ++r) {
+    int8_t* q = rq.q + (m0 + r) * p.N + n0;
+    for (int64_t l = 0; l < width; ++l)
+      q[l] = requantized(rq, acc[r * kBlock + l] - offset[l], p.w_scale[n0 + l], rq.bias ? rq.bias[n0 + l] : 0.0f);
+  }
+}
+
 // Rows m0..m0+rows of block b's columns, given their int32 sums over k of row x w (acc, [rows][kBlock]):
 // y = float(acc - shift * sum_k w) * a_scale * w_scale. One source, compiled per instruction set: GCC vectorizes
 // the same IEEE operations in the same order, so every path's floats are the same. A full block's width is a
@@ -105,8 +143,72 @@ __attribute__((always_inline)) inline void finish(const Problem& p, int64_t m0, 
   const int32_t* sums = column_sums(p, b);
   int32_t offset[kBlock];  // what the rows' shift takes off each column's sums, once for all the rows
   for (int64_t l = 0; l < kBlock; ++l) offset[l] = p.shift * sums[l];
-  if (width == kBlock) finish_columns(p, m0, rows, n0, kBlock, acc, offset);
+  if (p.requant) requant_columns(p, m0, rows, n0, width, acc, offset);
+  else if (width == kBlock) finish_columns(p, m0, rows, n0, kBlock, acc, offset);
   else finish_columns(p, m0, rows, n0, width, acc, offset);
+}
+
+#define QC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+// e^x for x <= 0: x = n ln 2 + r (|r| <= ln 2 / 2, ln 2 in two parts), e^r by a degree-6 polynomial (the Taylor
+// series' terms; relative error below 2^-22 there), times 2^n. Below -87.3 (e^x under float32's smallest normal) it
+// returns about 1e-38.
+QC_AVX512_TARGET inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 e = _mm512_set1_ps(1.0f / 720.0f);
+  for (float c : {1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f}) e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(e, n);
+}
+
+// erf as torch's vectorized float erf computes it (Abramowitz and Stegun 7.1.26, absolute error below 1.5e-7):
+// sign(x) (1 - t (p1 + t (p2 + t (p3 + t (p4 + t p5)))) e^(-x^2)), t = 1 / (1 + p |x|).
+QC_AVX512_TARGET inline __m512 erf_as_torch(__m512 x) {
+  const __m512 sign = _mm512_and_ps(x, _mm512_set1_ps(-0.0f)), a = _mm512_abs_ps(x), one = _mm512_set1_ps(1.0f);
+  const __m512 d = _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, one);
+  __m512 t = _mm512_rcp14_ps(d);  // 1 / d to 2^-14, one Newton step to about 2^-23 (a division costs 3x more here)
+  t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));
+  __m512 r = _mm512_fmadd_ps(_mm512_set1_ps(1.061405429f), t, _mm512_set1_ps(-1.453152027f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(1.421413741f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(-0.284496736f));
+  r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(0.254829592f));
+  const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(x, x)));
+  const __m512 erf = _mm512_fmadd_ps(_mm512_mul_ps(t, _mm512_sub_ps(_mm512_setzero_ps(), e)), r, one);
+  return _mm512_xor_ps(erf, sign);
+}
+
+// requant_columns, 16 columns at a time (the last masked), the GELU through erf_as_torch.
+QC_AVX512_TARGET void requant_avx512(const Problem& p, int64_t m0, int64_t rows, int64_t n0, int64_t width,
+                                     const int32_t* acc, const int32_t* offset) {
+  const Requant& rq = *p.requant;
+  const __m512 a_scale = _mm512_set1_ps(rq.a_scale), out_scale = _mm512_set1_ps(rq.out_scale);
+  const __m512 inverse = _mm512_set1_ps(1.0f / rq.out_scale);  // correctly rounded, as the quotient step needs
+  const __m512 out_zero = _mm512_set1_ps(rq.out_zero), limit = _mm512_set1_ps(256.0f);
+  for (int64_t j = 0; j < width; j += 16) {
+    const __mmask16 lanes = width - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - j)) - 1);
+    const __m512i off = _mm512_maskz_loadu_epi32(lanes, offset + j);
+    const __m512 w_scale = _mm512_maskz_loadu_ps(lanes, p.w_scale + n0 + j);
+    const __m512 bias = rq.bias ? _mm512_maskz_loadu_ps(lanes, rq.bias + n0 + j) : _mm512_setzero_ps();
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512i sum = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(lanes, acc + r * kBlock + j), off);
+      __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sum), w_scale), a_scale), bias);
+      if (rq.activation == Activation::kRelu) y = _mm512_max_ps(y, _mm512_setzero_ps());
+      else if (rq.activation == Activation::kGelu)
+        y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(0.5f)),
+                          _mm512_add_ps(_mm512_set1_ps(1.0f), erf_as_torch(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f)))));
+      // y / out_scale correctly rounded without a division (a division per vector cost more than the GELU): the
+      // product with the reciprocal, then its residual's correction (Markstein)
+      const __m512 guess = _mm512_mul_ps(y, inverse);
+      __m512 t = _mm512_fmadd_ps(_mm512_fnmadd_ps(guess, out_scale, y), inverse, guess);
+      // Below -2^31 the conversion gives INT_MIN, which saturates to -128 as it should; above 256, clamped first
+      t = _mm512_add_ps(_mm512_roundscale_ps(_mm512_min_ps(t, limit), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                        out_zero);
+      _mm512_mask_cvtsepi32_storeu_epi8(rq.q + (m0 + r) * p.N + n0 + j, lanes, _mm512_cvttps_epi32(t));
+    }
+  }
 }
 
 void finish_plain(const Problem& p, int64_t m0, int64_t rows, int64_t b, const int32_t* acc) {
@@ -118,7 +220,12 @@ __attribute__((target("avx2,fma"))) void finish_avx2(const Problem& p, int64_t m
 }
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_avx512(const Problem& p, int64_t m0, int64_t rows,
                                                                         int64_t b, const int32_t* acc) {
-  finish(p, m0, rows, b, acc);
+  if (!p.requant) return finish(p, m0, rows, b, acc);
+  const int64_t n0 = b * kBlock;
+  const int32_t* sums = column_sums(p, b);
+  alignas(64) int32_t offset[kBlock];
+  for (int64_t l = 0; l < kBlock; ++l) offset[l] = p.shift * sums[l];
+  requant_avx512(p, m0, rows, n0, std::min(kBlock, p.N - n0), acc, offset);
 }
 
 // ------------------------------------------------------------------ plain C++
@@ -372,17 +479,19 @@ void run(const Problem& p, Route route) {
   });
 }
 
-// The int8 product for int8 rows `a` (the op's integer form): the path for its rows, the sums, the float step.
+// The int8 product for int8 rows `a` (the op's integer form): the path for its rows, the sums, the float step, or
+// with `requant` its epilogue (which writes requant->q; the result is then an empty float32 tensor).
 at::Tensor int8_rows(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
-                     const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& w_scale) {
+                     const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& w_scale,
+                     const Requant* requant = nullptr) {
   const int64_t M = a.size(0), K = a.size(1), N = w_scale.numel(), Kp = round_up(K, kQuad);
   const Route route = route_for(M);
   const at::Tensor rows = kernel_rows(a, Kp, route == Route::kVnni);
   const int32_t zero = a_zero ? int32_t(a_zero->item<float>()) : 0;
-  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kFloat));
+  at::Tensor y = at::empty({requant ? 0 : M, N}, a.options().dtype(at::kFloat));
   const Problem p{rows.data_ptr<int8_t>(), a_scale ? a_scale->data_ptr<float>() : nullptr,
                   route == Route::kVnni ? zero + 128 : zero, w.data_ptr<int8_t>(), w_scale.data_ptr<float>(),
-                  y.data_ptr<float>(), M, N, Kp};
+                  y.data_ptr<float>(), M, N, Kp, requant};
   run(p, route);
   return y;
 }
@@ -489,6 +598,35 @@ at::Tensor int8_tile_gemm_dq(const at::Tensor& x_in, const at::Tensor& eps, cons
   const auto [q, s] = dynamic_int8_rows(x_in.contiguous(), eps.item<float>());
   check_inputs(q, s, std::nullopt, w_in, w_scale_in);
   return int8_rows(q, s, std::nullopt, w_in.contiguous(), w_scale_in.contiguous());
+}
+
+at::Tensor int8_tile_gemm_requant(const at::Tensor& a_in, const at::Tensor& a_scale, const at::Tensor& a_zero,
+                                  const at::Tensor& w_in, const at::Tensor& w_scale_in,
+                                  const std::optional<at::Tensor>& bias_in, int64_t activation,
+                                  const at::Tensor& out_scale, const at::Tensor& out_zero) {
+  TORCH_CHECK(a_in.dim() == 2 && a_in.scalar_type() == at::kChar, "int8_tile_gemm_requant: a must be int8 [M, K], got ",
+              a_in.scalar_type(), " ", a_in.sizes());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"a_scale", a_scale}, {"a_zero", a_zero},
+                                {"out_scale", out_scale}, {"out_zero", out_zero}})
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() == 1, "int8_tile_gemm_requant: ", name,
+                " must be one float32");
+  check_inputs(a_in, std::nullopt, a_zero, w_in, w_scale_in);
+  TORCH_CHECK(activation >= 0 && activation <= 2, "int8_tile_gemm_requant: activation = ", activation,
+              " must be 0 (none), 1 (relu) or 2 (gelu)");
+  const float o_zero = out_zero.item<float>(), o_scale = out_scale.item<float>();
+  TORCH_CHECK(o_zero == std::nearbyint(o_zero) && o_zero >= -128.0f && o_zero <= 127.0f,
+              "int8_tile_gemm_requant: out_zero = ", o_zero, " must be an integer in [-128, 127]");
+  TORCH_CHECK(o_scale > 0.0f && std::isfinite(o_scale), "int8_tile_gemm_requant: out_scale = ", o_scale,
+              " must be positive and finite");
+  const int64_t M = a_in.size(0), N = w_scale_in.numel();
+  const std::optional<at::Tensor> bias = qc::contiguous(bias_in);
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->numel() == N),
+              "int8_tile_gemm_requant: bias must be float32 with N = ", N, " elements");
+  at::Tensor q = at::empty({M, N}, a_in.options());
+  const Requant requant{a_scale.item<float>(), bias ? bias->data_ptr<float>() : nullptr, Activation(activation),
+                        o_scale, o_zero, q.data_ptr<int8_t>()};
+  int8_rows(a_in.contiguous(), std::nullopt, a_zero, w_in.contiguous(), w_scale_in.contiguous(), &requant);
+  return q;
 }
 
 std::string int8_tile_gemm_path(int64_t rows) { return route_name(route_for(rows)); }

@@ -23,6 +23,9 @@ at::Tensor int8_tile_gemm(const at::Tensor& a, const std::optional<at::Tensor>& 
                           const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& w_scale);
 
 at::Tensor int8_tile_gemm_dq(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& w, const at::Tensor& w_scale);
+at::Tensor int8_tile_gemm_requant(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& a_zero,
+                                  const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                  int64_t activation, const at::Tensor& out_scale, const at::Tensor& out_zero);
 
 at::Tensor codebook_gemm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& w_sums,
                          const at::Tensor& scale, int64_t bits);

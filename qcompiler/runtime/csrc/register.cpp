@@ -10,6 +10,7 @@ TORCH_LIBRARY_IMPL(qcompiler, CPU, m) {
   m.impl("int8_gemm", &qc::int8_gemm);
   m.impl("int8_tile_gemm", &qc::int8_tile_gemm);
   m.impl("int8_tile_gemm_dq", &qc::int8_tile_gemm_dq);
+  m.impl("int8_tile_gemm_requant", &qc::int8_tile_gemm_requant);
   m.impl("codebook_gemm", &qc::codebook_gemm);
   m.impl("additive_gemm", &qc::additive_gemm);
 }

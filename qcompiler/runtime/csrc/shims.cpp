@@ -56,6 +56,17 @@ AOTITorchError aoti_torch_cpu_int8_tile_gemm_dq(AtenTensorHandle x, AtenTensorHa
   });
 }
 
+AOTITorchError aoti_torch_cpu_int8_tile_gemm_requant(AtenTensorHandle a, AtenTensorHandle a_scale, AtenTensorHandle a_zero,
+                                                     AtenTensorHandle w, AtenTensorHandle w_scale, AtenTensorHandle* bias,
+                                                     int64_t activation, AtenTensorHandle out_scale,
+                                                     AtenTensorHandle out_zero, AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(qc::int8_tile_gemm_requant(tensor(a), tensor(a_scale), tensor(a_zero), tensor(w),
+                                                         tensor(w_scale), maybe(bias), activation, tensor(out_scale),
+                                                         tensor(out_zero)));
+  });
+}
+
 AOTITorchError aoti_torch_cpu_codebook_gemm(AtenTensorHandle a, AtenTensorHandle w, AtenTensorHandle table,
                                             AtenTensorHandle w_sums, AtenTensorHandle scale, int64_t bits,
                                             AtenTensorHandle* ret0) {
