@@ -7,7 +7,9 @@ Build phase: each qcompiler system is captured with ``qc.capture_lm`` (random we
 ``qcompiler.zoo.DECODERS``), quantized, lowered for this machine and packaged into ``--folder`` (kept
 between runs; ``--rebuild`` makes them again); llama.cpp's get the same shapes written to GGUF with
 random weights (``peer_llamacpp.py``). A system named ``<scheme> bf16-rest`` is lowered with
-``unquantized_dtype=torch.bfloat16`` (attention over the KV cache and unquantized linears in bf16). Measure phase: every system runs in a fresh process per round
+``unquantized_dtype=torch.bfloat16`` (attention over the KV cache and unquantized linears in bf16); with
+``kv-bf16`` its KV cache is stored in bfloat16 (``capture_lm(kv_cache_dtype=torch.bfloat16)``). Measure phase:
+every system runs in a fresh process per round
 (``qcompiler generate --json``, or the llama.cpp runner), rounds alternate the order, and the medians
 are written with the machine. Load s: opening the file (``qc.load`` with its checks for qcompiler;
 llama.cpp's ``Llama(...)``, which maps its file; ``aoti_load_package`` for torchao). Peak MB is the whole
@@ -41,7 +43,7 @@ QC_SYSTEMS = {"bf16": (BF16, None, None), "int8wo": (F32, "int8wo", None), "int8
               "codebook-4": (F32, "codebook-4", None), "int4wo-64 kv-int8": (F32, "int4wo-64", INT8),
               "int4wo-64 emb-int8": (F32, "int4wo-64 emb-int8", None),
               "int8dq bf16-rest": (F32, "int8dq", None), "int8wo bf16-rest": (F32, "int8wo", None),
-              "int4wo-64 bf16-rest": (F32, "int4wo-64", None)}
+              "int4wo-64 bf16-rest": (F32, "int4wo-64", None), "int8dq kv-bf16 bf16-rest": (F32, "int8dq", BF16)}
 PEERS = ("llama.cpp", "torchao")
 EMBEDDING_INT8 = " emb-int8"  # a scheme's suffix: the embedding table's rows in int8 too, by recipe
 BF16_REST = " bf16-rest"  # a system's suffix: lowered with unquantized_dtype=torch.bfloat16 (attention, unquantized

@@ -45,14 +45,16 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
                kv_cache_dtype: Optional[torch.dtype] = None) -> ExportedProgram:
     """``model`` (a transformers decoder-only causal LM) captured with a static KV cache of
     ``batch_size`` x ``max_seq_len`` tokens, in the model's dtype or, with ``kv_cache_dtype=torch.int8``,
-    in int8 with a float32 scale per token and head (``key_scale_<i>``, ``value_scale_<i>``).
+    in int8 with a float32 scale per token and head (``key_scale_<i>``, ``value_scale_<i>``), or, with
+    ``torch.bfloat16``, in bfloat16 (half a float32 model's cache; attention reads it in bfloat16 where the program
+    is lowered with ``unquantized_dtype=torch.bfloat16``, in float32 otherwise).
 
     The program takes ``input_ids`` [batch_size, seq] and ``cache_position`` [seq] (the positions
     of those tokens: ``arange(seq)`` for a prompt, ``[n]`` for the n-th token) and returns logits
     [batch_size, seq, vocab]; ``seq`` is dynamic up to ``max_seq_len``. See :func:`qcompiler.generate`."""
     config = _check(model, max_seq_len, batch_size)
-    if kv_cache_dtype not in (None, torch.int8):
-        raise fail("kv_cache_dtype", "None (the model's dtype) or torch.int8", kv_cache_dtype)
+    if kv_cache_dtype not in (None, torch.int8, torch.bfloat16):
+        raise fail("kv_cache_dtype", "None (the model's dtype), torch.int8 or torch.bfloat16", kv_cache_dtype)
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and max_seq_len > positions:
         log.warning("max_seq_len=%d exceeds the model's max_position_embeddings=%d", max_seq_len, positions)
@@ -60,7 +62,7 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
     ids = torch.zeros(batch_size, length, dtype=torch.long, device=_device(model))
     seq = Dim("seq", min=1, max=max_seq_len)
     with _static_generation(model, batch_size, max_seq_len):
-        module = _cache_as_state()(model.eval(), batch_size, max_seq_len, kv_cache_dtype == torch.int8)
+        module = _cache_as_state()(model.eval(), batch_size, max_seq_len, kv_cache_dtype)
     example = {"input_ids": ids, "cache_position": torch.arange(length, device=ids.device)}
     with grouped_query_attention():
         return capture(module, (), example_kwargs=example,
@@ -117,12 +119,13 @@ def _cache_as_state() -> type:
     module, _ = _transformers()
 
     class CacheAsState(module):
-        def __init__(self, model, batch_size: int, max_seq_len: int, int8: bool):
+        def __init__(self, model, batch_size: int, max_seq_len: int, kv_cache_dtype: Optional[torch.dtype]):
             super().__init__(model, batch_size, max_seq_len)
-            self.state = INT8_STATE if int8 else STATE
+            self.state = INT8_STATE if kv_cache_dtype == torch.int8 else STATE
+            stored_as = {torch.int8: _int8_layer, torch.bfloat16: _bf16_layer}.get(kv_cache_dtype)  # type: ignore
             for i, layer in enumerate(self.static_cache.layers):
-                if int8:
-                    layer.__class__ = _int8_layer()
+                if stored_as is not None:
+                    layer.__class__ = stored_as()
                     layer.quantize_storage()
                 for attribute, prefix in self.state.items():
                     self.register_buffer(f"{prefix}{i}", getattr(layer, attribute), persistent=False)
@@ -159,6 +162,25 @@ def _int8_layer() -> type:
                 out.append((store.float() * scale).to(new.dtype))  # the model's dtype
             return out[0], out[1]
     return Int8StaticLayer
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_layer() -> type:
+    """A static cache layer holding bfloat16 keys and values; it returns them in the model's dtype (for a float32
+    model, a widening that lowering with ``unquantized_dtype=torch.bfloat16`` takes off again before attention)."""
+    _, static_layer = _transformers()
+
+    class Bf16StaticLayer(static_layer):
+        def quantize_storage(self) -> None:
+            self.keys, self.values = (torch.zeros_like(t, dtype=torch.bfloat16) for t in (self.keys, self.values))
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            positions = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
+            self.cumulative_length.add_(key_states.shape[-2])
+            for store, new in ((self.keys, key_states), (self.values, value_states)):
+                store.index_copy_(2, positions, new.to(torch.bfloat16))
+            return self.keys.to(key_states.dtype), self.values.to(value_states.dtype)
+    return Bf16StaticLayer
 
 
 def lm_shape(named_buffers) -> Optional[dict]:

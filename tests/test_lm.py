@@ -185,8 +185,31 @@ def test_int8_kv_cache_stores_int8_with_a_scale_per_token_and_head(llama):
     ref = lm.module()(input_ids=ids, cache_position=positions)
     ours = int8.module()(input_ids=ids, cache_position=positions)
     torch.testing.assert_close(ours, ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
-    with pytest.raises(ValueError, match="kv_cache_dtype must be None"):
+    with pytest.raises(ValueError, match=r"kv_cache_dtype must be None \(the model's dtype\), torch.int8 or "
+                                         r"torch.bfloat16; got torch.float16"):
         qc.capture_lm(model, max_seq_len=16, kv_cache_dtype=torch.float16)
+
+
+def test_bf16_kv_cache_stores_bfloat16_and_attention_reads_it_without_a_cast_where_the_rest_runs_in_bf16(llama):
+    """kv_cache_dtype=torch.bfloat16: half a float32 model's cache, the same tokens within bf16 rounding; lowered
+    with unquantized_dtype=torch.bfloat16 (where the target has bf16), attention takes the stored bfloat16 cache
+    itself (no widening to float32 and back)."""
+    model, lm = llama
+    bf16 = qc.capture_lm(model, max_seq_len=MAX_SEQ_LEN, kv_cache_dtype=torch.bfloat16)
+    buffers = dict(bf16.named_buffers())
+    assert buffers["key_cache_0"].dtype == torch.bfloat16 and buffers["key_cache_0"].shape == (1, 2, MAX_SEQ_LEN, 16)
+    ids, positions = prompt(12), torch.arange(12)
+    ref = lm.module()(input_ids=ids, cache_position=positions)
+    ours = bf16.module()(input_ids=ids, cache_position=positions)
+    torch.testing.assert_close(ours, ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
+    target = qc.Target.parse("cpu:avx2+avx512+vnni+avx512_bf16")
+    low = qc.lower(qc.convert(qc.prepare(bf16, qc.config_from_string("int8dq"))), target,
+                   unquantized_dtype=torch.bfloat16)
+    attention = [n for n in low.graph.nodes if "scaled_dot_product" in str(n.target)]
+    keys_values = [a for n in attention for a in n.args[1:3]]
+    assert attention and all(a.meta["val"].dtype == torch.bfloat16 for a in keys_values)
+    # the stored cache itself (its index_copy), not a widening to float32 and a cast back every step
+    assert all(a.target == torch.ops.aten.index_copy.default for a in keys_values), [a.target for a in keys_values]
 
 
 def _sdpa_cases():

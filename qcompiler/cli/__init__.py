@@ -109,8 +109,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     g.add_argument("--scheme", help=f"quantize a model first: {schemes}")
     g.add_argument("--max-seq-len", type=int, default=2048, help="KV cache length of a captured model (default 2048)")
-    g.add_argument("--kv-cache-dtype", choices=["int8"], help="store a captured model's KV cache in int8 (a float32 "
-                   "scale per token and head); default: the model's dtype")
+    g.add_argument("--kv-cache-dtype", choices=["int8", "bfloat16"], help="store a captured model's KV cache in int8 "
+                   "(a float32 scale per token and head) or bfloat16; default: the model's dtype")
     g.add_argument("--target", metavar="TARGET", help="with -o: the machine to compile for (default: this one)")
     g.add_argument("-o", "--output", metavar="OUT.pt2", help="lower and package a model here first, generate from it")
 

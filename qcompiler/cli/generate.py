@@ -51,7 +51,7 @@ def _runnable(a, out: Optional[Path]) -> tuple:
             raise CliError(f"{a.model} is not a decoder captured with its KV cache (qcompiler.capture_lm)")
         return art.run, None, art.size, str(art.path), art.metadata["lm"].get("kv_cache_dtype")
     model, tokenizer = _model(a.model)
-    kv = torch.int8 if a.kv_cache_dtype == "int8" else None
+    kv = getattr(torch, a.kv_cache_dtype) if a.kv_cache_dtype else None
     kv_name = str(kv or next(model.parameters()).dtype).removeprefix("torch.")
     program = capture_lm(model, max_seq_len=a.max_seq_len, kv_cache_dtype=kv)
     if a.scheme:

@@ -43,11 +43,24 @@ def _casts_to(graph, arg, dtype, casts: dict):
     if isinstance(arg, (list, tuple)):
         return type(arg)(_casts_to(graph, a, dtype, casts) for a in arg)
     if isinstance(arg, Node) and _float32(arg.meta.get("val")):
+        if (widened := _widened_from(arg, dtype)) is not None:  # dtype -> float32 -> dtype: the value itself
+            return widened
         if arg not in casts:
             with graph.inserting_after(arg):
                 casts[arg] = graph.call_function(aten._to_copy.default, (arg,), {"dtype": dtype})
         return casts[arg]
     return arg
+
+
+def _widened_from(node: Node, dtype: torch.dtype):
+    """The ``dtype`` tensor that ``node`` widens to float32 (``x.to(torch.float32)``, as ``aten.to.dtype`` or a
+    ``_to_copy`` with only a dtype), else None: casting it back would give those same values (a bfloat16 KV cache
+    read by a float32 model, for one)."""
+    widening = ((node.target == aten.to.dtype and node.args[1:] == (torch.float32,) and not node.kwargs)
+                or (node.target == aten._to_copy.default and node.kwargs == {"dtype": torch.float32}))
+    source = node.args[0] if widening else None
+    value = source.meta.get("val") if isinstance(source, Node) else None
+    return source if isinstance(value, torch.Tensor) and value.dtype == dtype else None
 
 
 def _quantized_layer(node: Node) -> bool:
