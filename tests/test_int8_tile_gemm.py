@@ -199,6 +199,12 @@ def dq_mismatches() -> int:
         q, s = int8_tile_gemm.quantize_rows(x, eps)
         y = int8_tile_gemm.DQ_OP(x, torch.tensor([eps]), packed, w_scale)
         bad += int((y != int8_tile_gemm.OP(q, s, None, packed, w_scale)).sum())
+        # scales below 2^-100 (max|x| above the kernel's floor of 1e-30): the kernel divides there (its quotient
+        # correction needs normal floats)
+        tiny = x * 1e-30
+        q, s = int8_tile_gemm.quantize_rows(tiny, 1e-38)
+        y = int8_tile_gemm.DQ_OP(tiny, torch.tensor([1e-38]), packed, w_scale)
+        bad += int((y != int8_tile_gemm.OP(q, s, None, packed, w_scale)).sum())
     return bad
 
 
@@ -247,6 +253,18 @@ def requant_mismatches() -> tuple:
                 diff = (got.int() - int8_tile_gemm.requantized(*args, act, one(0.05), one(-10.0)).int()).abs()
                 bad[act] += int((diff > 0).sum())
                 worst, total = max(worst, int(diff.max())), total + diff.numel()
+        # outputs far past int8's range, infinities and overflowing quotients saturate as the reference's do (GELU
+        # of -inf is NaN in torch: finite extremes there)
+        for act, code in int8_tile_gemm.ACTIVATIONS.items():
+            extreme = bias.clone()
+            big = [3e38, -3e38, 1e30, -1e30] if act == "gelu" else [3e38, -3e38, float("inf"), -float("inf")]
+            extreme[:4] = torch.tensor(big)
+            args = (a, one(0.02), one(3.0), packed, w_scale, extreme)
+            got = int8_tile_gemm.REQUANT_OP(*args, code, one(0.05), one(-10.0))
+            diff = (got.int() - int8_tile_gemm.requantized(*args, act, one(0.05), one(-10.0)).int()).abs()
+            bad[act] += int((diff[:, :4] > 0).sum()) * 1000  # any miss at the extremes fails the exact bound
+            bad[act] += int((diff[:, 4:] > 0).sum())
+            worst, total = max(worst, int(diff.max())), total + diff.numel()
     return bad["none"] + bad["relu"], bad["gelu"], worst, total
 
 
@@ -274,6 +292,8 @@ def test_the_requantizing_epilogue_refuses_what_it_cannot_take():
         int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), None, 7, one, one)
     with pytest.raises(RuntimeError, match="out_zero = 0.5 must be an integer"):
         int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), None, 2, one, torch.tensor([0.5]))
+    with pytest.raises(RuntimeError, match="out_scale = .* must be finite and at least 2\\^-100"):
+        int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), None, 2, torch.tensor([1e-35]), one)
     with pytest.raises(RuntimeError, match="bias must be float32 with N = 64"):
         int8_tile_gemm.REQUANT_OP(a, one, one, w, torch.ones(64), torch.ones(63), 2, one, one)
 

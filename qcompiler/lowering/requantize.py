@@ -81,6 +81,17 @@ def _stored(gm: GraphModule, arg, numel: int) -> Optional[Node]:
     return arg if ok else None
 
 
+def _bias(gm: GraphModule, arg, n: int) -> Optional[Node]:
+    """``arg`` where it reads a stored float32 [N] (a bias for the N columns: broadcast along rows only)."""
+    node = _stored(gm, arg, n)
+    return node if node is not None and tuple(stored(gm, node.target).shape) == (n,) else None  # type: ignore
+
+
+def _zero_point(value: float) -> bool:
+    """Whether ``value`` is an int8 zero point (an integer in [-128, 127])."""
+    return float(value).is_integer() and -128 <= value <= 127
+
+
 def _activation(node: Optional[Node]) -> Optional[str]:
     """The kernel's name for an activation node in its default form (GELU's: erf), or None."""
     if node is None or len(node.args) != 1 or node.kwargs:
@@ -99,8 +110,8 @@ def epilogue(gm: GraphModule, gemm: Node) -> Optional[Epilogue]:
         return None
     step, bias = mul, None
     add = _step(step, aten.add.Tensor, operator.add)
-    if add is not None and len(add.args) == 2 and not add.kwargs and _stored(gm, add.args[1], n) is not None:
-        step, bias = add, _stored(gm, add.args[1], n)
+    if add is not None and len(add.args) == 2 and not add.kwargs and _bias(gm, add.args[1], n) is not None:
+        step, bias = add, _bias(gm, add.args[1], n)
     act = _step(step, *_ACTIVATIONS)
     activation = _activation(act)
     if act is not None and activation is not None:
@@ -108,16 +119,22 @@ def epilogue(gm: GraphModule, gemm: Node) -> Optional[Epilogue]:
     div = _step(step, aten.div.Tensor)
     out_scale = _stored(gm, div.args[1], 1) if div is not None else None
     add_zero = _step(_step(div, aten.round.default) if out_scale is not None else None, aten.add.Tensor)
-    if add_zero is None or not isinstance(add_zero.args[1], (int, float)):
+    if out_scale is None or add_zero is None or add_zero.kwargs or len(add_zero.args) != 2:
+        return None
+    zero_point = add_zero.args[1]
+    if not isinstance(zero_point, (int, float)) or not _zero_point(zero_point):
+        return None
+    if stored(gm, str(out_scale.target)).item() < int8_tile_gemm.MIN_OUT_SCALE:  # the kernel's least
         return None
     clamp = _step(add_zero, aten.clamp.default)
     out = _only_user(clamp) if clamp is not None and tuple(clamp.args[1:]) == (-128, 127) else None
     if out is None or out.target != aten._to_copy.default or out.kwargs != {"dtype": torch.int8}:
         return None
-    value = out.meta.get("val")
-    if value is None or value.dim() != 2 or out_scale is None:  # [M, N]: the chain's views must come back to rows
+    value, rows = out.meta.get("val"), gemm.meta.get("val")
+    # [M, N] as the GEMM's: the chain's views must come back to its rows and columns
+    if value is None or rows is None or value.dim() != 2 or value.shape[-1] != n or value.shape[0] != rows.shape[0]:
         return None
-    return Epilogue(a_scale, bias, activation or "none", out_scale, float(add_zero.args[1]), out)
+    return Epilogue(a_scale, bias, activation or "none", out_scale, float(zero_point), out)
 
 
 def _chain(gemm: Node, output: Node) -> list:
@@ -134,7 +151,8 @@ def _sizes_elsewhere(chain: list) -> Optional[dict]:
     """For each ``sym_size(n, d)`` that reads a chain node's shape (the next layer's rows take their sizes so), what
     gives that size without the node: the ``d``-th entry of the last view's shape at or before ``n`` in the chain.
     None where some size has no such source (the chain then stays)."""
-    sizes, shape = {}, None
+    sizes: dict = {}
+    shape = None
     for node in chain:
         if node.target in _TRANSPARENT:
             shape = node.args[1]
@@ -142,9 +160,10 @@ def _sizes_elsewhere(chain: list) -> Optional[dict]:
             if user.target != aten.sym_size.int:
                 continue
             d = user.args[1]
-            if shape is None or not -len(shape) <= d < len(shape) or not isinstance(shape[d], (Node, int)):
+            size = shape[d] if shape is not None and -len(shape) <= d < len(shape) else None
+            if not (isinstance(size, Node) or (isinstance(size, int) and size >= 0)):  # -1 is no size
                 return None
-            sizes[user] = shape[d]
+            sizes[user] = sizes.get(size, size) if isinstance(size, Node) else size  # a size read off the chain too
     return sizes
 
 
@@ -180,7 +199,8 @@ def fuse_requantize(gm: GraphModule) -> int:
             _resize(user, size)
         a, _, a_zero, w, w_scale = gemm.args
         with graph.inserting_before(e.output):
-            zero = graph.get_attr(store_tensor(gm, f"{w.target}_out_zero", torch.tensor([e.out_zero])))
+            zero = graph.get_attr(store_tensor(gm, f"{w.target}_out_zero",
+                                               torch.tensor([e.out_zero], dtype=torch.float32)))
             call = graph.call_function(int8_tile_gemm.REQUANT_OP, (a, e.a_scale, a_zero, w, w_scale, e.bias,
                                                                     int8_tile_gemm.ACTIVATIONS[e.activation],
                                                                     e.out_scale, zero))

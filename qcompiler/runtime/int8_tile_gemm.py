@@ -60,6 +60,7 @@ def _(x, eps, w, w_scale):
 REQUANT_SCHEMA = ("(Tensor a, Tensor a_scale, Tensor a_zero, Tensor w, Tensor w_scale, Tensor? bias, int activation, "
                   "Tensor out_scale, Tensor out_zero) -> Tensor")
 ACTIVATIONS = {"none": 0, "relu": 1, "gelu": 2}  # the schema's ``activation`` codes
+MIN_OUT_SCALE = 2.0 ** -100  # the least out_scale it takes (csrc: kMinOutScale)
 torch.library.define("qcompiler::int8_tile_gemm_requant", REQUANT_SCHEMA)
 REQUANT_OP = torch.ops.qcompiler.int8_tile_gemm_requant.default
 

@@ -65,6 +65,8 @@ constexpr int64_t kPrefetchAhead = 4096;
 // quantization, written as int8 instead of the float32 output.
 enum class Activation : int64_t { kNone = 0, kRelu = 1, kGelu = 2 };
 
+constexpr float kMinOutScale = 0x1p-100f;  // the least out_scale: the quotient's correction stays exact above it
+
 struct Requant {
   float a_scale;           // the rows' static scale, applied after w_scale (as the reference multiplies it)
   const float* bias;       // [N]; null: none
@@ -123,7 +125,9 @@ inline int8_t requantized(const Requant& rq, int32_t sum, float w_scale, float b
   return int8_t(std::min(std::max(float(qc::round_to_int(t)) + rq.out_zero, -128.0f), 127.0f));
 }
 
-void requant_columns(const Problem& p, int64_t m0, int64_t rows, int64_t n0, int64_t width, const int32_t* acc,
+// Not inlined: compiled for plain x86-64, it cannot contract y * a_scale + bias into an FMA where the reference
+// rounds twice (the AVX-512 step below multiplies and adds apart too).
+__attribute__((noinline)) void requant_columns(const Problem& p, int64_t m0, int64_t rows, int64_t n0, int64_t width, const int32_t* acc,
                      const int32_t* offset) {
   const Requant& rq = *p.requant;
   for (int64_t r = 0; r < rows; ++r) {
@@ -200,12 +204,14 @@ QC_AVX512_TARGET void requant_avx512(const Problem& p, int64_t m0, int64_t rows,
         y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(0.5f)),
                           _mm512_add_ps(_mm512_set1_ps(1.0f), erf_as_torch(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f)))));
       // y / out_scale correctly rounded without a division (a division per vector cost more than the GELU): the
-      // product with the reciprocal, then its residual's correction (Markstein)
+      // product with the reciprocal, then its residual's correction (Markstein; out_scale >= 2^-100 keeps the
+      // residual a normal float). Where the product is infinite the residual is NaN: the product stands.
       const __m512 guess = _mm512_mul_ps(y, inverse);
       __m512 t = _mm512_fmadd_ps(_mm512_fnmadd_ps(guess, out_scale, y), inverse, guess);
-      // Below -2^31 the conversion gives INT_MIN, which saturates to -128 as it should; above 256, clamped first
-      t = _mm512_add_ps(_mm512_roundscale_ps(_mm512_min_ps(t, limit), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                        out_zero);
+      t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q), guess);
+      // clamped to [-256, 256] as the scalar path (max first: a NaN y becomes -256)
+      t = _mm512_min_ps(_mm512_max_ps(t, _mm512_sub_ps(_mm512_setzero_ps(), limit)), limit);
+      t = _mm512_add_ps(_mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), out_zero);
       _mm512_mask_cvtsepi32_storeu_epi8(rq.q + (m0 + r) * p.N + n0 + j, lanes, _mm512_cvttps_epi32(t));
     }
   }
@@ -519,12 +525,12 @@ at::Tensor float_rows(const at::Tensor& a, const at::Tensor& w, const at::Tensor
 //
 // x / s without a division (vector divisions were 13% of MiniLM int8dq's time at 8x128): q0 = x * (1 / s), then
 // q0 + (x - q0 s) / s with the residual exact in an FMA (Markstein), which is x / s correctly rounded while the
-// residual is a normal float; from s below 2^-100 it may not be (measured: 0 of 2e8 such rows' elements differ above,
-// 0.1% of random float pairs below), so those rows divide.
+// residual is a normal float; for s below 2^-100 or above 2^100 (an infinity in the row) it may not be (measured: 0 of
+// 2e8 such rows' elements differ inside, 0.1% of random float pairs outside), so those rows divide.
 __attribute__((always_inline)) inline void dynamic_int8_row(const float* x, int64_t K, float eps, int8_t* q,
                                                             float* scale) {
   const float s = std::max(qc::row_scale(x, K, 1) / 127.5f, eps);  // row_scale(x, K, 1): max |x| (at least 1e-30)
-  if (s >= 0x1p-100f) {
+  if (s >= 0x1p-100f && s <= 0x1p100f) {  // else (an infinity in the row, say) the residual may not be exact
     const float inv = 1.0f / s;
     for (int64_t k = 0; k < K; ++k) {
       const float q0 = x[k] * inv, t = std::fma(std::fma(-q0, s, x[k]), inv, q0);
@@ -629,8 +635,8 @@ at::Tensor int8_tile_gemm_requant(const at::Tensor& a_in, const at::Tensor& a_sc
   const float o_zero = out_zero.item<float>(), o_scale = out_scale.item<float>();
   TORCH_CHECK(o_zero == std::nearbyint(o_zero) && o_zero >= -128.0f && o_zero <= 127.0f,
               "int8_tile_gemm_requant: out_zero = ", o_zero, " must be an integer in [-128, 127]");
-  TORCH_CHECK(o_scale > 0.0f && std::isfinite(o_scale), "int8_tile_gemm_requant: out_scale = ", o_scale,
-              " must be positive and finite");
+  TORCH_CHECK(o_scale >= kMinOutScale && std::isfinite(o_scale), "int8_tile_gemm_requant: out_scale = ", o_scale,
+              " must be finite and at least 2^-100");
   const int64_t M = a_in.size(0), N = w_scale_in.numel();
   const std::optional<at::Tensor> bias = qc::contiguous(bias_in);
   TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->numel() == N),
