@@ -22,8 +22,8 @@ def off_device(program: ExportedProgram, device_type: str) -> list:
     return [name for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.device.type != device_type]
 
 
-def lower(program: ExportedProgram, target: Union[str, Target] = "cpu", *,
-          unquantized_dtype: Optional[torch.dtype] = None) -> ExportedProgram:
+def lower(program: ExportedProgram, target: Union[str, Target, None] = None, *,
+          unquantized_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> ExportedProgram:
     """Replace each quantized linear's reference pattern with the fastest kernel ``target`` has for it.
 
     ``target``: a backend name for this machine (``"cpu"``: integer GEMMs where the CPU has
@@ -38,7 +38,11 @@ def lower(program: ExportedProgram, target: Union[str, Target] = "cpu", *,
     ``unquantized_dtype=torch.bfloat16`` also runs the float32 matmuls, linears, convolutions
     and attention that are not quantized layers in bfloat16 (off by default; needs a target
     with native bfloat16). What it costs and gains: README, "Unquantized parts in bfloat16".
+
+    ``backend=`` is the old spelling of ``target`` (a backend name): still taken, with a
+    ``DeprecationWarning``, until the next release.
     """
+    target = _target_or_backend(target, backend)
     if not isinstance(program, ExportedProgram):
         raise fail("program", "a torch.export.ExportedProgram (from qcompiler.convert)", type(program).__name__)
     target = target if isinstance(target, Target) else Target.parse(target)
@@ -56,6 +60,17 @@ def lower(program: ExportedProgram, target: Union[str, Target] = "cpu", *,
         logger.info("running %d unquantized ops in %s", run_unquantized_in(gm, unquantized_dtype), unquantized_dtype)
     lowered = reexport(gm, program)
     return lowered if backend == "reference" else _decomposed(lowered)
+
+
+def _target_or_backend(target: Union[str, Target, None], backend: Optional[str]) -> Union[str, Target]:
+    """``target`` (default ``"cpu"``), or the deprecated ``backend=`` given in its place."""
+    if backend is None:
+        return "cpu" if target is None else target
+    if target is not None:
+        raise ValueError(f"qcompiler: lower() takes target={target!r} or the deprecated backend={backend!r}, not both")
+    warnings.warn("qcompiler.lower(program, backend=...) is deprecated and will be removed in the next release; "
+                  f"pass the target instead: qcompiler.lower(program, {backend!r})", DeprecationWarning, stacklevel=3)
+    return backend
 
 
 def _decomposed(program: ExportedProgram) -> ExportedProgram:

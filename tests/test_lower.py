@@ -400,3 +400,14 @@ def test_int8static_layers_write_the_next_layers_int8_on_amx_targets(activation,
         x = torch.randn(shape)
         # GELU's erf in the kernel may put a rounding tie of fc2's input one step away: a step of fc2's input scale
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
+
+
+def test_the_old_backend_keyword_still_lowers_with_a_deprecation_warning():
+    """``qc.lower(program, backend=...)``, the spelling before ``target``, works for a release and says what to use."""
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64)).eval()
+    prog = qc.quantize(m, (torch.randn(2, 64),), qc.Int8WeightOnlyConfig())
+    with pytest.warns(DeprecationWarning, match=r"pass the target instead: qcompiler.lower\(program, 'reference'\)"):
+        old = qc.lower(prog, backend="reference")
+    assert kernels(old) == kernels(qc.lower(prog, "reference"))
+    with pytest.raises(ValueError, match="not both"):
+        qc.lower(prog, "cpu", backend="reference")
