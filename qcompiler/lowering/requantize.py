@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 from torch.fx import GraphModule, Node
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.fx.node import map_arg
 
 from ..passes import record
@@ -131,8 +132,9 @@ def epilogue(gm: GraphModule, gemm: Node) -> Optional[Epilogue]:
     if out is None or out.target != aten._to_copy.default or out.kwargs != {"dtype": torch.int8}:
         return None
     value, rows = out.meta.get("val"), gemm.meta.get("val")
-    # [M, N] as the GEMM's: the chain's views must come back to its rows and columns
-    if value is None or rows is None or value.dim() != 2 or value.shape[-1] != n or value.shape[0] != rows.shape[0]:
+    # [M, N] as the GEMM's: the chain's views must come back to its rows and columns (provably: symbolic sizes)
+    if value is None or rows is None or value.dim() != 2 or not statically_known_true(value.shape[-1] == n) \
+            or not statically_known_true(value.shape[0] == rows.shape[0]):
         return None
     return Epilogue(a_scale, bias, activation or "none", out_scale, float(zero_point), out)
 
