@@ -30,12 +30,13 @@ def test_every_kernel_runs_with_torch_alone_and_no_compiler(every_kernel, tmp_pa
     path, io = every_kernel
     meta = qc.load(path).metadata
     ours = {"qcompiler::additive_gemm", "qcompiler::codebook_gemm", "qcompiler::int8_int4_gemm"}
-    # int8dq takes qcompiler::int8_gemm where the target has no VNNI (AVX2 machines), qcompiler::int8_tile_gemm_dq
-    # where it has AMX (and the program's int8wo or int8static layers, if any, int8_tile_gemm), an ATen GEMM elsewhere
-    tile = {"qcompiler::int8_tile_gemm", "qcompiler::int8_tile_gemm_dq"}
+    # int8dq and int8static take qcompiler::int8_gemm where the target has no VNNI (AVX2 machines); where it has AMX,
+    # int8dq qcompiler::int8_tile_gemm_dq and the int8static pair int8_tile_gemm_requant then int8_tile_gemm; an ATen
+    # GEMM elsewhere
+    tile = {"qcompiler::int8_tile_gemm", "qcompiler::int8_tile_gemm_dq", "qcompiler::int8_tile_gemm_requant"}
     assert ours <= set(meta["native_ops"]) <= ours | {"qcompiler::int8_gemm"} | tile
     if qc.Target.host().has("amx"):
-        assert "qcompiler::int8_tile_gemm_dq" in meta["native_ops"]
+        assert tile <= set(meta["native_ops"])
     assert meta["native_ops_linked"] is True
     env = _bare_env(tmp_path)
     out = _run_bare(f"""
