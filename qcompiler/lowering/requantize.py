@@ -111,8 +111,9 @@ def epilogue(gm: GraphModule, gemm: Node) -> Optional[Epilogue]:
         return None
     step, bias = mul, None
     add = _step(step, aten.add.Tensor, operator.add)
-    if add is not None and len(add.args) == 2 and not add.kwargs and _bias(gm, add.args[1], n) is not None:
-        step, bias = add, _bias(gm, add.args[1], n)
+    if add is not None and len(add.args) == 2 and not add.kwargs:
+        bias = _bias(gm, add.args[1], n)
+        step = add if bias is not None else step
     act = _step(step, *_ACTIVATIONS)
     activation = _activation(act)
     if act is not None and activation is not None:
