@@ -64,7 +64,7 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
     with _static_generation(model, batch_size, max_seq_len):
         module = _cache_as_state()(model.eval(), batch_size, max_seq_len, kv_cache_dtype)
     example = {"input_ids": ids, "cache_position": torch.arange(length, device=ids.device)}
-    with grouped_query_attention():
+    with grouped_query_attention(model):
         return capture(module, (), example_kwargs=example,
                        dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
 

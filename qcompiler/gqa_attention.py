@@ -1,10 +1,11 @@
 """Grouped-query attention as ``capture_lm`` traces it: a kv head's query heads become rows of one head.
 
 transformers' SDPA attention repeats every kv head for its query heads (``repeat_kv``), a copy of the
-whole cache per layer and token, unless told to pass ``enable_gqa=True``. PyTorch's CPU flash attention
-then runs each query head on its own: at decode, a one-row product over the whole cache, per head.
-:func:`grouped_query_attention` sets transformers' switch and, while the program is traced, gives
-SDPA the g query heads of a kv head as g rows of one head::
+whole cache per layer and token, or passes ``enable_gqa=True``, with which PyTorch's CPU flash attention
+runs each query head on its own: at decode, a one-row product over the whole cache, per head.
+:func:`grouped_query_attention` gives the model, while it is traced, an attention function of ours
+(registered with transformers' ``AttentionInterface`` as ``qcompiler_grouped_sdpa``) that hands SDPA the
+g query heads of a kv head as g rows of one head::
 
     query [b, heads, L, d]                      key, value [b, kv_heads, S, d]
        │  rows (l, j) of kv head h = query head h * g + j at position l
@@ -16,83 +17,106 @@ SDPA the g query heads of a kv head as g rows of one head::
 
 The sums are the same, term for term, so the result is exact. On the TinyLlama shape at 2,048 cache
 positions, decode attention took 472 us per layer as 32 heads and 158 us as 4 heads of 8 rows; whole
-files are measured by ``benchmarks/bench_kv_cache.py`` (README, "The int8 KV cache at 2,048 positions").
+files are measured by ``benchmarks/bench_kv_cache.py`` (docs, "The int8 KV cache at 2,048 positions").
+
+Nothing process-wide changes: the model's own ``attn_implementation`` is switched for the trace and
+restored, and the masks one trace shares live in a context variable of that call.
 """
 import contextlib
-import os
-from typing import Callable, Dict, Iterator, Tuple
+import contextvars
+import functools
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers' sdpa_attention_forward at each call
+ATTENTION = "qcompiler_grouped_sdpa"  # our name in transformers' AttentionInterface and AttentionMaskInterface
 
-
-class GroupedRows:
-    """``scaled_dot_product_attention`` with grouped-query calls run as rows of the kv heads.
-
-    Any other call (no ``enable_gqa``, causal, dropout, a mask per head) goes to ``sdpa`` unchanged.
-    A boolean mask becomes the additive one SDPA would make of it, repeated for the rows; it is
-    made once per mask, so all the layers of a trace share it."""
-
-    def __init__(self, sdpa: Callable):
-        self.sdpa = sdpa
-        self.masks: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                 enable_gqa=False):
-        groups = self._groups(query, key, attn_mask, dropout_p, is_causal, enable_gqa)
-        if groups is None:
-            return self.sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                             scale=scale, enable_gqa=enable_gqa)
-        b, heads, length, d = query.shape
-        kv_heads = key.shape[1]
-        rows = query.transpose(1, 2).reshape(b, length, kv_heads, groups, d).permute(0, 2, 1, 3, 4)
-        mask = None if attn_mask is None else self._row_mask(attn_mask, query.dtype, groups)
-        out = self.sdpa(rows.reshape(b, kv_heads, length * groups, d), key, value, attn_mask=mask, scale=scale)
-        return out.reshape(b, kv_heads, length, groups, d).permute(0, 1, 3, 2, 4).reshape(b, heads, length, d)
-
-    @staticmethod
-    def _groups(query, key, mask, dropout_p, is_causal, enable_gqa):
-        """Query heads per kv head, or None where this call runs as it is."""
-        if not enable_gqa or is_causal or dropout_p or query.dim() != 4 or key.dim() != 4:
-            return None
-        heads, kv_heads, length = query.shape[1], key.shape[1], query.shape[2]
-        if heads == kv_heads or heads % kv_heads:
-            return None
-        if mask is not None and (mask.dim() != 4 or mask.shape[1] != 1 or not (
-                statically_known_true(mask.shape[2] == length) or statically_known_true(mask.shape[2] == 1))):
-            return None  # a mask per head, or one whose rows are not the queries'
-        return heads // kv_heads
-
-    def _row_mask(self, mask: torch.Tensor, dtype: torch.dtype, groups: int) -> torch.Tensor:
-        """``mask`` [b, 1, L, S] for rows (l, j): each position's row g times, additive in ``dtype``."""
-        if statically_known_true(mask.shape[2] == 1):
-            return mask  # one row for every query: it broadcasts
-        key = (id(mask), groups)
-        if key not in self.masks or self.masks[key][0] is not mask:
-            additive = mask
-            if mask.dtype == torch.bool:
-                additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-            b, _, length, positions = mask.shape
-            rows = additive[:, :, :, None, :].expand(b, 1, length, groups, positions)
-            self.masks[key] = (mask, rows.reshape(b, 1, length * groups, positions))
-        return self.masks[key][1]
+# id(mask), groups -> (mask, its rows): one trace's row masks, shared by its layers
+_MASKS: contextvars.ContextVar[Optional[Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]]] = (
+    contextvars.ContextVar("qcompiler_gqa_masks", default=None))
 
 
 @contextlib.contextmanager
-def grouped_query_attention() -> Iterator[None]:
-    """While the block runs (a trace), transformers passes the cache's kv heads to SDPA as they are
-    (its own ``TRANSFORMERS_SDPA_FORCE_GQA`` switch), and ``torch.nn.functional.scaled_dot_product_attention``
-    is :class:`GroupedRows`. Both are restored after."""
-    saved_switch, saved_sdpa = os.environ.get(GQA_SWITCH), torch.nn.functional.scaled_dot_product_attention
-    os.environ[GQA_SWITCH] = "1"
-    torch.nn.functional.scaled_dot_product_attention = GroupedRows(saved_sdpa)
+def grouped_query_attention(model: torch.nn.Module) -> Iterator[None]:
+    """While the block runs (a trace), ``model`` attends with :func:`grouped_rows_attention` where it used
+    transformers' SDPA attention; its ``attn_implementation`` is restored after. Other implementations
+    (eager, flash, flex) are left as they are."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switch = before == "sdpa" and hasattr(model, "set_attn_implementation")
+    if switch:
+        _register()
+        model.set_attn_implementation(ATTENTION)
+    token = _MASKS.set({})
     try:
         yield
     finally:
-        torch.nn.functional.scaled_dot_product_attention = saved_sdpa
-        if saved_switch is None:
-            del os.environ[GQA_SWITCH]
-        else:
-            os.environ[GQA_SWITCH] = saved_switch
+        _MASKS.reset(token)
+        if switch:
+            model.set_attn_implementation(before)
+
+
+@functools.lru_cache(maxsize=None)
+def _register() -> None:
+    """Our attention and its mask (SDPA's) in transformers' registries, once per process."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION, grouped_rows_attention)
+    AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def grouped_rows_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                           **kwargs):
+    """transformers' attention signature: ``[b, L, heads, d]`` out. Grouped-query calls that SDPA can take
+    as rows run as rows of the kv heads; any other (causal, dropout, a mask per head, softcap) goes to
+    transformers' own SDPA attention unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = _groups(query, key, attention_mask, dropout, is_causal, kwargs)
+    if groups is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    b, heads, length, d = query.shape
+    kv_heads = key.shape[1]
+    rows = query.transpose(1, 2).reshape(b, length, kv_heads, groups, d).permute(0, 2, 1, 3, 4)
+    mask = None if attention_mask is None else _row_mask(attention_mask, query.dtype, groups)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        rows.reshape(b, kv_heads, length * groups, d), key, value, attn_mask=mask, scale=scaling)
+    out = out.reshape(b, kv_heads, length, groups, d).permute(0, 1, 3, 2, 4).reshape(b, heads, length, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _groups(query, key, mask, dropout, is_causal, kwargs) -> Optional[int]:
+    """Query heads per kv head, or None where this call goes to transformers' SDPA attention."""
+    if is_causal or dropout or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+        return None
+    if query.dim() != 4 or key.dim() != 4:
+        return None
+    heads, kv_heads, length = query.shape[1], key.shape[1], query.shape[2]
+    if heads == kv_heads or heads % kv_heads:
+        return None
+    if mask is not None and (mask.dim() != 4 or mask.shape[1] != 1 or not (
+            statically_known_true(mask.shape[2] == length) or statically_known_true(mask.shape[2] == 1))):
+        return None  # a mask per head, or one whose rows are not the queries'
+    return heads // kv_heads
+
+
+def _row_mask(mask: torch.Tensor, dtype: torch.dtype, groups: int) -> torch.Tensor:
+    """``mask`` [b, 1, L, S] for rows (l, j): each position's row g times, additive in ``dtype``; made once
+    per mask within one :func:`grouped_query_attention` block."""
+    if statically_known_true(mask.shape[2] == 1):
+        return mask  # one row for every query: it broadcasts
+    masks = _MASKS.get()
+    key = (id(mask), groups)
+    if masks is not None and key in masks and masks[key][0] is mask:
+        return masks[key][1]
+    additive = mask
+    if mask.dtype == torch.bool:
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    b, _, length, positions = mask.shape
+    rows = additive[:, :, :, None, :].expand(b, 1, length, groups, positions).reshape(b, 1, length * groups, positions)
+    if masks is not None:
+        masks[key] = (mask, rows)
+    return rows

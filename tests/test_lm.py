@@ -225,38 +225,48 @@ def _sdpa_cases():
             yield f"L={length} mask={name}", query, key, value, mask
 
 
+class _Layer(torch.nn.Module):
+    num_key_value_groups = 2
+
+
 @pytest.mark.parametrize("case", list(_sdpa_cases()), ids=lambda c: c[0])
-def test_grouped_rows_attend_as_grouped_query_attention(case):
-    from qcompiler.gqa_attention import GroupedRows
+def test_grouped_rows_attend_as_grouped_query_attention(case, monkeypatch):
+    from qcompiler.gqa_attention import grouped_rows_attention
 
     _, query, key, value, mask = case
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    expected = sdpa(query, key, value, attn_mask=mask, enable_gqa=True)
+    expected = sdpa(query, key, value, attn_mask=mask, enable_gqa=True).transpose(1, 2)
     calls = []
-    grouped = GroupedRows(lambda q, *args, **kwargs: calls.append(q.shape) or sdpa(q, *args, **kwargs))
-    torch.testing.assert_close(grouped(query, key, value, attn_mask=mask, enable_gqa=True), expected)
-    assert calls == [(2, 2, 4 * query.shape[2], 16)]  # the kv heads, their query heads as rows
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *args, **kwargs: calls.append(q.shape) or sdpa(q, *args, **kwargs))
+    out, weights = grouped_rows_attention(_Layer(), query, key, value, mask)
+    torch.testing.assert_close(out, expected)
+    assert weights is None and calls == [(2, 2, 4 * query.shape[2], 16)]  # the kv heads, their query heads as rows
 
 
-def test_grouped_rows_leave_other_attention_alone():
-    from qcompiler.gqa_attention import GroupedRows
+def test_grouped_rows_leave_other_attention_alone(monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    from qcompiler.gqa_attention import grouped_rows_attention
 
     q, k = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8)
     calls = []
-    grouped = GroupedRows(lambda q, *args, **kwargs: calls.append(q.shape))
-    grouped(q, k, k, is_causal=True, enable_gqa=True)  # causal: as it is
-    grouped(q, k, k, attn_mask=torch.zeros(1, 4, 3, 3), enable_gqa=True)  # a mask per head
-    grouped(q, q, q)  # no grouped-query attention
-    assert calls == [(1, 4, 3, 8)] * 3
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda module, q, *args, **kwargs: calls.append(q.shape) or (q, None))
+    grouped_rows_attention(_Layer(), q, k, k, None, is_causal=True)  # causal: as it is
+    grouped_rows_attention(_Layer(), q, k, k, torch.zeros(1, 4, 3, 3))  # a mask per head
+    grouped_rows_attention(_Layer(), q, k, k, None, dropout=0.1)  # dropout
+    grouped_rows_attention(_Layer(), q, q, q, None)  # no grouped-query attention
+    assert calls == [(1, 4, 3, 8)] * 4
 
 
-def test_capture_lm_attends_with_the_kv_heads_and_restores_sdpa(llama):
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+def test_capture_lm_attends_with_the_kv_heads_and_changes_nothing_process_wide(llama):
     model, lm = llama
     heads = {n.args[0].meta["val"].shape[1] for n in lm.graph.nodes
              if n.op == "call_function" and "scaled_dot_product" in str(n.target)}
     assert heads == {model.config.num_key_value_heads}  # llama-tiny: 2 query heads per kv head, as rows
-    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+    assert model.config._attn_implementation == "sdpa"  # the model's own choice, restored
+    assert torch.nn.functional.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
     assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
 
 
