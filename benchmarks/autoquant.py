@@ -222,7 +222,7 @@ def prediction(model, recipe) -> dict:
     (cache written over before each call or not, as the plan says)."""
     plan = recipe.plan
     module = Linears(plan.layers, dict(model.program.state_dict)).eval()
-    timer = Timer(plan.target, plan.shapes, cold=plan.timing.startswith("cold"))
+    timer = Timer(plan.target, plan.shapes, cold=plan.timing.startswith("cold"), steady_allocator=True)
     overhead = timer.overhead_us()
     _, raw = timer.package_us(module, recipe, lambda rows: ([torch.randn(rows, k) for k in module.widths],))
     predicted = plan.predicted_us()

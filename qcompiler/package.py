@@ -13,6 +13,7 @@ import torch
 from . import __version__
 from .capture_lm import LM_METADATA_KEY, lm_shape
 from .report import Report, report
+from .passes.progress import HeldBack
 from .runtime.errors import fail
 from .runtime.inputs import describe_inputs
 from .runtime import native
@@ -22,6 +23,7 @@ from .runtime.digests import DIGESTS
 from .runtime.target import Target, code_needs, compile_options, missing
 
 log = logging.getLogger(__name__)
+log.addFilter(HeldBack())
 
 # Inductor options every package is compiled with, chosen by measurement (docs/cpu-kernels.md):
 # freezing folds weights into the compiled code as constants and lets Inductor prepack them.

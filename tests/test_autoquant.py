@@ -1,6 +1,7 @@
 """Autoquant: the plan round-trips as JSON, a foreign plan is refused, a floor nothing meets leaves a layer
 float with the reason, the choice is a function of the measurements, and one small model is measured for real."""
 import json
+import logging
 import math
 import os
 import platform
@@ -124,9 +125,9 @@ def test_a_model_whose_weights_fit_in_the_cache_is_timed_warm_and_a_larger_one_c
 
 STEADY = """
 import resource, sys, torch
-from qcompiler.autoquant.measure import steady_allocator
+from qcompiler.autoquant.measure import set_steady_allocator
 if sys.argv[1] == "steady":
-    steady_allocator()
+    set_steady_allocator()
 for _ in range(3):  # two 24 MB buffers a round, as a layer's int32 accumulator and its output
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):
@@ -145,6 +146,37 @@ def test_the_timer_steadies_the_allocator_so_large_outputs_are_not_page_faulted_
                                   env=env).stdout)
     assert faults("plain") > 6144  # about 6144 faults a buffer
     assert faults("steady") < 6144  # reused from the heap
+
+
+def test_the_allocator_is_left_alone_unless_asked(monkeypatch):
+    from qcompiler.autoquant import measure
+
+    calls = []
+    monkeypatch.setattr(measure, "set_steady_allocator", lambda: calls.append(1))
+    measure.Timer(qc.Target.host(), {"x": 1}, cold=False)
+    assert calls == []
+    measure.Timer(qc.Target.host(), {"x": 1}, cold=False, steady_allocator=True)
+    assert calls == [1]
+
+
+def test_held_back_drops_progress_info_in_its_own_thread_only_and_changes_no_level(caplog):
+    import threading
+
+    from qcompiler.passes.progress import held_back
+
+    loggers = [logging.getLogger(n) for n in ("qcompiler.progress", "qcompiler.package")]
+    levels = [x.level for x in loggers]
+    caplog.set_level(logging.INFO)
+    with held_back():
+        for x in loggers:
+            x.info("held")
+            x.warning("shown")
+        other = threading.Thread(target=lambda: loggers[0].info("other thread"))
+        other.start()
+        other.join()
+        assert [x.level for x in loggers] == levels
+    loggers[0].info("after")
+    assert [r.getMessage() for r in caplog.records] == ["shown", "shown", "other thread", "after"]
 
 
 def test_a_small_model_is_measured_on_this_machine_and_its_recipe_quantizes_it():

@@ -45,7 +45,8 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
               target: Union[str, Target, None] = None, dynamic_shapes: Any = None,
               shapes: Optional[Mapping[str, int]] = None, weights: Optional[Mapping[str, float]] = None,
               accuracy: Accuracy = 20.0, calibration_data: Optional[Iterable] = None,
-              budget_s: Optional[float] = None, plan: Union[Recipe, Plan, None] = None) -> Recipe:
+              budget_s: Optional[float] = None, plan: Union[Recipe, Plan, None] = None,
+              steady_allocator: bool = False) -> Recipe:
     """Choose each linear's scheme by measuring every candidate on its real shapes; return a :class:`Recipe`.
 
     Args:
@@ -68,6 +69,10 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
             excluded, said so (float is always timed).
         plan: an earlier result (or its :class:`Plan`): choose again from its measurements, measuring nothing.
             Refused for another target than the one it was measured on.
+        steady_allocator: before timing, fix glibc's malloc thresholds where a long-running process ends up
+            (see :func:`qcompiler.autoquant.measure.set_steady_allocator`), so that a layer's large output is not
+            mapped and page-faulted afresh at every call. It changes the whole process for the rest of its life,
+            so it is off unless asked for; the CLI asks (the process is its own).
 
     The recipe's ``plan`` holds, per layer, every candidate's time, error and exclusion, and the choice with
     its reason; ``recipe.to_json()`` writes it and :meth:`Plan.table` prints it.
@@ -91,7 +96,7 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
     gm = program.module()
     sites = _sites(gm)
     cold, timing = _cache_regime(sites)
-    timer = Timer(target, shapes, cold=cold)
+    timer = Timer(target, shapes, cold=cold, steady_allocator=steady_allocator)
     work = [(site, scheme) for site in sites for scheme in (FLOAT, *schemes)]
     measured: dict = {}
     layer: Optional[LayerData] = None

@@ -11,7 +11,6 @@
   as in the model; where they fit, they stay cached, as in the model. Layers of one shape share one
   measurement per scheme.
 """
-import contextlib
 import ctypes
 import logging
 import statistics
@@ -19,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch.utils._pytree import tree_map
@@ -31,6 +30,7 @@ from ..lower import lower
 from ..lowering.rules import DECOMPOSED
 from ..package import load, package
 from ..passes.linears import linear_sites
+from ..passes.progress import held_back
 from ..passes.reference import sqnr_db
 from ..pipeline import quantize
 from ..report import report
@@ -114,15 +114,18 @@ class Timer:
 
     ``cold``: before each timed call a buffer twice the last-level cache is written over, so that the weights
     come from memory, as they do in a model larger than the cache; without it the weights stay cached between
-    calls, as in a model that fits in the cache (autoquant decides by the model's size)."""
+    calls, as in a model that fits in the cache (autoquant decides by the model's size).
+
+    ``steady_allocator``: call :func:`steady_allocator` first (a change to the whole process, for the rest of it)."""
 
     def __init__(self, target: Target, shapes: Mapping[str, int], *, cold: bool = True, rounds: int = 11,
-                 calls: int = 3):
+                 calls: int = 3, steady_allocator: bool = False):
         self.target, self.shapes, self.cold, self.rounds, self.calls = target, dict(shapes), cold, rounds, calls
         # written over by memset on this thread (not by a torch op: torch's OpenMP threads would still be spinning
         # when the package's own start)
         self._flush = (ctypes.c_char * (2 * last_level_cache_bytes()))() if cold else None
-        steady_allocator()
+        if steady_allocator:
+            set_steady_allocator()
         self.cache: dict = {}
         self.overhead: Optional[dict] = None
 
@@ -185,7 +188,7 @@ class Timer:
         example = inputs(EXAMPLE_ROWS)
         rows = torch.export.Dim("rows", min=1, max=max(max(self.shapes.values()), EXAMPLE_ROWS) * 2)
         dims = tree_map(lambda _: {0: rows}, example)  # every input tensor's first dimension
-        with torch.no_grad(), _quiet_packaging():
+        with torch.no_grad(), held_back():  # each timed layer's quantizing and packaging lines
             program = capture(module, example, dynamic_shapes=dims) if config is None else \
                 quantize(module, example, config, dynamic_shapes=dims, calibration_data=[example])
             lowered = lower(program, self.target)
@@ -220,12 +223,15 @@ def _rows_of(width: int) -> Callable[[int], tuple]:
     return lambda rows: (torch.randn(rows, width),)
 
 
-def steady_allocator() -> None:
+def set_steady_allocator() -> None:
     """Set glibc's thresholds where its dynamic ones end up in a process that has run a model for a while: blocks
     under 32 MB (its ceiling on 64-bit) come from the heap, and the heap is given back to the system only past
     64 MB free. Otherwise a timed layer's large output (such as int8dq's 25 MB int32 accumulator at 4096 x 1536)
     is mapped afresh and page-faulted on every call, or not, depending on what ran before it (measured: 6144
-    faults a call, which doubled that layer's time). Nothing is done where the C library is not glibc."""
+    faults a call, which doubled that layer's time). Nothing is done where the C library is not glibc.
+
+    This changes the whole process for the rest of its life (glibc cannot be told to go back to its dynamic
+    thresholds): the library calls it only when asked (``autoquant(steady_allocator=True)``; the CLI asks)."""
     try:
         libc = ctypes.CDLL(None)
     except OSError:
@@ -233,20 +239,6 @@ def steady_allocator() -> None:
     if hasattr(libc, "gnu_get_libc_version"):  # only glibc has these thresholds
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
-
-
-@contextlib.contextmanager
-def _quiet_packaging() -> Iterator[None]:
-    """The INFO lines of quantizing and packaging each timed layer held back (warnings still show)."""
-    loggers = [logging.getLogger(name) for name in ("qcompiler.package", "qcompiler.progress")]
-    saved = [logger.level for logger in loggers]
-    for logger, level in zip(loggers, saved):
-        logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, saved):
-            logger.setLevel(level)
 
 
 def last_level_cache_bytes(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:

@@ -97,7 +97,7 @@ def _auto(a, source: Source, target: Target) -> Recipe:
                        candidates=candidates, target=target, shapes=_labelled(a.shapes, "--shapes", "ROWS"),
                        weights=_labelled(a.weights, "--weights", "N"),
                        accuracy=LayerFloor(a.min_sqnr), calibration_data=calibration(source, a.calib),
-                       budget_s=a.budget_s, plan=earlier)
+                       budget_s=a.budget_s, plan=earlier, steady_allocator=True)
     if plan_path is not None:
         plan_path.write_text(recipe.to_json())
     print(recipe.plan.table(), file=sys.stderr, flush=True)
