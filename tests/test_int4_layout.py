@@ -41,7 +41,7 @@ def test_another_isa_has_another_layout_and_repack_moves_between_them():
 def test_a_program_names_its_int4_weights(monkeypatch):
     import qcompiler as qc
     from qcompiler.runtime import native
-    monkeypatch.setattr(native, "unavailable", lambda: "switched off: this test reads ATen's int4 weights")
+    monkeypatch.setattr(native, "cannot_build", lambda: "switched off: this test reads ATen's int4 weights")
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 16))
     recipe = qc.Recipe([("0", qc.Int4WeightOnlyConfig(group_size=32)), ("1", qc.Int8WeightOnlyConfig())])
     low = qc.lower(qc.quantize(model, (torch.randn(2, 64),), recipe), "cpu")

@@ -1,4 +1,8 @@
 """Lowering to the CPU backend: each rule against the reference program, dynamic shapes, reporting."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -175,7 +179,7 @@ def test_int4_weight_only_lowers_to_the_integer_int4_kernel(config, dtype, tol, 
 @pytest.mark.parametrize("config", INT4,
                          ids=lambda c: f"{c.alias}-{c.zero_point_domain}-{c.scale_dtype}".replace("torch.", ""))
 def test_int4_weight_only_falls_back_to_atens_kernel_without_qcompilers(config, monkeypatch):
-    monkeypatch.setattr(native, "unavailable", lambda: "no compiler")
+    monkeypatch.setattr(native, "cannot_build", lambda: "no compiler")
     m = model(torch.float32)
     prog = qc.quantize(m, (torch.randn(2, 3, 64),), config, dynamic_shapes=DIMS)
     low = qc.lower(prog, "cpu")
@@ -186,9 +190,33 @@ def test_int4_weight_only_falls_back_to_atens_kernel_without_qcompilers(config, 
     else:
         assert got == [INT4PACK] * 2
     reason = qc.report(low).quantized[0].kernel_reason
-    assert "qcompiler's C++ kernels are not available here (no compiler)" in reason
+    assert "qcompiler's C++ kernels cannot be built here (no compiler)" in reason
     x = torch.randn(4, 7, 64)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=5e-2, atol=5e-2)
+
+
+LAZY = """
+import torch, qcompiler as qc
+from qcompiler.runtime import native
+m = torch.nn.Linear(64, 64).eval()
+x = torch.randn(3, 64)
+low = qc.lower(qc.quantize(m, (x,), qc.Int8DynamicActivationInt4WeightConfig()), "cpu")
+print(native._build.cache_info().currsize, qc.report(low).quantized[0].kernel.split()[0])
+low.module()(x)
+print(native._build.cache_info().currsize)
+"""
+
+
+def test_lowering_builds_nothing_and_the_first_eager_call_loads_the_kernels():
+    out = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "qcompiler.int8_int4_gemm", "1"]
+
+
+def test_a_native_kernels_loader_refuses_other_devices_by_name():
+    first_call = native._loads_then_calls(torch.ops.qcompiler.int8_gemm.default)  # what a CUDA call would reach
+    w = torch.zeros(8, 8, dtype=torch.int8, device="meta")
+    with pytest.raises(NotImplementedError, match=r"runs on the CPU, not \['meta'\]"):
+        first_call(w, None, None, w, w)
 
 
 @pytest.mark.parametrize("config,target,kernel", [
@@ -411,3 +439,23 @@ def test_the_old_backend_keyword_still_lowers_with_a_deprecation_warning():
     assert kernels(old) == kernels(qc.lower(prog, "reference"))
     with pytest.raises(ValueError, match="not both"):
         qc.lower(prog, "cpu", backend="reference")
+
+
+AGREE = """
+import qcompiler as qc
+from qcompiler.runtime import native
+print(qc.Target.host(), native.kernel_path(), native.tile_gemm_path(64))
+"""
+
+
+@pytest.mark.parametrize("isa", ["native", "avx2", "default"])
+def test_the_target_and_the_kernels_agree_on_what_vnni_and_amx_are(isa):
+    """The host target names vnni (and amx) exactly where qcompiler's C++ kernels take their VNNI (and AMX) paths."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": isa} if isa != "native" else dict(os.environ)
+    target, path, tile = subprocess.run([sys.executable, "-c", AGREE], capture_output=True, text=True, check=True,
+                                        env=env).stdout.split()
+    caps = set(target.split(":")[1].split("+")) - {"none"}
+    assert ("vnni" in caps) == (path == "avx512_vnni")
+    assert ("amx" in caps) == (tile == "amx")
+    if isa != "native":
+        assert caps <= {"avx2"}  # a capped ATen counts as a machine without the AVX-512 extensions

@@ -32,7 +32,7 @@ def _lowered_with_atens_int4(program, target):
     """Lowered without qcompiler's C++ kernels: the int4 layer takes ATen's, whose weight layout depends on the
     machine, and the package runs with torch alone."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(native, "unavailable", lambda: "switched off for this test")
+        patch.setattr(native, "cannot_build", lambda: "switched off for this test")
         return qc.lower(program, target)
 
 

@@ -194,8 +194,8 @@ def _int4_scales_and_zeros(m):
 
 
 def _native(m, target):
-    reason = native.unavailable()
-    return f"qcompiler's C++ kernels are not available here ({reason})" if reason else None
+    reason = native.cannot_build()
+    return f"qcompiler's C++ kernels cannot be built here ({reason})" if reason else None
 
 
 def _on_native(check):

@@ -7,7 +7,9 @@ with ``torch.utils.cpp_extension`` (a C++ compiler, which AOTInductor needs anyw
 extension cache, once per machine and source version, and serve two uses:
 
     native.load()            # the dispatcher's kernels in this process: runs a lowered program eagerly
-    native.unavailable()     # None, or why the library could not be built or loaded here
+                             # (done by a kernel's first eager call; lowering never builds)
+    native.unavailable()     # None, or why the library could not be built or loaded here (builds)
+    native.cannot_build()    # the same question without building (a compiler and ninja found?)
     native.archive()         # the same kernels as a static library of C shims (``csrc/shims.cpp``)
     native.shim_options(ops) # the AOTInductor options that link that library into a model's .so
 
@@ -27,9 +29,10 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,22 @@ def _headers_hash() -> str:
 def unavailable() -> Optional[str]:
     """Why qcompiler's C++ CPU kernels cannot run in this process (None when they can); builds them if needed."""
     return _build()
+
+
+def cannot_build() -> Optional[str]:
+    """Why qcompiler's C++ CPU kernels could not be built here, without building anything: the build's outcome
+    where this process has tried it, else None where a C++ compiler and ninja are found (what
+    ``torch.utils.cpp_extension`` and AOTInductor's packaging need). Lowering asks this; the build itself waits
+    for the first eager call of a kernel (:func:`load`) or for packaging."""
+    if _build.cache_info().currsize:
+        return _build()
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler}) on PATH"
+    from torch.utils import cpp_extension
+    if not cpp_extension.is_ninja_available():
+        return "no ninja on PATH"
+    return None
 
 
 def load() -> None:
@@ -181,3 +200,23 @@ def native_ops(program: torch.export.ExportedProgram) -> list:
 
 
 NATIVE_OPS = _native_ops()
+
+
+def _loads_then_calls(op: torch._ops.OpOverload) -> Callable:
+    """The kernel ``op`` has until the C++ library is loaded: it loads it (building once per machine), whose
+    CPU kernel then takes the call, and every later one (the dispatcher prefers a backend's own kernel)."""
+    def first_call(*args, **kwargs):
+        devices = {t.device.type for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        if devices - {"cpu"}:
+            raise NotImplementedError(f"{op}: qcompiler's C++ kernel runs on the CPU, not {sorted(devices - {'cpu'})}")
+        load()
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU"):
+            raise RuntimeError(f"qcompiler: its C++ library loaded without a CPU kernel for {op}")
+        return op(*args, **kwargs)
+    return first_call
+
+
+# a registry: each native op's first-call loader (CompositeExplicitAutograd: used until a CPU kernel exists)
+_LOADERS = torch.library.Library("qcompiler", "IMPL")
+for _op in NATIVE_OPS:
+    _LOADERS.impl(_op._schema.name.split("::")[-1], _loads_then_calls(_op), "CompositeExplicitAutograd")

@@ -6,12 +6,13 @@ CPU capabilities (x86):
 | --- | --- |
 | ``avx2`` | ATen's AVX2 kernels; packed int4 weights in the ``avx2`` layout |
 | ``avx512`` | ATen's AVX-512 kernels; packed int4 weights in the ``avx512`` layout |
-| ``vnni`` | 8-bit integer dot products (``vpdpbusd``): integer GEMMs (``torch._int_mm``) beat float ones |
+| ``vnni`` | AVX-512 VNNI 8-bit dot products (``vpdpbusd``): integer GEMMs (``torch._int_mm``) beat float ones |
 | ``avx512_bf16`` | native bfloat16 dot products |
 | ``amx`` | AMX tiles (int8 and bfloat16) |
 
 ``Target.host()`` reads this machine: the vector ISA ATen dispatches to (which
-``ATEN_CPU_CAPABILITY`` can lower) and the extensions the CPU reports. A user names
+``ATEN_CPU_CAPABILITY`` can lower) and, where that is AVX-512, the extensions the CPU reports (as the C++
+kernels decide their path at run time). A user names
 another machine with ``Target.parse("cpu:avx2")`` or ``Target("cpu", {"avx512", "vnni"})``.
 A target is written into each package's metadata; :func:`missing` tells ``load``
 what a machine lacks of it.
@@ -105,11 +106,18 @@ def host_cpu_capabilities() -> frozenset:
     """
     isa = torch.backends.cpu.get_cpu_capability().lower()
     caps = {"avx512": {"avx2", "avx512"}, "avx2": {"avx2"}}.get(isa, set())
-    if caps:
+    if isa == "avx512":
         cpu = {name for name, on in torch.cpu.get_capabilities().items() if on is True}
-        extras = {"vnni": {"avx512_vnni", "avx_vnni"}, "avx512_bf16": {"avx512_bf16"}, "amx": {"amx_int8", "amx_tile"}}
-        caps |= {name for name, flags in extras.items() if flags & cpu}
+        caps |= {name for name, flags in AVX512_EXTENSIONS.items() if flags <= cpu}
     return frozenset(caps)
+
+
+# The extensions a target names, by the CPU flags (torch.cpu.get_capabilities()) they need. Each counts only where
+# ATen runs AVX-512 (ATEN_CPU_CAPABILITY=avx2 drops them all), as qcompiler's C++ kernels decide at run time
+# (kernel_common.h: path_here; AMX routes only from its VNNI path): "vnni" is AVX-512 VNNI. AVX-VNNI, its 256-bit
+# form on AVX2-only CPUs, is not counted: no kernel of ours uses it, so such a machine lowers as an AVX2 one.
+AVX512_EXTENSIONS = {"vnni": frozenset({"avx512_vnni"}), "avx512_bf16": frozenset({"avx512_bf16"}),
+                     "amx": frozenset({"amx_int8", "amx_tile"})}
 
 
 _MARCH = {"avx512": ("x86-64-v4", 512), "avx2": ("x86-64-v3", 256), "default": ("x86-64", 0)}
