@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import qcompiler as qc
-from qcompiler.autoquant.measure import Timer
+from qcompiler.tuning.measure import Timer
 from qcompiler.passes.reference import sqnr_db
 from qcompiler.plan import FLOAT
 

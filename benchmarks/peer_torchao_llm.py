@@ -34,7 +34,7 @@ def torchao_config(name: str):
 
 def build(name: str, model_name: str, max_seq_len: int, path: Path) -> None:
     import qcompiler as qc
-    from qcompiler.capture_lm import LM_METADATA_KEY, lm_shape
+    from qcompiler.llm.capture_lm import LM_METADATA_KEY, lm_shape
     from qcompiler.zoo import decoder
     from torchao.quantization import quantize_
     model = decoder(model_name, dtype=torch.bfloat16)

@@ -40,9 +40,9 @@ __all__ = [
     "IntType", "int_type", "INT_TYPE_NAMES",
 ]
 
-from .capture import capture
-from .capture_lm import capture_lm
-from .generate import generate, stream
+from .stages.capture import capture
+from .llm.capture_lm import capture_lm
+from .llm.generate import generate, stream
 from .configs import (
     AQLMWeightOnlyConfig,
     CodebookWeightOnlyConfig,
@@ -56,19 +56,19 @@ from .configs import (
     SCHEME_FORMS,
     config_from_string,
 )
-from .convert import convert
-from .lower import lower
+from .stages.convert import convert
+from .stages.lower import lower
 from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
 from .passes.aqlm import AQLM
-from .package import Loaded, load, package
+from .stages.package import Loaded, load, package
 from .files import Artifact, check_writable, open_artifact, save
-from .pipeline import quantize
-from .autoquant import AUTOQUANT_CANDIDATES, LayerFloor, ModelBudget, autoquant
+from .stages.quantize import quantize
+from .tuning.autoquant import AUTOQUANT_CANDIDATES, LayerFloor, ModelBudget, autoquant
 from .plan import Plan
-from .calibrate import calibrate, needs_calibration
-from .prepare import prepare
+from .stages.calibrate import calibrate, needs_calibration
+from .stages.prepare import prepare
 from .recipe import Recipe, Rule
-from .report import LayerReport, Report, report
+from .stages.report import LayerReport, Report, report
 from .runtime.target import CPU_CAPABILITIES, Target
 from .runtime.digests import Verified, verify
 

@@ -11,8 +11,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .package import load as load_package
-from .report import Report, report
+from .stages.package import load as load_package
+from .stages.report import Report, report
 from .runtime.artifact import check_writable, file_kind, package_metadata, save_program
 from .runtime.inputs import describe_inputs
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import qcompiler as qc
-from qcompiler.autoquant.choose import choose
-from qcompiler.autoquant import _cache_regime
-from qcompiler.autoquant.measure import DEFAULT_CACHE_BYTES, last_level_cache_bytes
+from qcompiler.tuning.choose import choose
+from qcompiler.tuning.autoquant import _cache_regime
+from qcompiler.tuning.measure import DEFAULT_CACHE_BYTES, last_level_cache_bytes
 from qcompiler.plan import FLOAT, Candidate, LayerPlan, Plan
 
 SHAPES = {"decode": 1, "prefill": 64}
@@ -125,7 +125,7 @@ def test_a_model_whose_weights_fit_in_the_cache_is_timed_warm_and_a_larger_one_c
 
 STEADY = """
 import resource, sys, torch
-from qcompiler.autoquant.measure import set_steady_allocator
+from qcompiler.tuning.measure import set_steady_allocator
 if sys.argv[1] == "steady":
     set_steady_allocator()
 for _ in range(3):  # two 24 MB buffers a round, as a layer's int32 accumulator and its output
@@ -149,7 +149,7 @@ def test_the_timer_steadies_the_allocator_so_large_outputs_are_not_page_faulted_
 
 
 def test_the_allocator_is_left_alone_unless_asked(monkeypatch):
-    from qcompiler.autoquant import measure
+    from qcompiler.tuning import measure
 
     calls = []
     monkeypatch.setattr(measure, "set_steady_allocator", lambda: calls.append(1))
@@ -164,7 +164,7 @@ def test_held_back_drops_progress_info_in_its_own_thread_only_and_changes_no_lev
 
     from qcompiler.passes.progress import held_back
 
-    loggers = [logging.getLogger(n) for n in ("qcompiler.progress", "qcompiler.package")]
+    loggers = [logging.getLogger(n) for n in ("qcompiler.progress", "qcompiler.stages.package")]
     levels = [x.level for x in loggers]
     caplog.set_level(logging.INFO)
     with held_back():

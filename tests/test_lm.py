@@ -231,7 +231,7 @@ class _Layer(torch.nn.Module):
 
 @pytest.mark.parametrize("case", list(_sdpa_cases()), ids=lambda c: c[0])
 def test_grouped_rows_attend_as_grouped_query_attention(case, monkeypatch):
-    from qcompiler.gqa_attention import grouped_rows_attention
+    from qcompiler.llm.gqa_attention import grouped_rows_attention
 
     _, query, key, value, mask = case
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -247,7 +247,7 @@ def test_grouped_rows_attend_as_grouped_query_attention(case, monkeypatch):
 def test_grouped_rows_leave_other_attention_alone(monkeypatch):
     from transformers.integrations import sdpa_attention
 
-    from qcompiler.gqa_attention import grouped_rows_attention
+    from qcompiler.llm.gqa_attention import grouped_rows_attention
 
     q, k = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8)
     calls = []

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import qcompiler as qc
+import qcompiler.stages.package
 from qcompiler.runtime import digests, native
 from qcompiler.runtime.int4_layout import native_layout
 
@@ -125,7 +126,7 @@ def test_qc_load_refuses_int4_weights_packed_for_another_layout(packaged, tmp_pa
             if not item.filename.endswith(digests.DIGESTS):
                 dst.writestr(item, data)
     digests.write_digests(moved)  # as packaged on that machine
-    monkeypatch.setattr(sys.modules["qcompiler.package"], "native_layout", lambda: "avx2")
+    monkeypatch.setattr(qcompiler.stages.package, "native_layout", lambda: "avx2")
     with pytest.raises(ValueError, match=r"cannot run .*moved.pt2 here: its int4 weights were packed in the 'avx512' "
                                          r"layout and this machine's ATen reads int4 weights in the 'avx2' layout; "
                                          r"re-package it .* portable=True"):

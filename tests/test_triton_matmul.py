@@ -194,7 +194,7 @@ def test_lowering_for_cuda_without_a_gpu_says_so():
 
 
 def test_a_program_captured_on_the_cpu_is_named_as_off_the_gpu():
-    from qcompiler.lower import off_device
+    from qcompiler.stages.lower import off_device
     prog = qc.quantize(torch.nn.Linear(64, 32), (torch.randn(2, 64),), qc.Int8WeightOnlyConfig())
     assert off_device(prog, "cpu") == []
     assert set(off_device(prog, "cuda")) == set(prog.state_dict) | set(prog.constants) and off_device(prog, "cuda")

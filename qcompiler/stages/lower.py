@@ -7,11 +7,11 @@ import torch
 from torch.export import ExportedProgram
 
 from .capture import reexport
-from .lowering import lower_graph
-from .lowering.unquantized import run_unquantized_in
-from .runtime.decompositions import DECOMPOSITIONS
-from .runtime.errors import fail
-from .runtime.target import Target
+from ..lowering import lower_graph
+from ..lowering.unquantized import run_unquantized_in
+from ..runtime.decompositions import DECOMPOSITIONS
+from ..runtime.errors import fail
+from ..runtime.target import Target
 
 logger = logging.getLogger(__name__)
 

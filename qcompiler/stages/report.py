@@ -9,8 +9,8 @@ from typing import Optional, Union
 
 import torch
 
-from .passes import record
-from .passes.record import LayerRecord
+from ..passes import record
+from ..passes.record import LayerRecord
 
 LayerReport = LayerRecord  # the report's rows are the records themselves (the public name)
 

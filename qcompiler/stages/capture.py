@@ -12,7 +12,7 @@ import torch
 from torch.export import Dim, ExportedProgram
 from torch.utils._pytree import tree_unflatten
 
-from .runtime.errors import fail
+from ..runtime.errors import fail
 
 
 def capture(model: torch.nn.Module, example_args: tuple, *, example_kwargs: Optional[dict] = None,

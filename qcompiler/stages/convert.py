@@ -3,14 +3,14 @@ import torch
 from torch.export import ExportedProgram
 
 from .capture import reexport
-from .passes.calibration import solve
-from .passes.observe import observers
-from .passes.pattern import prune
-from .passes.embeddings import rewrite_embeddings
-from .passes.reference import rewrite_to_reference
-from .passes.smoothing import smooth_inputs
+from ..passes.calibration import solve
+from ..passes.observe import observers
+from ..passes.pattern import prune
+from ..passes.embeddings import rewrite_embeddings
+from ..passes.reference import rewrite_to_reference
+from ..passes.smoothing import smooth_inputs
 from .prepare import QCOMPILER_META, SOURCE
-from .runtime.errors import fail
+from ..runtime.errors import fail
 
 
 def convert(prepared: torch.fx.GraphModule) -> ExportedProgram:

@@ -8,10 +8,10 @@ from typing import Iterable, Optional
 
 import torch
 
-from .passes.calibration import solve, windows
-from .passes.observe import needs, observers
-from .passes.progress import progress
-from .recipe import as_recipe
+from ..passes.calibration import solve, windows
+from ..passes.observe import needs, observers
+from ..passes.progress import progress
+from ..recipe import as_recipe
 
 HESSIAN_BUDGET_MB = 2048
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch.export import ExportedProgram
 
-from ..capture import capture
+from ..stages.capture import capture
 from ..configs import config_from_string
 from ..lowering.rules import DECOMPOSED
 from ..passes.linears import linear_sites
@@ -70,7 +70,7 @@ def autoquant(model_or_program: Union[torch.nn.Module, ExportedProgram], example
         plan: an earlier result (or its :class:`Plan`): choose again from its measurements, measuring nothing.
             Refused for another target than the one it was measured on.
         steady_allocator: before timing, fix glibc's malloc thresholds where a long-running process ends up
-            (see :func:`qcompiler.autoquant.measure.set_steady_allocator`), so that a layer's large output is not
+            (see :func:`qcompiler.tuning.measure.set_steady_allocator`), so that a layer's large output is not
             mapped and page-faulted afresh at every call. It changes the whole process for the rest of its life,
             so it is off unless asked for; the CLI asks (the process is its own).
 

@@ -23,17 +23,17 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import torch
 from torch.utils._pytree import tree_map
 
-from ..calibrate import split_item
-from ..capture import capture
+from ..stages.calibrate import split_item
+from ..stages.capture import capture
 from ..configs import config_from_string
-from ..lower import lower
+from ..stages.lower import lower
 from ..lowering.rules import DECOMPOSED
-from ..package import load, package
+from ..stages.package import load, package
 from ..passes.linears import linear_sites
 from ..passes.progress import held_back
 from ..passes.reference import sqnr_db
-from ..pipeline import quantize
-from ..report import report
+from ..stages.quantize import quantize
+from ..stages.report import report
 from ..runtime.target import Target
 from ..plan import FLOAT
 

@@ -10,17 +10,17 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from . import __version__
-from .capture_lm import LM_METADATA_KEY, lm_shape
+from .. import __version__
+from ..llm.capture_lm import LM_METADATA_KEY, lm_shape
 from .report import Report, report
-from .passes.progress import HeldBack
-from .runtime.errors import fail
-from .runtime.inputs import describe_inputs
-from .runtime import native
-from .runtime.int4_layout import BY_NAME, LAYOUT_OF_ISA, int4_weights, native_layout, repack
-from .runtime.artifact import load_package, read_member, write_package
-from .runtime.digests import DIGESTS
-from .runtime.target import Target, code_needs, compile_options, missing
+from ..passes.progress import HeldBack
+from ..runtime.errors import fail
+from ..runtime.inputs import describe_inputs
+from ..runtime import native
+from ..runtime.int4_layout import BY_NAME, LAYOUT_OF_ISA, int4_weights, native_layout, repack
+from ..runtime.artifact import load_package, read_member, write_package
+from ..runtime.digests import DIGESTS
+from ..runtime.target import Target, code_needs, compile_options, missing
 
 log = logging.getLogger(__name__)
 log.addFilter(HeldBack())

@@ -31,9 +31,9 @@ from typing import Iterator, Optional
 import torch
 from torch.export import Dim, ExportedProgram
 
-from .capture import capture
+from ..stages.capture import capture
 from .gqa_attention import grouped_query_attention
-from .runtime.errors import fail
+from ..runtime.errors import fail
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from .capture_lm import LM_METADATA_KEY, lm_shape
-from .runtime.errors import fail
+from ..runtime.errors import fail
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import torch
 from torch.export import ExportedProgram
 
 from .capture import export_shape
-from .passes.annotate import annotate
-from .passes.linears import canonicalize_linears
-from .passes.observe import insert_observers
-from .recipe import as_recipe
-from .runtime.errors import fail
+from ..passes.annotate import annotate
+from ..passes.linears import canonicalize_linears
+from ..passes.observe import insert_observers
+from ..recipe import as_recipe
+from ..runtime.errors import fail
 
 QCOMPILER_META = "qcompiler_"  # the prefix of every gm.meta key prepare sets
 SOURCE = "qcompiler_source"  # gm.meta key: the ExportShape of the program the prepared module came from
