@@ -1,4 +1,4 @@
-"""Markdown tables (as in the README) from ``results/cpu_layers.json``.
+"""Markdown tables (as in docs/measured.md) from ``results/cpu_layers.json``.
 
     .venv/bin/python benchmarks/table_cpu_layers.py [results/cpu_layers.json] > benchmarks/results/cpu_layers.md
 

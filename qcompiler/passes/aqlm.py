@@ -36,7 +36,7 @@ class AQLM(Algorithm):
 
     beam: int = 4
     rounds: int = 4
-    damp: float = 0.6  # measured on MiniLM: 0.01 overfits the few calibration rows (see the README)
+    damp: float = 0.6  # measured on MiniLM: 0.01 overfits the few calibration rows (docs/measured.md, "AQLM")
     name: ClassVar[str] = "aqlm"
     schemes: ClassVar[tuple] = ("aqlm",)
     needs: ClassVar[tuple] = ("hessian",)

@@ -37,7 +37,7 @@ def lower(program: ExportedProgram, target: Union[str, Target, None] = None, *,
 
     ``unquantized_dtype=torch.bfloat16`` also runs the float32 matmuls, linears, convolutions
     and attention that are not quantized layers in bfloat16 (off by default; needs a target
-    with native bfloat16). What it costs and gains: README, "Unquantized parts in bfloat16".
+    with native bfloat16). What it costs and gains: docs/stages.md, "Unquantized parts in bfloat16".
 
     ``backend=`` is the old spelling of ``target`` (a backend name): still taken, with a
     ``DeprecationWarning``, until the next release.
