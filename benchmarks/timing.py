@@ -7,26 +7,15 @@ A case whose call raises is dropped from later rounds and reported in ``errors``
 """
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional
+
+from qcompiler.runtime.numerics import median_call_s
 
 
 def one_line(e: BaseException) -> str:
     """An exception as one line: its type and the first line of its message."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-
-def median_call_s(fn: Callable[[], object], min_calls: int, min_time: float) -> float:
-    """Median seconds of one ``fn()`` over at least ``min_calls`` calls and ``min_time`` seconds
-    (after one warm call)."""
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def interleaved(cases: Dict[str, Callable[[], object]], rounds: int, min_calls: int = 5, min_time: float = 0.3,

@@ -71,6 +71,7 @@ from .recipe import Recipe, Rule
 from .stages.report import LayerReport, Report, report
 from .runtime.target import CPU_CAPABILITIES, Target
 from .runtime.digests import Verified, verify
+from .runtime.numerics import median_call_s
 
 __all__ += [
     "capture", "prepare", "calibrate", "needs_calibration", "convert", "quantize", "report", "Report", "LayerReport",
@@ -78,7 +79,7 @@ __all__ += [
     "capture_lm", "generate", "stream",
     "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant", "AQLM", "AQLMWeightOnlyConfig",
-    "autoquant", "AUTOQUANT_CANDIDATES", "Plan", "LayerFloor", "ModelBudget",
+    "autoquant", "AUTOQUANT_CANDIDATES", "median_call_s", "Plan", "LayerFloor", "ModelBudget",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
     "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig",

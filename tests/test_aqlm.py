@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import qcompiler as qc
-from qcompiler.passes.aqlm import AQLM, aqlm_quantize, beam_search, coupled_search, layer_error
+from qcompiler.passes.aqlm import AQLM, aqlm_quantize, beam_search, codes_error, coupled_search
 from qcompiler.passes.spec import AdditiveWeight
 from qcompiler.runtime.additive import code_dtype, codes_as_long, fit_additive
 
@@ -70,10 +70,10 @@ def test_the_search_under_the_whole_hessian_beats_the_search_under_its_blocks():
     start = AdditiveWeight(1, 6, 8).quantize(w)
     scale, books, codes = start["scale"], start["codebooks"].float(), codes_as_long(start["codes"])
     v, blocks = (w / scale).reshape(16, 8, 8), h.reshape(8, 8, 8, 8).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
-    coupled = layer_error(w, scale, coupled_search(v, h, blocks, books, codes, beam=2), books, h)
-    alone = layer_error(w, scale, beam_search(v, blocks, books, codes, beam=2), books, h)
+    coupled = codes_error(w, scale, coupled_search(v, h, blocks, books, codes, beam=2), books, h)
+    alone = codes_error(w, scale, beam_search(v, blocks, books, codes, beam=2), books, h)
     # one codebook: each group's pick is the best given the others, so the error can only fall from the start
-    assert coupled < 0.5 * alone and coupled < layer_error(w, scale, codes, books, h)
+    assert coupled < 0.5 * alone and coupled < codes_error(w, scale, codes, books, h)
 
 
 def test_a_model_quantizes_lowers_and_runs_with_aqlm():

@@ -1,8 +1,6 @@
 """The command line's commands: each takes parsed arguments and returns ``(result, text)``:
 a JSON-able dict for ``--json`` and a table for people."""
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,6 +15,7 @@ from .. import (
     check_writable,
     config_from_string,
     lower,
+    median_call_s,
     needs_calibration,
     open_artifact,
     package,
@@ -174,13 +173,7 @@ def _describe(inputs: Optional[dict]) -> list:
 def median_ms(run: Callable, args: tuple, kwargs: dict, seconds: float) -> float:
     """Median milliseconds of ``run(*args, **kwargs)`` over about ``seconds`` (at least 3 calls, one warm-up)."""
     with torch.no_grad():
-        run(*args, **kwargs)
-        times, start = [], time.perf_counter()
-        while time.perf_counter() - start < seconds or len(times) < 3:
-            t = time.perf_counter()
-            run(*args, **kwargs)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        return median_call_s(lambda: run(*args, **kwargs), 3, seconds) * 1e3
 
 
 def parse_shape(text: str, dims: list) -> dict:

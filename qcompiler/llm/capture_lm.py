@@ -34,6 +34,7 @@ from torch.export import Dim, ExportedProgram
 from ..stages.capture import capture
 from .gqa_attention import grouped_query_attention
 from ..runtime.errors import fail
+from ..runtime.numerics import EPS, per_token_int8
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _cache_as_state() -> type:
 @functools.lru_cache(maxsize=None)
 def _int8_layer() -> type:
     """A static cache layer holding int8 keys and values with one float32 scale per token and head
-    (symmetric, ``max|x| / 127`` over the head dim); it returns them dequantized to the model's dtype."""
+    (symmetric over the head dim, ``numerics.per_token_int8``); it returns them dequantized to the model's dtype."""
     _, static_layer = _transformers()
 
     class Int8StaticLayer(static_layer):
@@ -156,8 +157,8 @@ def _int8_layer() -> type:
             out = []
             for store, scale, new in ((self.keys, self.key_scale, key_states),
                                       (self.values, self.value_scale, value_states)):
-                step = new.float().abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
-                store.index_copy_(2, positions, (new.float() / step).round().clamp(-127, 127).to(torch.int8))
+                q, step, _ = per_token_int8(new, "symmetric", EPS)
+                store.index_copy_(2, positions, q.to(torch.int8))
                 scale.index_copy_(2, positions, step)
                 out.append((store.float() * scale).to(new.dtype))  # the model's dtype
             return out[0], out[1]

@@ -58,11 +58,11 @@ AVX2 int8 path saturates on full-range operands, so those targets take ``qcompil
 (``runtime/int8_gemm.py``): int16 rows times the int8 weight widened to int16 (``vpmaddwd``),
 exact int32 sums, the same speed for 8- and 16-bit activations. Sums are exact in every form.
 
-Weight-only int8 on VNNI: each row of ``x`` is split into ``x ≈ s·(hi + lo/255)`` with
-``s = max|x_row| / 127`` and ``hi``, ``lo`` int8 (16 bits of the row's range): the hi
-and lo rows go through one prepacked call stacked (oneDNN's 2-row GEMM costs what its
+Weight-only int8 on VNNI: each row of ``x`` is quantized to 16 bits, ``x ≈ s·(256·hi + lo)`` with
+``s = max|x_row| / 32639`` and ``hi``, ``lo`` int8 (the one 16-bit encoding, ``runtime/numerics.py``, which the
+C++ kernels use too): the hi and lo rows go through one prepacked call stacked (oneDNN's 2-row GEMM costs what its
 1-row one does), or through two ``_int_mm`` calls. The error is at most
-``max|x_row| / 64770`` per element, against bfloat16's ``|x| / 256`` on the packed path;
+``max|x_row| / 65278`` per element, against bfloat16's ``|x| / 256`` on the packed path;
 the weight's own quantization error is far above either. It is one kernel for every
 batch size: the packed kernel's time grows linearly with the rows (it is a GEMV), the
 integer GEMM's does not.
@@ -88,10 +88,11 @@ import torch
 
 from ..runtime import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, native
 from ..runtime.int4_layout import pack_for
+from ..runtime.numerics import int16_halves, int16_rows, per_token_int8
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
 from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes,
-                                 grid_codebook_packed, per_token_block, per_token_int8, rows, static_int8_int8,
+                                 grid_codebook_packed, per_token_block, rows, static_int8_int8,
                                  stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule, Take
 
@@ -352,16 +353,6 @@ def _int8_weight_native(m, x, w8, row_scale, out_dtype, b):
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
-def _int16_rows(x2):
-    """Each row of ``x2`` as ``s·(hi + lo/255)``: ``hi``, ``lo`` float integers in [-128, 127], ``s`` [rows, 1]."""
-    xf = _f32(x2)
-    s = aten.clamp_min.default(aten.div.Tensor(aten.amax.default(aten.abs.default(xf), [-1], True), 127.0), 1e-30)
-    r = aten.div.Tensor(xf, s)
-    hi = aten.round.default(r)
-    lo = aten.clamp.default(aten.round.default(aten.mul.Tensor(aten.sub.Tensor(r, hi), 255.0)), -128, 127)
-    return hi, lo, s
-
-
 def _int8_weight_tile(m, x, w8, row_scale, out_dtype, b):
     """``x @ (w8·row_scale)ᵀ`` on ``qcompiler.int8_tile_gemm``, which takes ``x``'s float rows itself: on bfloat16
     AMX tiles from 256 rows, in 16 bits (two int8 rows each) on its integer paths below."""
@@ -372,12 +363,13 @@ def _int8_weight_tile(m, x, w8, row_scale, out_dtype, b):
 
 
 def _int8_weight_int16(gemm, m, x, w8, row_scale, out_dtype, b):
-    """``x @ (w8·row_scale)ᵀ`` with ``x``'s rows in 16 bits (:func:`_int16_rows`) through an integer ``gemm``."""
+    """``x @ (w8·row_scale)ᵀ`` with ``x``'s rows in 16 bits (``numerics.int16_rows``: ``s·(256·hi + lo)``) through
+    an integer ``gemm``, two int8 rows per row."""
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
-    hi, lo, s = _int16_rows(x2)
-    acc_hi, acc_lo = gemm(m, w8, row_scale, weight_name(m), [hi, lo])
-    y = aten.mul.Tensor(aten.add.Tensor(acc_hi, aten.div.Tensor(acc_lo, 255.0)), s)
+    q, s = int16_rows(x2)
+    acc_hi, acc_lo = gemm(m, w8, row_scale, weight_name(m), list(int16_halves(q)))
+    y = aten.mul.Tensor(aten.add.Tensor(aten.mul.Tensor(acc_hi, 256.0), acc_lo), s)
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 

@@ -18,9 +18,10 @@ compiles it into a CUDA ``.pt2``.
 import torch
 
 from ..runtime.dtypes import int_type
+from ..runtime.numerics import per_token_int8
 from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes,
                                  float_codebook_packed, grid_codebook_bytes, grid_codebook_packed, per_token_block,
-                                 per_token_int8, rows, stored_inputs, weight_name, weight_only_packed,
+                                 rows, stored_inputs, weight_name, weight_only_packed,
                                  weight_only_unpacked, with_bias)
 from .rules import LoweringRule
 from ..runtime.triton_matmul import affine_scale_zero

@@ -91,23 +91,6 @@ def dynamic_int8_int4(x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
     return aten.linear.default(xd, w, b)
 
 
-def per_token_int8(x2, mapping: str, eps: float):
-    """Per-token int8 quantization of (rows, K) ``x2`` in ATen ops, as ``ActivationSpec`` does it.
-
-    Returns float32 ``(q, scale, zero)``; ``zero`` is None for the symmetric mapping.
-    """
-    xf = aten._to_copy.default(x2, dtype=torch.float32)
-    lo, hi = aten.amin.default(xf, [-1], True), aten.amax.default(xf, [-1], True)
-    if mapping == "symmetric":
-        s = aten.clamp_min.default(aten.div.Tensor(aten.maximum.default(aten.neg.default(lo), hi), 127.5), eps)
-        return aten.clamp.default(aten.round.default(aten.div.Tensor(xf, s)), -128, 127), s, None
-    lo, hi = aten.clamp_max.default(lo, 0.0), aten.clamp_min.default(hi, 0.0)
-    s = aten.clamp_min.default(aten.div.Tensor(aten.sub.Tensor(hi, lo), 255.0), eps)
-    z = aten.clamp.default(aten.rsub.Scalar(aten.round.default(aten.div.Tensor(lo, s)), -128), -128, 127)
-    q = aten.clamp.default(aten.add.Tensor(aten.round.default(aten.div.Tensor(xf, s)), z), -128, 127)
-    return q, s, z
-
-
 def static_int8_int8(x, block, scale, zero_point, out_x, w_q, w_block, w_scale, out_w, b):
     xq = qops.quantize_affine.default(x, block, scale, zero_point, "int8", "int")
     xd = qops.dequantize_affine.default(xq, block, scale, zero_point, "int8", "int", out_x)

@@ -23,6 +23,7 @@ import torch
 
 from ..runtime.additive import code_dtype, codes_as_long
 from ..runtime.errors import fail
+from ..runtime.numerics import layer_error
 from .algorithm import Algorithm
 
 CHUNK_ELEMENTS = 1 << 24  # candidate scores computed this many at a time
@@ -61,9 +62,9 @@ def _groups_of(codes: torch.Tensor, books: torch.Tensor, skip: int = -1) -> torc
     return total
 
 
-def layer_error(w, scale, codes, books, h) -> float:
-    delta = w - (_groups_of(codes, books) * scale[:, :, None]).reshape(w.shape)
-    return float(((delta @ h) * delta).sum())
+def codes_error(w, scale, codes, books, h) -> float:
+    """The layer error of the weights these codes, codebooks and scales make."""
+    return layer_error(w - (_groups_of(codes, books) * scale[:, :, None]).reshape(w.shape), h)
 
 
 def beam_search(v: torch.Tensor, blocks: torch.Tensor, books: torch.Tensor, codes: torch.Tensor,
@@ -143,11 +144,11 @@ def aqlm_quantize(spec, w: torch.Tensor, hessian: torch.Tensor, algo: AQLM) -> d
     scale = start["scale"].float()
     v = (w / scale).reshape(n, k // g, g)
     codes, books = codes_as_long(start["codes"]), start["codebooks"].float()
-    best = (layer_error(w, scale, codes, books, h), codes, books)
+    best = (codes_error(w, scale, codes, books, h), codes, books)
     for _ in range(algo.rounds):
         codes = coupled_search(v, h, blocks, books, codes, algo.beam)
         books = refit_codebooks(v, blocks, scale, codes, books)
-        error = layer_error(w, scale, codes, books, h)
+        error = codes_error(w, scale, codes, books, h)
         if error < best[0]:
             best = (error, codes, books)
     _, codes, books = best

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from ..runtime.errors import fail
+from ..runtime.numerics import layer_error
 from .algorithm import Algorithm, register
 from .smoothing import MIN_SCALE
 from .spec import AffineWeight
@@ -56,5 +57,4 @@ def w_hat(spec: AffineWeight, w: torch.Tensor) -> torch.Tensor:
 
 
 def _output_error(w: torch.Tensor, w_q: torch.Tensor, h: torch.Tensor) -> float:
-    d = w - w_q
-    return float(((d @ h) * d).sum())
+    return layer_error(w - w_q, h)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime.numerics import layer_error
 from .spec import CodebookWeight
 
 ops = torch.ops.qcompiler
@@ -55,8 +56,7 @@ class CodebookTables:
 
     def error(self, w: torch.Tensor, idx: torch.Tensor, h: torch.Tensor) -> float:
         """``tr((W - Ŵ) H (W - Ŵ)ᵀ)`` for the weights ``idx`` picks from these tables."""
-        delta = w - self.per_row(w.shape[0]).gather(1, idx.long())
-        return float(((delta @ h) * delta).sum())
+        return layer_error(w - self.per_row(w.shape[0]).gather(1, idx.long()), h)
 
     def refitted(self, w: torch.Tensor, idx: torch.Tensor, h: torch.Tensor) -> "CodebookTables":
         """The tables that minimize :meth:`error` for these assignments, stored as the spec stores them."""

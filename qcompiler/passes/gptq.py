@@ -26,6 +26,7 @@ import torch
 
 from ..runtime import int_type
 from ..runtime.errors import fail
+from ..runtime.numerics import layer_error
 from .algorithm import Algorithm, Solved, register
 from .codebook_refit import CodebookTables
 from .spec import AffineWeight, CodebookWeight
@@ -237,8 +238,7 @@ def _codebook_rounds(spec, w, h, hinv, order, algo: GPTQ) -> dict:
 
 def held_out_error(spec, w: torch.Tensor, tensors: dict, held: torch.Tensor) -> float:
     """``tr((W - Ŵ) H_held (W - Ŵ)ᵀ)``: the output error on the held-back calibration rows."""
-    delta = w.float() - spec.dequantize(tensors, w.shape[1], torch.float32)
-    return float(((delta @ held) * delta).sum())
+    return layer_error(w.float() - spec.dequantize(tensors, w.shape[1], torch.float32), held)
 
 
 def guarded_gptq(spec, w: torch.Tensor, hessian: torch.Tensor, held: torch.Tensor, rows: int, algo: GPTQ) -> Solved:

@@ -10,9 +10,9 @@ built and loaded by ``native.py``):
 
 for ``a`` int8 [M, K] with an optional ``a_scale`` [M] (None: 1) and an optional ``a_zero``
 (integer values; [M], or one for every row), or ``a`` float32 with neither: each row is then quantized inside
-the kernel to 16 bits, ``a_scale = max|x| / INT16_LIMIT`` (weight-only int8 layers call it so). Either way it multiplies
-int16 rows by the int8 weights widened to int16 (AVX2's ``vpmaddwd``): exact int32 sums, one
-instruction per 16 products whether the activations have 8 bits or 16.
+the kernel to 16 bits, ``a_scale = max|x| / 32639`` (``numerics.INT16_LIMIT``, the one 16-bit encoding; weight-only
+int8 layers call it so). Either way it multiplies int16 rows by the int8 weights widened to int16 (AVX2's
+``vpmaddwd``): exact int32 sums, one instruction per 16 products whether the activations have 8 bits or 16.
 
 The weight is packed once (:func:`pack`), the same layout on every machine; the kernel runs its
 AVX2 path on every AVX2 or AVX-512 machine and plain C++ elsewhere (``native.kernel_path()``).
@@ -23,7 +23,6 @@ from .errors import fail
 
 SCHEMA = "(Tensor a, Tensor? a_scale, Tensor? a_zero, Tensor w, Tensor w_scale) -> Tensor"
 LANES = 8  # output columns per packed block
-INT16_LIMIT = 32767  # float rows are quantized to [-INT16_LIMIT, INT16_LIMIT]
 
 torch.library.define("qcompiler::int8_gemm", SCHEMA)
 OP = torch.ops.qcompiler.int8_gemm.default

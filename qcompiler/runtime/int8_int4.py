@@ -36,12 +36,13 @@ own rounding is some 30 times coarser. int16 rows keep the exact integer paths a
 import torch
 
 from .errors import fail
+from .numerics import INT16_LIMIT
 
 SCHEMA = ("(Tensor a, Tensor? a_scale, Tensor? a_zero, Tensor w, Tensor w_scale, Tensor? w_offset, Tensor? w_sums, "
           "int group) -> Tensor")
 LANES, CHUNK, PANEL = 16, 8, 4  # rows per packed block, k per block, blocks per panel
 GROUPS = (32, 64, 128, 256)
-INT16_MAX = 32639  # the largest int16 that splits as 256·hi + lo with hi and lo in [-128, 127]
+INT16_MAX = INT16_LIMIT  # the largest int16 that splits as 256·hi + lo with hi and lo in [-128, 127] (numerics.py)
 AMX_MIN_ROWS = 32  # calls with this many float32 or int8 rows take bfloat16 tiles where AMX runs (kBf16MinRows)
 
 torch.library.define("qcompiler::int8_int4_gemm", SCHEMA)

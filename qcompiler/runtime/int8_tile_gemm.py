@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import fail
+from .numerics import per_token_int8
 from .int8_gemm import SCHEMA, fake
 from .int8_gemm import reference as reference  # the same value: Σ_k (a - a_zero)·a_scale · w·w_scale, in float64
 
@@ -80,8 +81,8 @@ def requantized(a, a_scale, a_zero, w, w_scale, bias, activation: str, out_scale
 
 def quantize_rows(x: torch.Tensor, eps: float) -> tuple:
     """``(q, s)``: the int8 rows and per-row scales ``int8_tile_gemm_dq`` computes, in torch ops (for tests)."""
-    s = torch.clamp_min(torch.maximum(-x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)) / 127.5, eps)
-    return torch.clamp(torch.round(x / s), -128, 127).to(torch.int8), s.reshape(-1)
+    q, s, _ = per_token_int8(x, "symmetric", eps)
+    return q.to(torch.int8), s.reshape(-1)
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from ..passes.linears import linear_sites
 from ..passes.progress import held_back
 from ..passes.reference import sqnr_db
 from ..stages.quantize import quantize
+from ..runtime.numerics import median_call_s
 from ..stages.report import report
 from ..runtime.target import Target
 from ..plan import FLOAT
@@ -208,15 +209,9 @@ class Timer:
 
     def _round(self, run: Callable, x: tuple) -> float:
         """Median seconds of ``calls`` calls after one untimed call, the cache written over before each if cold."""
-        run(*x)
-        calls = []
-        for i in range(self.calls):
-            if self._flush is not None:
-                ctypes.memset(self._flush, i, len(self._flush))  # the cache written over: weights come from memory
-            start = time.perf_counter()
-            run(*x)
-            calls.append(time.perf_counter() - start)
-        return statistics.median(calls)
+        flush = self._flush
+        before = None if flush is None else lambda: ctypes.memset(flush, 0, len(flush))  # weights come from memory
+        return median_call_s(lambda: run(*x), self.calls, before=before)
 
 
 def _rows_of(width: int) -> Callable[[int], tuple]:

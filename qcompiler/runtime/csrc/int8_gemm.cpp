@@ -4,7 +4,7 @@
 //
 // for int8 `a` [M, K] with an optional a_scale [M] (none: 1) and an optional a_zero (integer values; [M], or
 // one for every row), or a float32 `a` (no a_scale, no a_zero) that is quantized here, per row, to 16 bits:
-// a_scale = max |x| / 32767.
+// a_scale = max |x| / 32639 (qc::kInt16Max).
 // Either way the kernel runs on int16 rows (a - a_zero, or the 16-bit values) times the int8 weights widened
 // to int16: AVX2's vpmaddwd multiplies int16 pairs into exact int32 sums with no saturation, where the
 // u8 x s8 vpmaddubsw that int8 GEMMs use without VNNI saturates on full-range operands (oneDNN's AVX2
@@ -22,6 +22,7 @@
 
 #include <immintrin.h>
 
+#include "activation_rows.h"
 #include "kernel_common.h"
 #include "ops.h"
 
@@ -35,7 +36,7 @@ namespace {
 using qc::Path;
 
 constexpr int kLanes = 8;            // output columns per packed block
-constexpr int32_t kLimit = 32767;    // float rows are quantized to [-kLimit, kLimit]
+constexpr int32_t kLimit = qc::kInt16Max;  // float rows are quantized to [-kLimit, kLimit]: the one 16-bit encoding
 constexpr int64_t kWideBlock = 256;     // k per int32 sum for 16-bit rows: 32767 * 128 * 256 < 2^31
 constexpr int64_t kNarrowBlock = 65536;  // k per int32 sum for int8 rows: 255 * 128 * 65536 < 2^31
 
