@@ -54,8 +54,8 @@ from .configs import (
     Int8StaticActivationInt8WeightConfig,
     Int8WeightOnlyConfig,
     SCHEME_FORMS,
-    config_from_string,
 )
+from .schemes import config_from_dict, config_from_string, config_to_dict, scheme, scheme_forms
 from .stages.convert import convert
 from .stages.lower import lower
 from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
@@ -77,7 +77,8 @@ __all__ += [
     "capture", "prepare", "calibrate", "needs_calibration", "convert", "quantize", "report", "Report", "LayerReport",
     "lower", "package", "load", "Loaded", "verify", "Verified", "Target", "CPU_CAPABILITIES",
     "capture_lm", "generate", "stream",
-    "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS",
+    "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS", "scheme_forms", "scheme",
+    "config_to_dict", "config_from_dict",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant", "AQLM", "AQLMWeightOnlyConfig",
     "autoquant", "AUTOQUANT_CANDIDATES", "median_call_s", "Plan", "LayerFloor", "ModelBudget",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",

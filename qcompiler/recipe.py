@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Optional, Union
 
-from .configs import CONFIG_TYPES, config_from_string
+from .schemes import config_from_dict, config_from_string, config_to_dict, config_types
 from .passes.embeddings import EmbeddingSite
 from .plan import Plan
 from .passes.linears import LinearSite
@@ -39,7 +39,7 @@ class Rule:
     def __post_init__(self):
         if not isinstance(self.match, (str, re.Pattern, type)) and not callable(self.match):
             raise fail("match", "a name glob, a compiled regex, a module type or a predicate", self.match)
-        if self.config is not None and not isinstance(self.config, CONFIG_TYPES):
+        if self.config is not None and not isinstance(self.config, config_types()):
             raise fail("config", "a qcompiler config or None", self.config)
 
     def matches(self, site: Union[LinearSite, EmbeddingSite]) -> bool:
@@ -74,22 +74,24 @@ class Recipe:
         return None, "no recipe rule matched"
 
     def to_json(self) -> str:
-        """The rules as ``from_json`` reads them (with the plan, where there is one). Rules must match by name glob
-        and configs be what their alias says (``config_from_string(config.alias) == config``)."""
+        """The rules as ``from_json`` reads them (with the plan, where there is one). Rules must match by name glob;
+        a config is written as its alias where the alias names it exactly, else as :func:`config_to_dict`'s dict
+        (every field), so any config round-trips."""
         rows = [{"match": _glob(i, r.match), "config": _alias(i, r.config)} for i, r in enumerate(self.rules)]
         return json.dumps(rows if self.plan is None else {"rules": rows, "plan": self.plan.to_dict()}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
         """``[{"match": "*.mlp.*", "config": "int4wo-64"}, {"match": "lm_head", "config": null}, ...]``, or
-        ``{"rules": [...], "plan": {...}}`` as :meth:`to_json` writes an autoquant recipe."""
+        ``{"rules": [...], "plan": {...}}`` as :meth:`to_json` writes an autoquant recipe. A config is an alias or
+        a dict (``{"scheme": "int4wo", "group_size": 64, "zero_point_domain": "int", ...}``)."""
         data = json.loads(text)
         plan = None
         if isinstance(data, dict) and "rules" in data:
             data, plan = data["rules"], (Plan.from_dict(data["plan"]) if data.get("plan") is not None else None)
         if not isinstance(data, list) or not all(isinstance(r, dict) and "match" in r for r in data):
             raise fail("recipe", 'a JSON list of {"match": glob, "config": scheme or null}', text[:80])
-        rules = [(r["match"], None if r.get("config") is None else config_from_string(r["config"])) for r in data]
+        rules = [(r["match"], _config(r.get("config"))) for r in data]
         return cls(rules, plan)
 
 
@@ -99,19 +101,28 @@ def _glob(i: int, match) -> str:
     return match
 
 
-def _alias(i: int, config) -> Optional[str]:
+def _alias(i: int, config) -> Union[None, str, dict]:
+    """A config's JSON: its alias where that names it exactly, else every field."""
     if config is None:
         return None
-    if config_from_string(config.alias) != config:
-        raise fail(f"rule {i}'s config, to be written as JSON,", "a config its alias names (default settings)",
-                   config)
-    return config.alias
+    try:
+        if config_from_string(config.alias) == config:
+            return config.alias
+    except ValueError:
+        pass
+    return config_to_dict(config)
+
+
+def _config(value):
+    if value is None:
+        return None
+    return config_from_dict(value) if isinstance(value, dict) else config_from_string(value)
 
 
 def as_recipe(config) -> Recipe:
     """A config means: that config for every eligible linear."""
     if isinstance(config, Recipe):
         return config
-    if isinstance(config, CONFIG_TYPES):
+    if isinstance(config, config_types()):
         return Recipe([(lambda site: True, config)])
     raise fail("config", "a qcompiler config (e.g. Int8WeightOnlyConfig()) or a Recipe", config)

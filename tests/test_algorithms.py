@@ -249,7 +249,12 @@ def test_an_algorithm_is_one_class_implementing_the_protocol(monkeypatch):
     @dataclasses.dataclass(frozen=True)
     class Clip(Algorithm):  # round to nearest after clipping each row at 90% of its range
         name: ClassVar[str] = "clip"
-        schemes: ClassVar[tuple] = ("int8wo",)
+
+        def unsupported(self, spec):  # what it serves, by what the spec is: per-channel affine weights
+            weight = spec.weight
+            if spec.activation is None and getattr(weight, "group_size", 0) is None:
+                return None
+            return "Clip clips the rows of per-channel affine weights of weight-only schemes"
 
         def quantize_weight(self, spec, w, stats):
             top = 0.9 * w.abs().amax(1, keepdim=True)
@@ -263,7 +268,7 @@ def test_an_algorithm_is_one_class_implementing_the_protocol(monkeypatch):
     rtn = qc.quantize(lin, (torch.randn(2, 32),), qc.Int8WeightOnlyConfig())
     clipped, plain = ([v for v in p.state_dict.values() if v.dtype == torch.int8] for p in (prog, rtn))
     assert len(clipped) == 1 and not torch.equal(clipped[0], plain[0])  # Clip chose the stored values
-    with pytest.raises(ValueError, match="Clip does not apply to int4wo-64"):
+    with pytest.raises(ValueError, match="Clip does not apply to int4wo-64.*; it applies to int8wo$"):
         qc.Int4WeightOnlyConfig(64, algorithm=Clip())
     with pytest.raises(TypeError, match="must subclass Algorithm and set a name"):
         register(type("Nameless", (Algorithm,), {}))

@@ -70,3 +70,81 @@ def test_int8_grid_codebooks_are_int8_tables_with_a_scale_per_row(block_rows):
     w_float = float_grid.dequantize(float_grid.quantize(w), 32, torch.float32)
     # snapping costs little: rows without the outlier keep within 10% of the float codebook's error
     assert (w_hat - w)[1:].pow(2).mean() <= 1.1 * (w_float - w)[1:].pow(2).mean()
+
+
+NON_DEFAULT = [
+    qc.Int8WeightOnlyConfig(algorithm=qc.GPTQ(damp=0.05, act_order=True)),
+    qc.Int8DynamicActivationInt8WeightConfig(algorithm=qc.SmoothQuant(alpha=0.7)),
+    qc.Int8StaticActivationInt8WeightConfig(observer="moving_average"),
+    qc.Int4WeightOnlyConfig(32, zero_point_domain="int", zero_point_dtype=torch.int32, scale_dtype=torch.float32),
+    qc.Int4WeightOnlyConfig(256, algorithm=qc.HQQ(iters=3)),
+    qc.Int8DynamicActivationInt4WeightConfig(group_size=128),
+    qc.CodebookWeightOnlyConfig(3, block_rows=64, grid=None, algorithm=qc.GPTQ(refit=1)),
+    qc.AQLMWeightOnlyConfig(2, 8, 16, beam=2, rounds=1),
+    qc.Float8WeightOnlyConfig(),
+    qc.Float8DynamicActivationFloat8WeightConfig(),
+]
+
+
+@pytest.mark.parametrize("config", NON_DEFAULT, ids=lambda c: c.alias)
+def test_every_config_round_trips_through_json_with_every_field(config):
+    import json
+
+    data = json.loads(json.dumps(qc.config_to_dict(config)))
+    assert data["scheme"] == type(config).family and data["version"] == 1
+    assert qc.config_from_dict(data) == config
+    recipe = qc.Recipe([("*", config)])
+    assert qc.Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_every_registered_scheme_is_covered_by_the_round_trip():
+    from qcompiler.schemes import SCHEMES
+
+    assert {type(c).family for c in NON_DEFAULT} == set(SCHEMES)
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"scheme": "int5wo"}, r"config must be a dict with a \"scheme\" among int8wo, "),
+    ({"scheme": "int4wo", "group": 64}, r"int4wo config field must be one of algorithm, group_size, .*; got 'group'"),
+    ({"scheme": "int4wo", "version": 2}, r"config version must be 1"),
+    ({"scheme": "int4wo", "scale_dtype": {"dtype": "float17"}}, r"dtype must be a torch dtype name"),
+    ({"scheme": "int4wo", "group_size": 48}, r"group_size must be one of 32, 64, 128, 256; got 48"),
+    ({"scheme": "int8wo", "algorithm": {"algorithm": "magic"}}, r"algorithm must be one of gptq, hqq, awq"),
+])
+def test_a_bad_config_dict_is_refused_by_name(data, message):
+    with pytest.raises(ValueError, match=message):
+        qc.config_from_dict(data)
+
+
+def test_a_new_scheme_is_one_registered_config_that_aliases_help_and_json_then_know(monkeypatch):
+    """What a new scheme file holds: a frozen config with an alias and a spec, registered with @scheme."""
+    import dataclasses
+
+    from qcompiler.passes.spec import AffineWeight, QuantSpec
+    from qcompiler.schemes import SCHEMES, registry
+
+    monkeypatch.setattr(registry, "SCHEMES", dict(SCHEMES))
+
+    @qc.scheme("int8wo-grouped", forms=("int8wo-grouped-<g>",), alias=r"int8wo-grouped-(\d+)",
+               parse=lambda g: Grouped(int(g)))
+    @dataclasses.dataclass(frozen=True)
+    class Grouped:
+        group_size: int = 64
+        algorithm: object = None
+
+        @property
+        def alias(self):
+            return f"int8wo-grouped-{self.group_size}"
+
+        def spec(self):
+            return QuantSpec(self.alias, AffineWeight("int8", self.group_size), algorithm=self.algorithm)
+
+    config = qc.config_from_string("int8wo-grouped-32")
+    assert config == Grouped(32) and "int8wo-grouped-<g>" in qc.scheme_forms()
+    assert qc.config_from_dict(qc.config_to_dict(config)) == config
+    assert "int8wo-grouped" in registry.algorithm_families(qc.GPTQ())  # GPTQ serves affine weights: no change there
+    lin = torch.nn.Linear(64, 8).eval()
+    prog = qc.quantize(lin, (torch.randn(2, 64),), config)
+    assert [r.scheme for r in qc.report(prog).quantized] == ["int8wo-grouped-32"]
+    with pytest.raises(ValueError, match="scheme 'int8wo' is registered already, by qcompiler.schemes.int8"):
+        qc.scheme("int8wo")(Grouped)

@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from .. import AUTOQUANT_CANDIDATES, SCHEME_FORMS
+from .. import AUTOQUANT_CANDIDATES, scheme_forms
 from . import commands
 from .generate import generate_cmd
 from .tables import emit
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qcompiler", description="Quantize PyTorch models captured with torch.export, "
                                 "lower them to fast kernels and package them with AOTInductor.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    schemes = ", ".join(SCHEME_FORMS)
+    schemes = ", ".join(scheme_forms())
 
     q = sub.add_parser("quantize", help="capture, quantize, lower and package a model")
     q.add_argument("model", metavar="MODEL", help="'minilm' (bundled all-MiniLM-L6-v2) or package.module:factory, "

@@ -10,8 +10,10 @@ subclasses :class:`Algorithm`, is decorated with :func:`register`, and implement
   (AWQ, SmoothQuant).
 
 ``needs`` names what calibration must observe (``hessian``, ``channels``; empty: no data),
-and ``stats`` is the observer of the layer's input that collected it. ``schemes`` lists the
-scheme families it applies to; ``check`` refuses a config it does not apply to. ``solve``
+and ``stats`` is the observer of the layer's input that collected it. ``unsupported(spec)`` says why it
+cannot serve a layer's :class:`~qcompiler.passes.spec.QuantSpec` (None where it can): an algorithm applies to
+what a spec is (affine weights, codebooks, int8 activations), never to a list of scheme names, so a new scheme
+of that kind takes it with no change here; the scheme registry lists the schemes it applies to from this. ``solve``
 (``calibration.py``) is the one place data-driven algorithms run, per Hessian window in
 calibrate or at convert, and its results live in one store keyed by the weight
 (``calibration.solved``), not on the observers, which hold statistics only.
@@ -49,15 +51,12 @@ class Algorithm:
     """The protocol every algorithm implements (see the module's docstring)."""
 
     name: ClassVar[str] = ""
-    schemes: ClassVar[tuple] = ()
     needs: ClassVar[tuple] = ()
     rescales: ClassVar[bool] = False
 
-    def check(self, family: str, alias: str, weight=None) -> None:
-        """Raise where this algorithm does not apply to a config of scheme ``family`` (its weight spec ``weight``)."""
-        if family not in self.schemes:
-            raise ValueError(f"qcompiler: {type(self).__name__} does not apply to {alias}; it supports "
-                             f"{', '.join(self.schemes)}")
+    def unsupported(self, spec) -> Optional[str]:
+        """Why this algorithm cannot serve a layer quantized as ``spec`` (a QuantSpec); None where it can."""
+        raise NotImplementedError(f"{type(self).__name__} must say which specs it serves (unsupported)")
 
     def quantize_weight(self, spec, w: torch.Tensor, stats: Optional[torch.nn.Module]) -> Union[dict, Solved]:
         """The tensors to store for ``w`` [N, K] under the weight spec ``spec`` (weight algorithms)."""

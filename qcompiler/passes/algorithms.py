@@ -5,13 +5,17 @@ append ``+gptq`` / ``+hqq`` / ``+awq`` / ``+smoothquant`` to a scheme alias (``"
 
 Each with its schemes, what calibration it needs, and what it changes:
 
-- ``GPTQ`` (int8wo, int4wo, codebook): a Hessian per linear input; quantized values, column by column
-  with error feedback.
-- ``HQQ`` (int4wo, float zero point): no calibration; each group's zero point (and so its scale's use).
-- ``AWQ`` (int4wo): Hessian and channel magnitudes; per-input-channel scales searched to protect salient
-  channels.
-- ``SmoothQuant`` (int8dq, int8static): channel ranges; per-input-channel scales that move activation
-  outliers into the weights.
+- ``GPTQ`` (weight-only affine and codebook weights: int8wo, int4wo, codebook): a Hessian per linear input;
+  quantized values, column by column with error feedback.
+- ``HQQ`` (grouped affine weights with a float zero point: int4wo): no calibration; each group's zero point
+  (and so its scale's use).
+- ``AWQ`` (grouped affine weights: int4wo): Hessian and channel magnitudes; per-input-channel scales searched to
+  protect salient channels.
+- ``SmoothQuant`` (int8 activations: int8dq, int8static): channel ranges; per-input-channel scales that move
+  activation outliers into the weights.
+
+Each says what it applies to by what a spec is (``unsupported(spec)``); ``qcompiler.schemes`` lists the
+schemes that are.
 
 Each is one file implementing the one protocol (``algorithm.py``): ``gptq``, ``hqq``, ``awq``,
 ``smoothquant`` (the last two rescale a linear's input channels, applied by ``smoothing``).
@@ -29,14 +33,16 @@ from .smoothquant import SmoothQuant
 __all__ = ["AWQ", "GPTQ", "HQQ", "SmoothQuant", "check_algorithm", "from_name"]
 
 
-def check_algorithm(algorithm, family: str, alias: str, weight=None) -> None:
-    """Raise a clear error where ``algorithm`` does not apply to a config of scheme ``family``."""
+def check_algorithm(algorithm, alias: str, spec) -> None:
+    """Raise a clear error where ``algorithm`` is not an algorithm or cannot serve ``spec`` (config ``alias``)."""
     if algorithm is None:
         return
     if not isinstance(algorithm, Algorithm):
         names = ", ".join(f"{cls.__name__}()" for cls in REGISTRY.values())
         raise fail("algorithm", f"None or one of qcompiler.{names}", algorithm)
-    algorithm.check(family, alias, weight)
+    reason = algorithm.unsupported(spec)
+    if reason:
+        raise ValueError(f"qcompiler: {type(algorithm).__name__} does not apply to {alias}: {reason}")
 
 
 def from_name(name: str) -> Optional[Algorithm]:

@@ -17,7 +17,7 @@ The layer's error ``tr((W - Ŵ) H (W - Ŵ)ᵀ)`` decides which round's state is 
     before:  w ──residual k-means──> codes, codebooks       after:  codes ⇄ codebooks, under H
 """
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 
@@ -25,6 +25,7 @@ from ..runtime.additive import code_dtype, codes_as_long
 from ..runtime.errors import fail
 from ..runtime.numerics import layer_error
 from .algorithm import Algorithm
+from .spec import AdditiveWeight
 
 CHUNK_ELEMENTS = 1 << 24  # candidate scores computed this many at a time
 
@@ -39,8 +40,10 @@ class AQLM(Algorithm):
     rounds: int = 4
     damp: float = 0.6  # measured on MiniLM: 0.01 overfits the few calibration rows (docs/measured.md, "AQLM")
     name: ClassVar[str] = "aqlm"
-    schemes: ClassVar[tuple] = ("aqlm",)
     needs: ClassVar[tuple] = ("hessian",)
+
+    def unsupported(self, spec) -> Optional[str]:
+        return None if isinstance(spec.weight, AdditiveWeight) else "AQLM learns additive codebooks (the aqlm scheme)"
 
     def __post_init__(self):
         for field, value in (("beam", self.beam), ("rounds", self.rounds)):

@@ -4,7 +4,7 @@ The scales are applied by ``smoothing.py`` (weights ``W·s``, inputs ``x/s``, fo
 graph allows); the weights are then rounded to nearest.
 """
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 
@@ -25,8 +25,12 @@ class AWQ(Algorithm):
 
     grid: int = 20
     name: ClassVar[str] = "awq"
-    schemes: ClassVar[tuple] = ("int4wo",)
     needs: ClassVar[tuple] = ("hessian", "channels")
+
+    def unsupported(self, spec) -> Optional[str]:
+        if spec.activation is None and isinstance(spec.weight, AffineWeight) and spec.weight.group_size is not None:
+            return None
+        return "AWQ scales the input channels of grouped affine weights of weight-only schemes"
 
     def __post_init__(self):
         if not isinstance(self.grid, int) or self.grid < 2:

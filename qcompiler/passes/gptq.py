@@ -65,8 +65,12 @@ class GPTQ(Algorithm):
     descend: int = 2
     guard: bool = True
     name: ClassVar[str] = "gptq"
-    schemes: ClassVar[tuple] = ("int8wo", "int4wo", "codebook")
     needs: ClassVar[tuple] = ("hessian", "held_out")
+
+    def unsupported(self, spec) -> Optional[str]:
+        if spec.activation is None and isinstance(spec.weight, (AffineWeight, CodebookWeight)):
+            return None
+        return "GPTQ quantizes affine or codebook weights of weight-only schemes"
 
     def __post_init__(self):
         if self.damp is not None and not (isinstance(self.damp, (int, float)) and 0 <= self.damp < 1):

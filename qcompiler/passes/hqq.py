@@ -11,7 +11,7 @@ The result is converted to the spec's float-domain zero point (``x̂ = (q - mid)
 and dequantized exactly as round-to-nearest is.
 """
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 
@@ -35,7 +35,6 @@ class HQQ(Algorithm):
     beta: float = 10.0
     kappa: float = 1.01
     name: ClassVar[str] = "hqq"
-    schemes: ClassVar[tuple] = ("int4wo",)
     needs: ClassVar[tuple] = ()
 
     def __post_init__(self):
@@ -44,11 +43,13 @@ class HQQ(Algorithm):
         if not isinstance(self.iters, int) or self.iters < 1:
             raise fail("iters", "a positive integer", self.iters)
 
-    def check(self, family: str, alias: str, weight=None) -> None:
-        super().check(family, alias, weight)
-        if getattr(weight, "zero_point_domain", None) != "float":
-            raise ValueError(f"qcompiler: HQQ optimizes a float zero point; {alias} has zero_point_domain "
-                             f"{getattr(weight, 'zero_point_domain', None)!r} (use the default 'float')")
+    def unsupported(self, spec) -> Optional[str]:
+        if spec.activation is not None or not isinstance(spec.weight, AffineWeight) or spec.weight.group_size is None:
+            return "HQQ fits the zero points of grouped affine weights of weight-only schemes"
+        if spec.weight.zero_point_domain != "float":
+            return (f"HQQ optimizes a float zero point; this one has zero_point_domain "
+                    f"{spec.weight.zero_point_domain!r} (use 'float')")
+        return None
 
     def quantize_weight(self, spec, w: torch.Tensor, stats) -> dict:
         return hqq_quantize(spec, w, self)

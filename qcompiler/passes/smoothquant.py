@@ -4,13 +4,14 @@ The scales are applied by ``smoothing.py`` (weights ``W·s``, inputs ``x/s``, fo
 graph allows), before int8 activations are calibrated on what the linear will see.
 """
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 
 from ..runtime.errors import fail
 from .algorithm import Algorithm, register
 from .smoothing import MIN_SCALE
+from .spec import AffineWeight
 
 
 @register
@@ -22,8 +23,12 @@ class SmoothQuant(Algorithm):
 
     alpha: float = 0.5
     name: ClassVar[str] = "smoothquant"
-    schemes: ClassVar[tuple] = ("int8dq", "int8static")
     needs: ClassVar[tuple] = ("channels",)
+
+    def unsupported(self, spec) -> Optional[str]:
+        if spec.activation is not None and not spec.activation.is_float8 and isinstance(spec.weight, AffineWeight):
+            return None
+        return "SmoothQuant moves outliers from int8 activations into affine weights"
 
     def __post_init__(self):
         if not 0 <= self.alpha <= 1:

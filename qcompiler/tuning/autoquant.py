@@ -21,7 +21,7 @@ import torch
 from torch.export import ExportedProgram
 
 from ..stages.capture import capture
-from ..configs import config_from_string
+from ..schemes import config_from_string
 from ..lowering.rules import DECOMPOSED
 from ..passes.linears import linear_sites
 from ..passes.pattern import attr_target, stored

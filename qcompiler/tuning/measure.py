@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_map
 
 from ..stages.calibrate import split_item
 from ..stages.capture import capture
-from ..configs import config_from_string
+from ..schemes import config_from_string
 from ..stages.lower import lower
 from ..lowering.rules import DECOMPOSED
 from ..stages.package import load, package
