@@ -459,3 +459,21 @@ def test_the_target_and_the_kernels_agree_on_what_vnni_and_amx_are(isa):
     assert ("amx" in caps) == (tile == "amx")
     if isa != "native":
         assert caps <= {"avx2"}  # a capped ATen counts as a machine without the AVX-512 extensions
+
+
+def test_a_weight_only_pattern_is_traced_from_the_graph_its_spec_emits():
+    """The rules' patterns are the spec's own dequantization graphs in a linear: what convert emits, by construction."""
+    import inspect
+
+    from qcompiler.lowering.reference_patterns import weight_only, weight_only_packed
+    from qcompiler.passes import spec
+    from qcompiler.passes.pattern import find
+
+    assert weight_only(spec.affine_packed) is weight_only_packed  # one pattern per graph: rules group by it
+    graph_params = list(inspect.signature(spec.affine_packed).parameters)
+    assert list(inspect.signature(weight_only_packed).parameters) == ["x", *graph_params, "b"]
+    lin = torch.nn.Linear(64, 16).eval()
+    prog = qc.quantize(lin, (torch.randn(2, 64),), qc.Int4WeightOnlyConfig(32, zero_point_domain="int"))
+    (m,) = find(prog.module(), weight_only_packed)
+    assert (m["bits"], m["n"], m["signed"], list(m["block"]), m["dtype"], m["domain"]) == (4, 64, False, [1, 32],
+                                                                                            "uint4", "int")

@@ -93,7 +93,7 @@ from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
 from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes,
                                  grid_codebook_packed, per_token_block, rows, static_int8_int8,
-                                 stored_inputs, weight_name, weight_only_packed, weight_only_unpacked, with_bias)
+                                 stored_inputs, layer_name, weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule, Take
 
 aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn
@@ -349,7 +349,7 @@ def _int8_weight_native(m, x, w8, row_scale, out_dtype, b):
     """``x @ (w8·row_scale)ᵀ`` on ``qcompiler.int8_gemm``, which takes ``x``'s float rows in 16 bits."""
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
-    y = qops.int8_gemm.default(_f32(x2), None, None, *_int8_gemm_weight(m, w8, row_scale, weight_name(m)))
+    y = qops.int8_gemm.default(_f32(x2), None, None, *_int8_gemm_weight(m, w8, row_scale, layer_name(m)))
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
@@ -358,7 +358,7 @@ def _int8_weight_tile(m, x, w8, row_scale, out_dtype, b):
     AMX tiles from 256 rows, in 16 bits (two int8 rows each) on its integer paths below."""
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
-    y = qops.int8_tile_gemm.default(_f32(x2), None, None, *_tile_weight(m, w8, row_scale, weight_name(m)))
+    y = qops.int8_tile_gemm.default(_f32(x2), None, None, *_tile_weight(m, w8, row_scale, layer_name(m)))
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
@@ -368,7 +368,7 @@ def _int8_weight_int16(gemm, m, x, w8, row_scale, out_dtype, b):
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
     q, s = int16_rows(x2)
-    acc_hi, acc_lo = gemm(m, w8, row_scale, weight_name(m), list(int16_halves(q)))
+    acc_hi, acc_lo = gemm(m, w8, row_scale, layer_name(m), list(int16_halves(q)))
     y = aten.mul.Tensor(aten.add.Tensor(aten.mul.Tensor(acc_hi, 256.0), acc_lo), s)
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
@@ -376,7 +376,7 @@ def _int8_weight_int16(gemm, m, x, w8, row_scale, out_dtype, b):
 def _int8_weight_packed(m, x, w8, row_scale, out_dtype, b):
     n, k = w8.shape
     x2, back = rows(m, x, k, n)
-    return with_bias(back(_int8pack(m, x2, w8, row_scale, weight_name(m), out_dtype)), b)
+    return with_bias(back(_int8pack(m, x2, w8, row_scale, layer_name(m), out_dtype)), b)
 
 
 def _int8_weight_only(kernel, m, x, out_dtype, b, **_):
@@ -397,7 +397,7 @@ def _codebook_lut(m, x, out_dtype, b, **_):
     n_out, k, bits = m.value("w_q").shape[0], m["n"], m["bits"]
     idx = qops.unpack_int(m.value("w_q"), bits, k, False)
     table, scale = _codebook_rows(m)
-    name = weight_name(m)
+    name = layer_name(m)
     w = m.constant(f"{name}_codebook_lut", codebook_gemm.pack(idx, bits))
     t = m.constant(f"{name}_codebook_lut_table", codebook_gemm.table16(table))
     sums = m.constant(f"{name}_codebook_lut_sums", codebook_gemm.weight_sums(idx, table))
@@ -410,7 +410,7 @@ def _codebook_lut(m, x, out_dtype, b, **_):
 def _additive(m, x, out_dtype, b, **_):
     """AQLM: the codes as stored (group-major), the float16 codebooks and row scales into ``additive_gemm``."""
     codes, books = m.value("codes"), m.value("codebooks")
-    name = m["codes"].target.removesuffix("_codes")
+    name = layer_name(m)
     c = m.constant(f"{name}_additive_codes", additive_gemm.layout(codes))
     cb = m.constant(f"{name}_additive_codebooks", books.half().contiguous())
     s = m.constant(f"{name}_additive_scale", m.value("scale").float().reshape(-1).contiguous())
@@ -426,7 +426,7 @@ def _int8_activations(gemm, m, x, quantize, zero, b):
 
     ``zero``: None, or the stored activation zero point (a 0-d tensor)."""
     w = m.value("w_q")
-    name = weight_name(m)
+    name = layer_name(m)
     x2, back = rows(m, x, w.shape[1], w.shape[0])
     q, scale = quantize(x2)
     if gemm is not None:
@@ -442,7 +442,7 @@ def _int8_dynamic_tile(m, x, eps, b):
     """int8dq in one ``qcompiler.int8_tile_gemm_dq`` call: the kernel quantizes each row as ``per_token_int8`` does
     (the same floats), so no pass over the rows is left to Inductor."""
     w = m.value("w_q")
-    name = weight_name(m)
+    name = layer_name(m)
     x2, back = rows(m, x, w.shape[1], w.shape[0])
     eps_c = m.constant(f"{name}_int8_tile_eps", torch.tensor([float(eps)]))
     y = qops.int8_tile_gemm_dq.default(_f32(x2), eps_c, *_tile_weight(m, w, m.value("w_scale"), name))
@@ -461,7 +461,7 @@ def _int8_dynamic_int8(gemm, m, x, eps, b, **_):
 
 
 def _int8_static_int8(gemm, m, x, b, **_):
-    name = weight_name(m)
+    name = layer_name(m)
     z = m.value("zero_point").reshape(())
     s = m.constant(f"{name}_input_scale", m.value("scale").reshape(()).float())
 
@@ -483,7 +483,7 @@ def _int4_values(m, n: int, signed: bool):
 
 def _int4_weight_only(target_isa, m, x, n, signed, block, out_dtype, b, **_):
     u = _int4_values(m, n, signed) + 8
-    name = weight_name(m)
+    name = layer_name(m)
     packed = _int4_pack(m, u, name, target_isa)
     sz = m.constant(f"{name}_int4pack_scales_zeros", m.payload)  # what _int4_groups computed
     x2, back = rows(m, x, n, u.shape[0])
@@ -493,7 +493,7 @@ def _int4_weight_only(target_isa, m, x, n, signed, block, out_dtype, b, **_):
 
 def _int8_dynamic_int4(target_isa, m, x, eps, n, w_block, out_w, b, **_):
     u = _int4_values(m, n, True) + 8
-    name = weight_name(m)
+    name = layer_name(m)
     s = m.value("w_scale").float()
     sz = torch.stack([s, torch.zeros_like(s)], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
     x2, back = rows(m, x, n, u.shape[0])
@@ -510,7 +510,7 @@ def _int8_int4(m, a, a_scale, a_zero, q, scale, offset, group: int):
     integers in [-128, 127] ([rows, K]), ``a_scale`` and ``a_zero`` (or None) [rows, 1]; or, with ``a_scale``
     None, ``a`` the float rows themselves, which the kernel takes in 16 bits. The weight is packed and its scales
     stored as constants."""
-    name = weight_name(m)
+    name = layer_name(m)
     w = m.constant(f"{name}_int8_int4", int8_int4.pack(q))
     w_scale = m.constant(f"{name}_int8_int4_scale", scale)
     w_offset = None if offset is None else m.constant(f"{name}_int8_int4_offset", offset)

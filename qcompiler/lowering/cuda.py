@@ -15,13 +15,15 @@ their reference pattern here, and ``qcompiler.lower`` decomposes them into ATen 
 Inductor. The kernel is registered with ``torch.library.triton_op``, so AOTInductor
 compiles it into a CUDA ``.pt2``.
 """
+from functools import partial
+
 import torch
 
 from ..runtime.dtypes import int_type
 from ..runtime.numerics import per_token_int8
 from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes,
                                  float_codebook_packed, grid_codebook_bytes, grid_codebook_packed, per_token_block,
-                                 rows, stored_inputs, weight_name, weight_only_packed,
+                                 rows, stored_inputs, layer_name, weight_only_packed,
                                  weight_only_unpacked, with_bias)
 from .rules import LoweringRule
 from ..runtime.triton_matmul import affine_scale_zero
@@ -47,7 +49,7 @@ def _weight_shape(m):
 
 def _launch(m, x, b, **qparams):
     n, k, bits = _weight_shape(m)
-    name = weight_name(m)
+    name = layer_name(m)
     x2, back = rows(m, x, k, n)
     signed = qparams.pop("signed", False)
     consts = {key: m.constant(f"{name}_triton_{key}", t.contiguous()) for key, t in qparams.items()}
@@ -91,7 +93,7 @@ def _additive(m) -> bool:
 def _additive_kernel(m, x, out_dtype, b, **_):
     """AQLM: the codes, float16 codebooks and row scales as stored, decoded in the kernel's tiles."""
     codes, books = m.value("codes"), m.value("codebooks")
-    name = m["codes"].target.removesuffix("_codes")
+    name = layer_name(m)
     x2, back = rows(m, x, codes.shape[1] * books.shape[2], codes.shape[0])
     consts = [m.constant(f"{name}_triton_{key}", t) for key, t in
               (("codes", codes), ("codebooks", books.half().contiguous()),
@@ -105,12 +107,13 @@ def _dynamic(m) -> bool:
             and (w_block[1] == -1 or w_block[1] % 16 == 0))  # the kernel's K tiles stay inside a group
 
 
-def _dynamic_kernel(m, x, eps, out_w, b, **_):
-    """Per-token int8 activations in ATen ops, then the exact integer matmul with the scales applied after."""
+def _dynamic_kernel(mapping: str, m, x, eps, out_w, b, **_):
+    """Per-token int8 activations in ATen ops (``mapping``: the matched pattern's), then the exact integer matmul with
+    the scales applied after."""
     n, k, bits = _weight_shape(m)
-    name = weight_name(m)
+    name = layer_name(m)
     x2, back = rows(m, x, k, n)
-    q, s, z = per_token_int8(x2, "symmetric" if bits == 8 else "asymmetric", eps)
+    q, s, z = per_token_int8(x2, mapping, eps)
     xq = aten._to_copy.default(q, dtype=torch.int8)
     xz = None if z is None else aten._to_copy.default(aten.reshape.default(z, [-1]), dtype=torch.int32)
     groups = 1 if m["w_block"][1] == -1 else k // m["w_block"][1]
@@ -137,8 +140,9 @@ def _rule(name, pattern, replace, kernel, ok, what: str) -> LoweringRule:
 
 
 RULES = (
-    _rule("int8dq", dynamic_int8_int8, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, _BAD_WEIGHTS),
-    _rule("int8da-int4w", dynamic_int8_int4, _dynamic_kernel, DYNAMIC_KERNEL, _dynamic, _BAD_WEIGHTS),
+    _rule("int8dq", dynamic_int8_int8, partial(_dynamic_kernel, "symmetric"), DYNAMIC_KERNEL, _dynamic, _BAD_WEIGHTS),
+    _rule("int8da-int4w", dynamic_int8_int4, partial(_dynamic_kernel, "asymmetric"), DYNAMIC_KERNEL, _dynamic,
+          _BAD_WEIGHTS),
     _rule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine, _BAD_QPARAMS),
     _rule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine, _BAD_QPARAMS),
     _rule("codebook (int8 grid)", grid_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, _NO_TABLES),

@@ -1,16 +1,48 @@
-"""The reference patterns convert emits (``passes/reference.py``), as example functions for the backends' rules.
+"""The reference patterns convert emits, as example functions for the backends' rules: each a linear of the
+graphs a spec emits (``passes/spec.py``), traced with parameters in place of the spec's settings.
 
-Parameters bind graph nodes or literal arguments (dtype names, block sizes), so a rule's
-``where`` reads them from the match. ``rows`` reshapes a linear's input to 2-D and back.
+A weight-only format's pattern is :func:`weight_only` of its dequantization graph: ``linear(x, graph(...), b)``
+with every parameter of the graph a pattern input, so a new weight format gets its pattern from its graph alone.
+Parameters bind graph nodes or literal arguments (dtype names, block sizes), so a rule's ``where`` reads them
+from the match. ``rows`` reshapes a linear's input to 2-D and back.
 """
+import inspect
+from typing import Callable, Dict
+
 import torch
 
-aten, qops = torch.ops.aten, torch.ops.qcompiler
+from ..passes import record
+from ..passes import spec as graphs
+from ..passes.pattern import attr_target
+
+aten = torch.ops.aten
+
+_PATTERNS: Dict[Callable, Callable] = {}  # a registry: one pattern function per graph, so rules share it
 
 
-def weight_name(m) -> str:
-    """The matched layer's name, from its stored weight ``<name>_q``: the prefix of the constants a rule stores."""
-    return m["w_q"].target.removesuffix("_q")
+def weight_only(graph: Callable) -> Callable:
+    """``pattern(x, <graph's parameters>, b) = linear(x, graph(<parameters>), b)``, made once per graph (rules
+    group by pattern identity)."""
+    if graph not in _PATTERNS:
+        names = list(inspect.signature(graph).parameters)
+        if "x" in names or "b" in names:
+            raise ValueError(f"qcompiler: {graph.__name__}'s parameters may not be named x or b")
+        source = (f"def {graph.__name__}(x, {', '.join(names)}, b):\n"
+                  f"    return linear(x, graph({', '.join(names)}), b)\n")
+        namespace = {"linear": aten.linear.default, "graph": graph}
+        exec(compile(source, f"<weight_only({graph.__name__})>", "exec"), namespace)  # a real signature to trace
+        _PATTERNS[graph] = namespace[graph.__name__]  # type: ignore[assignment]
+    return _PATTERNS[graph]
+
+
+def layer_name(m) -> str:
+    """The matched layer's name, as convert named it (its report record), the prefix of the constants a rule
+    stores; a linear without a record (a program not from convert) is named by its stored weight."""
+    rec = record.read(m.anchor)
+    if rec is not None and rec.name:
+        return rec.name
+    targets = [attr_target(node) for node in m.inputs.values()]
+    return next((t for t in targets if t), m.anchor.name)
 
 
 def stored_inputs(m, *names) -> bool:
@@ -35,64 +67,28 @@ def rows(m, x, k, n):
     return aten.reshape.default(x, [-1, k]), lambda y: aten.reshape.default(y, lead + [n])
 
 
-def weight_only_unpacked(x, w_q, block, scale, zero_point, dtype, domain, out_dtype, b):
-    return aten.linear.default(
-        x, qops.dequantize_affine.default(w_q, block, scale, zero_point, dtype, domain, out_dtype), b)
-
-
-def weight_only_packed(x, w_q, bits, n, signed, block, scale, zero_point, dtype, domain, out_dtype, b):
-    q = qops.unpack_int.default(w_q, bits, n, signed)
-    return aten.linear.default(
-        x, qops.dequantize_affine.default(q, block, scale, zero_point, dtype, domain, out_dtype), b)
-
-
-def _grid_codebook(idx, cb_q, cb_scale, block_rows, out_dtype):
-    cb = qops.dequantize_affine.default(cb_q, [1, -1], cb_scale, None, "int8", "none", torch.float32)
-    return qops.dequantize_codebook.default(idx, cb, block_rows, out_dtype)
-
-
-def grid_codebook_packed(x, w_q, bits, n, cb_q, cb_scale, block_rows, out_dtype, b):
-    idx = qops.unpack_int.default(w_q, bits, n, False)
-    return aten.linear.default(x, _grid_codebook(idx, cb_q, cb_scale, block_rows, out_dtype), b)
-
-
-def grid_codebook_bytes(x, w_q, cb_q, cb_scale, block_rows, out_dtype, b):  # 8-bit indices are stored unpacked
-    return aten.linear.default(x, _grid_codebook(w_q, cb_q, cb_scale, block_rows, out_dtype), b)
-
-
-def float_codebook_packed(x, w_q, bits, n, codebook, block_rows, out_dtype, b):
-    idx = qops.unpack_int.default(w_q, bits, n, False)
-    return aten.linear.default(x, qops.dequantize_codebook.default(idx, codebook, block_rows, out_dtype), b)
-
-
-def float_codebook_bytes(x, w_q, codebook, block_rows, out_dtype, b):  # 8-bit indices are stored unpacked
-    return aten.linear.default(x, qops.dequantize_codebook.default(w_q, codebook, block_rows, out_dtype), b)
-
-
-def additive(x, codes, codebooks, scale, out_dtype, b):  # AQLM
-    return aten.linear.default(x, qops.dequantize_additive.default(codes, codebooks, scale, out_dtype), b)
+weight_only_unpacked = weight_only(graphs.affine_bytes)
+weight_only_packed = weight_only(graphs.affine_packed)
+grid_codebook_packed = weight_only(graphs.grid_codebook_packed)
+grid_codebook_bytes = weight_only(graphs.grid_codebook_bytes)
+float_codebook_packed = weight_only(graphs.float_codebook_packed)
+float_codebook_bytes = weight_only(graphs.float_codebook_bytes)
+additive = weight_only(graphs.additive)
 
 
 def dynamic_int8_int8(x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):
-    s = qops.choose_qparams_affine.default(x, block, "int8", "symmetric", "none", None, torch.float32, eps)[0]
-    xq = qops.quantize_affine.default(x, block, s, None, "int8", "none")
-    xd = qops.dequantize_affine.default(xq, block, s, None, "int8", "none", out_x)
-    return aten.linear.default(
-        xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
+    """int8dq: per-token symmetric int8 activations, per-channel symmetric int8 weights."""
+    return aten.linear.default(graphs.dynamic_int8(x, block, eps, out_x, "symmetric"),
+                               graphs.affine_bytes(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
 
 
 def dynamic_int8_int4(x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
-    sz = qops.choose_qparams_affine.default(x, block, "int8", "asymmetric", "int", None, torch.float32, eps)
-    s, z = sz[0], sz[1]
-    xd = qops.dequantize_affine.default(qops.quantize_affine.default(x, block, s, z, "int8", "int"),
-                                        block, s, z, "int8", "int", out_x)
-    w = qops.dequantize_affine.default(qops.unpack_int.default(w_q, 4, n, True),
-                                       w_block, w_scale, None, "int4", "none", out_w)
-    return aten.linear.default(xd, w, b)
+    """int8da-int4w: per-token asymmetric int8 activations, symmetric int4 weights in groups."""
+    return aten.linear.default(graphs.dynamic_int8(x, block, eps, out_x, "asymmetric"),
+                               graphs.affine_packed(w_q, 4, n, True, w_block, w_scale, None, "int4", "none", out_w), b)
 
 
 def static_int8_int8(x, block, scale, zero_point, out_x, w_q, w_block, w_scale, out_w, b):
-    xq = qops.quantize_affine.default(x, block, scale, zero_point, "int8", "int")
-    xd = qops.dequantize_affine.default(xq, block, scale, zero_point, "int8", "int", out_x)
-    return aten.linear.default(
-        xd, qops.dequantize_affine.default(w_q, w_block, w_scale, None, "int8", "none", out_w), b)
+    """int8static: calibrated per-tensor int8 activations, per-channel symmetric int8 weights."""
+    return aten.linear.default(graphs.static_int8(x, block, scale, zero_point, out_x),
+                               graphs.affine_bytes(w_q, w_block, w_scale, None, "int8", "none", out_w), b)

@@ -18,6 +18,68 @@ from qcompiler.runtime.affine import resolve_zero_point_dtype
 ops = torch.ops.qcompiler
 
 
+# ------------------------------------------------------------------ the graphs specs emit
+# Each representation's dequantization (and each activation quantization) is written once, here, as a function of
+# its stored tensors and its settings. A spec calls it with its own settings (convert emits exactly that), and
+# lowering traces it with parameters in their place into the reference pattern its rules match
+# (lowering/reference_patterns.py), so a rule matches what the spec emits by construction.
+
+def affine_bytes(w_q, block, scale, zero_point, dtype, domain, out_dtype):
+    """Affine weights stored a value a byte (int8, uint8)."""
+    return ops.dequantize_affine.default(w_q, block, scale, zero_point, dtype, domain, out_dtype)
+
+
+def affine_packed(w_q, bits, n, signed, block, scale, zero_point, dtype, domain, out_dtype):
+    """Sub-byte affine weights, packed (``pack_int``) along the input dimension of size ``n``."""
+    return affine_bytes(ops.unpack_int.default(w_q, bits, n, signed), block, scale, zero_point, dtype, domain,
+                        out_dtype)
+
+
+def grid_tables(cb_q, cb_scale):
+    """Int8 codebook tables (one per row) with a scale per row, as float32 entries."""
+    return ops.dequantize_affine.default(cb_q, [1, -1], cb_scale, None, "int8", "none", torch.float32)
+
+
+def grid_codebook_bytes(w_q, cb_q, cb_scale, block_rows, out_dtype):
+    """8-bit codebook indices into int8 tables (one per row) with a scale per row."""
+    return ops.dequantize_codebook.default(w_q, grid_tables(cb_q, cb_scale), block_rows, out_dtype)
+
+
+def grid_codebook_packed(w_q, bits, n, cb_q, cb_scale, block_rows, out_dtype):
+    """b-bit codebook indices, packed, into int8 tables with a scale per row."""
+    return grid_codebook_bytes(ops.unpack_int.default(w_q, bits, n, False), cb_q, cb_scale, block_rows, out_dtype)
+
+
+def float_codebook_bytes(w_q, codebook, block_rows, out_dtype):
+    """8-bit codebook indices into float tables."""
+    return ops.dequantize_codebook.default(w_q, codebook, block_rows, out_dtype)
+
+
+def float_codebook_packed(w_q, bits, n, codebook, block_rows, out_dtype):
+    """b-bit codebook indices, packed, into float tables."""
+    return float_codebook_bytes(ops.unpack_int.default(w_q, bits, n, False), codebook, block_rows, out_dtype)
+
+
+def additive(codes, codebooks, scale, out_dtype):
+    """AQLM: each group the sum of one vector per codebook, times its row's scale."""
+    return ops.dequantize_additive.default(codes, codebooks, scale, out_dtype)
+
+
+def dynamic_int8(x, block, eps, out_x, mapping: str):
+    """Per-token dynamic int8 activations (quantized and dequantized: the reference form)."""
+    domain = "none" if mapping == "symmetric" else "int"
+    sz = ops.choose_qparams_affine.default(x, block, "int8", mapping, domain, None, torch.float32, eps)
+    s, z = sz[0], (None if domain == "none" else sz[1])
+    xq = ops.quantize_affine.default(x, block, s, z, "int8", domain)
+    return ops.dequantize_affine.default(xq, block, s, z, "int8", domain, out_x)
+
+
+def static_int8(x, block, scale, zero_point, out_x, domain: str = "int"):
+    """Static int8 activations with calibrated qparams."""
+    xq = ops.quantize_affine.default(x, block, scale, zero_point, "int8", domain)
+    return ops.dequantize_affine.default(xq, block, scale, zero_point, "int8", domain, out_x)
+
+
 @dataclass(frozen=True)
 class AffineWeight:
     """Integer weights, one scale (and zero point) per row or per group of the input dimension."""
@@ -53,9 +115,10 @@ class AffineWeight:
 
     def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
         it = int_type(self.dtype)
-        q = t["q"] if it.bits == 8 else ops.unpack_int(t["q"], it.bits, in_features, it.signed)
-        return ops.dequantize_affine(q, self.block, t["scale"], t.get("zero_point"), it.name,
-                                     self.zero_point_domain, out_dtype)
+        qparams = (self.block, t["scale"], t.get("zero_point"), it.name, self.zero_point_domain, out_dtype)
+        if it.bits == 8:
+            return affine_bytes(t["q"], *qparams)
+        return affine_packed(t["q"], it.bits, in_features, it.signed, *qparams)
 
 
 @dataclass(frozen=True)
@@ -102,11 +165,17 @@ class CodebookWeight:
     def _entries(self, t: Mapping):
         if self.grid is None:
             return t["codebook"]
-        return ops.dequantize_affine(t["codebook"], [1, -1], t["codebook_scale"], None, "int8", "none", torch.float32)
+        return grid_tables(t["codebook"], t["codebook_scale"])
 
     def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
-        idx = t["q"] if self.bits == 8 else ops.unpack_int(t["q"], self.bits, in_features, False)
-        return ops.dequantize_codebook(idx, self._entries(t), 1 if self.grid else self.block_rows, out_dtype)
+        q, cb = t["q"], t["codebook"]
+        if self.grid == "int8":  # each row its own table: block_rows 1
+            if self.bits == 8:
+                return grid_codebook_bytes(q, cb, t["codebook_scale"], 1, out_dtype)
+            return grid_codebook_packed(q, self.bits, in_features, cb, t["codebook_scale"], 1, out_dtype)
+        if self.bits == 8:
+            return float_codebook_bytes(q, cb, self.block_rows, out_dtype)
+        return float_codebook_packed(q, self.bits, in_features, cb, self.block_rows, out_dtype)
 
 
 @dataclass(frozen=True)
@@ -128,7 +197,7 @@ class AdditiveWeight:
         return fit_additive(w.detach(), self.codebooks, self.bits, self.group_size)
 
     def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
-        return ops.dequantize_additive(t["codes"], t["codebooks"], t["scale"], out_dtype)
+        return additive(t["codes"], t["codebooks"], t["scale"], out_dtype)
 
 
 @dataclass(frozen=True)
@@ -185,12 +254,8 @@ class ActivationSpec:
             s = ops.choose_scale_float8(x, block, self.dtype, torch.float32)
             return ops.dequantize_float8(ops.quantize_float8(x, block, s, self.dtype), block, s, x.dtype)
         if qparams is None:
-            s, z = ops.choose_qparams_affine(x, block, "int8", self.mapping, self.domain, None, torch.float32, eps)
-            z = None if self.domain == "none" else z
-        else:
-            s, z = qparams["scale"], qparams.get("zero_point")
-        q = ops.quantize_affine(x, block, s, z, "int8", self.domain)
-        return ops.dequantize_affine(q, block, s, z, "int8", self.domain, x.dtype)
+            return dynamic_int8(x, block, eps, x.dtype, self.mapping)
+        return static_int8(x, block, qparams["scale"], qparams.get("zero_point"), x.dtype, self.domain)
 
 
 @dataclass(frozen=True)
