@@ -55,7 +55,8 @@ from .configs import (
     Int8WeightOnlyConfig,
     SCHEME_FORMS,
 )
-from .schemes import config_from_dict, config_from_string, config_to_dict, scheme, scheme_forms
+from .schemes import (IntxWeightOnlyConfig, config_from_dict, config_from_string, config_to_dict, scheme,
+                      scheme_forms)
 from .stages.convert import convert
 from .stages.lower import lower
 from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
@@ -83,5 +84,5 @@ __all__ += [
     "autoquant", "AUTOQUANT_CANDIDATES", "median_call_s", "Plan", "LayerFloor", "ModelBudget",
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
-    "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig",
+    "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig", "IntxWeightOnlyConfig",
 ]

@@ -83,6 +83,7 @@ NON_DEFAULT = [
     qc.AQLMWeightOnlyConfig(2, 8, 16, beam=2, rounds=1),
     qc.Float8WeightOnlyConfig(),
     qc.Float8DynamicActivationFloat8WeightConfig(),
+    qc.IntxWeightOnlyConfig(3, 32, "float", scale_dtype=torch.float32, algorithm=qc.HQQ()),
 ]
 
 

@@ -5,6 +5,7 @@
     int4.py      int4wo-<g>, int8da-int4w-<g>
     codebook.py  codebook-<bits>[-<block_rows>][-float]
     aqlm.py      aqlm-<M>x<B>-g<g>
+    intx.py      intx-<bits>-<group>[-float]
 
 A new scheme is a new file here (its config: fields, validation, ``alias``, ``spec()``; and its registration),
 imported below; aliases, help, recipes' JSON and the algorithms' lists then know it.
@@ -17,6 +18,7 @@ from .float8 import Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyC
 from .int4 import Int4WeightOnlyConfig, Int8DynamicActivationInt4WeightConfig
 from .codebook import CodebookWeightOnlyConfig
 from .aqlm import AQLMWeightOnlyConfig
+from .intx import IntxWeightOnlyConfig
 
 __all__ = [
     "SCHEMES", "Scheme", "scheme", "scheme_forms", "config_types", "config_from_string", "config_to_dict",
@@ -24,4 +26,5 @@ __all__ = [
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int8StaticActivationInt8WeightConfig",
     "Float8WeightOnlyConfig", "Float8DynamicActivationFloat8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "AQLMWeightOnlyConfig",
+    "IntxWeightOnlyConfig",
 ]
