@@ -84,6 +84,9 @@ NON_DEFAULT = [
     qc.Float8WeightOnlyConfig(),
     qc.Float8DynamicActivationFloat8WeightConfig(),
     qc.IntxWeightOnlyConfig(3, 32, "float", scale_dtype=torch.float32, algorithm=qc.HQQ()),
+    qc.FpxWeightOnlyConfig(2, 3, scale_dtype=torch.bfloat16),
+    qc.MXWeightOnlyConfig("fp8"),
+    qc.NVFP4WeightOnlyConfig(),
 ]
 
 

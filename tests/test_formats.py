@@ -56,3 +56,85 @@ def test_intx_lowers_and_runs_as_its_reference_program():
         low = qc.lower(prog, "cpu")
         torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
         assert all(r.scheme == alias for r in qc.report(low).quantized)
+
+
+TABLE_SCHEMES = ["fp6", "fpx-2-3", "fpx-2-1", "mxfp4", "mxfp8", "nvfp4"]
+
+
+def test_the_grids_are_the_formats_values():
+    from qcompiler.runtime import tables
+
+    assert tables.grid_values("e2m1").tolist() == [0, .5, 1, 1.5, 2, 3, 4, 6, -0.0, -.5, -1, -1.5, -2, -3, -4, -6]
+    e3m2 = tables.grid_values("e3m2")[:32].tolist()  # fp6 e3m2 (bias 3): subnormals m/16, then (1 + m/4)·2^(e-3)
+    assert e3m2[:5] == [0, 0.0625, 0.125, 0.1875, 0.25] and e3m2[-1] == 28.0 and tables.grid_max("e2m3") == 7.5
+    codes = torch.arange(256, dtype=torch.uint8)
+    fp8 = codes.view(torch.float8_e4m3fn).float()
+    torch.testing.assert_close(tables.grid_values("e4m3"), fp8, equal_nan=True)  # float8_e4m3fn, code by code
+
+
+def test_rounding_to_a_grid_is_a_float_cast_ties_to_even():
+    """On e4m3 the nearest code is torch's own float8_e4m3fn cast, midpoints (the ties) and saturation included."""
+    from qcompiler.runtime import tables
+
+    mags = torch.tensor(tables._grid("e4m3")[1])
+    v = torch.cat([torch.randn(20000) * 50, mags, (mags[1:] + mags[:-1]) / 2, -(mags[1:] + mags[:-1]) / 2,
+                   torch.tensor([500.0, -1e4])])
+    ours = tables.grid_values("e4m3")[tables.nearest_code(v, "e4m3").long()]
+    assert torch.equal(ours, v.clamp(-448, 448).to(torch.float8_e4m3fn).float())
+
+
+@pytest.mark.parametrize("alias", TABLE_SCHEMES)
+def test_table_formats_store_each_weight_as_its_nearest_grid_value_under_its_block_scale(alias):
+    """Against float64: every stored code is a nearest grid value of w / s (s as stored, saturating at the grid's
+    largest value), the codes at the grid's bit width, and the dequantized weight is table[code]·s."""
+    from qcompiler.runtime import tables
+
+    torch.manual_seed(0)
+    w = torch.randn(32, 256) * torch.logspace(-3, 1, 32)[:, None]
+    spec = qc.config_from_string(alias).spec().weight
+    t = spec.quantize(w)
+    bits = tables.grid_bits(spec.grid)
+    assert t["q"].shape == (32, 256 * bits // 8)
+    codes = t["q"] if bits == 8 else qc.unpack_int(t["q"], bits, 256, signed=False)
+    s = tables.table_scale(t["scale"], spec.scale_format, t.get("tensor_scale")).double()
+    block = 256 if spec.block_size == -1 else spec.block_size
+    s = s.repeat_interleave(block, dim=1)
+    grid = tables.grid_values(spec.grid).double()
+    finite = grid[~grid.isnan()]
+    v = (w.double() / s).clamp(-float(finite.max()), float(finite.max()))
+    best = (v[..., None] - finite).abs().amin(-1)
+    chosen = (v - grid[codes.long()]).abs()
+    assert bool((chosen <= best + 1e-9 * v.abs() + 1e-12).all())
+    torch.testing.assert_close(spec.dequantize(t, 256, torch.float32).double(), grid[codes.long()] * s, rtol=1e-6,
+                               atol=0)
+
+
+def test_block_scales_follow_each_format():
+    from qcompiler.runtime import tables
+
+    torch.manual_seed(1)
+    w = torch.randn(4, 64) * 3
+    mx = qc.config_from_string("mxfp4").spec().weight.quantize(w)
+    amax = w.abs().reshape(4, 2, 32).amax(-1)
+    assert mx["scale"].dtype == torch.uint8  # e8m0: 2^(floor(log2 amax) - 2), e2m1's emax being 2
+    assert torch.equal(mx["scale"].long() - 127, torch.floor(torch.log2(amax)).long() - 2)
+    nv = qc.config_from_string("nvfp4").spec().weight.quantize(w)
+    assert nv["scale"].dtype == torch.float8_e4m3fn and nv["tensor_scale"].shape == (1,)
+    torch.testing.assert_close(nv["tensor_scale"], (w.abs().max() / (6 * 448)).reshape(1))
+    block = w.abs().reshape(4, 4, 16).amax(-1) / 6 / nv["tensor_scale"]
+    assert torch.equal(nv["scale"].float(), block.to(torch.float8_e4m3fn).float())
+    fp6 = qc.config_from_string("fp6").spec().weight.quantize(w)
+    assert fp6["scale"].dtype == torch.float16 and fp6["scale"].shape == (4, 1)
+    torch.testing.assert_close(fp6["scale"], (w.abs().amax(1, keepdim=True) / 28).half())
+    assert tables.grid_bits("e3m2") == 6
+
+
+@pytest.mark.parametrize("alias", TABLE_SCHEMES)
+def test_table_formats_lower_and_run_as_their_reference_program(alias):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
+    x = torch.randn(5, 128)
+    prog = qc.quantize(m, (x,), qc.config_from_string(alias))
+    low = qc.lower(prog, "cpu")
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-4, atol=1e-4)
+    assert [r.scheme for r in qc.report(low).quantized] == [alias, alias]

@@ -74,6 +74,8 @@ grid_codebook_bytes = weight_only(graphs.grid_codebook_bytes)
 float_codebook_packed = weight_only(graphs.float_codebook_packed)
 float_codebook_bytes = weight_only(graphs.float_codebook_bytes)
 additive = weight_only(graphs.additive)
+table_packed = weight_only(graphs.table_packed)
+table_bytes = weight_only(graphs.table_bytes)
 
 
 def dynamic_int8_int8(x, block, eps, out_x, w_q, w_block, w_scale, out_w, b):

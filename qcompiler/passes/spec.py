@@ -11,7 +11,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from qcompiler.runtime import int_type
+from qcompiler.runtime import int_type, tables
 from qcompiler.runtime.additive import fit_additive
 from qcompiler.runtime.affine import resolve_zero_point_dtype
 
@@ -63,6 +63,17 @@ def float_codebook_packed(w_q, bits, n, codebook, block_rows, out_dtype):
 def additive(codes, codebooks, scale, out_dtype):
     """AQLM: each group the sum of one vector per codebook, times its row's scale."""
     return ops.dequantize_additive.default(codes, codebooks, scale, out_dtype)
+
+
+def table_bytes(w_q, table, block_size, scale, scale_format, tensor_scale, out_dtype):
+    """8-bit codes into a fixed table, times each block's scale (fp8 grids: MXFP8)."""
+    return ops.dequantize_table.default(w_q, table, block_size, scale, scale_format, tensor_scale, out_dtype)
+
+
+def table_packed(w_q, bits, n, table, block_size, scale, scale_format, tensor_scale, out_dtype):
+    """b-bit codes, packed, into a fixed table, times each block's scale (fp4, fp6, fpx, MXFP4, NVFP4)."""
+    return table_bytes(ops.unpack_int.default(w_q, bits, n, False), table, block_size, scale, scale_format,
+                       tensor_scale, out_dtype)
 
 
 def dynamic_int8(x, block, eps, out_x, mapping: str):
@@ -217,7 +228,55 @@ class Float8Weight:
         return ops.dequantize_float8(t["q"], [1, -1], t["scale"], out_dtype)
 
 
-WeightSpec = Union[AffineWeight, CodebookWeight, AdditiveWeight, Float8Weight]
+@dataclass(frozen=True)
+class TableWeight:
+    """Each weight a code into a fixed ``grid`` of values (``runtime/tables.py``: ``e2m1``, ``e3m2``, ``e4m3``, ...)
+    times its block's scale: blocks of ``block_size`` along the input dimension (``-1``: one per row), the scale
+    stored as ``scale_format`` says (``e8m0``: a power of two in a byte; ``e4m3``: float8 within a float32 scale per
+    tensor; ``float``: ``scale_dtype``). Codes are stored at the grid's bit width."""
+
+    grid: str
+    block_size: int = -1
+    scale_format: str = "float"
+    scale_dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        tables.grid_bits(self.grid)  # checks the name
+        if self.scale_format not in tables.SCALE_FORMATS:
+            raise ValueError(f"qcompiler: scale_format must be one of {', '.join(tables.SCALE_FORMATS)}; "
+                             f"got {self.scale_format!r}")
+
+    @property
+    def bits(self) -> int:
+        return tables.grid_bits(self.grid)
+
+    def unfit(self, shape) -> Optional[str]:
+        if self.block_size != -1 and shape[1] % self.block_size:
+            return f"input size {shape[1]} is not a multiple of block size {self.block_size}"
+        return None
+
+    def quantize(self, w: torch.Tensor) -> dict:
+        w = w.detach().float()
+        tensor_scale = None
+        if self.scale_format == "e4m3":  # the block scales' range, per tensor: amax maps to e4m3's largest
+            top = w.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+            tensor_scale = (top / (tables.grid_max(self.grid) * tables.E4M3_MAX)).reshape(1)
+        scale = tables.choose_table_scale(w, self.grid, self.block_size, self.scale_format, tensor_scale)
+        if self.scale_format == "float":
+            scale = scale.to(self.scale_dtype)
+        idx = tables.quantize_table(w, self.grid, self.block_size, scale, self.scale_format, tensor_scale)
+        out = {"q": idx if self.bits == 8 else ops.pack_int(idx, self.bits), "table": tables.grid_values(self.grid),
+               "scale": scale}
+        return out if tensor_scale is None else {**out, "tensor_scale": tensor_scale}
+
+    def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):
+        qparams = (t["table"], self.block_size, t["scale"], self.scale_format, t.get("tensor_scale"), out_dtype)
+        if self.bits == 8:
+            return table_bytes(t["q"], *qparams)
+        return table_packed(t["q"], self.bits, in_features, *qparams)
+
+
+WeightSpec = Union[AffineWeight, CodebookWeight, AdditiveWeight, Float8Weight, TableWeight]
 
 
 @dataclass(frozen=True)

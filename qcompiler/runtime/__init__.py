@@ -17,12 +17,13 @@ from .kmeans import kmeans_codebook
 # the C++ ops and oneDNN's prepack (faked), registered on import
 from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, onednn  # noqa: F401
 from .packing import pack_int, packed_size, unpack_int
+from .tables import dequantize_table
 
 __all__ = [
     "choose_qparams_affine", "quantize_affine", "dequantize_affine",
     "pack_int", "unpack_int", "packed_size",
     "kmeans_codebook", "quantize_codebook", "dequantize_codebook", "dequantize_additive",
-    "choose_scale_float8", "quantize_float8", "dequantize_float8",
+    "choose_scale_float8", "quantize_float8", "dequantize_float8", "dequantize_table",
     "IntType", "int_type", "INT_TYPE_NAMES", "FLOAT_DTYPES", "FLOAT8_DTYPES",
 ]
 

@@ -6,6 +6,9 @@
     codebook.py  codebook-<bits>[-<block_rows>][-float]
     aqlm.py      aqlm-<M>x<B>-g<g>
     intx.py      intx-<bits>-<group>[-float]
+    fpx.py       fp6, fpx-<e>-<m>
+    mx.py        mxfp4, mxfp8
+    nvfp4.py     nvfp4
 
 A new scheme is a new file here (its config: fields, validation, ``alias``, ``spec()``; and its registration),
 imported below; aliases, help, recipes' JSON and the algorithms' lists then know it.
@@ -19,6 +22,9 @@ from .int4 import Int4WeightOnlyConfig, Int8DynamicActivationInt4WeightConfig
 from .codebook import CodebookWeightOnlyConfig
 from .aqlm import AQLMWeightOnlyConfig
 from .intx import IntxWeightOnlyConfig
+from .fpx import FpxWeightOnlyConfig
+from .mx import MXWeightOnlyConfig
+from .nvfp4 import NVFP4WeightOnlyConfig
 
 __all__ = [
     "SCHEMES", "Scheme", "scheme", "scheme_forms", "config_types", "config_from_string", "config_to_dict",
@@ -26,5 +32,5 @@ __all__ = [
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int8StaticActivationInt8WeightConfig",
     "Float8WeightOnlyConfig", "Float8DynamicActivationFloat8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "AQLMWeightOnlyConfig",
-    "IntxWeightOnlyConfig",
+    "IntxWeightOnlyConfig", "FpxWeightOnlyConfig", "MXWeightOnlyConfig", "NVFP4WeightOnlyConfig",
 ]
