@@ -18,7 +18,9 @@ from machine import machine
 from qcompiler.zoo import CALIBRATION_SENTENCES, SENTENCES, minilm
 
 SCHEMES = ["int8wo", "int8dq", "int4wo-32", "int4wo-64", "int4wo-128", "int4wo-256", "int8da-int4w-32",
-           "codebook-3", "codebook-4", "codebook-3-float", "codebook-4-float", "fp8wo", "fp8dq", "int8static"]
+           "codebook-3", "codebook-4", "codebook-3-float", "codebook-4-float", "fp8wo", "fp8dq", "int8static",
+           "intx-2-32", "intx-3-32", "intx-3-64", "intx-4-64", "intx-5-64", "intx-6-64", "fp6", "fpx-2-3", "mxfp4",
+           "mxfp8", "nvfp4"]
 
 
 def main():

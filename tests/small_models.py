@@ -64,3 +64,11 @@ def mixed_factory():
 def mlp_factory():
     model, args, _ = mlp_case()
     return model, args
+
+
+def square_mlp_factory():
+    """Three 64 -> 64 linears with bias: one shape, so autoquant packages each candidate once (a fast CLI test)."""
+    torch.manual_seed(0)
+    lin = [torch.nn.Linear(64, 64) for _ in range(3)]
+    model = torch.nn.Sequential(lin[0], torch.nn.ReLU(), lin[1], torch.nn.ReLU(), lin[2]).eval()
+    return model, (torch.randn(4, 64),)

@@ -89,7 +89,9 @@ def test_scheme_with_an_algorithm(tmp_path, capsys):
 
 def test_scheme_auto_writes_its_plan_inspect_prints_it_and_a_second_run_reuses_it(tmp_path, capsys):
     plan = tmp_path / "plan.json"
-    code, out, err = run(capsys, "quantize", MLP, "--scheme", "auto", "--candidates", "int8dq", "--shapes", "decode=1",
+    square = "small_models:square_mlp_factory"  # one linear shape: each candidate is packaged and timed once
+    code, out, err = run(capsys, "quantize", square, "--scheme", "auto", "--candidates", "int8dq",
+                         "--shapes", "decode=1",
                          "--min-sqnr", "25", "--plan", plan, "-o", tmp_path / "auto.pt2", "--json")
     assert code == 0, err
     assert "autoquant: layers x candidates measured: 6/6" in err and "predicted total" in err  # 3 linears x 2
@@ -97,7 +99,7 @@ def test_scheme_auto_writes_its_plan_inspect_prints_it_and_a_second_run_reuses_i
     info = run_json(capsys, "inspect", plan)
     assert {r["name"]: r["choice"] for r in info["layers"] if r["choice"] != "float"} == layers
     assert info["shapes"] == {"decode": 1} and all(len(r["candidates"]) == 2 for r in info["layers"])
-    code, out, err = run(capsys, "quantize", MLP, "--scheme", "auto", "--plan", plan, "--min-sqnr", "500",
+    code, out, err = run(capsys, "quantize", square, "--scheme", "auto", "--plan", plan, "--min-sqnr", "500",
                          "--weights", "decode=3", "-o", tmp_path / "float.pt2", "--json")
     assert code == 0, err
     # chosen again from the plan's measurements, nothing timed

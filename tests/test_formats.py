@@ -138,3 +138,19 @@ def test_table_formats_lower_and_run_as_their_reference_program(alias):
     low = qc.lower(prog, "cpu")
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-4, atol=1e-4)
     assert [r.scheme for r in qc.report(low).quantized] == [alias, alias]
+
+
+def test_a_packaged_file_keeps_table_codes_at_their_width(tmp_path):
+    """Packaging (freezing) must not fold the dequantization into float32 weights: the file holds the codes
+    (mxfp8's unpacked bytes included) and runs as the lowered program does."""
+    torch.manual_seed(0)
+    d = 512
+    model = torch.nn.Sequential(*[torch.nn.Linear(d, d, bias=False) for _ in range(3)]).eval()
+    recipe = qc.Recipe([("0", qc.config_from_string("mxfp8")), ("1", qc.config_from_string("fp6")),
+                        ("2", qc.config_from_string("nvfp4"))])
+    x = torch.randn(3, d)
+    lowered = qc.lower(qc.quantize(model, (x,), recipe), "cpu")
+    path = qc.package(lowered, tmp_path / "tables.pt2")
+    codes = d * d * (8 + 6 + 4) // 8  # 0.6 MB of codes; the float32 weights are 3.1 MB
+    assert path.stat().st_size < codes + 2_000_000  # + scales, tables and the compiled code (~1.5 MB)
+    torch.testing.assert_close(qc.load(path)(x), lowered.module()(x), rtol=1e-5, atol=1e-5)

@@ -265,8 +265,8 @@ class TableWeight:
         if self.scale_format == "float":
             scale = scale.to(self.scale_dtype)
         idx = tables.quantize_table(w, self.grid, self.block_size, scale, self.scale_format, tensor_scale)
-        out = {"q": idx if self.bits == 8 else ops.pack_int(idx, self.bits), "table": tables.grid_values(self.grid),
-               "scale": scale}
+        q = idx.view(torch.int8) if self.bits == 8 else ops.pack_int(idx, self.bits)  # 8-bit: see dequantize_table
+        out = {"q": q, "table": tables.grid_values(self.grid), "scale": scale}
         return out if tensor_scale is None else {**out, "tensor_scale": tensor_scale}
 
     def dequantize(self, t: Mapping, in_features: int, out_dtype: torch.dtype):

@@ -133,8 +133,9 @@ def quantize_table(w: torch.Tensor, grid: str, block_size: int, scale: torch.Ten
 
 def _check_dequantize_table(idx, table, block_size, scale, scale_format, output_dtype) -> int:
     """The block size in effect (``-1``: the whole row)."""
-    if not isinstance(idx, torch.Tensor) or idx.dtype != torch.uint8 or idx.ndim != 2:
-        raise fail("idx", "a uint8 [N, K] tensor of unpacked codes", getattr(idx, "dtype", type(idx).__name__))
+    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.uint8, torch.int8) or idx.ndim != 2:
+        raise fail("idx", "a uint8 (or, for 8-bit codes, int8) [N, K] tensor of unpacked codes",
+                   getattr(idx, "dtype", type(idx).__name__))
     if not isinstance(table, torch.Tensor) or table.ndim != 1 or not 2 <= table.shape[0] <= 256:
         raise fail("table", "a 1-d tensor of 2 to 256 values", getattr(table, "shape", table))
     check_float_dtype(output_dtype, "output_dtype")
@@ -155,9 +156,16 @@ def _dequantize_table_op(idx: torch.Tensor, table: torch.Tensor, block_size: int
                          output_dtype: torch.dtype) -> torch.Tensor:
     block = _check_dequantize_table(idx, table, block_size, scale, scale_format, output_dtype)
     s = table_scale(scale, scale_format, tensor_scale)
-    n, k = idx.shape
-    v = table.float()[idx.long()].reshape(n, k // block, block)
-    return (v * s.unsqueeze(-1)).reshape(n, k).to(output_dtype)
+    if idx.dtype == torch.int8:
+        # 8-bit codes are stored as int8 and read through an int8 -> bfloat16 conversion (exact for -128..127), which
+        # Inductor's constant folding leaves to run time, as it does weight-only int8's: freezing then keeps them at
+        # their width in a .pt2 instead of folding the dequantization into float32 weights. (Packed codes are kept
+        # by unpack_int's shifts.)
+        codes = idx.to(torch.bfloat16).to(torch.int32) & 0xFF
+    else:
+        codes = idx.long()
+    columns = torch.arange(idx.shape[1], device=idx.device) // block
+    return (table.float()[codes] * s[:, columns]).to(output_dtype)
 
 
 @_dequantize_table_op.register_fake
@@ -169,7 +177,8 @@ def _(idx, table, block_size, scale, scale_format, tensor_scale, output_dtype):
 def dequantize_table(idx: torch.Tensor, table: torch.Tensor, block_size: int, scale: torch.Tensor,
                      scale_format: str, tensor_scale: Optional[torch.Tensor] = None,
                      output_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``table[idx] · s_block`` [N, K] in ``output_dtype``: ``idx`` uint8 codes [N, K] (unpacked), ``table`` the
+    """``table[idx] · s_block`` [N, K] in ``output_dtype``: ``idx`` codes [N, K] (unpacked uint8; 8-bit codes may be
+    their bytes as int8), ``table`` the
     grid's values by code, one scale per block of ``block_size`` along K (``-1``: per row), stored as
     ``scale_format`` says, times ``tensor_scale`` where given."""
     return _dequantize_table_op(idx, table, block_size, scale, scale_format, tensor_scale, output_dtype)
