@@ -151,6 +151,10 @@ def test_a_packaged_file_keeps_table_codes_at_their_width(tmp_path):
     x = torch.randn(3, d)
     lowered = qc.lower(qc.quantize(model, (x,), recipe), "cpu")
     path = qc.package(lowered, tmp_path / "tables.pt2")
-    codes = d * d * (8 + 6 + 4) // 8  # 0.6 MB of codes; the float32 weights are 3.1 MB
-    assert path.stat().st_size < codes + 2_000_000  # + scales, tables and the compiled code (~1.5 MB)
+    import zipfile
+
+    codes = d * d * (8 + 6 + 4) // 8  # 0.6 MB of codes; the float32 weights are 3.1 MB, one layer's 1 MB
+    weights = sum(i.file_size for i in zipfile.ZipFile(path).infolist() if not i.filename.endswith(".so")
+                  and i.file_size > 10_000)  # the weights' blob, not the compiled code
+    assert codes < weights < codes + 300_000  # + scales (freezing widens them to float32: 0.1 MB) and tables
     torch.testing.assert_close(qc.load(path)(x), lowered.module()(x), rtol=1e-5, atol=1e-5)
