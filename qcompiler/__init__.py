@@ -8,6 +8,8 @@ re-exported here with typed Python wrappers:
 - codebooks: :func:`kmeans_codebook`, :func:`quantize_codebook`, :func:`dequantize_codebook`;
   additive codebooks (AQLM): :func:`dequantize_additive`
 - float8: :func:`choose_scale_float8`, :func:`quantize_float8`, :func:`dequantize_float8`
+- fixed-table formats (fp4/fp6/fp8 grids with block scales): :func:`dequantize_table` (grids, scales and
+  rounding in ``qcompiler.runtime.tables``)
 
 The stages (capture, annotate, prepare, convert, lower, package, load) build on them.
 """
@@ -20,6 +22,7 @@ from .runtime import (
     dequantize_affine,
     dequantize_codebook,
     dequantize_float8,
+    dequantize_table,
     int_type,
     kmeans_codebook,
     pack_int,
@@ -36,7 +39,7 @@ __all__ = [
     "choose_qparams_affine", "quantize_affine", "dequantize_affine",
     "pack_int", "unpack_int", "packed_size",
     "kmeans_codebook", "quantize_codebook", "dequantize_codebook", "dequantize_additive",
-    "choose_scale_float8", "quantize_float8", "dequantize_float8",
+    "choose_scale_float8", "quantize_float8", "dequantize_float8", "dequantize_table",
     "IntType", "int_type", "INT_TYPE_NAMES",
 ]
 
