@@ -158,3 +158,24 @@ def test_a_packaged_file_keeps_table_codes_at_their_width(tmp_path):
                   and i.file_size > 10_000)  # the weights' blob, not the compiled code
     assert codes < weights < codes + 300_000  # + scales (freezing widens them to float32: 0.1 MB) and tables
     torch.testing.assert_close(qc.load(path)(x), lowered.module()(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alias", ["fpx-2-1", "fpx-3-0", "fpx-1-1"])
+def test_per_row_fp4_and_below_run_on_the_lookup_table_kernel(alias):
+    """A per-row grid of at most 4 bits whose values are integers at some power-of-two scale (e2m1 times 2) is a
+    per-row int8 table: qcompiler.codebook_gemm runs it, as the reference computes it up to 16-bit activations."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64)).eval()  # K % 128
+    x = torch.randn(5, 128)
+    prog = qc.quantize(m, (x,), qc.config_from_string(alias))
+    low = qc.lower(prog, "cpu")
+    kernels = [r.kernel for r in qc.report(low).quantized]
+    assert all(k.startswith("qcompiler.codebook_gemm") for k in kernels), kernels
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
+
+
+def test_block_scaled_tables_say_why_the_codebook_kernel_declines():
+    lin = torch.nn.Linear(128, 64).eval()
+    low = qc.lower(qc.quantize(lin, (torch.randn(2, 128),), qc.config_from_string("mxfp4")), "cpu")
+    (r,) = qc.report(low).quantized
+    assert r.kernel == "decomposed" and "block scales need the lookup-table kernel" in r.kernel_reason

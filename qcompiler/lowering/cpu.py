@@ -92,7 +92,7 @@ from ..runtime.numerics import int16_halves, int16_rows, per_token_int8
 from ..runtime.onednn import qlinear_available
 from ..runtime.target import Target
 from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes,
-                                 grid_codebook_packed, per_token_block, rows, static_int8_int8,
+                                 grid_codebook_packed, per_token_block, rows, static_int8_int8, table_packed,
                                  stored_inputs, layer_name, weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule, Take
 
@@ -146,6 +146,26 @@ def _codebook_lut_fits(m, target):
         return declined
     low = int(m.value("cb_q").min())
     return _unless(low >= -127, f"a table entry is {low}; the codebook kernel takes entries in [-127, 127]")
+
+
+def _table_lut_fits(m, target):
+    """What ``qcompiler.codebook_gemm`` takes of a fixed-table format: packed codes of 1-4 bits, one float scale per
+    row, and a grid whose values times some 2^j are integers in [-127, 127] (e2m1: 2·{0, .5, ..., 6}); the
+    payload is that integer table and j."""
+    declined = _stored(m, "w_q", "table", "scale")
+    if declined:
+        return declined
+    if m["block_size"] != -1 or m["scale_format"] != "float" or m["tensor_scale"] is not None:
+        return "the codebook kernel takes one float scale per row (block scales need the lookup-table kernel)"
+    declined = codebook_gemm.unfit(m.value("w_q").shape[0], m["n"], m["bits"])
+    if declined:
+        return declined
+    table = m.value("table").double()
+    for j in range(8):
+        t = table * 2 ** j
+        if bool((t == t.round()).all()) and float(t.abs().max()) <= 127:
+            return Take((t.to(torch.int8), j))
+    return "the grid's values are no integers in [-127, 127] at any power-of-two scale"
 
 
 def _additive_fits(m, target):
@@ -402,6 +422,23 @@ def _codebook_lut(m, x, out_dtype, b, **_):
     t = m.constant(f"{name}_codebook_lut_table", codebook_gemm.table16(table))
     sums = m.constant(f"{name}_codebook_lut_sums", codebook_gemm.weight_sums(idx, table))
     s = m.constant(f"{name}_codebook_lut_scale", scale.float().contiguous())
+    x2, back = rows(m, x, k, n_out)
+    y = qops.codebook_gemm.default(_f32(x2), w, t, sums, s, bits)
+    return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
+
+
+def _table_lut(m, x, out_dtype, b, **_):
+    """A per-row fixed-table format on the codebook kernel: every row's table is the grid times 2^j (integers), its
+    scale the stored one over 2^j, so the product is the reference's up to the 16-bit activations."""
+    grid, j = m.payload
+    n_out, k, bits = m.value("w_q").shape[0], m["n"], m["bits"]
+    idx = qops.unpack_int(m.value("w_q"), bits, k, False)
+    table = grid.reshape(1, -1).expand(n_out, -1)
+    name = layer_name(m)
+    w = m.constant(f"{name}_table_lut", codebook_gemm.pack(idx, bits))
+    t = m.constant(f"{name}_table_lut_table", codebook_gemm.table16(table))
+    sums = m.constant(f"{name}_table_lut_sums", codebook_gemm.weight_sums(idx, table))
+    s = m.constant(f"{name}_table_lut_scale", (m.value("scale").float().reshape(-1) / 2 ** j).contiguous())
     x2, back = rows(m, x, k, n_out)
     y = qops.codebook_gemm.default(_f32(x2), w, t, sums, s, bits)
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
@@ -672,6 +709,8 @@ def rules(target_isa: str) -> tuple:
         LoweringRule("aqlm", additive, _additive, ADDITIVE, _WHY_ADDITIVE, check=_on_native(_additive_fits)),
         LoweringRule("codebook (int8 grid)", grid_codebook_packed, _codebook_lut, CODEBOOK_LUT + _INT16_ACTS,
                      _WHY_CODEBOOK_LUT, check=_on_native(_codebook_lut_fits)),
+        LoweringRule("fixed table (per row)", table_packed, _table_lut, CODEBOOK_LUT + _INT16_ACTS, _WHY_CODEBOOK_LUT,
+                     check=_on_native(_table_lut_fits)),
         *_integer_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,
                         _INT16_ACTS, True, packed=True),
         *_integer_rules("codebook-8 (int8 grid)", grid_codebook_bytes, _grid_codebook_weight, _grid_codebook,
