@@ -20,23 +20,9 @@ import torch
 import qcompiler as qc
 from machine import machine
 from qcompiler.runtime import additive_gemm, native
-from timing import interleaved, median_ratio
+from timing import copies, interleaved, median_ratio, rotating
 
-CACHE_BYTES = 64 << 20
 AQLM = {"aqlm-2x8-g8": (2, 8, 8), "aqlm-1x16-g8": (1, 16, 8)}
-
-
-def copies(nbytes: int) -> int:
-    return max(1, min(8, -(-CACHE_BYTES // max(nbytes, 1))))
-
-
-def rotating(fns, x):
-    state = {"i": 0}
-
-    def call():
-        state["i"] = (state["i"] + 1) % len(fns)
-        return fns[state["i"]](x)
-    return call
 
 
 def dense(n, k):

@@ -41,3 +41,21 @@ def median_ratio(numerator: List[float], denominator: List[float]) -> Optional[f
     """Median over rounds of numerator[r] / denominator[r] (only same-round ratios are compared)."""
     pairs = [a / b for a, b in zip(numerator, denominator) if b > 0]
     return statistics.median(pairs) if pairs else None
+
+
+CACHE_BYTES = 64 << 20  # weights rotated until they exceed this, so a GEMV reads them from memory
+
+
+def copies(nbytes: int) -> int:
+    """How many copies of a weight of ``nbytes`` exceed the caches (1 to 8)."""
+    return max(1, min(8, -(-CACHE_BYTES // max(nbytes, 1))))
+
+
+def rotating(fns, x):
+    """A call that runs the next of ``fns`` on ``x`` each time (each a copy of one layer)."""
+    state = {"i": 0}
+
+    def call():
+        state["i"] = (state["i"] + 1) % len(fns)
+        return fns[state["i"]](x)
+    return call

@@ -58,8 +58,8 @@ from .configs import (
     Int8WeightOnlyConfig,
     SCHEME_FORMS,
 )
-from .schemes import (FpxWeightOnlyConfig, IntxWeightOnlyConfig, MXWeightOnlyConfig, NVFP4WeightOnlyConfig,
-                      config_from_dict, config_from_string, config_to_dict, scheme,
+from .schemes import (FpxWeightOnlyConfig, IntxWeightOnlyConfig, MXWeightOnlyConfig, NF4WeightOnlyConfig,
+                      NVFP4WeightOnlyConfig, config_from_dict, config_from_string, config_to_dict, scheme,
                       scheme_forms)
 from .stages.convert import convert
 from .stages.lower import lower
@@ -89,5 +89,5 @@ __all__ += [
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
     "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig", "IntxWeightOnlyConfig",
-    "FpxWeightOnlyConfig", "MXWeightOnlyConfig", "NVFP4WeightOnlyConfig",
+    "FpxWeightOnlyConfig", "MXWeightOnlyConfig", "NVFP4WeightOnlyConfig", "NF4WeightOnlyConfig",
 ]

@@ -47,18 +47,48 @@ def test_intx_aliases_configs_and_algorithms():
         qc.IntxWeightOnlyConfig(3, 48)
 
 
-def test_intx_lowers_and_runs_as_its_reference_program():
+AVX512 = qc.Target.parse("cpu:avx2+avx512+vnni")  # what the fixed-table kernel asks of a target
+TABLE_GEMM, INT8_INT4, CODEBOOK = "qcompiler.table_gemm", "qcompiler.int8_int4_gemm", "qcompiler.codebook_gemm"
+
+
+def kernels(low) -> list:
+    return [r.kernel.split(" (")[0] for r in qc.report(low).quantized]
+
+
+@pytest.mark.parametrize("alias,kernel", [("intx-3-64", TABLE_GEMM), ("intx-6-32-float", TABLE_GEMM),
+                                          ("intx-4-32", INT8_INT4)])
+def test_intx_lowers_to_its_kernel_and_runs_as_its_reference_program(alias, kernel):
+    """intx at 4 bits takes the int4 kernel; the other widths the fixed-table kernel, the table the codes' integers
+    (less the middle for a float zero point) and the zero points read in the kernel."""
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
     x = torch.randn(5, 128)
-    for alias in ("intx-3-64", "intx-4-32"):
-        prog = qc.quantize(m, (x,), qc.config_from_string(alias))
-        low = qc.lower(prog, "cpu")
-        torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=2e-2, atol=2e-2)
-        assert all(r.scheme == alias for r in qc.report(low).quantized)
+    prog = qc.quantize(m, (x,), qc.config_from_string(alias))
+    low = qc.lower(prog, AVX512)
+    assert kernels(low) == [kernel] * 2
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
+    assert all(r.scheme == alias for r in qc.report(low).quantized)
 
 
-TABLE_SCHEMES = ["fp6", "fpx-2-3", "fpx-2-1", "mxfp4", "mxfp8", "nvfp4"]
+TABLE_SCHEMES = ["fp6", "fpx-2-3", "fpx-2-1", "mxfp4", "mxfp8", "nvfp4", "nf4"]
+
+
+def test_a_grid_declared_by_its_values_makes_a_scheme_of_one_file():
+    """nf4 is schemes/nf4.py alone: its grid registered by its 16 values, its config; the table kernel runs it."""
+    from qcompiler.runtime import tables
+
+    assert {"nf4", "nf4-<32|64|128|256>"} <= set(qc.scheme_forms())
+    assert qc.config_from_string("nf4-128") == qc.NF4WeightOnlyConfig(128)
+    assert tables.grid_bits("nf4") == 4 and tables.grid_max("nf4") == 1.0
+    v = torch.tensor([-2.0, -0.6, 0.03, 0.04, 0.99])  # 0.04 is nearer 0.0796 than 0; saturating at -1
+    assert tables.grid_values("nf4")[tables.nearest_code(v, "nf4").long()].tolist() == pytest.approx(
+        [-1.0, -0.5250731, 0.0, 0.0795803, 1.0])
+    with pytest.raises(ValueError, match="values must be 2, 4, ..., 256 distinct finite values"):
+        tables.register_grid("three", [0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="name must be a grid name not registered with other values"):
+        tables.register_grid("nf4", [float(i) for i in range(16)])
+    with pytest.raises(ValueError, match="name must be a grid name other than the e<E>m<M> float grids"):
+        tables.register_grid("e2m1", [float(i) for i in range(16)])
 
 
 def test_the_grids_are_the_formats_values():
@@ -130,13 +160,17 @@ def test_block_scales_follow_each_format():
 
 
 @pytest.mark.parametrize("alias", TABLE_SCHEMES)
-def test_table_formats_lower_and_run_as_their_reference_program(alias):
+def test_table_formats_lower_to_the_table_kernel_and_run_as_their_reference_program(alias):
+    """Every fixed-table format on qcompiler.table_gemm (per-row grids of at most 4 bits on the codebook kernel,
+    below), within the 16-bit rows of an int8 table (e2m1's values times 2) or float32 sums."""
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
     x = torch.randn(5, 128)
     prog = qc.quantize(m, (x,), qc.config_from_string(alias))
-    low = qc.lower(prog, "cpu")
-    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-4, atol=1e-4)
+    low = qc.lower(prog, AVX512)
+    # fpx-2-1 per row: the codebook kernel where K % 128 == 0 (the first layer), the table kernel for the other
+    assert kernels(low) == ([CODEBOOK, TABLE_GEMM] if alias == "fpx-2-1" else [TABLE_GEMM] * 2)
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
     assert [r.scheme for r in qc.report(low).quantized] == [alias, alias]
 
 
@@ -174,8 +208,12 @@ def test_per_row_fp4_and_below_run_on_the_lookup_table_kernel(alias):
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
 
 
-def test_block_scaled_tables_say_why_the_codebook_kernel_declines():
+def test_without_avx512_block_scaled_tables_decompose_and_say_why():
     lin = torch.nn.Linear(128, 64).eval()
-    low = qc.lower(qc.quantize(lin, (torch.randn(2, 128),), qc.config_from_string("mxfp4")), "cpu")
+    x = torch.randn(2, 128)
+    prog = qc.quantize(lin, (x,), qc.config_from_string("mxfp4"))
+    low = qc.lower(prog, qc.Target.parse("cpu:avx2"))
     (r,) = qc.report(low).quantized
     assert r.kernel == "decomposed" and "block scales need the lookup-table kernel" in r.kernel_reason
+    assert "target cpu:avx2 lacks avx512, vnni" in r.kernel_reason
+    torch.testing.assert_close(low.module()(x), prog.module()(x))

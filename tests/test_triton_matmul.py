@@ -76,6 +76,22 @@ def test_aqlm_weights_decode_in_the_kernel(m, n, k, codebooks, bits, group):
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("alias", ["mxfp4", "nvfp4", "mxfp8", "fp6", "nf4-32"])
+@pytest.mark.parametrize("m,n,k", [(1, 48, 64), (5, 33, 96)])
+def test_fixed_table_weights_decode_with_their_block_scales_as_stored(alias, m, n, k):
+    """The grid as a one-row table, the scales read at their width: e8m0 and e4m3 decoded in the kernel."""
+    torch.manual_seed(0)
+    spec = qc.config_from_string(alias).spec().weight
+    stored = spec.quantize(torch.randn(n, k))
+    table = stored["table"].float() * (stored["tensor_scale"].float() if "tensor_scale" in stored else 1.0)
+    x = _x(m, k, torch.float32)
+    ref = x @ spec.dequantize(stored, k, torch.float32).to(DEVICE).t()
+    scale_format = tm.SCALE_FORMATS.index(spec.scale_format)
+    y = wo_matmul(x, stored["q"].to(DEVICE), spec.bits, k, scale=stored["scale"].to(DEVICE),
+                  table=table.reshape(1, -1).to(DEVICE), scale_format=scale_format)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_activations_match_the_reference_in_that_dtype(dtype):
     torch.manual_seed(0)
@@ -97,7 +113,9 @@ def test_half_precision_activations_match_the_reference_in_that_dtype(dtype):
 # Export of a lowered CUDA program needs a GPU: Triton's interpreter cannot be traced.
 @pytest.mark.parametrize("scheme,kernel", [
     ("int8wo", "affine"), ("int4wo-32", "affine"), ("codebook-4", "codebook"), ("codebook-3-16-float", "codebook"),
-    ("codebook-8", "codebook"), ("int8dq", "dq"), ("int8da-int4w-32", "dq")])
+    ("codebook-8", "codebook"), ("int8dq", "dq"), ("int8da-int4w-32", "dq"), ("intx-3-32", "affine"),
+    ("mxfp4", "fixed table"), ("nvfp4", "fixed table"), ("mxfp8", "fixed table"), ("fp6", "fixed table"),
+    ("nf4-32", "fixed table")])
 def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kernel):
     from qcompiler.lowering import lower_graph
     torch.manual_seed(0)

@@ -94,6 +94,7 @@ from ..runtime.target import Target
 from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, grid_codebook_bytes,
                                  grid_codebook_packed, per_token_block, rows, static_int8_int8, table_packed,
                                  stored_inputs, layer_name, weight_only_packed, weight_only_unpacked, with_bias)
+from . import cpu_tables
 from .rules import LoweringRule, Take
 
 aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn
@@ -711,6 +712,7 @@ def rules(target_isa: str) -> tuple:
                      _WHY_CODEBOOK_LUT, check=_on_native(_codebook_lut_fits)),
         LoweringRule("fixed table (per row)", table_packed, _table_lut, CODEBOOK_LUT + _INT16_ACTS, _WHY_CODEBOOK_LUT,
                      check=_on_native(_table_lut_fits)),
+        *cpu_tables.rules(),
         *_integer_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,
                         _INT16_ACTS, True, packed=True),
         *_integer_rules("codebook-8 (int8 grid)", grid_codebook_bytes, _grid_codebook_weight, _grid_codebook,

@@ -4,6 +4,7 @@
 | --- | --- |
 | int8wo, int4wo (every zero-point domain), any b-bit affine weight | ``qcompiler::triton_wo_matmul`` (affine) |
 | codebook, int8-grid or float, any block of rows | ``qcompiler::triton_wo_matmul`` (table lookup) |
+| fixed tables: fp6 / fpx, mxfp4, mxfp8, nvfp4, nf4 | ``qcompiler::triton_wo_matmul`` (fixed table: scales as stored) |
 | int8dq, int8da-int4w | per-token int8 quantization in ATen ops, then ``qcompiler::triton_dq_matmul`` |
 | aqlm (additive codebooks) | ``qcompiler::triton_additive_matmul`` (codes and float16 codebooks as stored) |
 
@@ -23,10 +24,10 @@ from ..runtime.dtypes import int_type
 from ..runtime.numerics import per_token_int8
 from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes,
                                  float_codebook_packed, grid_codebook_bytes, grid_codebook_packed, per_token_block,
-                                 rows, stored_inputs, layer_name, weight_only_packed,
+                                 rows, stored_inputs, layer_name, table_bytes, table_packed, weight_only_packed,
                                  weight_only_unpacked, with_bias)
 from .rules import LoweringRule
-from ..runtime.triton_matmul import affine_scale_zero
+from ..runtime.triton_matmul import SCALE_FORMATS, affine_scale_zero
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
 triton_wo_matmul, triton_dq_matmul = torch.ops.qcompiler.triton_wo_matmul, torch.ops.qcompiler.triton_dq_matmul
@@ -51,10 +52,11 @@ def _launch(m, x, b, **qparams):
     n, k, bits = _weight_shape(m)
     name = layer_name(m)
     x2, back = rows(m, x, k, n)
-    signed = qparams.pop("signed", False)
+    signed, scale_format = qparams.pop("signed", False), qparams.pop("scale_format", 0)
     consts = {key: m.constant(f"{name}_triton_{key}", t.contiguous()) for key, t in qparams.items()}
     q = m.constant(f"{name}_triton_q", m.value("w_q"))  # the stored weight as it is; counted in the report
-    y = back(triton_wo_matmul(x2, q, bits, k, signed, consts.get("scale"), consts.get("zero"), consts.get("table")))
+    y = back(triton_wo_matmul(x2, q, bits, k, signed, consts.get("scale"), consts.get("zero"), consts.get("table"),
+                              scale_format))
     return with_bias(y, b)
 
 
@@ -76,6 +78,21 @@ def _codebook_table(m) -> torch.Tensor:
 
 def _codebook_kernel(m, x, out_dtype, b, **_):
     return _launch(m, x, b, table=_codebook_table(m))
+
+
+def _table_kernel(m, x, out_dtype, b, **_):
+    """A fixed-table format: the grid's values (times NVFP4's tensor scale) as a table of one row, the block scales
+    as stored (e8m0 and e4m3 decoded in the kernel)."""
+    n, k, _bits = _weight_shape(m)
+    table = m.value("table").float()
+    if m["tensor_scale"] is not None:
+        table = table * m.value("tensor_scale").float()
+    return _launch(m, x, b, table=table.reshape(1, -1), scale=m.value("scale").reshape(n, -1),
+                   scale_format=SCALE_FORMATS.index(m["scale_format"]))
+
+
+def _fixed_table(m) -> bool:
+    return stored_inputs(m, "w_q", "table", "scale", "tensor_scale")
 
 
 def _grid_codebook(m) -> bool:
@@ -125,6 +142,7 @@ def _dynamic_kernel(mapping: str, m, x, eps, out_w, b, **_):
 
 AFFINE_KERNEL = "qcompiler::triton_wo_matmul (affine)"
 CODEBOOK_KERNEL = "qcompiler::triton_wo_matmul (codebook)"
+TABLE_KERNEL = "qcompiler::triton_wo_matmul (fixed table)"
 
 DYNAMIC_KERNEL = "qcompiler::triton_dq_matmul (int8 activations)"
 ADDITIVE_KERNEL = "qcompiler::triton_additive_matmul (AQLM)"
@@ -149,5 +167,7 @@ RULES = (
     _rule("codebook-8 (int8 grid)", grid_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _grid_codebook, _NO_TABLES),
     _rule("codebook (float)", float_codebook_packed, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, _NO_TABLES),
     _rule("codebook-8 (float)", float_codebook_bytes, _codebook_kernel, CODEBOOK_KERNEL, _float_codebook, _NO_TABLES),
+    _rule("fixed table", table_packed, _table_kernel, TABLE_KERNEL, _fixed_table, _NO_TABLES),
+    _rule("fixed table (8-bit codes)", table_bytes, _table_kernel, TABLE_KERNEL, _fixed_table, _NO_TABLES),
     _rule("aqlm", additive, _additive_kernel, ADDITIVE_KERNEL, _additive, "codes or codebooks not stored"),
 )

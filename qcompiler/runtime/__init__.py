@@ -15,7 +15,7 @@ from .dtypes import FLOAT8_DTYPES, FLOAT_DTYPES, INT_TYPE_NAMES, IntType, int_ty
 from .float8 import choose_scale_float8, dequantize_float8, quantize_float8
 from .kmeans import kmeans_codebook
 # the C++ ops and oneDNN's prepack (faked), registered on import
-from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, onednn  # noqa: F401
+from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, onednn, table_gemm  # noqa: F401
 from .packing import pack_int, packed_size, unpack_int
 from .tables import dequantize_table
 

@@ -16,8 +16,8 @@ extension cache, once per machine and source version, and serve two uses:
 Packaging links the archive into the model's shared library, and the generated code calls each kernel
 as a C function: the ``.pt2`` then runs where only torch is installed, in Python or C++
 (``AOTIModelPackageLoader``), with nothing compiled or registered at load. The kernels (``int8_int4_gemm``,
-``int8_gemm``, ``int8_tile_gemm``, ``codebook_gemm``, ``additive_gemm``) pick their instruction set per call (AMX
-for ``int8_tile_gemm``'s larger calls, AVX512-VNNI, AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so
+``int8_gemm``, ``int8_tile_gemm``, ``codebook_gemm``, ``table_gemm``, ``additive_gemm``) pick their instruction
+set per call (AMX for the larger calls, AVX512-VNNI, AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so
 one build, and one file, serves every x86 machine.
 """
 import contextlib
@@ -46,9 +46,9 @@ CFLAGS = ("-O3", "-fopenmp", "-fvisibility=hidden", "-fvisibility-inlines-hidden
 
 
 def _native_ops() -> tuple:
-    from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm
-    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, additive_gemm.OP, int8_tile_gemm.OP, int8_tile_gemm.DQ_OP,
-            int8_tile_gemm.REQUANT_OP)
+    from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, table_gemm
+    return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, table_gemm.OP, additive_gemm.OP, int8_tile_gemm.OP,
+            int8_tile_gemm.DQ_OP, int8_tile_gemm.REQUANT_OP)
 
 
 @functools.lru_cache(maxsize=None)

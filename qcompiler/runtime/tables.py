@@ -31,14 +31,32 @@ GRID = re.compile(r"e(\d)m(\d)")
 SCALE_FORMATS = ("e8m0", "e4m3", "float")
 E8M0_BIAS = 127
 E4M3_MAX = 448.0
+NAMED_GRIDS: dict = {}  # name -> values by code: the grids schemes declare by their values (register_grid)
+
+
+def register_grid(name: str, values) -> None:
+    """Declare a grid by its values by code (2, 4, ..., 256 distinct finite values): a scheme's own table, such as
+    NF4's 16 normal quantiles. A value is rounded to the nearest one (a tie to the lower code)."""
+    values = tuple(float(v) for v in values)
+    count = len(values)
+    if GRID.fullmatch(name) or not name:
+        raise fail("name", "a grid name other than the e<E>m<M> float grids", name)
+    distinct = len(set(values)) == count and all(map(math.isfinite, values))
+    if count < 2 or count > 256 or count & (count - 1) or not distinct:
+        raise fail("values", "2, 4, ..., 256 distinct finite values", values)
+    known = NAMED_GRIDS.get(name)
+    if known is not None and known != values:
+        raise fail("name", "a grid name not registered with other values", name)
+    NAMED_GRIDS[name] = values
 
 
 @functools.lru_cache(maxsize=None)
-def _grid(name: str) -> tuple:
-    """``(values by code, magnitudes sorted, their codes, bits)`` of a grid name, as Python floats."""
+def _float_grid(name: str) -> tuple:
+    """``(values by code, magnitudes sorted, their codes, bits)`` of a float grid name, as Python floats."""
     m = GRID.fullmatch(name or "")
     if m is None:
-        raise fail("grid", "e<E>m<M> (e.g. e2m1, e3m2, e4m3)", name)
+        raise fail("grid", "e<E>m<M> (e.g. e2m1, e3m2, e4m3) or a registered grid's name "
+                   f"({', '.join(NAMED_GRIDS) or 'none'})", name)
     ebits, mbits = int(m.group(1)), int(m.group(2))
     if not (1 <= ebits <= 5 and 0 <= mbits <= 6 and 3 <= 1 + ebits + mbits <= 8):
         raise fail("grid", "1 to 5 exponent bits, 0 to 6 mantissa bits, 3 to 8 bits in all", name)
@@ -54,6 +72,15 @@ def _grid(name: str) -> tuple:
     half = 1 << (bits - 1)
     mags = [(values[c], c) for c in range(half) if not math.isnan(values[c])]
     return tuple(values), tuple(v for v, _ in mags), tuple(c for _, c in mags), bits
+
+
+def _grid(name: str) -> tuple:
+    """``(values by code, magnitudes sorted, their codes, bits)``; a registered grid's codes are all of them, its
+    magnitudes its values' sorted."""
+    values = NAMED_GRIDS.get(name)
+    if values is None:
+        return _float_grid(name)
+    return values, tuple(sorted(abs(v) for v in values)), (), len(values).bit_length() - 1
 
 
 def grid_bits(name: str) -> int:
@@ -111,6 +138,8 @@ def table_scale(scale: torch.Tensor, scale_format: str, tensor_scale: Optional[t
 
 def nearest_code(v: torch.Tensor, grid: str) -> torch.Tensor:
     """The grid code nearest each value of ``v`` (ties to the even code; saturating), uint8."""
+    if grid in NAMED_GRIDS:
+        return _nearest_named(v, NAMED_GRIDS[grid])
     _, mags, codes, bits = _grid(grid)
     mag = torch.tensor(mags, dtype=torch.float64)
     a = v.double().abs().clamp(max=mags[-1])
@@ -120,6 +149,14 @@ def nearest_code(v: torch.Tensor, grid: str) -> torch.Tensor:
     code = torch.tensor(codes, dtype=torch.int64)[i]
     negative = (v < 0) & (code != 0)
     return (code | (negative.to(torch.int64) << (bits - 1))).to(torch.uint8)
+
+
+def _nearest_named(v: torch.Tensor, values: tuple) -> torch.Tensor:
+    """The code of each value's nearest grid value (a tie to the lower value; saturating), uint8."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranked = torch.tensor([values[c] for c in order], dtype=torch.float64)
+    i = torch.bucketize(v.double(), (ranked[1:] + ranked[:-1]) / 2)
+    return torch.tensor(order, dtype=torch.uint8)[i]
 
 
 def quantize_table(w: torch.Tensor, grid: str, block_size: int, scale: torch.Tensor, scale_format: str,

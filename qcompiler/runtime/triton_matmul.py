@@ -61,9 +61,22 @@ def _decode(q_ptr, row_bytes, offs_n, offs_k, mask, BITS: tl.constexpr, SIGNED: 
 
 
 @triton.jit
+def _block_scale(ptr, mask, FORMAT: tl.constexpr):
+    """Block scales as float32 from their stored width: 0 a float dtype, 1 e8m0 (uint8: 2^(s - 127)), 2 e4m3
+    (its uint8 bits: the 7 magnitude bits under float32's exponent and mantissa, rebiased by 2^(127 - 7))."""
+    if FORMAT == 0:
+        return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(ptr, mask=mask, other=0).to(tl.int32)
+    if FORMAT == 1:
+        return (s << 23).to(tl.float32, bitcast=True)
+    return ((s & 0x7F) << 20).to(tl.float32, bitcast=True) * 1.329227995784916e36
+
+
+@triton.jit
 def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N, K, row_bytes, group_size,
                       groups, rows_per_table, stride_xm, stride_ym,
-                      BITS: tl.constexpr, SIGNED: tl.constexpr, CODEBOOK: tl.constexpr, DOT_F32: tl.constexpr,
+                      BITS: tl.constexpr, SIGNED: tl.constexpr, CODEBOOK: tl.constexpr, SCALED: tl.constexpr,
+                      SCALE_FORMAT: tl.constexpr, DOT_F32: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -84,9 +97,12 @@ def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N,
                 w = tl.gather(tables, v, axis=1)
             else:  # up to 256 entries a row: too many registers; read through the cache
                 w = tl.load(table_rows + v, mask=w_mask, other=0.0)
+            if SCALED:  # a fixed table: each block's scale at its stored width
+                g = offs_n[:, None] * groups + offs_k[None, :] // group_size
+                w = w * _block_scale(scale_ptr + g, w_mask, SCALE_FORMAT)
         else:
             g = offs_n[:, None] * groups + offs_k[None, :] // group_size
-            w = v.to(tl.float32) * tl.load(scale_ptr + g, mask=w_mask, other=0.0) \
+            w = v.to(tl.float32) * _block_scale(scale_ptr + g, w_mask, SCALE_FORMAT) \
                 + tl.load(zero_ptr + g, mask=w_mask, other=0.0)
         w = tl.where(w_mask, w, 0.0).to(x.dtype)
         if DOT_F32:  # the interpreter's bf16 tl.dot is wrong; same values, multiplied in float32
@@ -261,22 +277,27 @@ def dq_max_bk(group_size: int) -> int:
     return bk
 
 
+SCALE_FORMATS = ("float", "e8m0", "e4m3")  # wo_matmul's scale_format: 0, 1, 2
+
+
 def wo_launch(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool = False,
               scale: Optional[torch.Tensor] = None, zero: Optional[torch.Tensor] = None,
-              table: Optional[torch.Tensor] = None) -> Launch:
+              table: Optional[torch.Tensor] = None, scale_format: int = 0) -> Launch:
     """The weight-decoding kernel's launch for ``wo_matmul``'s arguments."""
     m, n = x.shape[0], q.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     x, q = x.contiguous(), q.contiguous().view(torch.uint8)
-    codebook = table is not None
+    codebook, scaled = table is not None, table is not None and scale is not None
     dummy = torch.empty(1, dtype=torch.float32, device=x.device)
     scale = scale.contiguous() if scale is not None else dummy
+    scale = scale.view(torch.uint8) if scale.dtype == torch.float8_e4m3fn else scale
     zero = zero.contiguous() if zero is not None else dummy
-    groups = scale.shape[1] if not codebook else 1
+    groups = scale.shape[1] if not codebook or scaled else 1
     args = (x, q, scale, zero, table.contiguous() if codebook else dummy, y, m, n, k, q.shape[1],
             k // groups, groups, n // table.shape[0] if codebook else 1, x.stride(0), y.stride(0))
     return Launch(_wo_matmul_kernel, m, n, None, args,
-                  dict(BITS=bits, SIGNED=signed, CODEBOOK=codebook, DOT_F32=_INTERPRETED), y)
+                  dict(BITS=bits, SIGNED=signed, CODEBOOK=codebook, SCALED=scaled, SCALE_FORMAT=scale_format,
+                       DOT_F32=_INTERPRETED), y)
 
 
 def dq_launch(xq: torch.Tensor, x_scale: torch.Tensor, x_zero: Optional[torch.Tensor], q: torch.Tensor, bits: int,
@@ -297,13 +318,14 @@ def dq_launch(xq: torch.Tensor, x_scale: torch.Tensor, x_zero: Optional[torch.Te
 @torch.library.triton_op("qcompiler::triton_wo_matmul", mutates_args=())
 def wo_matmul(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool = False,
               scale: Optional[torch.Tensor] = None, zero: Optional[torch.Tensor] = None,
-              table: Optional[torch.Tensor] = None) -> torch.Tensor:
+              table: Optional[torch.Tensor] = None, scale_format: int = 0) -> torch.Tensor:
     """``x @ decode(q)ᵀ`` for ``x`` [M, K] and ``q`` [N, ceil(K·bits/8)] (uint8, or int8 for bits = 8).
 
     Affine: ``scale`` and ``zero`` are float32 [N, K / group_size]. Codebook: ``table`` is
-    float32 [T, 2**bits] with T dividing N (one table per N / T rows).
+    float32 [T, 2**bits] with T dividing N (one table per N / T rows). A fixed table: ``table`` [1, 2**bits] and
+    ``scale`` [N, K / block] as stored, ``scale_format`` 0 (a float dtype), 1 (e8m0, uint8) or 2 (float8_e4m3fn).
     """
-    return wo_launch(x, q, bits, k, signed, scale, zero, table).run()
+    return wo_launch(x, q, bits, k, signed, scale, zero, table, scale_format).run()
 
 
 def additive_launch(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, scale: torch.Tensor) -> Launch:

@@ -9,6 +9,7 @@
     fpx.py       fp6, fpx-<e>-<m>
     mx.py        mxfp4, mxfp8
     nvfp4.py     nvfp4
+    nf4.py       nf4[-<block>] (its grid declared by its values)
 
 A new scheme is a new file here (its config: fields, validation, ``alias``, ``spec()``; and its registration),
 imported below; aliases, help, recipes' JSON and the algorithms' lists then know it.
@@ -25,6 +26,7 @@ from .intx import IntxWeightOnlyConfig
 from .fpx import FpxWeightOnlyConfig
 from .mx import MXWeightOnlyConfig
 from .nvfp4 import NVFP4WeightOnlyConfig
+from .nf4 import NF4WeightOnlyConfig
 
 __all__ = [
     "SCHEMES", "Scheme", "scheme", "scheme_forms", "config_types", "config_from_string", "config_to_dict",
@@ -33,4 +35,5 @@ __all__ = [
     "Float8WeightOnlyConfig", "Float8DynamicActivationFloat8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "AQLMWeightOnlyConfig",
     "IntxWeightOnlyConfig", "FpxWeightOnlyConfig", "MXWeightOnlyConfig", "NVFP4WeightOnlyConfig",
+    "NF4WeightOnlyConfig",
 ]

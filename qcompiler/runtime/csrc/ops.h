@@ -1,6 +1,6 @@
 // qcompiler's C++ CPU kernels, as the functions the dispatcher (register.cpp) and the artifact's C shims
 // (shims.cpp) call. Their schemas are defined in Python (runtime/int8_int4.py, int8_gemm.py, int8_tile_gemm.py,
-// codebook_gemm.py, additive_gemm.py); the arguments here follow them in order.
+// codebook_gemm.py, table_gemm.py, additive_gemm.py); the arguments here follow them in order.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,6 +29,9 @@ at::Tensor int8_tile_gemm_requant(const at::Tensor& a, const at::Tensor& a_scale
 
 at::Tensor codebook_gemm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& w_sums,
                          const at::Tensor& scale, int64_t bits);
+
+at::Tensor table_gemm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& scale,
+                      const std::optional<at::Tensor>& offset, int64_t bits, int64_t block);
 
 at::Tensor additive_gemm(const at::Tensor& a, const at::Tensor& codes, const at::Tensor& codebooks,
                          const at::Tensor& scale);

@@ -12,6 +12,7 @@ TORCH_LIBRARY_IMPL(qcompiler, CPU, m) {
   m.impl("int8_tile_gemm_dq", &qc::int8_tile_gemm_dq);
   m.impl("int8_tile_gemm_requant", &qc::int8_tile_gemm_requant);
   m.impl("codebook_gemm", &qc::codebook_gemm);
+  m.impl("table_gemm", &qc::table_gemm);
   m.impl("additive_gemm", &qc::additive_gemm);
 }
 

@@ -76,6 +76,15 @@ AOTITorchError aoti_torch_cpu_codebook_gemm(AtenTensorHandle a, AtenTensorHandle
   });
 }
 
+AOTITorchError aoti_torch_cpu_table_gemm(AtenTensorHandle a, AtenTensorHandle w, AtenTensorHandle table,
+                                         AtenTensorHandle scale, AtenTensorHandle* offset, int64_t bits, int64_t block,
+                                         AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret0 = new_tensor_handle(
+        qc::table_gemm(tensor(a), tensor(w), tensor(table), tensor(scale), maybe(offset), bits, block));
+  });
+}
+
 AOTITorchError aoti_torch_cpu_additive_gemm(AtenTensorHandle a, AtenTensorHandle codes, AtenTensorHandle codebooks,
                                             AtenTensorHandle scale, AtenTensorHandle* ret0) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({

@@ -1,0 +1,124 @@
+"""The CPU rules of the fixed-table kernel (``qcompiler.table_gemm``): a weight that is a b-bit code into one table,
+times its block's scale (plus its block's offset), lowered with the codes at their width and the scales as stored.
+
+Two reference patterns are that shape:
+- the fixed-table formats (``table_packed``, ``table_bytes``: fp6 / fpx, MXFP4, MXFP8, NVFP4): the table is the
+  grid's values (times NVFP4's per-tensor scale), the scales e8m0, e4m3 or float as stored;
+- affine weights at widths the int4 kernel does not take (``weight_only_packed``: intx at 1-3 and 5-7 bits):
+  ``(q - z)·s`` is ``table[u]·s + o`` with the table the codes' integer values, ``o = -z·s`` read from the
+  stored integer zero point (uint8) in the kernel; ``(q - mid)·s + z`` (a float zero point) has the table
+  ``q - mid`` and the offset ``z`` as stored.
+The kernel runs AVX-512 (and AMX tiles from 32 rows); on targets without AVX-512 these layers decompose.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..runtime import native, table_gemm
+from ..runtime.dtypes import int_type
+from .reference_patterns import layer_name, rows, stored_inputs, table_bytes, table_packed, weight_only_packed, \
+    with_bias
+from .rules import LoweringRule, Take
+
+aten, qops = torch.ops.aten, torch.ops.qcompiler
+
+KERNEL = "qcompiler.table_gemm (b-bit codes into a fixed table, block scales read in the kernel)"
+_WHY = ("qcompiler's fixed-table GEMM: the codes stay at their bit width and the scales at theirs in the .pt2, "
+        "and the table is looked up in registers inside the kernel (AVX-512; bfloat16 AMX tiles from 32 rows); "
+        "decomposed, Inductor would decode the whole weight on every call")
+AVX512 = frozenset({"avx512", "vnni"})  # the kernel's AVX-512 path (runtime/target.py: "vnni" is AVX-512 VNNI)
+QPARAM_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class TableForm:
+    """A weight as the kernel takes it: codes [N, K] (uint8), the table, one scale (and offset) per block."""
+
+    idx: torch.Tensor
+    bits: int
+    table: torch.Tensor  # float32 [2^bits]
+    block: int
+    scale: torch.Tensor  # [N, K / block]: float32, bfloat16, uint8 (e8m0) or float8_e4m3fn
+    offset: Optional[torch.Tensor] = None  # [N, K / block]: float32, bfloat16 or uint8 (an integer zero point)
+
+
+def _native():
+    reason = native.cannot_build()
+    return f"qcompiler's C++ kernels cannot be built here ({reason})" if reason else None
+
+
+def _fits(form: TableForm):
+    n, k = form.idx.shape
+    return table_gemm.unfit(n, k, form.bits, form.block) or _native() or Take(form)
+
+
+def _float_qparam(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in QPARAM_DTYPES else t.float()
+
+
+def _grid_form(m, target):
+    """A fixed-table format's codes, table, block and stored scales."""
+    if not stored_inputs(m, "w_q", "table", "scale", "tensor_scale"):
+        return "its codes or scales are computed in the graph, not stored"
+    packed = "bits" in m.inputs
+    idx = m.value("w_q")
+    idx = qops.unpack_int.default(idx, m["bits"], m["n"], False) if packed else idx.view(torch.uint8)
+    bits = m["bits"] if packed else 8
+    table = m.value("table").float()
+    if m["tensor_scale"] is not None:
+        table = table * m.value("tensor_scale").float()
+    scale = m.value("scale")
+    scale = scale if m["scale_format"] != "float" else _float_qparam(scale)
+    block = idx.shape[1] if m["block_size"] == -1 else m["block_size"]
+    return _fits(TableForm(idx, bits, table.contiguous(), block, scale.reshape(idx.shape[0], -1)))
+
+
+def _affine_form(m, target):
+    """An affine packed weight as a fixed table: its codes' integer values (less ``mid`` unless the zero point is
+    an integer), the stored scales, and the zero points as the kernel's offsets."""
+    if not stored_inputs(m, "w_q", "scale", "zero_point"):
+        return "its weight or qparams are computed in the graph, not stored"
+    block, bits, domain = list(m["block"]), m["bits"], m["domain"]
+    t = int_type(m["dtype"])
+    u = torch.arange(1 << bits)
+    q = u - (1 << bits) * (u >= 1 << (bits - 1)).long() if t.signed else u
+    table = (q if domain == "int" else q - t.mid).float()
+    idx = qops.unpack_int.default(m.value("w_q"), bits, m["n"], False)
+    n, k = idx.shape
+    scale = _float_qparam(m.value("scale")).reshape(n, -1)
+    offset = None
+    if domain == "int":
+        z = m.value("zero_point").reshape(n, -1)
+        if z.is_floating_point() or int(z.min()) < 0 or int(z.max()) > 255:  # as -z·s in float32
+            offset, scale = -z.float() * scale.float(), scale.float()
+        else:
+            offset = z.to(torch.uint8)
+    elif domain == "float":
+        offset = _float_qparam(m.value("zero_point")).reshape(n, -1)
+    if len(block) != 2 or block[0] != 1:
+        return f"its blocks {block} are not along the input dimension"
+    width = k if block[1] == -1 else block[1]
+    return _fits(TableForm(idx, bits, table, width, scale, offset))
+
+
+def _table_gemm(m, x, out_dtype, b, **_):
+    """The codes packed at their width, the table, the scales (and offsets) as stored: ``qcompiler.table_gemm``."""
+    form = m.payload
+    n_out, k = form.idx.shape
+    name = layer_name(m)
+    w = m.constant(f"{name}_table_gemm", table_gemm.pack(form.idx, form.bits))
+    values = m.constant(f"{name}_table_gemm_values", form.table)
+    s = m.constant(f"{name}_table_gemm_scale", table_gemm.panel_qparams(form.scale))
+    o = None if form.offset is None else m.constant(f"{name}_table_gemm_offset",
+                                                    table_gemm.panel_qparams(form.offset))
+    x2, back = rows(m, x, k, n_out)
+    y = qops.table_gemm.default(aten._to_copy.default(x2, dtype=torch.float32), w, values, s, o, form.bits, form.block)
+    return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
+
+
+def rules() -> tuple:
+    """The fixed-table rules, in the order the CPU table tries them (after the int4 kernel's)."""
+    return (LoweringRule("fixed table", table_packed, _table_gemm, KERNEL, _WHY, AVX512, _grid_form),
+            LoweringRule("fixed table (8-bit codes)", table_bytes, _table_gemm, KERNEL, _WHY, AVX512, _grid_form),
+            LoweringRule("intx", weight_only_packed, _table_gemm, KERNEL, _WHY, AVX512, _affine_form))

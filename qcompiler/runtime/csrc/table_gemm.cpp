@@ -1,0 +1,668 @@
+// qcompiler::table_gemm: float activations x b-bit codes (b = 1..8) into one fixed table of float values, each
+// block's scale (and offset) read inside the GEMM: the kernel behind intx, fp6 / fpx, MXFP4, MXFP8 and NVFP4.
+//
+//   y[m, n] = sum_k x[m, k] * (table[idx[n, k]] * s[n, k / block] + o[n, k / block])
+//
+// x float32 [M, K]; table float32 [2^bits] (the format's grid: e2m1's 16 values, e3m2's 64, intx's 0 .. 2^b - 1);
+// scales and offsets stored at their width, laid out [N / 16][K / block][16] (a panel's 16 columns side by side):
+//   scale: float32, bfloat16, uint8 (e8m0: 2^(e - 127)) or float8_e4m3fn
+//   offset (optional): float32 or bfloat16 (added as it is), or uint8 (an integer zero point z: o = -z * s)
+//
+// Packed codes: uint8, 2 * K * bits bytes per panel of 16 columns, panels in column order. A panel is stored
+// stripe by stripe (32 k each); a stripe's code bits in planes of 8, 4, 2 or 1 bits (runtime/table_gemm.py PLANES:
+// 3 = 2 + 1, 5 = 4 + 1, 6 = 4 + 2, 7 = 4 + 2 + 1), a plane of width w as w 64-byte words. Word u of a plane holds,
+// in its int32 lane c, column c's bits of the codes of k = 32 * stripe + u * (32 / w) + 4 * t + j at bit
+// 8 * j + w * t. So one shift and one mask per plane give 16 columns' codes of one k as int32 lanes (the control
+// of a vpermps of the table; vpermi2ps for 32 entries, two and a blend for 64, a gather from L1 above), or of 4
+// consecutive k as each lane's 4 bytes (the control of a vpshufb of an int8 table, below).
+//
+// Paths, chosen per call (ATEN_CPU_CAPABILITY caps the choice, so tests reach each on any machine):
+// - AMX-BF16, from 32 rows: each 64-column panel decoded once per 256 rows into scaled bfloat16 weights, oneDNN's
+//   brgemm on tiles (bf16_tiles.h), the rows rounded to bfloat16.
+// - AVX-512: up to 8 rows at a time x one panel; per k the 16 columns' table values times the k's activation
+//   broadcast, summed per block, then times the block's 16 scales (and plus its offsets times the row's block sum).
+// - plain C++ elsewhere (AVX2 machines included: the lowering rule asks for AVX-512, and decomposes otherwise).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <immintrin.h>
+
+#include "activation_rows.h"
+#include "bf16_tiles.h"
+#include "kernel_common.h"
+#include "ops.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace {
+
+using qc::Path;
+
+constexpr int kCols = 16;    // columns per panel
+constexpr int kStripe = 32;  // k per stripe
+constexpr int64_t kPrefetchAhead = 4096;
+constexpr int kMaxEntries = 256;
+
+enum Format { kF32, kBF16, kE8M0, kE4M3, kZero };  // kZero: an offset stored as an integer zero point (uint8)
+
+// The planes of b-bit codes: (width, first bit, first word in the stripe).
+struct Plane {
+  int width, first, word;
+};
+struct Planes {
+  int count;
+  Plane plane[3];
+};
+constexpr Planes kPlanes[9] = {
+    {0, {}},
+    {1, {{1, 0, 0}}},
+    {1, {{2, 0, 0}}},
+    {2, {{2, 0, 0}, {1, 2, 2}}},
+    {1, {{4, 0, 0}}},
+    {2, {{4, 0, 0}, {1, 4, 4}}},
+    {2, {{4, 0, 0}, {2, 4, 4}}},
+    {3, {{4, 0, 0}, {2, 4, 4}, {1, 6, 6}}},
+    {1, {{8, 0, 0}}},
+};
+
+// A float grid of 7 or 8 bits (one sign bit, E exponent bits with bias 2^(E-1) - 1, M mantissa bits, every code
+// finite: e4m3 less its NaNs) times a constant c: its codes decode with shifts. The magnitude's bits go under
+// float32's exponent and mantissa with the exponent rebiased; a subnormal code (exponent 0) is made the normal
+// 2^(1 - bias) * (1 + m) and 2^(1 - bias) taken off, so no denormal float32 is ever multiplied (which would cost
+// a microcode assist per element).
+struct FloatGrid {
+  bool exact = false;
+  int mshift = 0;          // 23 - M
+  int32_t rebias = 0;      // (127 - bias) << 23
+  int32_t exponent = 0;    // the exponent field's bits, in place
+  float subnormal = 0.0f;  // 2^(1 - bias)
+  float constant = 0.0f;   // c
+};
+
+inline float grid_value(int code, int bits, const FloatGrid& g) {
+  const uint32_t magnitude = uint32_t(code) & ((1u << (bits - 1)) - 1), sign = uint32_t(code) >> (bits - 1);
+  uint32_t raw = magnitude << g.mshift;
+  const bool sub = (raw & uint32_t(g.exponent)) == 0;
+  raw += uint32_t(g.rebias) + (sub ? 1u << 23 : 0u);
+  float v;
+  std::memcpy(&v, &raw, 4);
+  v = sub ? v - g.subnormal : v;
+  return (sign ? -v : v) * g.constant;
+}
+
+FloatGrid float_grid(const float* table, int bits) {
+  FloatGrid out;
+  for (int ebits = 1; bits >= 7 && ebits < bits - 1 && !out.exact; ++ebits) {
+    const int mbits = bits - 1 - ebits, bias = (1 << (ebits - 1)) - 1;
+    out = FloatGrid{true, 23 - mbits, (127 - bias) << 23, ((1 << ebits) - 1) << 23, std::ldexp(1.0f, 1 - bias),
+                    table[bias << mbits]};  // the code of 1.0
+    out.exact = out.constant > 0.0f;
+    for (int c = 0; c < (1 << bits) && out.exact; ++c)
+      out.exact = std::isnan(table[c]) || table[c] == grid_value(c, bits, out);
+  }
+  return out;
+}
+
+struct Problem {
+  const float* a;        // [M, K]
+  const uint8_t* w;      // packed codes
+  const float* table;    // [kMaxEntries], zero past 2^bits
+  const void* scale;     // [N / 16][K / block][16]
+  Format scale_format;
+  const void* offset;    // same layout, or null
+  Format offset_format;
+  const float* block_sums;  // [M][K / block]: each row's sum per block (offsets only), or null
+  FloatGrid grid;        // 7-8-bit tables: whether they decode with shifts
+  float* y;              // [M, N]
+  int64_t M, N, K, block;
+  int bits;
+};
+
+inline const uint8_t* panel_codes(const Problem& p, int64_t n0) { return p.w + (n0 / kCols) * 2 * p.K * p.bits; }
+inline int64_t blocks(const Problem& p) { return p.K / p.block; }
+inline int64_t qparam_at(const Problem& p, int64_t n0, int64_t b) { return ((n0 / kCols) * blocks(p) + b) * kCols; }
+
+// ------------------------------------------------------------------ plain C++
+
+inline float scalar_value(const void* base, Format f, int64_t at) {
+  switch (f) {
+    case kF32: return static_cast<const float*>(base)[at];
+    case kBF16: {
+      const uint32_t bits = uint32_t(static_cast<const uint16_t*>(base)[at]) << 16;
+      float v;
+      std::memcpy(&v, &bits, 4);
+      return v;
+    }
+    case kE8M0: {
+      const uint32_t bits = uint32_t(static_cast<const uint8_t*>(base)[at]) << 23;
+      float v;
+      std::memcpy(&v, &bits, 4);
+      return v;
+    }
+    case kE4M3: {  // the 7 magnitude bits placed under float32's exponent and mantissa, rebiased by 2^(127 - 7)
+      const uint32_t bits = uint32_t(static_cast<const uint8_t*>(base)[at] & 0x7F) << 20;
+      float v;
+      std::memcpy(&v, &bits, 4);
+      return v * 0x1p120f;
+    }
+    default: return float(static_cast<const uint8_t*>(base)[at]);
+  }
+}
+
+inline int code_at(const uint8_t* stripe, int bits, int col, int i) {
+  int code = 0;
+  const Planes& planes = kPlanes[bits];
+  for (int q = 0; q < planes.count; ++q) {
+    const Plane& pl = planes.plane[q];
+    const int per = kStripe / pl.width;
+    const int at = i % per;
+    uint32_t lane;
+    std::memcpy(&lane, stripe + (pl.word + i / per) * 64 + col * 4, 4);
+    code |= int((lane >> (8 * (at % 4) + pl.width * (at / 4))) & ((1u << pl.width) - 1)) << pl.first;
+  }
+  return code;
+}
+
+void panel_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
+  const uint8_t* codes = panel_codes(p, n0);
+  const int64_t stripe_bytes = 64 * p.bits;
+  for (int64_t m = m0; m < m1; ++m)
+    for (int c = 0; c < kCols; ++c) {
+      float acc = 0.0f;
+      for (int64_t b = 0; b < blocks(p); ++b) {
+        float sum = 0.0f;
+        for (int64_t k = b * p.block; k < (b + 1) * p.block; ++k)
+          sum += p.a[m * p.K + k] * p.table[code_at(codes + (k / kStripe) * stripe_bytes, p.bits, c, int(k % kStripe))];
+        const int64_t at = qparam_at(p, n0, b) + c;
+        const float s = scalar_value(p.scale, p.scale_format, at);
+        acc += sum * s;
+        if (p.offset) {
+          const float o = scalar_value(p.offset, p.offset_format, at);
+          acc += (p.offset_format == kZero ? -o * s : o) * p.block_sums[m * blocks(p) + b];
+        }
+      }
+      p.y[m * p.N + n0 + c] = acc;
+    }
+}
+
+// ------------------------------------------------------------------ AVX-512
+
+#define QC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define QC_INLINE __attribute__((always_inline)) inline
+
+// 16 scales or offsets (a panel's columns for one block) as float32.
+QC_AVX512_TARGET QC_INLINE __m512 load16(const void* base, Format f, int64_t at) {
+  switch (f) {
+    case kF32: return _mm512_loadu_ps(static_cast<const float*>(base) + at);
+    case kBF16: {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + at));
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    default: {
+      const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(base) + at)));
+      if (f == kE8M0) return _mm512_castsi512_ps(_mm512_slli_epi32(u, 23));
+      if (f == kE4M3)
+        return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0x7F)), 20)),
+                             _mm512_set1_ps(0x1p120f));
+      return _mm512_cvtepi32_ps(u);
+    }
+  }
+}
+
+// The offsets of a block as added per unit of activation: as stored, or -z * s.
+QC_AVX512_TARGET QC_INLINE __m512 offset16(const Problem& p, int64_t at, __m512 s) {
+  const __m512 o = load16(p.offset, p.offset_format, at);
+  return p.offset_format == kZero ? _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), o), s) : o;
+}
+
+// out[r] += block b's offsets (at `at`) times row m0 + r's sum over the block.
+template <int R>
+QC_AVX512_TARGET QC_INLINE void add_offsets(const Problem& p, int64_t at, __m512 scale, int64_t m0, int64_t b,
+                                            __m512 (&out)[R]) {
+  const __m512 o = offset16(p, at, scale);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    out[r] = _mm512_fmadd_ps(o, _mm512_set1_ps(p.block_sums[(m0 + r) * blocks(p) + b]), out[r]);
+}
+
+// Bits [FIRST, FIRST + WD) of 16 columns' codes of k-position I, from the plane of width WD starting at word WORD.
+template <int WD, int FIRST, int WORD, int I>
+QC_AVX512_TARGET QC_INLINE __m512i plane_bits(const __m512i* v) {
+  constexpr int per = kStripe / WD, at = I % per, shift = 8 * (at % 4) + WD * (at / 4);
+  const __m512i x = v[WORD + I / per];
+  __m512i placed;
+  if constexpr (shift > FIRST) placed = _mm512_srli_epi32(x, shift - FIRST);
+  else if constexpr (shift < FIRST) placed = _mm512_slli_epi32(x, FIRST - shift);
+  else placed = x;
+  return _mm512_and_si512(placed, _mm512_set1_epi32(((1 << WD) - 1) << FIRST));
+}
+
+template <int BITS, int I>
+QC_AVX512_TARGET QC_INLINE __m512i code_at(const __m512i* v) {
+  if constexpr (BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8) return plane_bits<BITS, 0, 0, I>(v);
+  else if constexpr (BITS == 3) return _mm512_or_si512(plane_bits<2, 0, 0, I>(v), plane_bits<1, 2, 2, I>(v));
+  else if constexpr (BITS == 5) return _mm512_or_si512(plane_bits<4, 0, 0, I>(v), plane_bits<1, 4, 4, I>(v));
+  else if constexpr (BITS == 6) return _mm512_or_si512(plane_bits<4, 0, 0, I>(v), plane_bits<2, 4, 4, I>(v));
+  else
+    return _mm512_or_si512(_mm512_or_si512(plane_bits<4, 0, 0, I>(v), plane_bits<2, 4, 4, I>(v)),
+                           plane_bits<1, 6, 6, I>(v));
+}
+
+// The table in registers (up to 64 entries); a larger one decoded with shifts where it is a float grid, else
+// gathered from memory.
+template <int BITS>
+struct Table {
+  static constexpr int kRegs = BITS <= 4 ? 1 : BITS == 5 ? 2 : BITS == 6 ? 4 : 0;
+  __m512 t[kRegs > 0 ? kRegs : 1];
+  const float* memory;
+  FloatGrid grid;
+  QC_AVX512_TARGET QC_INLINE explicit Table(const float* table, FloatGrid g) : memory(table), grid(g) {
+    for (int r = 0; r < kRegs; ++r) t[r] = _mm512_loadu_ps(table + 16 * r);
+  }
+  QC_AVX512_TARGET QC_INLINE __m512 operator()(__m512i code) const {
+    if constexpr (BITS <= 4) {
+      return _mm512_permutexvar_ps(code, t[0]);
+    } else if constexpr (BITS == 5) {
+      return _mm512_permutex2var_ps(t[0], code, t[1]);
+    } else if constexpr (BITS == 6) {
+      const __m512 lo = _mm512_permutex2var_ps(t[0], code, t[1]), hi = _mm512_permutex2var_ps(t[2], code, t[3]);
+      return _mm512_mask_blend_ps(_mm512_test_epi32_mask(code, _mm512_set1_epi32(32)), lo, hi);
+    } else {
+      if (!grid.exact) return _mm512_i32gather_ps(code, memory, 4);
+      const __m512i sign = _mm512_slli_epi32(_mm512_srli_epi32(code, BITS - 1), 31);
+      __m512i raw = _mm512_sll_epi32(_mm512_and_si512(code, _mm512_set1_epi32((1 << (BITS - 1)) - 1)),
+                                     _mm_cvtsi32_si128(grid.mshift));
+      const __mmask16 sub = _mm512_testn_epi32_mask(raw, _mm512_set1_epi32(grid.exponent));
+      raw = _mm512_add_epi32(raw, _mm512_set1_epi32(grid.rebias));
+      raw = _mm512_mask_add_epi32(raw, sub, raw, _mm512_set1_epi32(1 << 23));
+      __m512 v = _mm512_castsi512_ps(raw);
+      v = _mm512_mask_sub_ps(v, sub, v, _mm512_set1_ps(grid.subnormal));
+      return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign)),
+                           _mm512_set1_ps(grid.constant));
+    }
+  }
+};
+
+// k-positions I .. END - 1 of a stripe: sums[r] += table[code] * x[r][I] for R rows (x + r * K).
+template <int BITS, int R, int I, int END>
+QC_AVX512_TARGET QC_INLINE void positions(const __m512i* v, const Table<BITS>& table, const float* x, int64_t K,
+                                          __m512 (&sums)[R]) {
+  const __m512 w = table(code_at<BITS, I>(v));
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) sums[r] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[r * K + I]), sums[r]);
+  if constexpr (I + 1 < END) positions<BITS, R, I + 1, END>(v, table, x, K, sums);
+}
+
+// R rows from m0 x the panel from n0: per half stripe (16 k) the block's sums, folded into acc at each block's end.
+template <int BITS, int R>
+QC_AVX512_TARGET void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
+  const Table<BITS> table(p.table, p.grid);
+  __m512 acc[R], sums[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r] = sums[r] = _mm512_setzero_ps();
+  const uint8_t* codes = panel_codes(p, n0);
+  const float* x = p.a + m0 * p.K;
+  const int64_t qbase = qparam_at(p, n0, 0);
+  int64_t b = 0, block_end = p.block;  // the current block, and the k where it ends
+  for (int64_t s = 0; s < p.K / kStripe; ++s) {
+    const uint8_t* stripe = codes + s * 64 * BITS;
+    __m512i v[BITS];
+#pragma GCC unroll 8
+    for (int l = 0; l < BITS; ++l) {
+      _mm_prefetch(reinterpret_cast<const char*>(stripe + kPrefetchAhead + 64 * l), _MM_HINT_T0);
+      v[l] = _mm512_loadu_si512(stripe + 64 * l);
+    }
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      if (half == 0) positions<BITS, R, 0, 16>(v, table, x + s * kStripe, p.K, sums);
+      else positions<BITS, R, 16, 32>(v, table, x + s * kStripe, p.K, sums);
+      if (s * kStripe + 16 * (half + 1) != block_end) continue;
+      const int64_t at = qbase + b * kCols;
+      const __m512 scale = load16(p.scale, p.scale_format, at);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_fmadd_ps(sums[r], scale, acc[r]);
+        sums[r] = _mm512_setzero_ps();
+      }
+      if (p.offset) add_offsets<R>(p, at, scale, m0, b, acc);
+      ++b;
+      block_end += p.block;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0, acc[r]);
+}
+
+// Rows [m0, m1) in tiles of MAX rows, the rest in one tile of its size: tile(std::integral_constant<int, R>, m).
+template <int R, typename Tile>
+void last_tile(int64_t left, int64_t m, const Tile& tile) {
+  if constexpr (R > 0) {
+    if (left == R) tile(std::integral_constant<int, R>{}, m);
+    else last_tile<R - 1>(left, m, tile);
+  }
+}
+
+template <int MAX, typename Tile>
+void row_tiles(int64_t m0, int64_t m1, const Tile& tile) {
+  int64_t m = m0;
+  for (; m + MAX <= m1; m += MAX) tile(std::integral_constant<int, MAX>{}, m);
+  last_tile<MAX - 1>(m1 - m, m, tile);
+}
+
+template <int BITS>
+void panel_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
+  row_tiles<8>(m0, m1, [&](auto rows, int64_t m) { tile_avx512<BITS, decltype(rows)::value>(p, m, n0); });
+}
+
+// ------------------------------------------------------------------ AVX-512 VNNI: an int8 table x 16-bit rows
+
+// A table the integer path takes, in one of two forms:
+// - direct: table[c] = unit * (c - zero) for an integer zero (intx's integers, less the middle for a float zero
+//   point): the codes themselves are the uint8 operand of vpdpbusd, at any width;
+// - shuffled: at most 16 entries whose values times 2^j are integers in [-127, 127] (e2m1's values times 2, ...):
+//   a vpshufb of the entries + 128 gives the uint8 operand, zero = 128, unit = 2^-j.
+// Either way sum_k table[c] * v = unit * (sum_k u8 * v - zero * sum_k v), exact in int32 per block.
+struct IntTable {
+  bool exact = false, direct = false;
+  int32_t zero = 0;
+  float unit = 1.0f;
+  uint8_t biased[16] = {};
+};
+
+IntTable direct_table(const float* table, int bits) {
+  IntTable out;
+  const float unit = table[1] - table[0], z = -table[0] / unit;
+  if (!(unit != 0.0f) || z != std::nearbyint(z) || std::fabs(z) > 255.0f) return out;  // NaN fails too
+  for (int c = 0; c < (1 << bits); ++c)
+    if (table[c] != unit * (float(c) - z)) return out;
+  out.exact = out.direct = true;
+  out.zero = int32_t(z);
+  out.unit = unit;
+  return out;
+}
+
+IntTable int_table(const float* table, int bits) {
+  IntTable out = direct_table(table, bits);
+  for (int j = 0; bits <= 4 && j < 8 && !out.exact; ++j) {
+    out.exact = true;
+    for (int e = 0; e < (1 << bits) && out.exact; ++e) {
+      const float v = std::ldexp(table[e], j);
+      out.exact = std::fabs(v) <= 127.0f && v == std::nearbyint(v);  // false for NaN
+      out.biased[e] = uint8_t(int(v) + 128);
+    }
+    out.zero = 128;
+    out.unit = std::ldexp(1.0f, -j);
+  }
+  return out;
+}
+
+struct IntRows {
+  const int8_t* rows;       // [2M, K]: each float row's high and low bytes as two int8 rows (activation_rows.h)
+  const float* row_scale;   // [M]
+  const int32_t* sums;      // [2M][K / block]: each int8 row's sum per block
+  const IntTable* table;
+};
+
+#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+
+// acc += the u8 weights w x the s8 word at s broadcast to every lane (in asm: GCC copies accumulators otherwise).
+QC_VNNI_TARGET QC_INLINE __m512i dpbusd_word(__m512i acc, __m512i w, const int8_t* s) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(s)));
+  return acc;
+}
+
+// Bits [FIRST, FIRST + WD) of 16 columns' codes of k = 4Q .. 4Q + 3 as each lane's 4 bytes.
+template <int WD, int FIRST, int WORD, int Q>
+QC_VNNI_TARGET QC_INLINE __m512i plane_quad(const __m512i* v) {
+  constexpr int per = kStripe / WD, t = (4 * Q % per) / 4;
+  const __m512i bits = _mm512_and_si512(_mm512_srli_epi32(v[WORD + 4 * Q / per], WD * t),
+                                        _mm512_set1_epi32(((1 << WD) - 1) * 0x01010101));
+  if constexpr (FIRST == 0) return bits;
+  else return _mm512_slli_epi32(bits, FIRST);
+}
+
+template <int BITS, int Q>
+QC_VNNI_TARGET QC_INLINE __m512i quad_codes(const __m512i* v) {
+  if constexpr (BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8) return plane_quad<BITS, 0, 0, Q>(v);
+  else if constexpr (BITS == 3) return _mm512_or_si512(plane_quad<2, 0, 0, Q>(v), plane_quad<1, 2, 2, Q>(v));
+  else if constexpr (BITS == 5) return _mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<1, 4, 4, Q>(v));
+  else if constexpr (BITS == 6) return _mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<2, 4, 4, Q>(v));
+  else
+    return _mm512_or_si512(_mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<2, 4, 4, Q>(v)),
+                           plane_quad<1, 6, 6, Q>(v));
+}
+
+// Quads Q .. END - 1 of a stripe: hi[r], lo[r] += the weights x row r's high and low int8 rows (a + 2r K, + K);
+// the weights are the codes (DIRECT) or their shuffled table entries.
+template <int BITS, bool DIRECT, int R, int Q, int END>
+QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, __m512i table, const int8_t* a, int64_t K, __m512i (&hi)[R],
+                                    __m512i (&lo)[R]) {
+  __m512i w = quad_codes<BITS, Q>(v);
+  if constexpr (!DIRECT) w = _mm512_shuffle_epi8(table, w);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    hi[r] = dpbusd_word(hi[r], w, a + 2 * r * K + 4 * Q);
+    lo[r] = dpbusd_word(lo[r], w, a + (2 * r + 1) * K + 4 * Q);
+  }
+  if constexpr (Q + 1 < END) quads<BITS, DIRECT, R, Q + 1, END>(v, table, a, K, hi, lo);
+}
+
+// R rows from m0 x the panel from n0 on an integer table: exact int32 sums per block (less zero x the row's block
+// sum), scaled per block in float32.
+template <int BITS, bool DIRECT, int R>
+QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t n0) {
+  const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q.table->biased)));
+  const int32_t zero = q.table->zero;
+  __m512i hi[R], lo[R];
+  __m512 acc[R], off[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    hi[r] = lo[r] = _mm512_setzero_si512();
+    acc[r] = off[r] = _mm512_setzero_ps();
+  }
+  const uint8_t* codes = panel_codes(p, n0);
+  const int8_t* a = q.rows + 2 * m0 * p.K;
+  const int64_t qbase = qparam_at(p, n0, 0), nb = blocks(p);
+  int64_t b = 0, block_end = p.block;
+  for (int64_t s = 0; s < p.K / kStripe; ++s) {
+    const uint8_t* stripe = codes + s * 64 * BITS;
+    __m512i v[BITS];
+#pragma GCC unroll 4
+    for (int l = 0; l < BITS; ++l) {
+      _mm_prefetch(reinterpret_cast<const char*>(stripe + kPrefetchAhead + 64 * l), _MM_HINT_T0);
+      v[l] = _mm512_loadu_si512(stripe + 64 * l);
+    }
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      if (half == 0) quads<BITS, DIRECT, R, 0, 4>(v, table, a + s * kStripe, p.K, hi, lo);
+      else quads<BITS, DIRECT, R, 4, 8>(v, table, a + s * kStripe, p.K, hi, lo);
+      if (s * kStripe + 16 * (half + 1) != block_end) continue;
+      const int64_t at = qbase + b * kCols;
+      const __m512 scale = load16(p.scale, p.scale_format, at);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int32_t* sums = q.sums + 2 * (m0 + r) * nb + b;
+        const __m512i h = _mm512_sub_epi32(hi[r], _mm512_set1_epi32(zero * sums[0]));
+        const __m512i l = _mm512_sub_epi32(lo[r], _mm512_set1_epi32(zero * sums[nb]));
+        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
+        acc[r] = _mm512_fmadd_ps(f, scale, acc[r]);
+        hi[r] = lo[r] = _mm512_setzero_si512();
+      }
+      if (p.offset) add_offsets<R>(p, at, scale, m0, b, off);
+      ++b;
+      block_end += p.block;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0,
+                     _mm512_fmadd_ps(acc[r], _mm512_set1_ps(q.row_scale[m0 + r] * q.table->unit), off[r]));
+}
+
+template <int BITS, bool DIRECT>
+void panel_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
+  if constexpr (DIRECT || BITS <= 4)
+    row_tiles<4>(m0, m1, [&](auto rows, int64_t m) { tile_int8<BITS, DIRECT, decltype(rows)::value>(p, q, m, n0); });
+}
+
+// ------------------------------------------------------------------ AMX (bfloat16 tiles)
+
+// k-positions I .. END - 1 (I even) of a stripe as scaled bfloat16 pairs: out + (I / 2) * 2 * kTileCols.
+template <int BITS, int I, int END>
+QC_BF16_TARGET QC_INLINE void decode_pairs(const __m512i* v, const Table<BITS>& table, __m512 scale, __m512 offset,
+                                           uint16_t* out) {
+  const __m512 w0 = _mm512_fmadd_ps(table(code_at<BITS, I>(v)), scale, offset);
+  const __m512 w1 = _mm512_fmadd_ps(table(code_at<BITS, I + 1>(v)), scale, offset);
+  _mm512_storeu_si512(out + (I / 2) * 2 * qc::kTileCols, qc::bf16_pairs(w0, w1));
+  if constexpr (I + 2 < END) decode_pairs<BITS, I + 2, END>(v, table, scale, offset, out);
+}
+
+// The (up to 4) panels of tile panel `tile_panel`, k in [k0, k0 + kc), as bfloat16 pairs for the tiles.
+template <int BITS>
+QC_BF16_TARGET int64_t decode_bf16(const Problem& p, int64_t tile_panel, int64_t k0, int64_t kc, uint16_t* out) {
+  const Table<BITS> table(p.table, p.grid);
+  const int64_t n0 = tile_panel * qc::kTileCols, panels = std::min<int64_t>(qc::kTileCols, p.N - n0) / kCols;
+  for (int64_t j = 0; j < panels; ++j) {
+    const int64_t n = n0 + j * kCols;
+    const uint8_t* codes = panel_codes(p, n);
+    const int64_t qbase = qparam_at(p, n, 0);
+    int64_t b = k0 / p.block, block_end = (b + 1) * p.block;  // the current block, and the k where it ends
+    for (int64_t s = k0 / kStripe; s < (k0 + kc) / kStripe; ++s) {
+      __m512i v[BITS];
+#pragma GCC unroll 8
+      for (int l = 0; l < BITS; ++l) v[l] = _mm512_loadu_si512(codes + s * 64 * BITS + 64 * l);
+#pragma GCC unroll 2
+      for (int half = 0; half < 2; ++half) {
+        if (s * kStripe + 16 * half == block_end) {
+          ++b;
+          block_end += p.block;
+        }
+        const int64_t at = qbase + b * kCols;
+        const __m512 scale = load16(p.scale, p.scale_format, at);
+        const __m512 offset = p.offset ? offset16(p, at, scale) : _mm512_setzero_ps();
+        uint16_t* dst = out + ((s * kStripe - k0) / 2) * 2 * qc::kTileCols + j * 2 * kCols;  // the stripe's k = 0
+        if (half == 0) decode_pairs<BITS, 0, 16>(v, table, scale, offset, dst);
+        else decode_pairs<BITS, 16, 32>(v, table, scale, offset, dst);
+      }
+    }
+  }
+  return panels * kCols;
+}
+
+template <int BITS>
+void run_tiles(const Problem& p, const at::Tensor& a) {
+  const at::Tensor rows = qc::bf16_rows(a, std::nullopt);
+  const qc::Bf16Tiles tiles{rows.data_ptr<at::BFloat16>(), rows.size(1), nullptr, nullptr, p.y, p.M, p.N, p.K};
+  qc::bf16_tile_gemm(tiles, [&](int64_t panel, int64_t k0, int64_t kc, uint16_t* out) {
+    return decode_bf16<BITS>(p, panel, k0, kc, out);
+  });
+}
+
+// ------------------------------------------------------------------ dispatch
+
+template <int BITS>
+void run(const Problem& p, const at::Tensor& a, Path path) {
+  if (qc::bf16_tiles_for(p.M)) return run_tiles<BITS>(p, a);
+  // An int8 table takes the rows in 16 bits, as two int8 rows, on exact int32 sums (vpshufb + vpdpbusd).
+  // (int32 sums per block: exact for blocks up to 65536 k)
+  const IntTable ints = path == Path::kVnni && p.block <= 65536 ? int_table(p.table, p.bits) : IntTable();
+  qc::ActivationRows rows;
+  at::Tensor sums;
+  IntRows q{};
+  if (ints.exact) {
+    rows = qc::activation_rows(a, p.K, path);
+    sums = rows.rows.view({2 * p.M, blocks(p), p.block}).sum(2, false, at::kInt);
+    q = IntRows{rows.rows.data_ptr<int8_t>(), rows.scale.data_ptr<float>(), sums.data_ptr<int32_t>(), &ints};
+  }
+  // Work items: (up to 64 rows, one panel); a panel's codes stay in cache across its rows.
+  constexpr int64_t kRowChunk = 64;
+  const int64_t panels = p.N / kCols, row_items = (p.M + kRowChunk - 1) / kRowChunk;
+  at::parallel_for(0, row_items * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t m0 = (item / panels) * kRowChunk, m1 = std::min(p.M, m0 + kRowChunk), n0 = (item % panels) * kCols;
+      if (ints.direct) panel_int8<BITS, true>(p, q, m0, m1, n0);
+      else if (ints.exact) panel_int8<BITS, false>(p, q, m0, m1, n0);
+      else if (path == Path::kVnni) panel_avx512<BITS>(p, m0, m1, n0);
+      else panel_scalar(p, m0, m1, n0);
+    }
+  });
+}
+
+Format format_of(const at::Tensor& t, bool offset) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return kF32;
+    case at::kBFloat16: return kBF16;
+    case at::kByte: return offset ? kZero : kE8M0;
+    default: return kE4M3;
+  }
+}
+
+void check_qparams(const at::Tensor& t, const char* name, bool offset, int64_t count) {
+  const auto d = t.scalar_type();
+  const bool ok = d == at::kFloat || d == at::kBFloat16 || d == at::kByte || (!offset && d == at::kFloat8_e4m3fn);
+  TORCH_CHECK(ok, "table_gemm: ", name, offset ? " must be float32, bfloat16 or uint8 (a zero point)"
+                                               : " must be float32, bfloat16, uint8 (e8m0) or float8_e4m3fn", ", got ", d);
+  TORCH_CHECK(t.numel() == count, "table_gemm: ", name, " must hold one value per column and block (", count,
+              "), got ", t.sizes());
+}
+
+void check_inputs(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& scale,
+                  const std::optional<at::Tensor>& offset, int64_t bits, int64_t block) {
+  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kFloat, "table_gemm: a must be float32 [M, K], got ",
+              a.scalar_type(), " ", a.sizes());
+  TORCH_CHECK(bits >= 1 && bits <= 8, "table_gemm: bits must be 1 to 8, got ", bits);
+  const int64_t K = a.size(1);
+  TORCH_CHECK(K > 0 && K % kStripe == 0, "table_gemm: K = ", K, " must be a positive multiple of 32");
+  TORCH_CHECK(block >= 16 && block % 16 == 0 && K % block == 0, "table_gemm: block = ", block,
+              " must be a multiple of 16 dividing K = ", K);
+  TORCH_CHECK(table.dim() == 1 && table.scalar_type() == at::kFloat && table.numel() == (int64_t(1) << bits),
+              "table_gemm: table must be float32 [2^bits] = [", int64_t(1) << bits, "], got ", table.scalar_type(), " ",
+              table.sizes());
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.numel() % (2 * K * bits) == 0 && w.numel() > 0,
+              "table_gemm: w must be uint8 with a multiple of 2 * K * bits = ", 2 * K * bits, " bytes, got ",
+              w.scalar_type(), " ", w.sizes());
+  const int64_t N = w.numel() / (2 * K * bits) * kCols;
+  check_qparams(scale, "scale", false, N * (K / block));
+  if (offset) check_qparams(*offset, "offset", true, N * (K / block));
+}
+
+}  // namespace
+
+namespace qc {
+
+at::Tensor table_gemm(const at::Tensor& a_in, const at::Tensor& w_in, const at::Tensor& table_in,
+                      const at::Tensor& scale_in, const std::optional<at::Tensor>& offset_in, int64_t bits,
+                      int64_t block) {
+  check_inputs(a_in, w_in, table_in, scale_in, offset_in, bits, block);
+  const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), scale = scale_in.contiguous();
+  const std::optional<at::Tensor> offset = qc::contiguous(offset_in);
+  const int64_t M = a.size(0), K = a.size(1), N = w.numel() / (2 * K * bits) * kCols;
+  alignas(64) float table[kMaxEntries] = {};
+  const at::Tensor t = table_in.contiguous();
+  std::memcpy(table, t.data_ptr<float>(), sizeof(float) * t.numel());
+  at::Tensor y = at::empty({M, N}, a.options());
+  if (M == 0) return y;
+  const at::Tensor block_sums = offset ? a.view({M, K / block, block}).sum(2).contiguous() : at::Tensor();
+  const Problem p{a.data_ptr<float>(), w.data_ptr<uint8_t>(), table, scale.data_ptr(), format_of(scale, false),
+                  offset ? offset->data_ptr() : nullptr, offset ? format_of(*offset, true) : kF32,
+                  offset ? block_sums.data_ptr<float>() : nullptr, float_grid(table, int(bits)), y.data_ptr<float>(),
+                  M, N, K, block, int(bits)};
+  const Path path = qc::path_here();
+  switch (bits) {
+    case 1: run<1>(p, a, path); break;
+    case 2: run<2>(p, a, path); break;
+    case 3: run<3>(p, a, path); break;
+    case 4: run<4>(p, a, path); break;
+    case 5: run<5>(p, a, path); break;
+    case 6: run<6>(p, a, path); break;
+    case 7: run<7>(p, a, path); break;
+    default: run<8>(p, a, path); break;
+  }
+  return y;
+}
+
+}  // namespace qc

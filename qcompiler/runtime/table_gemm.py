@@ -1,0 +1,97 @@
+"""``qcompiler::table_gemm``: float activations times b-bit codes into one fixed table, each block's scale read in
+the kernel: the CPU kernel of the fixed-table formats (intx, fp6 / fpx, MXFP4, MXFP8, NVFP4).
+
+    y[m, n] = Σ_k x[m, k] · (table[idx[n, k]] · s[n, k / block] + o[n, k / block])
+
+A format is its table (the grid's values by code: e2m1's 16, e3m2's 64, intx's integers 0 .. 2^b - 1), its block
+and the width of its scales; the kernel (``csrc/table_gemm.cpp``, built and loaded by ``native.py``) reads each of
+them at its width: codes at ``bits`` bits (1-8) a weight, scales as float32, bfloat16, e8m0 (uint8) or e4m3
+(float8_e4m3fn), offsets as float32 or bfloat16, or as an integer zero point (uint8: ``o = -z · s``). Per k it
+looks 16 columns' codes up in the table held in registers (vpermps; two for 32 entries, four and a blend for
+64; a gather from L1 for 7-8 bits), sums each block in float32 and scales the block's sums; from 32 rows on AMX
+machines it decodes each panel once into bfloat16 tiles. Shapes: N % 16 == 0, K % 32 == 0, block a multiple of 16
+dividing K (a block of K: one scale per row).
+
+The codes are packed once (:func:`pack`) and the scales and offsets laid out (:func:`panel_qparams`) in one layout
+for every machine.
+"""
+from typing import Optional
+
+import torch
+
+from .errors import fail
+
+SCHEMA = "(Tensor a, Tensor w, Tensor table, Tensor scale, Tensor? offset, int bits, int block) -> Tensor"
+BITS = range(1, 9)
+COLS, STRIPE = 16, 32  # columns per panel, k per stripe
+# The planes a code's bits are stored in: (bits per plane, the bit it starts at).
+PLANES = {1: ((1, 0),), 2: ((2, 0),), 3: ((2, 0), (1, 2)), 4: ((4, 0),), 5: ((4, 0), (1, 4)),
+          6: ((4, 0), (2, 4)), 7: ((4, 0), (2, 4), (1, 6)), 8: ((8, 0),)}
+SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.uint8, torch.float8_e4m3fn)  # uint8: e8m0
+OFFSET_DTYPES = (torch.float32, torch.bfloat16, torch.uint8)  # uint8: an integer zero point
+
+torch.library.define("qcompiler::table_gemm", SCHEMA)
+OP = torch.ops.qcompiler.table_gemm.default
+
+
+@torch.library.register_fake("qcompiler::table_gemm")
+def _(a, w, table, scale, offset, bits, block):
+    return a.new_empty((a.shape[0], w.numel() // (2 * a.shape[1] * bits) * COLS), dtype=torch.float32)
+
+
+def unfit(n: int, k: int, bits: int, block: int) -> Optional[str]:
+    """Why an [N, K] weight of ``bits``-bit codes with a scale per ``block`` does not fit the kernel (None: fits)."""
+    if bits not in BITS:
+        return f"its codes have {bits} bits; the kernel takes 1 to 8"
+    if n % COLS or k % STRIPE:
+        return f"N = {n}, K = {k}: the kernel needs N % {COLS} == 0 and K % {STRIPE} == 0"
+    if block < 16 or block % 16 or k % block:
+        return f"its blocks of {block} along K = {k}: the kernel takes blocks of a multiple of 16 dividing K"
+    return None
+
+
+def pack(idx: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes [N, K] (each < 2**bits) -> uint8 [N, K·bits/8] in the kernel's layout.
+
+    Panels of 16 columns, each stored stripe (32 k) by stripe, a stripe as its planes (:data:`PLANES`), a plane
+    of width w as w 64-byte words: word u's int32 lane c holds column c's plane bits of the codes of
+    k = 32·stripe + u·(32/w) + 4·t + j at bit 8·j + w·t (byte j holds k, k + 4, k + 8, ...: one shift and mask give
+    16 columns' codes of one k, or of 4 consecutive k as the 4 bytes of each lane).
+    """
+    n, k = idx.shape
+    declined = unfit(n, k, bits, STRIPE if k % STRIPE == 0 else k)
+    if declined:
+        raise fail("idx", "uint8 [N, K] codes the table kernel takes", declined)
+    if idx.dtype != torch.uint8 or (idx.numel() and int(idx.max()) >= 1 << bits):
+        top = int(idx.max()) if idx.numel() else 0
+        raise fail("idx", f"uint8 codes below {1 << bits}", f"{idx.dtype}, max {top}")
+    v = idx.to(torch.int64).reshape(n // COLS, COLS, k // STRIPE, STRIPE).permute(0, 2, 1, 3)  # (panel, stripe, c, k)
+    words = []
+    for width, first in PLANES[bits]:
+        per = STRIPE // width  # codes a lane holds: 4 per byte group t, byte j of group t at bit 8·j + width·t
+        plane = ((v >> first) & ((1 << width) - 1)).reshape(*v.shape[:3], width, per // 4, 4)  # (.., u, t, j)
+        shifts = torch.arange(4) * 8 + torch.arange(per // 4).reshape(-1, 1) * width
+        words.append((plane << shifts).sum((-1, -2)).transpose(2, 3))  # (panel, stripe, u, c): one int32 lane each
+    lanes = torch.cat(words, dim=2).to(torch.int64)
+    lanes = torch.where(lanes >= 1 << 31, lanes - (1 << 32), lanes).to(torch.int32)
+    return lanes.contiguous().view(torch.uint8).reshape(n, k * bits // 8)
+
+
+def panel_qparams(t: torch.Tensor) -> torch.Tensor:
+    """Scales or offsets [N, K / block] -> [N / 16, K / block, 16] (a panel's 16 columns side by side), same dtype."""
+    n, blocks = t.shape
+    if n % COLS:
+        raise fail("scale", f"[N, K / block] with N % {COLS} == 0", list(t.shape))
+    return t.reshape(n // COLS, COLS, blocks).transpose(1, 2).contiguous()
+
+
+def reference(a: torch.Tensor, idx: torch.Tensor, table: torch.Tensor, scale: torch.Tensor,
+              offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The op's value from unpacked codes [N, K] and float scales and offsets [N, K / block], in float64."""
+    n, k = idx.shape
+    block = k // scale.shape[1]
+    s = scale.double().repeat_interleave(block, 1)
+    w = table.double()[idx.long()] * s
+    if offset is not None:
+        w = w + offset.double().repeat_interleave(block, 1)
+    return a.double() @ w.t()

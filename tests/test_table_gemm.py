@@ -1,0 +1,169 @@
+"""qcompiler::table_gemm, the C++ fixed-table kernel: its layout, its values for every code width, scale and offset
+format on every path, its errors."""
+import pytest
+import torch
+from kernel_paths import run_capped
+
+from qcompiler.runtime import native, table_gemm, tables
+
+
+@pytest.fixture(autouse=True, scope="module")
+def kernels_loaded():
+    native.load()
+
+
+# M, N, K, block: 9 rows are a tile of 8 and one of 1; from 32 rows, where AMX runs, the kernel decodes to bfloat16
+# tiles (N = 80: a tile panel of 64 and one of 16; K = 8256: two slices of k, the second added to the first)
+CASES = [(1, 16, 64, 16), (3, 48, 256, 32), (5, 32, 128, 128), (9, 16, 512, 64), (34, 32, 256, 32),
+         (67, 80, 128, 16), (33, 16, 8256, 32)]
+# (scale format, offset format): uint8 scales are e8m0, uint8 offsets integer zero points
+FORMATS = [(torch.float32, None), (torch.bfloat16, torch.bfloat16), (torch.uint8, None),
+           (torch.float8_e4m3fn, None), (torch.bfloat16, torch.uint8), (torch.float32, torch.float32)]
+TOLERANCE = 1e-5  # float32 sums
+INT_TOLERANCE = 2e-4  # an int8 table: the rows in 16 bits, about 2^-16 of a row's largest value per element
+TILES_TOLERANCE = 8e-3  # bfloat16 tiles: rows and decoded weights rounded to 8 significant bits
+
+
+# The kinds of table, each a path of its own below the tiles: float values (a vpermps of the table in registers, or a
+# gather); an int8 table of at most 16 entries (shuffled: e2m1's kind); integers c - z times a unit (direct: intx's
+# kind, the codes themselves the integer weights); a float grid of 7-8 bits times a constant (decoded with shifts).
+KINDS = ("float", "shuffled", "direct", "grid")
+
+
+def _kinds(bits: int) -> list:
+    return [kind for kind in KINDS if (kind != "shuffled" or bits <= 4) and (kind != "grid" or bits >= 7)]
+
+
+def _tolerance(m: int, kind: str = "float") -> float:
+    if native.float_rows_path(m) == "amx_bf16":
+        return TILES_TOLERANCE
+    return INT_TOLERANCE if kind in ("shuffled", "direct") else TOLERANCE
+
+
+def _table(kind: str, bits: int, g) -> torch.Tensor:
+    if kind == "shuffled":
+        return torch.randint(-127, 128, (1 << bits,), generator=g) / 8.0
+    if kind == "direct":
+        return (torch.arange(1 << bits) - 3) * 0.25
+    if kind == "grid":
+        return tables.grid_values("e4m3" if bits == 8 else "e3m3") * 0.37
+    return torch.randn(1 << bits, generator=g)
+
+
+def _qparams(fmt, shape, g, offset: bool, bits: int):
+    """Stored scales or offsets in ``fmt`` and their float values (a zero point's value is z itself)."""
+    if fmt == torch.uint8 and offset:
+        z = torch.randint(0, 1 << bits, shape, generator=g, dtype=torch.uint8)
+        return z, z.double()
+    if fmt == torch.uint8:  # e8m0: 2^(e - 127)
+        e = torch.randint(122, 132, shape, generator=g, dtype=torch.uint8)
+        return e, torch.exp2(e.double() - 127)
+    v = (torch.rand(shape, generator=g) + 0.05) if not offset else torch.randn(shape, generator=g)
+    stored = v.to(fmt)
+    return stored, stored.double()
+
+
+def _case(m, n, k, block, bits, formats, seed=0, kind="float"):
+    """A problem with a table of ``kind``."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.uint8)
+    table = _table(kind, bits, g)
+    idx = torch.where(table[idx.long()].isnan(), idx - 1, idx)  # float8_e4m3fn's NaN codes are never chosen
+    scale, s = _qparams(formats[0], (n, k // block), g, False, bits)
+    offset, o = (None, None) if formats[1] is None else _qparams(formats[1], (n, k // block), g, True, bits)
+    if formats[1] == torch.uint8:
+        o = -o * s
+    a = torch.randn(m, k, generator=g) * 3
+    return a, idx, table, scale, s, offset, o
+
+
+def _max_relative_error(case, bits, formats, kind="float") -> float:
+    m, n, k, block = case
+    a, idx, table, scale, s, offset, o = _case(m, n, k, block, bits, formats, kind=kind)
+    y = table_gemm.OP(a, table_gemm.pack(idx, bits), table, table_gemm.panel_qparams(scale),
+                      None if offset is None else table_gemm.panel_qparams(offset), bits, block)
+    ref = table_gemm.reference(a, idx, table, s, o)
+    assert y.dtype == torch.float32 and y.shape == (m, n)
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("bits", table_gemm.BITS)
+def test_the_packed_layout_is_the_documented_one(bits):
+    idx = torch.randint(0, 1 << bits, (32, 96), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    packed = table_gemm.pack(idx, bits).reshape(-1)
+    assert packed.numel() == 32 * 96 * bits // 8
+    for col, k in ((0, 0), (5, 17), (17, 70), (31, 95), (20, 33), (9, 63)):
+        stripe = packed[(col // 16) * 2 * 96 * bits + (k // 32) * 64 * bits:][:64 * bits]
+        value, word = 0, 0
+        for width, first in table_gemm.PLANES[bits]:
+            per = 32 // width  # codes a lane holds; code i of the lane at bit 8·(i % 4) + width·(i // 4)
+            at = (word + (k % 32) // per) * 64 + (col % 16) * 4
+            lane = int.from_bytes(bytes(stripe[at:at + 4].tolist()), "little")
+            i = k % 32 % per
+            value |= ((lane >> (8 * (i % 4) + width * (i // 4))) & ((1 << width) - 1)) << first
+            word += width
+        assert value == int(idx[col, k])
+
+
+@pytest.mark.parametrize("bits", table_gemm.BITS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "m{}-n{}-k{}-b{}".format(*c))
+def test_the_kernel_matches_its_reference_in_every_format(case, bits):
+    for formats in FORMATS:
+        for kind in _kinds(bits):
+            assert _max_relative_error(case, bits, formats, kind) < _tolerance(case[0], kind), (formats, kind)
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from qcompiler.runtime import native, table_gemm
+from test_table_gemm import CASES, FORMATS, _kinds, _max_relative_error, _tolerance
+native.load()
+print(max(_max_relative_error(c, b, f, kind) / _tolerance(c[0], kind) for c in CASES[:4] for b in table_gemm.BITS
+          for f in FORMATS for kind in _kinds(b)))
+"""
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_the_plain_cpp_path_matches_the_reference(capability):
+    """Below AVX-512 (ATEN_CPU_CAPABILITY capped) the kernel runs plain C++: right on any machine."""
+    (error,) = run_capped(SCRIPT, capability)
+    assert float(error) < 1  # every case within its tolerance
+
+
+def test_without_amx_many_rows_stay_on_the_avx512_path():
+    if "amx_bf16" not in open("/proc/cpuinfo").read() or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("no AMX here: the AVX-512 path is this machine's own for every row count, tested above")
+    script = SCRIPT.replace("CASES[:4]", "CASES").replace("_tolerance(c[0], kind)",
+                                                          "(2e-4 if kind in ('shuffled', 'direct') else 1e-5)")
+    (error,) = run_capped(script, "avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16")
+    assert float(error) < 1
+
+
+def test_packing_refuses_what_the_kernel_cannot_take():
+    with pytest.raises(ValueError, match="N = 40, K = 64: the kernel needs N % 16 == 0 and K % 32 == 0"):
+        table_gemm.pack(torch.zeros(40, 64, dtype=torch.uint8), 4)
+    with pytest.raises(ValueError, match="idx must be uint8 codes below 8"):
+        table_gemm.pack(torch.full((16, 64), 8, dtype=torch.uint8), 3)
+    with pytest.raises(ValueError, match="its codes have 9 bits; the kernel takes 1 to 8"):
+        table_gemm.pack(torch.zeros(16, 64, dtype=torch.uint8), 9)
+    assert table_gemm.unfit(16, 160, 4, 40) == ("its blocks of 40 along K = 160: the kernel takes blocks of a multiple "
+                                               "of 16 dividing K")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda args: {**args, "a": args["a"].double()}, "a must be float32 \\[M, K\\]"),
+    (lambda args: {**args, "bits": 9}, "bits must be 1 to 8"),
+    (lambda args: {**args, "a": args["a"][:, :80]}, "K = 80 must be a positive multiple of 32"),
+    (lambda args: {**args, "block": 24}, "block = 24 must be a multiple of 16 dividing K = 256"),
+    (lambda args: {**args, "table": args["table"][:8]}, "table must be float32 \\[2\\^bits\\] = \\[16\\]"),
+    (lambda args: {**args, "scale": args["scale"].half()}, "scale must be float32, bfloat16, uint8 \\(e8m0\\)"),
+    (lambda args: {**args, "scale": args["scale"][:1]}, "scale must hold one value per column and block \\(384\\)"),
+    (lambda args: {**args, "offset": args["scale"].to(torch.float8_e4m3fn)}, "offset must be float32, bfloat16 or"),
+    (lambda args: {**args, "w": args["w"][:8]}, "w must be uint8 with a multiple of 2 \\* K \\* bits = 2048 bytes")])
+def test_bad_inputs_are_refused_with_what_is_allowed(change, message):
+    a, idx, table, scale, *_ = _case(3, 48, 256, 32, 4, FORMATS[0])
+    args = dict(a=a, w=table_gemm.pack(idx, 4), table=table, scale=table_gemm.panel_qparams(scale), offset=None,
+                bits=4, block=32)
+    with pytest.raises(RuntimeError, match=message):
+        table_gemm.OP(**change(args))
