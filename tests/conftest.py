@@ -29,14 +29,15 @@ except ImportError:  # pragma: no cover
 def _every_kernel_program():
     """128-wide linears, one per scheme whose kernel a .pt2 carries inside: int8dq (ATen, or int8_gemm without
     VNNI), int4wo and int8da-int4w (qcompiler.int8_int4_gemm), codebook-4 (codebook_gemm), AQLM (additive_gemm),
-    then two int8static layers with a ReLU between (on AMX: int8_tile_gemm_requant, then int8_tile_gemm; the ReLU
+    nvfp4 (table_gemm where the machine has AVX-512, decomposed elsewhere), then two int8static layers with a
+    ReLU between (on AMX: int8_tile_gemm_requant, then int8_tile_gemm; the ReLU
     keeps every path's bits the same)."""
     import qcompiler as qc
     torch.manual_seed(0)
     d = 128
-    model = torch.nn.Sequential(*[torch.nn.Linear(d, d) for _ in range(6)], torch.nn.ReLU(),
+    model = torch.nn.Sequential(*[torch.nn.Linear(d, d) for _ in range(7)], torch.nn.ReLU(),
                                 torch.nn.Linear(d, d)).eval()
-    schemes = ("int8dq", "int4wo-32", "int8da-int4w-32", "codebook-4", "aqlm-2x8-g8", "int8static", None,
+    schemes = ("int8dq", "int4wo-32", "int8da-int4w-32", "codebook-4", "aqlm-2x8-g8", "nvfp4", "int8static", None,
                "int8static")
     recipe = qc.Recipe([(str(i), qc.config_from_string(s)) for i, s in enumerate(schemes) if s])
     return qc.quantize(model, (torch.randn(4, d),), recipe, dynamic_shapes=({0: torch.export.Dim("rows", max=256)},),

@@ -7,7 +7,8 @@ import torch
 import qcompiler as qc
 
 ALIASES = ["int8wo", "int8dq", "int4wo-32", "int4wo-64", "int4wo-128", "int4wo-256", "int8da-int4w-32",
-           "codebook-3", "codebook-4-16", "codebook-4-float", "codebook-2-8-float", "fp8wo", "fp8dq", "int8static"]
+           "codebook-3", "codebook-4-16", "codebook-4-float", "codebook-2-8-float", "fp8wo", "fp8dq", "int8static",
+           "nf4", "nf4-32"]
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -87,6 +88,7 @@ NON_DEFAULT = [
     qc.FpxWeightOnlyConfig(2, 3, scale_dtype=torch.bfloat16),
     qc.MXWeightOnlyConfig("fp8"),
     qc.NVFP4WeightOnlyConfig(),
+    qc.NF4WeightOnlyConfig(128, torch.float16),
 ]
 
 

@@ -55,16 +55,21 @@ def kernels(low) -> list:
     return [r.kernel.split(" (")[0] for r in qc.report(low).quantized]
 
 
+def two_layers(alias: str, target=AVX512) -> tuple:
+    """A 128 -> 64 -> 32 model quantized with ``alias`` and lowered for ``target``: (reference, lowered, input)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
+    x = torch.randn(5, 128)
+    prog = qc.quantize(m, (x,), qc.config_from_string(alias))
+    return prog, qc.lower(prog, target), x
+
+
 @pytest.mark.parametrize("alias,kernel", [("intx-3-64", TABLE_GEMM), ("intx-6-32-float", TABLE_GEMM),
                                           ("intx-4-32", INT8_INT4)])
 def test_intx_lowers_to_its_kernel_and_runs_as_its_reference_program(alias, kernel):
     """intx at 4 bits takes the int4 kernel; the other widths the fixed-table kernel, the table the codes' integers
     (less the middle for a float zero point) and the zero points read in the kernel."""
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
-    x = torch.randn(5, 128)
-    prog = qc.quantize(m, (x,), qc.config_from_string(alias))
-    low = qc.lower(prog, AVX512)
+    prog, low, x = two_layers(alias)
     assert kernels(low) == [kernel] * 2
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
     assert all(r.scheme == alias for r in qc.report(low).quantized)
@@ -163,11 +168,7 @@ def test_block_scales_follow_each_format():
 def test_table_formats_lower_to_the_table_kernel_and_run_as_their_reference_program(alias):
     """Every fixed-table format on qcompiler.table_gemm (per-row grids of at most 4 bits on the codebook kernel,
     below), within the 16-bit rows of an int8 table (e2m1's values times 2) or float32 sums."""
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)).eval()
-    x = torch.randn(5, 128)
-    prog = qc.quantize(m, (x,), qc.config_from_string(alias))
-    low = qc.lower(prog, AVX512)
+    prog, low, x = two_layers(alias)
     # fpx-2-1 per row: the codebook kernel where K % 128 == 0 (the first layer), the table kernel for the other
     assert kernels(low) == ([CODEBOOK, TABLE_GEMM] if alias == "fpx-2-1" else [TABLE_GEMM] * 2)
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
@@ -205,6 +206,34 @@ def test_per_row_fp4_and_below_run_on_the_lookup_table_kernel(alias):
     low = qc.lower(prog, "cpu")
     kernels = [r.kernel for r in qc.report(low).quantized]
     assert all(k.startswith("qcompiler.codebook_gemm") for k in kernels), kernels
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("alias", ["codebook-3-float", "codebook-8-float"])
+def test_a_float_codebook_shared_by_every_row_runs_on_the_table_kernel(alias):
+    """One float codebook for the whole tensor is a fixed table with scales of 1 (one per block of rows is not)."""
+    prog, low, x = two_layers(alias)
+    assert kernels(low) == [TABLE_GEMM] * 2
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-4, atol=1e-4)
+    _, blocks, _ = two_layers("codebook-4-16-float")
+    assert "the table kernel takes one table" in qc.report(blocks).quantized[0].kernel_reason
+
+
+def test_nvfp4_keeps_e2m1_as_its_table_and_scales_the_output_by_its_tensor_scale():
+    """Folded into the table, NVFP4's tensor scale would turn e2m1's integers (times 2) into floats, which the
+    kernel's integer path declines: the table stays the grid and the output is scaled."""
+    from qcompiler.runtime import tables
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 64).eval()
+    x = torch.randn(3, 128)
+    prog = qc.quantize(lin, (x,), qc.config_from_string("nvfp4"))
+    low = qc.lower(prog, AVX512)
+    gemm = next(n for n in low.graph.nodes if n.target == torch.ops.qcompiler.table_gemm.default)
+    sig = low.graph_signature
+    stored = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}[gemm.args[2].name]
+    assert torch.equal({**low.state_dict, **low.constants}[stored], tables.grid_values("e2m1"))
+    assert [n for n in gemm.users][0].target == torch.ops.aten.mul.Tensor
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
 
 

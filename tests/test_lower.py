@@ -85,8 +85,8 @@ def test_16_bit_activations_stay_within_their_bound_where_rows_have_outliers():
     assert ((got - ref).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4, grid=None),
-                                    qc.CodebookWeightOnlyConfig(3, block_rows=32, grid=None),
+@pytest.mark.parametrize("config", [qc.CodebookWeightOnlyConfig(4, block_rows=16, grid=None),  # a table per 16 rows
+                                    qc.CodebookWeightOnlyConfig(3, block_rows=8, grid=None),
                                     qc.Float8WeightOnlyConfig(), qc.Float8DynamicActivationFloat8WeightConfig()],
                          ids=lambda c: c.alias)
 def test_what_no_rule_fuses_is_decomposed_into_aten_and_reported(config):

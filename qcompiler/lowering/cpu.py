@@ -25,6 +25,10 @@ with ``vnni``; then on an ``avx2`` target without ``vnni``:
   kernel); the same without ``vnni``.
 - aqlm: the float rows -> ``qcompiler.additive_gemm`` with the codes as stored and the float16 codebooks
   (``runtime/additive_gemm.py``); the same without ``vnni``.
+- fixed tables (fp6 / fpx, mxfp4, mxfp8, nvfp4, nf4) and intx at widths the int4 kernel does not take: the float
+  rows -> ``qcompiler.table_gemm`` with the codes and block scales as stored, on targets with ``avx512`` and
+  ``vnni`` (``cpu_tables.py``); per-row grids of at most 4 bits take ``codebook_gemm`` first, where it fits.
+  Decomposed below AVX-512.
 
 Where qcompiler's C++ kernels cannot be built (no C++ compiler), or the target lacks AVX2, int8
 weights go to ATen's packed bfloat16 kernel (``aten._weight_int8pack_mm``), with the integer

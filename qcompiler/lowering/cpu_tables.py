@@ -2,12 +2,15 @@
 times its block's scale (plus its block's offset), lowered with the codes at their width and the scales as stored.
 
 Two reference patterns are that shape:
-- the fixed-table formats (``table_packed``, ``table_bytes``: fp6 / fpx, MXFP4, MXFP8, NVFP4): the table is the
-  grid's values (times NVFP4's per-tensor scale), the scales e8m0, e4m3 or float as stored;
+- the fixed-table formats (``table_packed``, ``table_bytes``: fp6 / fpx, MXFP4, MXFP8, NVFP4, NF4): the table is
+  the grid's values, the scales e8m0, e4m3 or float as stored, NVFP4's per-tensor scale a multiplier of the output
+  (folded into the table it would make e2m1's integers floats, and the kernel's integer path decline);
 - affine weights at widths the int4 kernel does not take (``weight_only_packed``: intx at 1-3 and 5-7 bits):
   ``(q - z)·s`` is ``table[u]·s + o`` with the table the codes' integer values, ``o = -z·s`` read from the
   stored integer zero point (uint8) in the kernel; ``(q - mid)·s + z`` (a float zero point) has the table
-  ``q - mid`` and the offset ``z`` as stored.
+  ``q - mid`` and the offset ``z`` as stored;
+- float codebooks shared by every row (``codebook-<b>-float``, ``float_codebook_packed`` / ``_bytes``): the
+  codebook is the table, the scales 1.
 The kernel runs AVX-512 (and AMX tiles from 32 rows); on targets without AVX-512 these layers decompose.
 """
 from dataclasses import dataclass
@@ -17,8 +20,8 @@ import torch
 
 from ..runtime import native, table_gemm
 from ..runtime.dtypes import int_type
-from .reference_patterns import layer_name, rows, stored_inputs, table_bytes, table_packed, weight_only_packed, \
-    with_bias
+from .reference_patterns import (float_codebook_bytes, float_codebook_packed, layer_name, rows, stored_inputs,
+                                 table_bytes, table_packed, weight_only_packed, with_bias)
 from .rules import LoweringRule, Take
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
@@ -41,6 +44,7 @@ class TableForm:
     block: int
     scale: torch.Tensor  # [N, K / block]: float32, bfloat16, uint8 (e8m0) or float8_e4m3fn
     offset: Optional[torch.Tensor] = None  # [N, K / block]: float32, bfloat16 or uint8 (an integer zero point)
+    tensor_scale: Optional[torch.Tensor] = None  # [1]: multiplies the output (NVFP4's), keeping the table integral
 
 
 def _native():
@@ -66,12 +70,12 @@ def _grid_form(m, target):
     idx = qops.unpack_int.default(idx, m["bits"], m["n"], False) if packed else idx.view(torch.uint8)
     bits = m["bits"] if packed else 8
     table = m.value("table").float()
-    if m["tensor_scale"] is not None:
-        table = table * m.value("tensor_scale").float()
+    tensor_scale = None if m["tensor_scale"] is None else m.value("tensor_scale").float().reshape(1)
     scale = m.value("scale")
     scale = scale if m["scale_format"] != "float" else _float_qparam(scale)
     block = idx.shape[1] if m["block_size"] == -1 else m["block_size"]
-    return _fits(TableForm(idx, bits, table.contiguous(), block, scale.reshape(idx.shape[0], -1)))
+    return _fits(TableForm(idx, bits, table.contiguous(), block, scale.reshape(idx.shape[0], -1),
+                           tensor_scale=tensor_scale))
 
 
 def _affine_form(m, target):
@@ -102,6 +106,22 @@ def _affine_form(m, target):
     return _fits(TableForm(idx, bits, table, width, scale, offset))
 
 
+def _codebook_form(m, target):
+    """A float codebook shared by every row (``codebook-<b>-float`` per tensor): the table as it is, scales of 1."""
+    if not stored_inputs(m, "w_q", "codebook"):
+        return "its indices or codebook are computed in the graph, not stored"
+    book = m.value("codebook")
+    if book.shape[0] != 1:
+        return f"it has {book.shape[0]} codebooks (one per block of rows); the table kernel takes one table"
+    packed = "bits" in m.inputs
+    idx = qops.unpack_int.default(m.value("w_q"), m["bits"], m["n"], False) if packed else m.value("w_q")
+    bits = m["bits"] if packed else 8
+    table = torch.zeros(1 << bits)
+    table[:book.shape[1]] = book.reshape(-1).float()
+    n, k = idx.shape
+    return _fits(TableForm(idx, bits, table, k, torch.ones(n, 1)))
+
+
 def _table_gemm(m, x, out_dtype, b, **_):
     """The codes packed at their width, the table, the scales (and offsets) as stored: ``qcompiler.table_gemm``."""
     form = m.payload
@@ -114,6 +134,8 @@ def _table_gemm(m, x, out_dtype, b, **_):
                                                     table_gemm.panel_qparams(form.offset))
     x2, back = rows(m, x, k, n_out)
     y = qops.table_gemm.default(aten._to_copy.default(x2, dtype=torch.float32), w, values, s, o, form.bits, form.block)
+    if form.tensor_scale is not None:  # after the sums: the table stays e2m1's, which the integer path takes
+        y = aten.mul.Tensor(y, m.constant(f"{name}_table_gemm_tensor_scale", form.tensor_scale))
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
@@ -121,4 +143,8 @@ def rules() -> tuple:
     """The fixed-table rules, in the order the CPU table tries them (after the int4 kernel's)."""
     return (LoweringRule("fixed table", table_packed, _table_gemm, KERNEL, _WHY, AVX512, _grid_form),
             LoweringRule("fixed table (8-bit codes)", table_bytes, _table_gemm, KERNEL, _WHY, AVX512, _grid_form),
-            LoweringRule("intx", weight_only_packed, _table_gemm, KERNEL, _WHY, AVX512, _affine_form))
+            LoweringRule("intx", weight_only_packed, _table_gemm, KERNEL, _WHY, AVX512, _affine_form),
+            LoweringRule("codebook (float, per tensor)", float_codebook_packed, _table_gemm, KERNEL, _WHY, AVX512,
+                         _codebook_form),
+            LoweringRule("codebook-8 (float, per tensor)", float_codebook_bytes, _table_gemm, KERNEL, _WHY, AVX512,
+                         _codebook_form))

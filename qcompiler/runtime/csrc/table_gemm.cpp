@@ -19,8 +19,14 @@
 // Paths, chosen per call (ATEN_CPU_CAPABILITY caps the choice, so tests reach each on any machine):
 // - AMX-BF16, from 32 rows: each 64-column panel decoded once per 256 rows into scaled bfloat16 weights, oneDNN's
 //   brgemm on tiles (bf16_tiles.h), the rows rounded to bfloat16.
-// - AVX-512: up to 8 rows at a time x one panel; per k the 16 columns' table values times the k's activation
-//   broadcast, summed per block, then times the block's 16 scales (and plus its offsets times the row's block sum).
+// - AVX-512 VNNI, an integer table (IntTable: intx's integers at any width, or at most 16 int8 values at a
+//   power-of-two scale such as e2m1's): the rows in 16 bits as two int8 rows (activation_rows.h), 4 rows at a
+//   time x one panel; per 4 k one vpdpbusd per int8 row on the codes themselves or their vpshufb'd table entries,
+//   exact int32 sums per block, then float32 times the block's 16 scales.
+// - AVX-512, any other table: up to 8 rows at a time x one panel; per k the 16 columns' table values (vpermps and
+//   kin; a 7-8-bit float grid decoded with shifts, FloatGrid) times the k's activation broadcast, summed per
+//   block in float32, then times the block's 16 scales.
+//   Offsets add the block's offsets times the row's float sum over the block, on both AVX-512 paths.
 // - plain C++ elsewhere (AVX2 machines included: the lowering rule asks for AVX-512, and decomposes otherwise).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -337,12 +343,17 @@ QC_AVX512_TARGET void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0, acc[r]);
 }
 
-// Rows [m0, m1) in tiles of MAX rows, the rest in one tile of its size: tile(std::integral_constant<int, R>, m).
+// Rows [m0, m1) in tiles of MAX rows (a power of two), the rest in tiles of its binary digits (7 = 4 + 2 + 1):
+// tile(std::integral_constant<int, R>, m). Powers of two only keep the instantiations (and the build) small.
 template <int R, typename Tile>
-void last_tile(int64_t left, int64_t m, const Tile& tile) {
+void rest_tiles(int64_t left, int64_t m, const Tile& tile) {
   if constexpr (R > 0) {
-    if (left == R) tile(std::integral_constant<int, R>{}, m);
-    else last_tile<R - 1>(left, m, tile);
+    if (left >= R) {
+      tile(std::integral_constant<int, R>{}, m);
+      m += R;
+      left -= R;
+    }
+    rest_tiles<R / 2>(left, m, tile);
   }
 }
 
@@ -350,7 +361,7 @@ template <int MAX, typename Tile>
 void row_tiles(int64_t m0, int64_t m1, const Tile& tile) {
   int64_t m = m0;
   for (; m + MAX <= m1; m += MAX) tile(std::integral_constant<int, MAX>{}, m);
-  last_tile<MAX - 1>(m1 - m, m, tile);
+  rest_tiles<MAX / 2>(m1 - m, m, tile);
 }
 
 template <int BITS>
