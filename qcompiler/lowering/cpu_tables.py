@@ -84,6 +84,8 @@ def _affine_form(m, target):
     if not stored_inputs(m, "w_q", "scale", "zero_point"):
         return "its weight or qparams are computed in the graph, not stored"
     block, bits, domain = list(m["block"]), m["bits"], m["domain"]
+    if len(block) != 2 or block[0] != 1:
+        return f"its blocks {block} are not along the input dimension"
     t = int_type(m["dtype"])
     u = torch.arange(1 << bits)
     q = u - (1 << bits) * (u >= 1 << (bits - 1)).long() if t.signed else u
@@ -100,8 +102,6 @@ def _affine_form(m, target):
             offset = z.to(torch.uint8)
     elif domain == "float":
         offset = _float_qparam(m.value("zero_point")).reshape(n, -1)
-    if len(block) != 2 or block[0] != 1:
-        return f"its blocks {block} are not along the input dimension"
     width = k if block[1] == -1 else block[1]
     return _fits(TableForm(idx, bits, table, width, scale, offset))
 
