@@ -11,6 +11,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(),
                                                          f"qcompiler-tests-inductor-{os.environ['PYTEST_XDIST_WORKER']}")
 
+# The heaviest files first (they package models, build the native kernels or the C++ runner): with `--dist loadfile`
+# two workers then take the long files early and finish together, instead of one starting a long file last.
+HEAVY_FIRST = ("test_lower.py", "test_cpp_runner.py", "test_cli.py", "test_lm.py", "test_examples.py",
+               "test_table_gemm.py", "test_int8_tile_gemm.py", "test_package.py", "test_autoquant.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
+
+
 # CI runs derandomized so a red build reproduces; locally hypothesis explores.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=60,
                           suppress_health_check=[HealthCheck.too_slow])
