@@ -235,6 +235,17 @@ QC_AVX512_TARGET QC_INLINE void add_offsets(const Problem& p, int64_t at, __m512
     out[r] = _mm512_fmadd_ps(o, _mm512_set1_ps(p.block_sums[(m0 + r) * blocks(p) + b]), out[r]);
 }
 
+// A stripe's BITS words of codes, and a prefetch of the codes a few stripes on (the hardware prefetchers alone leave
+// a GEMV short of the read bandwidth, as int8_int4_gemm found).
+template <int BITS>
+QC_AVX512_TARGET QC_INLINE void load_stripe(const uint8_t* stripe, __m512i (&v)[BITS]) {
+#pragma GCC unroll 8
+  for (int l = 0; l < BITS; ++l) {
+    _mm_prefetch(reinterpret_cast<const char*>(stripe + kPrefetchAhead + 64 * l), _MM_HINT_T0);
+    v[l] = _mm512_loadu_si512(stripe + 64 * l);
+  }
+}
+
 // Bits [FIRST, FIRST + WD) of 16 columns' codes of k-position I, from the plane of width WD starting at word WORD.
 template <int WD, int FIRST, int WORD, int I>
 QC_AVX512_TARGET QC_INLINE __m512i plane_bits(const __m512i* v) {
@@ -315,13 +326,8 @@ QC_AVX512_TARGET void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
   const int64_t qbase = qparam_at(p, n0, 0);
   int64_t b = 0, block_end = p.block;  // the current block, and the k where it ends
   for (int64_t s = 0; s < p.K / kStripe; ++s) {
-    const uint8_t* stripe = codes + s * 64 * BITS;
     __m512i v[BITS];
-#pragma GCC unroll 8
-    for (int l = 0; l < BITS; ++l) {
-      _mm_prefetch(reinterpret_cast<const char*>(stripe + kPrefetchAhead + 64 * l), _MM_HINT_T0);
-      v[l] = _mm512_loadu_si512(stripe + 64 * l);
-    }
+    load_stripe<BITS>(codes + s * 64 * BITS, v);
 #pragma GCC unroll 2
     for (int half = 0; half < 2; ++half) {
       if (half == 0) positions<BITS, R, 0, 16>(v, table, x + s * kStripe, p.K, sums);
@@ -480,13 +486,8 @@ QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, in
   const int64_t qbase = qparam_at(p, n0, 0), nb = blocks(p);
   int64_t b = 0, block_end = p.block;
   for (int64_t s = 0; s < p.K / kStripe; ++s) {
-    const uint8_t* stripe = codes + s * 64 * BITS;
     __m512i v[BITS];
-#pragma GCC unroll 4
-    for (int l = 0; l < BITS; ++l) {
-      _mm_prefetch(reinterpret_cast<const char*>(stripe + kPrefetchAhead + 64 * l), _MM_HINT_T0);
-      v[l] = _mm512_loadu_si512(stripe + 64 * l);
-    }
+    load_stripe<BITS>(codes + s * 64 * BITS, v);
 #pragma GCC unroll 2
     for (int half = 0; half < 2; ++half) {
       if (half == 0) quads<BITS, DIRECT, R, 0, 4>(v, table, a + s * kStripe, p.K, hi, lo);
