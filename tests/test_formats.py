@@ -237,6 +237,19 @@ def test_nvfp4_keeps_e2m1_as_its_table_and_scales_the_output_by_its_tensor_scale
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("alias", ["fpx-2-1", "mxfp4"])
+def test_without_a_compiler_table_formats_decompose_and_say_why(alias, monkeypatch):
+    """A check that takes a match with a payload (the per-row grid's int8 table, the fixed-table form) must still
+    decline where qcompiler's kernels cannot be built."""
+    from qcompiler.runtime import native
+
+    monkeypatch.setattr(native, "cannot_build", lambda: "no compiler")
+    prog, low, x = two_layers(alias)
+    assert kernels(low) == ["decomposed"] * 2
+    assert "qcompiler's C++ kernels cannot be built here (no compiler)" in qc.report(low).quantized[0].kernel_reason
+    torch.testing.assert_close(low.module()(x), prog.module()(x))
+
+
 def test_without_avx512_block_scaled_tables_decompose_and_say_why():
     lin = torch.nn.Linear(128, 64).eval()
     x = torch.randn(2, 128)

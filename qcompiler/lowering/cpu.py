@@ -90,7 +90,7 @@ from functools import partial
 
 import torch
 
-from ..runtime import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, native
+from ..runtime import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm
 from ..runtime.int4_layout import pack_for
 from ..runtime.numerics import int16_halves, int16_rows, per_token_int8
 from ..runtime.onednn import qlinear_available
@@ -99,7 +99,7 @@ from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8,
                                  grid_codebook_packed, per_token_block, rows, static_int8_int8, table_packed,
                                  stored_inputs, layer_name, weight_only_packed, weight_only_unpacked, with_bias)
 from . import cpu_tables
-from .rules import LoweringRule, Take
+from .rules import LoweringRule, Take, on_native
 
 aten, qops, onednn = torch.ops.aten, torch.ops.qcompiler, torch.ops.onednn
 VNNI = frozenset({"vnni"})
@@ -219,14 +219,6 @@ def _int4_scales_and_zeros(m):
     return kernel if torch.equal(kernel.float(), sz) else None
 
 
-def _native(m, target):
-    reason = native.cannot_build()
-    return f"qcompiler's C++ kernels cannot be built here ({reason})" if reason else None
-
-
-def _on_native(check):
-    """``check``, then whether qcompiler's C++ kernels are available here."""
-    return lambda m, target: check(m, target) or _native(m, target)
 
 
 def _int4_form(m, target):
@@ -685,13 +677,13 @@ def _integer_rules(name: str, pattern, replace, check, kernel_note: str, int16: 
     packed = kw.get("packed", False)
     return (LoweringRule(name, pattern, bind(_tile_gemm), TILE + (_FLOAT_ROWS_ACTS if int16 else kernel_note),
                          _WHY_TILE + (_TILE_FLOAT if int16 else ""), AMX,
-                         _on_native(_tile_fits(integer, packed))),
+                         on_native(_tile_fits(integer, packed))),
             LoweringRule(name, pattern, bind(_qlinear_gemm), QLINEAR + kernel_note, _WHY_QLINEAR + why16, VNNI,
                          _prepacked_pays(integer, packed)),
             LoweringRule(name, pattern, bind(_int_mm_gemm), INT_MM + kernel_note, _WHY_INT_MM + why16, VNNI, integer),
             LoweringRule(name, pattern, bind(_native_gemm), INT8_GEMM + kernel_note,
                          _WHY_INT8_GEMM + (_FLOAT_IN_16_BITS if int16 else ""), frozenset({"avx2"}),
-                         _on_native(_int8_gemm_fits(integer, packed))),
+                         on_native(_int8_gemm_fits(integer, packed))),
             LoweringRule(name, pattern, bind(None), INT8PACK + ("" if int16 else kernel_note), _WHY_PACKED,
                          check=partial(check, need_k8=True, **kw)))
 
@@ -702,20 +694,20 @@ def rules(target_isa: str) -> tuple:
         *_integer_rules("int8dq", dynamic_int8_int8, _int8_dynamic_int8, _int8dq, _INT8_ACTS, False),
         *_integer_rules("int8static", static_int8_int8, _int8_static_int8, _int8static, _INT8_ACTS, False),
         LoweringRule("int8da-int4w", dynamic_int8_int4, _int8_dynamic_int4_int8, INT8_INT4 + _INT8_ACTS, _WHY_INT8_INT4,
-                     check=_on_native(_int8da_int4w_form)),
+                     check=on_native(_int8da_int4w_form)),
         LoweringRule("int8da-int4w", dynamic_int8_int4, partial(_int8_dynamic_int4, target_isa),
                      INT4PACK + _INT8_ACTS, "ATen's int4 kernel, where qcompiler's is not available",
                      check=_int8da_int4w),
         LoweringRule("int4wo", weight_only_packed, _int4_weight_int16, INT8_INT4 + _INT16_ACTS,
-                     _WHY_INT8_INT4 + _IN_16_BITS, check=_on_native(_int4_form)),
+                     _WHY_INT8_INT4 + _IN_16_BITS, check=on_native(_int4_form)),
         LoweringRule("int4wo", weight_only_packed, partial(_int4_weight_only, target_isa), INT4PACK,
                      "ATen's int4 kernel, where qcompiler's is not available", check=_int4_groups),
         *_integer_rules("int8wo", weight_only_unpacked, _int8_weight_only, _int8_per_channel, _INT16_ACTS, True),
-        LoweringRule("aqlm", additive, _additive, ADDITIVE, _WHY_ADDITIVE, check=_on_native(_additive_fits)),
+        LoweringRule("aqlm", additive, _additive, ADDITIVE, _WHY_ADDITIVE, check=on_native(_additive_fits)),
         LoweringRule("codebook (int8 grid)", grid_codebook_packed, _codebook_lut, CODEBOOK_LUT + _INT16_ACTS,
-                     _WHY_CODEBOOK_LUT, check=_on_native(_codebook_lut_fits)),
+                     _WHY_CODEBOOK_LUT, check=on_native(_codebook_lut_fits)),
         LoweringRule("fixed table (per row)", table_packed, _table_lut, CODEBOOK_LUT + _INT16_ACTS, _WHY_CODEBOOK_LUT,
-                     check=_on_native(_table_lut_fits)),
+                     check=on_native(_table_lut_fits)),
         *cpu_tables.rules(),
         *_integer_rules("codebook (int8 grid)", grid_codebook_packed, _grid_codebook_weight, _grid_codebook,
                         _INT16_ACTS, True, packed=True),

@@ -18,11 +18,11 @@ from typing import Optional
 
 import torch
 
-from ..runtime import native, table_gemm
+from ..runtime import table_gemm
 from ..runtime.dtypes import int_type
 from .reference_patterns import (float_codebook_bytes, float_codebook_packed, layer_name, rows, stored_inputs,
                                  table_bytes, table_packed, weight_only_packed, with_bias)
-from .rules import LoweringRule, Take
+from .rules import LoweringRule, Take, on_native
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
 
@@ -47,14 +47,9 @@ class TableForm:
     tensor_scale: Optional[torch.Tensor] = None  # [1]: multiplies the output (NVFP4's), keeping the table integral
 
 
-def _native():
-    reason = native.cannot_build()
-    return f"qcompiler's C++ kernels cannot be built here ({reason})" if reason else None
-
-
 def _fits(form: TableForm):
     n, k = form.idx.shape
-    return table_gemm.unfit(n, k, form.bits, form.block) or _native() or Take(form)
+    return table_gemm.unfit(n, k, form.bits, form.block) or Take(form)
 
 
 def _float_qparam(t: torch.Tensor) -> torch.Tensor:
@@ -141,10 +136,11 @@ def _table_gemm(m, x, out_dtype, b, **_):
 
 def rules() -> tuple:
     """The fixed-table rules, in the order the CPU table tries them (after the int4 kernel's)."""
-    return (LoweringRule("fixed table", table_packed, _table_gemm, KERNEL, _WHY, AVX512, _grid_form),
-            LoweringRule("fixed table (8-bit codes)", table_bytes, _table_gemm, KERNEL, _WHY, AVX512, _grid_form),
-            LoweringRule("intx", weight_only_packed, _table_gemm, KERNEL, _WHY, AVX512, _affine_form),
+    return (LoweringRule("fixed table", table_packed, _table_gemm, KERNEL, _WHY, AVX512, on_native(_grid_form)),
+            LoweringRule("fixed table (8-bit codes)", table_bytes, _table_gemm, KERNEL, _WHY, AVX512,
+                         on_native(_grid_form)),
+            LoweringRule("intx", weight_only_packed, _table_gemm, KERNEL, _WHY, AVX512, on_native(_affine_form)),
             LoweringRule("codebook (float, per tensor)", float_codebook_packed, _table_gemm, KERNEL, _WHY, AVX512,
-                         _codebook_form),
+                         on_native(_codebook_form)),
             LoweringRule("codebook-8 (float, per tensor)", float_codebook_bytes, _table_gemm, KERNEL, _WHY, AVX512,
-                         _codebook_form))
+                         on_native(_codebook_form)))

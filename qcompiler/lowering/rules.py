@@ -17,6 +17,7 @@ from torch.fx import GraphModule
 
 from ..passes.pattern import Match, prune, rewrite, stored
 from ..passes import record
+from ..runtime import native
 from ..runtime.target import Target
 
 
@@ -25,6 +26,18 @@ class Take:
     """What a rule's check returns to take a match and hand the replacement what it computed (``m.payload``)."""
 
     payload: Any
+
+
+def on_native(check: Callable[[Match, Target], Union[None, str, "Take"]]):
+    """``check``, then, where it takes the match (None or a :class:`Take`), whether qcompiler's C++ kernels can be
+    built here (asked without building: ``native.cannot_build``)."""
+    def checked(m: Match, target: Target):
+        verdict = check(m, target)
+        if isinstance(verdict, str):
+            return verdict
+        reason = native.cannot_build()
+        return f"qcompiler's C++ kernels cannot be built here ({reason})" if reason else verdict
+    return checked
 
 
 @dataclass(frozen=True)
