@@ -18,6 +18,10 @@ Effective GB/s = bytes read per token x decode tokens/s, where bytes read per to
 less the embedding table's (a token reads one row of it); the machine's read bandwidth (``torch.sum`` over
 1 GiB, in the same rounds) is the yardstick. The KV cache read
 (under 25 MB at 256 tokens here) is left out.
+
+The fixed-table formats beside llama.cpp's nearest types (``FORMAT_SYSTEMS``):
+``--systems int4wo-64 mxfp4 nvfp4 nf4 intx-3-64 intx-5-64 fp6 mxfp8 --peers llama.cpp
+--llamacpp-types Q4_0 NVFP4 IQ4_NL Q3_K_S Q5_0 Q6_K Q8_0``.
 """
 import argparse
 import json
@@ -44,6 +48,12 @@ QC_SYSTEMS = {"bf16": (BF16, None, None), "int8wo": (F32, "int8wo", None), "int8
               "int4wo-64 emb-int8": (F32, "int4wo-64 emb-int8", None),
               "int8dq bf16-rest": (F32, "int8dq", None), "int8wo bf16-rest": (F32, "int8wo", None),
               "int4wo-64 bf16-rest": (F32, "int4wo-64", None), "int8dq kv-bf16 bf16-rest": (F32, "int8dq", BF16)}
+DEFAULT_SYSTEMS = tuple(QC_SYSTEMS)
+# the fixed-table formats (qcompiler.table_gemm), each beside llama.cpp's nearest type (--llamacpp-types):
+# mxfp4 / nvfp4 ~ NVFP4, nf4 ~ IQ4_NL (a 16-value non-uniform grid per 32), intx-3-64 ~ Q3_K_S, intx-5-64 ~ Q5_0,
+# fp6 ~ Q6_K, mxfp8 ~ Q8_0
+FORMAT_SYSTEMS = ("mxfp4", "nvfp4", "nf4", "intx-3-64", "intx-5-64", "fp6", "mxfp8")
+QC_SYSTEMS.update({name: (F32, name, None) for name in FORMAT_SYSTEMS})
 PEERS = ("llama.cpp", "torchao")
 EMBEDDING_INT8 = " emb-int8"  # a scheme's suffix: the embedding table's rows in int8 too, by recipe
 BF16_REST = " bf16-rest"  # a system's suffix: lowered with unquantized_dtype=torch.bfloat16 (attention, unquantized
@@ -156,7 +166,7 @@ def main():
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--systems", nargs="+", default=list(QC_SYSTEMS))
+    p.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=list(QC_SYSTEMS))
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
     p.add_argument("--llamacpp-types", nargs="+", help="llama.cpp quantization types (default: Q8_0 Q4_0 Q4_K_M)")

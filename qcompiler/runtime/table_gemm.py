@@ -6,11 +6,15 @@ the kernel: the CPU kernel of the fixed-table formats (intx, fp6 / fpx, MXFP4, M
 A format is its table (the grid's values by code: e2m1's 16, e3m2's 64, intx's integers 0 .. 2^b - 1), its block
 and the width of its scales; the kernel (``csrc/table_gemm.cpp``, built and loaded by ``native.py``) reads each of
 them at its width: codes at ``bits`` bits (1-8) a weight, scales as float32, bfloat16, e8m0 (uint8) or e4m3
-(float8_e4m3fn), offsets as float32 or bfloat16, or as an integer zero point (uint8: ``o = -z · s``). Per k it
-looks 16 columns' codes up in the table held in registers (vpermps; two for 32 entries, four and a blend for
-64; a gather from L1 for 7-8 bits), sums each block in float32 and scales the block's sums; from 32 rows on AMX
-machines it decodes each panel once into bfloat16 tiles. Shapes: N % 16 == 0, K % 32 == 0, block a multiple of 16
-dividing K (a block of K: one scale per row).
+(float8_e4m3fn), offsets as float32 or bfloat16, or as an integer zero point (uint8: ``o = -z · s``). On AVX-512
+VNNI the rows go to 16 bits and the weights to integers: the codes themselves where the table is intx's integers,
+else the table's entries looked up (vpshufb for up to 16 entries; vpermb / vpermi2b for up to 256 on AVX512-VBMI):
+int8 entries where up to 16 values are integers at a power-of-two scale (e2m1's), 16-bit ones as two bytes
+otherwise (e3m2's exactly; nf4's, e4m3's and learned tables rounded to 16 bits of their largest, as the rows are);
+vpdpbusd sums per block in int32. Other tables (5-8 bits without VBMI) sum in float32: per k 16 columns' values
+from the table in registers (vpermps; a 7-8-bit float grid decoded with shifts, else a gather from L1).
+From 32 rows on AMX machines the kernel decodes each panel once into bfloat16 tiles. Shapes: N % 16 == 0,
+K % 32 == 0, block a multiple of 16 dividing K (a block of K: one scale per row).
 
 The codes are packed once (:func:`pack`) and the scales and offsets laid out (:func:`panel_qparams`) in one layout
 for every machine.

@@ -19,11 +19,13 @@
 // Paths, chosen per call (ATEN_CPU_CAPABILITY caps the choice, so tests reach each on any machine):
 // - AMX-BF16, from 32 rows: each 64-column panel decoded once per 256 rows into scaled bfloat16 weights, oneDNN's
 //   brgemm on tiles (bf16_tiles.h), the rows rounded to bfloat16.
-// - AVX-512 VNNI, an integer table (IntTable: intx's integers at any width, or at most 16 int8 values at a
-//   power-of-two scale such as e2m1's): the rows in 16 bits as two int8 rows (activation_rows.h), 4 rows at a
-//   time x one panel; per 4 k one vpdpbusd per int8 row on the codes themselves or their vpshufb'd table entries,
-//   exact int32 sums per block, then float32 times the block's 16 scales.
-// - AVX-512, any other table: up to 8 rows at a time x one panel; per k the 16 columns' table values (vpermps and
+// - AVX-512 VNNI, an integer table (IntTable): the rows in 16 bits as two int8 rows (activation_rows.h), 4 rows at a
+//   time x one panel; per 4 k one vpdpbusd per int8 row on the codes themselves (intx's integers, any width) or on
+//   the table's entries looked up by vpshufb (<= 16 entries) or vpermb / vpermi2b (<= 256, AVX512-VBMI): int8
+//   entries (up to 16 integers at a power-of-two scale: e2m1's), or 16-bit ones as two bytes (e3m2's; nf4's, e4m3's
+//   and other float tables rounded to 16 bits of their largest, as the rows are); int32 sums per block, then
+//   float32 times the block's 16 scales.
+// - AVX-512, any other table (5-8 bits without VBMI, infinite entries): up to 8 rows at a time x one panel; per k the 16 columns' table values (vpermps and
 //   kin; a 7-8-bit float grid decoded with shifts, FloatGrid) times the k's activation broadcast, summed per
 //   block in float32, then times the block's 16 scales.
 //   Offsets add the block's offsets times the row's float sum over the block, on both AVX-512 paths.
@@ -75,7 +77,7 @@ constexpr Planes kPlanes[9] = {
 };
 
 // A float grid of 7 or 8 bits (one sign bit, E exponent bits with bias 2^(E-1) - 1, M mantissa bits, every code
-// finite: e4m3 less its NaNs) times a constant c: its codes decode with shifts. The magnitude's bits go under
+// finite: e4m3 less its NaNs; a non-finite entry is never chosen) times a constant c: its codes decode with shifts. The magnitude's bits go under
 // float32's exponent and mantissa with the exponent rebiased; a subnormal code (exponent 0) is made the normal
 // 2^(1 - bias) * (1 + m) and 2^(1 - bias) taken off, so no denormal float32 is ever multiplied (which would cost
 // a microcode assist per element).
@@ -107,7 +109,7 @@ FloatGrid float_grid(const float* table, int bits) {
                     table[bias << mbits]};  // the code of 1.0
     out.exact = out.constant > 0.0f;
     for (int c = 0; c < (1 << bits) && out.exact; ++c)
-      out.exact = std::isnan(table[c]) || table[c] == grid_value(c, bits, out);
+      out.exact = !std::isfinite(table[c]) || table[c] == grid_value(c, bits, out);
   }
   return out;
 }
@@ -375,19 +377,34 @@ void panel_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
   row_tiles<8>(m0, m1, [&](auto rows, int64_t m) { tile_avx512<BITS, decltype(rows)::value>(p, m, n0); });
 }
 
-// ------------------------------------------------------------------ AVX-512 VNNI: an int8 table x 16-bit rows
+// ------------------------------------------------------------------ AVX-512 VNNI: an integer table x 16-bit rows
 
-// A table the integer path takes, in one of two forms:
-// - direct: table[c] = unit * (c - zero) for an integer zero (intx's integers, less the middle for a float zero
-//   point): the codes themselves are the uint8 operand of vpdpbusd, at any width;
-// - shuffled: at most 16 entries whose values times 2^j are integers in [-127, 127] (e2m1's values times 2, ...):
-//   a vpshufb of the entries + 128 gives the uint8 operand, zero = 128, unit = 2^-j.
-// Either way sum_k table[c] * v = unit * (sum_k u8 * v - zero * sum_k v), exact in int32 per block.
+// How the integer path finds a code's integer weight (the uint8 operand of vpdpbusd):
+// - kDirect: table[c] = unit * (c - zero) for an integer zero (intx's integers, less the middle for a float zero
+//   point): the codes themselves, at any width;
+// - kShuffle: a vpshufb of the table's (biased) bytes, at most 16 entries;
+// - kPermute / kPermute2 / kPermute4: a vpermb (64 entries), a vpermi2b (128), two vpermi2b and a blend on the
+//   code's top bit (256): AVX512-VBMI, 5-8-bit codes.
+enum class Lookup { kDirect, kShuffle, kPermute, kPermute2, kPermute4 };
+
+// A table the integer path takes: its entries T (table = unit * T) as int8, or in 16 bits as a high and a low byte
+// (T = 256 * high + low, the activations' split), each stored + 128 as vpdpbusd's uint8 operand:
+// - int8 entries (up to 16): values that are integers in [-127, 127] at some 2^j (e2m1's times 2);
+// - 16-bit entries: values that are integers at some 2^j with |T| <= 32639 (e3m2's times 64), or any other finite
+//   values rounded to 16 bits of the largest, as the activations are (nf4's, e4m3's, a learned grid's): each entry
+//   moves by at most 2^-16 of the largest, where the bfloat16 tiles from 32 rows move it by up to 2^-9 of itself;
+//   the product of the two low bytes (below 2^-14 of the largest product) is left out.
+// NaN entries (float8_e4m3fn's two NaN codes, which quantization never gives) count as 0.
+// Either way sum_k table[c] * v = unit * (sum_k u8 * v - 128 * sum_k v), exact in int32 per block for int8 entries.
+constexpr int32_t kEntryMax = qc::kInt16Max;
+
 struct IntTable {
-  bool exact = false, direct = false;
+  bool fits = false, wide = false;  // fits: the integer path takes the table
+  Lookup lookup = Lookup::kDirect;
   int32_t zero = 0;
-  float unit = 1.0f;
-  uint8_t biased[16] = {};
+  float unit = 1.0f;                     // per unit of the int32 sums 256 * hi + lo (wide: 256 * the entry's unit)
+  alignas(64) uint8_t high[256] = {};    // int8 entries, or 16-bit entries' high bytes, + 128
+  alignas(64) uint8_t low[256] = {};     // 16-bit entries' low bytes + 128
 };
 
 IntTable direct_table(const float* table, int bits) {
@@ -396,23 +413,58 @@ IntTable direct_table(const float* table, int bits) {
   if (!(unit != 0.0f) || z != std::nearbyint(z) || std::fabs(z) > 255.0f) return out;  // NaN fails too
   for (int c = 0; c < (1 << bits); ++c)
     if (table[c] != unit * (float(c) - z)) return out;
-  out.exact = out.direct = true;
+  out.fits = true;
   out.zero = int32_t(z);
   out.unit = unit;
   return out;
 }
 
-IntTable int_table(const float* table, int bits) {
+// The table's entries as integers T = table / unit with |T| <= limit: exact at a power of two (unit = 2^-j), else
+// (16 bits) rounded. False for int8 entries that are not exact, and for infinite entries.
+bool integer_entries(const float* table, int entries, int32_t limit, int32_t* T, float* unit) {
+  float top = 0.0f;
+  for (int e = 0; e < entries; ++e) {
+    if (std::isinf(table[e])) return false;
+    if (!std::isnan(table[e])) top = std::max(top, std::fabs(table[e]));
+  }
+  if (top == 0.0f) top = 1.0f;
+  const int j = int(std::floor(std::log2(float(limit) / top)));  // the largest 2^j with top * 2^j <= limit
+  bool exact = true;
+  for (int e = 0; e < entries && exact; ++e) {
+    const float v = std::isnan(table[e]) ? 0.0f : std::ldexp(table[e], j);
+    exact = v == std::nearbyint(v) && std::fabs(v) <= float(limit);
+    T[e] = int32_t(v);
+  }
+  *unit = exact ? std::ldexp(1.0f, -j) : top / float(limit);
+  if (exact || limit < kEntryMax) return exact;
+  for (int e = 0; e < entries; ++e)
+    T[e] = std::isnan(table[e]) ? 0 : std::min(std::max(int32_t(std::nearbyint(table[e] / *unit)), -limit), limit);
+  return true;
+}
+
+IntTable int_table(const float* table, int bits, bool vbmi) {
   IntTable out = direct_table(table, bits);
-  for (int j = 0; bits <= 4 && j < 8 && !out.exact; ++j) {
-    out.exact = true;
-    for (int e = 0; e < (1 << bits) && out.exact; ++e) {
-      const float v = std::ldexp(table[e], j);
-      out.exact = std::fabs(v) <= 127.0f && v == std::nearbyint(v);  // false for NaN
-      out.biased[e] = uint8_t(int(v) + 128);
+  if (out.fits || bits > (vbmi ? 8 : 4)) return out;
+  const int entries = 1 << bits;
+  int32_t T[256];
+  float unit = 1.0f;
+  out.lookup = bits <= 4   ? Lookup::kShuffle
+               : bits <= 6 ? Lookup::kPermute
+               : bits == 7 ? Lookup::kPermute2
+                           : Lookup::kPermute4;
+  out.zero = 128;
+  if (bits <= 4 && integer_entries(table, entries, 127, T, &unit)) {  // 5-8 bits: 16-bit entries (fewer kernels)
+    out.fits = true;
+    out.unit = unit;
+    for (int e = 0; e < entries; ++e) out.high[e] = uint8_t(T[e] + 128);
+  } else if (integer_entries(table, entries, kEntryMax, T, &unit)) {
+    out.fits = out.wide = true;
+    out.unit = 256.0f * unit;
+    for (int e = 0; e < entries; ++e) {
+      const int32_t h = (T[e] + 128) >> 8;
+      out.high[e] = uint8_t(h + 128);
+      out.low[e] = uint8_t(T[e] - 256 * h + 128);
     }
-    out.zero = 128;
-    out.unit = std::ldexp(1.0f, -j);
   }
   return out;
 }
@@ -431,6 +483,39 @@ QC_VNNI_TARGET QC_INLINE __m512i dpbusd_word(__m512i acc, __m512i w, const int8_
   asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(s)));
   return acc;
 }
+
+// A table's bytes in registers, and a code's byte looked up in them. vpermb and vpermi2b (AVX512-VBMI) in asm, so
+// the functions around them stay compiled for AVX-512 VNNI alone: they run only where the CPU has VBMI.
+template <Lookup L>
+struct ByteTable {
+  static constexpr int kRegs = L == Lookup::kPermute4 ? 4 : L == Lookup::kPermute2 ? 2 : 1;
+  __m512i t[kRegs];
+  QC_VNNI_TARGET QC_INLINE explicit ByteTable(const uint8_t* bytes) {
+    if constexpr (L == Lookup::kShuffle || L == Lookup::kDirect) {
+      t[0] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+    } else {
+#pragma GCC unroll 4
+      for (int r = 0; r < kRegs; ++r) t[r] = _mm512_loadu_si512(bytes + 64 * r);
+    }
+  }
+  QC_VNNI_TARGET QC_INLINE __m512i operator()(__m512i codes) const {
+    if constexpr (L == Lookup::kShuffle) {
+      return _mm512_shuffle_epi8(t[0], codes);
+    } else if constexpr (L == Lookup::kPermute) {
+      __m512i out;
+      asm("vpermb %2, %1, %0" : "=v"(out) : "v"(codes), "v"(t[0]));
+      return out;
+    } else if constexpr (L == Lookup::kPermute2) {
+      asm("vpermi2b %2, %1, %0" : "+v"(codes) : "v"(t[0]), "v"(t[1]));
+      return codes;
+    } else {
+      __m512i low = codes, high = codes;
+      asm("vpermi2b %2, %1, %0" : "+v"(low) : "v"(t[0]), "v"(t[1]));
+      asm("vpermi2b %2, %1, %0" : "+v"(high) : "v"(t[2]), "v"(t[3]));
+      return _mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), low, high);
+    }
+  }
+};
 
 // Bits [FIRST, FIRST + WD) of 16 columns' codes of k = 4Q .. 4Q + 3 as each lane's 4 bytes.
 template <int WD, int FIRST, int WORD, int Q>
@@ -453,32 +538,68 @@ QC_VNNI_TARGET QC_INLINE __m512i quad_codes(const __m512i* v) {
                            plane_quad<1, 6, 6, Q>(v));
 }
 
-// Quads Q .. END - 1 of a stripe: hi[r], lo[r] += the weights x row r's high and low int8 rows (a + 2r K, + K);
-// the weights are the codes (DIRECT) or their shuffled table entries.
-template <int BITS, bool DIRECT, int R, int Q, int END>
-QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, __m512i table, const int8_t* a, int64_t K, __m512i (&hi)[R],
-                                    __m512i (&lo)[R]) {
-  __m512i w = quad_codes<BITS, Q>(v);
-  if constexpr (!DIRECT) w = _mm512_shuffle_epi8(table, w);
+// The integer weights of one table: the codes (kDirect) or their entries' bytes (a 16-bit entry's two).
+template <Lookup L, bool WIDE>
+struct Weights {
+  ByteTable<L> high, low;
+  QC_VNNI_TARGET QC_INLINE explicit Weights(const IntTable& t) : high(t.high), low(t.low) {}
+};
+
+// Independent int32 sums per row: a vpdpbusd waits for the one before it on the same register (5 cycles). Over short
+// blocks the CPU overlaps blocks (each starts from zero); a one-row tile over long chains (blocks from 256 k, a
+// scale per row: fp6; from 64 k with 16-bit entries, two vpdpbusd per quad on lo: nf4) is bound by that wait, so it
+// spreads its quads over C = 4 registers of each kind (adds at each block's end that short blocks would pay for:
+// nvfp4's are 4 quads).
+constexpr int64_t long_block(bool wide) { return wide ? 64 : 256; }
+
+// Quads Q .. END - 1 of a stripe: hi[c][r], lo[c][r] += the weights x row r's high and low int8 rows (a + 2r K, + K),
+// c = Q's chain; a 16-bit entry adds its low byte x the high row to the next chain's lo (so 256 hi + lo counts each
+// entry 256 times).
+template <int BITS, Lookup L, bool WIDE, int R, int C, int Q, int END>
+QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, const Weights<L, WIDE>& weights, const int8_t* a, int64_t K,
+                                    __m512i (&hi)[C][R], __m512i (&lo)[C][R]) {
+  constexpr int c = Q % C;
+  const __m512i codes = quad_codes<BITS, Q>(v);
+  __m512i w = codes;
+  if constexpr (L != Lookup::kDirect) w = weights.high(codes);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    hi[r] = dpbusd_word(hi[r], w, a + 2 * r * K + 4 * Q);
-    lo[r] = dpbusd_word(lo[r], w, a + (2 * r + 1) * K + 4 * Q);
+    hi[c][r] = dpbusd_word(hi[c][r], w, a + 2 * r * K + 4 * Q);
+    lo[c][r] = dpbusd_word(lo[c][r], w, a + (2 * r + 1) * K + 4 * Q);
   }
-  if constexpr (Q + 1 < END) quads<BITS, DIRECT, R, Q + 1, END>(v, table, a, K, hi, lo);
+  if constexpr (WIDE) {
+    const __m512i wl = weights.low(codes);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) lo[(c + 1) % C][r] = dpbusd_word(lo[(c + 1) % C][r], wl, a + 2 * r * K + 4 * Q);
+  }
+  if constexpr (Q + 1 < END) quads<BITS, L, WIDE, R, C, Q + 1, END>(v, weights, a, K, hi, lo);
 }
 
-// R rows from m0 x the panel from n0 on an integer table: exact int32 sums per block (less zero x the row's block
-// sum), scaled per block in float32.
-template <int BITS, bool DIRECT, int R>
+// The sum of a row's chains, and the chains cleared.
+template <int R, int C>
+QC_VNNI_TARGET QC_INLINE __m512i take_chains(__m512i (&sums)[C][R], int r) {
+  __m512i total = sums[0][r];
+  sums[0][r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+  for (int c = 1; c < C; ++c) {
+    total = _mm512_add_epi32(total, sums[c][r]);
+    sums[c][r] = _mm512_setzero_si512();
+  }
+  return total;
+}
+
+// R rows from m0 x the panel from n0 on an integer table: int32 sums per block (less zero x the rows' block sums),
+// scaled per block in float32.
+template <int BITS, Lookup L, bool WIDE, int R, int C>
 QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t n0) {
-  const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q.table->biased)));
+  const Weights<L, WIDE> weights(*q.table);
   const int32_t zero = q.table->zero;
-  __m512i hi[R], lo[R];
+  __m512i hi[C][R], lo[C][R];
   __m512 acc[R], off[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    hi[r] = lo[r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) hi[c][r] = lo[c][r] = _mm512_setzero_si512();
     acc[r] = off[r] = _mm512_setzero_ps();
   }
   const uint8_t* codes = panel_codes(p, n0);
@@ -490,19 +611,19 @@ QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, in
     load_stripe<BITS>(codes + s * 64 * BITS, v);
 #pragma GCC unroll 2
     for (int half = 0; half < 2; ++half) {
-      if (half == 0) quads<BITS, DIRECT, R, 0, 4>(v, table, a + s * kStripe, p.K, hi, lo);
-      else quads<BITS, DIRECT, R, 4, 8>(v, table, a + s * kStripe, p.K, hi, lo);
+      if (half == 0) quads<BITS, L, WIDE, R, C, 0, 4>(v, weights, a + s * kStripe, p.K, hi, lo);
+      else quads<BITS, L, WIDE, R, C, 4, 8>(v, weights, a + s * kStripe, p.K, hi, lo);
       if (s * kStripe + 16 * (half + 1) != block_end) continue;
       const int64_t at = qbase + b * kCols;
       const __m512 scale = load16(p.scale, p.scale_format, at);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const int32_t* sums = q.sums + 2 * (m0 + r) * nb + b;
-        const __m512i h = _mm512_sub_epi32(hi[r], _mm512_set1_epi32(zero * sums[0]));
-        const __m512i l = _mm512_sub_epi32(lo[r], _mm512_set1_epi32(zero * sums[nb]));
+        const __m512i h = _mm512_sub_epi32(take_chains<R, C>(hi, r), _mm512_set1_epi32(zero * sums[0]));
+        const __m512i l = _mm512_sub_epi32(take_chains<R, C>(lo, r),
+                                           _mm512_set1_epi32(zero * (WIDE ? sums[nb] + sums[0] : sums[nb])));
         const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
         acc[r] = _mm512_fmadd_ps(f, scale, acc[r]);
-        hi[r] = lo[r] = _mm512_setzero_si512();
       }
       if (p.offset) add_offsets<R>(p, at, scale, m0, b, off);
       ++b;
@@ -515,10 +636,30 @@ QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, in
                      _mm512_fmadd_ps(acc[r], _mm512_set1_ps(q.row_scale[m0 + r] * q.table->unit), off[r]));
 }
 
-template <int BITS, bool DIRECT>
+template <int BITS, Lookup L, bool WIDE>
 void panel_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
-  if constexpr (DIRECT || BITS <= 4)
-    row_tiles<4>(m0, m1, [&](auto rows, int64_t m) { tile_int8<BITS, DIRECT, decltype(rows)::value>(p, q, m, n0); });
+  constexpr int most = L == Lookup::kShuffle ? 4 : L == Lookup::kPermute ? 6 : L == Lookup::kPermute2 ? 7 : 8;
+  constexpr int least = L == Lookup::kPermute ? 5 : L == Lookup::kPermute2 ? 7 : L == Lookup::kPermute4 ? 8 : 1;
+  if constexpr (BITS >= least && BITS <= most && (L != Lookup::kDirect || !WIDE))
+    row_tiles<4>(m0, m1, [&](auto rows, int64_t m) {
+      constexpr int R = decltype(rows)::value;
+      if (R == 1 && p.block >= long_block(WIDE)) tile_int8<BITS, L, WIDE, R, 4>(p, q, m, n0);
+      else tile_int8<BITS, L, WIDE, R, 1>(p, q, m, n0);
+    });
+}
+
+template <int BITS>
+void panel_int(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
+  const IntTable& t = *q.table;
+  switch (t.lookup) {
+    case Lookup::kDirect: return panel_int8<BITS, Lookup::kDirect, false>(p, q, m0, m1, n0);
+    case Lookup::kShuffle:
+      return t.wide ? panel_int8<BITS, Lookup::kShuffle, true>(p, q, m0, m1, n0)
+                    : panel_int8<BITS, Lookup::kShuffle, false>(p, q, m0, m1, n0);
+    case Lookup::kPermute: return panel_int8<BITS, Lookup::kPermute, true>(p, q, m0, m1, n0);
+    case Lookup::kPermute2: return panel_int8<BITS, Lookup::kPermute2, true>(p, q, m0, m1, n0);
+    default: return panel_int8<BITS, Lookup::kPermute4, true>(p, q, m0, m1, n0);
+  }
 }
 
 // ------------------------------------------------------------------ AMX (bfloat16 tiles)
@@ -579,13 +720,14 @@ void run_tiles(const Problem& p, const at::Tensor& a) {
 template <int BITS>
 void run(const Problem& p, const at::Tensor& a, Path path) {
   if (qc::bf16_tiles_for(p.M)) return run_tiles<BITS>(p, a);
-  // An int8 table takes the rows in 16 bits, as two int8 rows, on exact int32 sums (vpshufb + vpdpbusd).
-  // (int32 sums per block: exact for blocks up to 65536 k)
-  const IntTable ints = path == Path::kVnni && p.block <= 65536 ? int_table(p.table, p.bits) : IntTable();
+  // An integer table takes the rows in 16 bits, as two int8 rows, on int32 sums (vpshufb / vpermb + vpdpbusd),
+  // exact per block up to 65536 k (32768 for 16-bit entries, whose low bytes add a product).
+  IntTable ints = path == Path::kVnni ? int_table(p.table, p.bits, __builtin_cpu_supports("avx512vbmi")) : IntTable();
+  ints.fits = ints.fits && p.block <= (ints.wide ? 32768 : 65536);
   qc::ActivationRows rows;
   at::Tensor sums;
   IntRows q{};
-  if (ints.exact) {
+  if (ints.fits) {
     rows = qc::activation_rows(a, p.K, path);
     sums = rows.rows.view({2 * p.M, blocks(p), p.block}).sum(2, false, at::kInt);
     q = IntRows{rows.rows.data_ptr<int8_t>(), rows.scale.data_ptr<float>(), sums.data_ptr<int32_t>(), &ints};
@@ -596,8 +738,7 @@ void run(const Problem& p, const at::Tensor& a, Path path) {
   at::parallel_for(0, row_items * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t m0 = (item / panels) * kRowChunk, m1 = std::min(p.M, m0 + kRowChunk), n0 = (item % panels) * kCols;
-      if (ints.direct) panel_int8<BITS, true>(p, q, m0, m1, n0);
-      else if (ints.exact) panel_int8<BITS, false>(p, q, m0, m1, n0);
+      if (ints.fits) panel_int<BITS>(p, q, m0, m1, n0);
       else if (path == Path::kVnni) panel_avx512<BITS>(p, m0, m1, n0);
       else panel_scalar(p, m0, m1, n0);
     }
