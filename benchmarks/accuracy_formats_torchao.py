@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/accuracy_formats_torchao.py [--out benchmarks/results/accuracy_minilm_torchao.json]
 
 torchao (the ``[peer]`` extra): ``IntxWeightOnlyConfig(int<b>, PerGroup(g), ASYMMETRIC)`` beside ``intx-<b>-<g>`` and
-the prototype ``NVFP4WeightOnlyConfig()`` beside ``nvfp4``; mean and worst cosine of the mean-pooled embeddings to
+the prototype ``NVFP4WeightOnlyConfig()`` beside ``nvfp4``, ``Int8DynamicActivationIntxWeightConfig(int<b>, PerGroup(g))`` (its
+defaults: symmetric weights, asymmetric per-token int8 activations) beside ``int8da-intx-<b>-<g>``; mean and worst cosine of the mean-pooled embeddings to
 fp32 over the same 36 sentences as ``accuracy_minilm.py``. torchao 0.18 has no CPU fpx (fp6) or weight-only MX
 config; those rows are absent, said so in the output.
 """
@@ -19,6 +20,7 @@ from machine import machine
 from qcompiler.zoo import SENTENCES, minilm
 
 INTX = [(2, 32), (3, 32), (3, 64), (4, 64), (5, 64), (6, 64)]
+INT8DA_INTX = [(3, 32), (4, 32), (5, 32), (6, 32)]
 
 
 def configs():
@@ -29,12 +31,16 @@ def configs():
                                                  mapping_type=MappingType.ASYMMETRIC) for b, g in INTX}
     from torchao.prototype.mx_formats import NVFP4WeightOnlyConfig
     out["nvfp4"] = NVFP4WeightOnlyConfig()
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    out.update({f"int8da-intx-{b}-{g}": Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=getattr(torch, f"int{b}"), weight_granularity=PerGroup(g)) for b, g in INT8DA_INTX})
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy_minilm_torchao.json"))
+    ap.add_argument("--schemes", nargs="*", help="our aliases to compare (default: all)")
     args = ap.parse_args()
     import torchao
     from torchao.quantization import quantize_
@@ -42,6 +48,8 @@ def main():
     reference = bundled.embed(bundled.model, SENTENCES)
     rows = []
     for ours, config in configs().items():
+        if args.schemes and ours not in args.schemes:
+            continue
         model = copy.deepcopy(bundled.model)
         quantize_(model, config)
         cos = F.cosine_similarity(bundled.embed(model, SENTENCES).float(), reference, dim=-1)

@@ -19,7 +19,8 @@ Systems (``--systems`` takes these keys, shell-style patterns allowed; the fp32 
 reference): ``fp32``/``bf16`` AOTInductor .pt2 with freezing and, for MiniLM, ``fp32-nofreeze``/
 ``bf16-nofreeze``; ``qc-<scheme>`` for every ``--schemes`` entry (qc.quantize -> qc.lower(..., "cpu") ->
 qc.package -> qc.load); ``pt2e-static``/``pt2e-dynamic`` (PT2E X86InductorQuantizer, AOTI with freezing);
-``torchao-int8dq``/``torchao-int8wo``/``torchao-intx-3-64``/``torchao-intx-4-64``/``torchao-nvfp4`` (quantize_ on a
+``torchao-int8dq``/``torchao-int8wo``/``torchao-intx-3-64``/``torchao-intx-4-64``/``torchao-nvfp4``/
+``torchao-int8da-intx-3-32`` (quantize_ on a
 copy, export, AOTI with freezing); ``ort-fp32``,
 ``ort-int8dyn`` (quantize_dynamic) and ``ort-nbits4`` (MatMulNBits, 4-bit, block 32). See ``peers_cpu.py``.
 On a machine with native bfloat16, ``qc-<scheme>-bf16rest`` also runs the unquantized parts in bfloat16
@@ -255,6 +256,8 @@ def registry(schemes: List[str], target: Optional[qc.Target] = None) -> Dict[str
         "torchao-intx-3-64": ("torchao IntxWeightOnlyConfig int3 g64 .pt2 (freezing)", torchao("intx-3-64", t)),
         "torchao-intx-4-64": ("torchao IntxWeightOnlyConfig int4 g64 .pt2 (freezing)", torchao("intx-4-64", t)),
         "torchao-nvfp4": ("torchao NVFP4WeightOnlyConfig .pt2 (freezing)", torchao("nvfp4", t)),
+        "torchao-int8da-intx-3-32": ("torchao Int8DynamicActivationIntxWeightConfig int3 g32 .pt2 (freezing)",
+                                     torchao("int8da-intx-3-32", t)),
         "pt2e-static": ("PT2E x86 int8 static .pt2 (freezing)", pt2e(False, t)),
         "pt2e-dynamic": ("PT2E x86 int8 dynamic .pt2 (freezing)", pt2e(True, t)),
         "ort-fp32": ("ONNX Runtime fp32", ort(None)),

@@ -84,7 +84,7 @@ def table(n, k, bits, block, scale_dtype, offset_dtype, kind):
             idx = torch.where(idx & 0x7F == 0x7F, idx - 1, idx)
         w, t = table_gemm.pack(idx, bits), values(kind, bits)
         nbytes = w.nbytes + t.nbytes + scale.nbytes + (0 if offset is None else offset.nbytes)
-        fns.append(lambda x, w=w, v=t, s=scale, o=offset: table_gemm.OP(x, w, v, s, o, bits, block))
+        fns.append(lambda x, w=w, v=t, s=scale, o=offset: table_gemm.OP(x, None, None, w, v, s, o, None, bits, block))
     return fns, nbytes
 
 

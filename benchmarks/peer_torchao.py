@@ -37,6 +37,8 @@ What each of our schemes maps to (CPU, torch 2.13 CPU build, torchao 0.18 wheel 
                   output row); forward is ``matmul(x, w.dequantize())`` in bf16 (no float8 GEMM on CPU).
 - ``intx-<b>-<g>`` ``IntxWeightOnlyConfig(int<b>, PerGroup(g), ASYMMETRIC)`` (whole models, ``quantized_model``).
 - ``nvfp4``       ``prototype.mx_formats.NVFP4WeightOnlyConfig()`` (whole models, ``quantized_model``).
+- ``int8da-intx-<b>-<g>`` ``Int8DynamicActivationIntxWeightConfig(int<b>, PerGroup(g))`` with its defaults (symmetric
+                  weights, asymmetric per-token int8 activations; whole models, ``quantized_model``).
 - ``int8static``  ``Int8StaticActivationInt8WeightConfig(act_quant_scale, act_quant_zero_point,
                   granularity=[PerTensor(), PerRow()], act ASYMMETRIC)`` with min/max qparams taken from a
                   calibration batch (ours: per-tensor asymmetric int8 activations, per-channel int8 weights).
@@ -125,6 +127,10 @@ def _config(scheme: str, linear: torch.nn.Linear, calibration: Optional[torch.Te
         return Int8DynamicActivationIntxWeightConfig(
             weight_dtype=torch.int4, weight_granularity=PerGroup(g), weight_mapping_type=MappingType.SYMMETRIC,
             act_mapping_type=MappingType.ASYMMETRIC, intx_packing_format=IntxPackingFormat.UNPACKED_TO_INT8)
+    if scheme.startswith("int8da-intx-"):  # torchao's defaults: symmetric weights, asymmetric per-token int8 rows
+        bits, group = (int(v) for v in scheme.split("-")[2:4])
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=getattr(torch, f"int{bits}"),
+                                                     weight_granularity=PerGroup(group))
     if scheme.startswith("intx-"):  # torchao's IntxWeightOnlyConfig: asymmetric, an integer zero point per group
         from torchao.quantization import IntxWeightOnlyConfig
         bits, group = (int(v) for v in scheme.split("-")[1:3])
@@ -217,8 +223,9 @@ def quantized_model(model: torch.nn.Module, scheme: str) -> torch.nn.Module:
     """A deep copy of ``model`` with every nn.Linear quantized by torchao's config for ``scheme``."""
     if not available():
         raise NotImplementedError("torchao is not importable")
-    if scheme not in WHOLE_MODEL_SCHEMES and not scheme.startswith("intx-") and scheme != "nvfp4":
-        raise NotImplementedError(f"{scheme}: whole-model torchao peer only for {WHOLE_MODEL_SCHEMES}, intx, nvfp4")
+    if scheme not in WHOLE_MODEL_SCHEMES and not scheme.startswith(("intx-", "int8da-intx-")) and scheme != "nvfp4":
+        raise NotImplementedError(f"{scheme}: whole-model torchao peer only for {WHOLE_MODEL_SCHEMES}, intx, "
+                                  f"int8da-intx, nvfp4")
     module = copy.deepcopy(model).eval()
     quantize_(module, _config(scheme, None, None))
     return module

@@ -58,9 +58,9 @@ from .configs import (
     Int8WeightOnlyConfig,
     SCHEME_FORMS,
 )
-from .schemes import (FpxWeightOnlyConfig, IntxWeightOnlyConfig, MXWeightOnlyConfig, NF4WeightOnlyConfig,
-                      NVFP4WeightOnlyConfig, config_from_dict, config_from_string, config_to_dict, scheme,
-                      scheme_forms)
+from .schemes import (FpxWeightOnlyConfig, Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig,
+                      MXWeightOnlyConfig, NF4WeightOnlyConfig, NVFP4WeightOnlyConfig, config_from_dict,
+                      config_from_string, config_to_dict, scheme, scheme_forms)
 from .stages.convert import convert
 from .stages.lower import lower
 from .passes.algorithms import AWQ, GPTQ, HQQ, SmoothQuant
@@ -90,4 +90,5 @@ __all__ += [
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "Float8WeightOnlyConfig",
     "Float8DynamicActivationFloat8WeightConfig", "Int8StaticActivationInt8WeightConfig", "IntxWeightOnlyConfig",
     "FpxWeightOnlyConfig", "MXWeightOnlyConfig", "NVFP4WeightOnlyConfig", "NF4WeightOnlyConfig",
+    "Int8DynamicActivationIntxWeightConfig",
 ]

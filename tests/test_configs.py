@@ -8,7 +8,7 @@ import qcompiler as qc
 
 ALIASES = ["int8wo", "int8dq", "int4wo-32", "int4wo-64", "int4wo-128", "int4wo-256", "int8da-int4w-32",
            "codebook-3", "codebook-4-16", "codebook-4-float", "codebook-2-8-float", "fp8wo", "fp8dq", "int8static",
-           "nf4", "nf4-32"]
+           "nf4", "nf4-32", "int8da-intx-3-32", "int8da-intx-6-128"]
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -89,6 +89,7 @@ NON_DEFAULT = [
     qc.MXWeightOnlyConfig("fp8"),
     qc.NVFP4WeightOnlyConfig(),
     qc.NF4WeightOnlyConfig(128, torch.float16),
+    qc.Int8DynamicActivationIntxWeightConfig(5, 64, torch.float32),
 ]
 
 

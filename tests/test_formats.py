@@ -75,6 +75,32 @@ def test_intx_lowers_to_its_kernel_and_runs_as_its_reference_program(alias, kern
     assert all(r.scheme == alias for r in qc.report(low).quantized)
 
 
+@pytest.mark.parametrize("alias", ["int8da-intx-3-32", "int8da-intx-5-64", "int8da-intx-7-32", "int8da-intx-1-32"])
+def test_int8_activation_intx_runs_on_int8_rows_as_its_reference_program(alias):
+    """Per-token asymmetric int8 activations times symmetric b-bit weights: the table kernel takes the int8 rows as
+    they are (the codes re-based so that they are the integer weights), the zero points off after the sums."""
+    prog, low, x = two_layers(alias)
+    assert kernels(low) == [TABLE_GEMM] * 2
+    gemm = next(n for n in low.graph.nodes if n.target == torch.ops.qcompiler.table_gemm.default)
+    assert gemm.args[0].meta["val"].dtype == torch.int8
+    torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-4, atol=1e-4)
+    assert all(r.scheme == alias for r in qc.report(low).quantized)
+
+
+def test_int8_activation_intx_is_torchaos_config_and_decomposes_below_avx512():
+    bits, group = 3, 32
+    config = qc.config_from_string(f"int8da-intx-{bits}-{group}")
+    assert config == qc.Int8DynamicActivationIntxWeightConfig(bits, group)
+    spec = config.spec()
+    assert (spec.weight.dtype, spec.weight.mapping, spec.activation.mapping) == ("int3", "symmetric", "asymmetric")
+    assert qc.config_from_dict(qc.config_to_dict(config)) == config
+    with pytest.raises(ValueError, match="bits must be an integer from 1 to 7; got 9"):
+        qc.Int8DynamicActivationIntxWeightConfig(9)
+    prog, low, x = two_layers("int8da-intx-3-32", qc.Target.parse("cpu:avx2"))
+    assert kernels(low) == ["decomposed"] * 2
+    torch.testing.assert_close(low.module()(x), prog.module()(x))
+
+
 TABLE_SCHEMES = ["fp6", "fpx-2-3", "fpx-2-1", "mxfp4", "mxfp8", "nvfp4", "nf4"]
 
 
@@ -231,7 +257,7 @@ def test_nvfp4_keeps_e2m1_as_its_table_and_scales_the_output_by_its_tensor_scale
     low = qc.lower(prog, AVX512)
     gemm = next(n for n in low.graph.nodes if n.target == torch.ops.qcompiler.table_gemm.default)
     sig = low.graph_signature
-    stored = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}[gemm.args[2].name]
+    stored = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}[gemm.args[4].name]
     assert torch.equal({**low.state_dict, **low.constants}[stored], tables.grid_values("e2m1"))
     assert [n for n in gemm.users][0].target == torch.ops.aten.mul.Tensor
     torch.testing.assert_close(low.module()(x), prog.module()(x), rtol=1e-3, atol=1e-3)

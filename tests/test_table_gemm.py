@@ -94,8 +94,8 @@ def _case(m, n, k, block, bits, formats, seed=0, kind="float"):
 def _max_relative_error(case, bits, formats, kind="float") -> float:
     m, n, k, block = case
     a, idx, table, scale, s, offset, o = _case(m, n, k, block, bits, formats, kind=kind)
-    y = table_gemm.OP(a, table_gemm.pack(idx, bits), table, table_gemm.panel_qparams(scale),
-                      None if offset is None else table_gemm.panel_qparams(offset), bits, block)
+    y = table_gemm.OP(a, None, None, table_gemm.pack(idx, bits), table, table_gemm.panel_qparams(scale),
+                      None if offset is None else table_gemm.panel_qparams(offset), None, bits, block)
     ref = table_gemm.reference(a, idx, table, s, o)
     assert y.dtype == torch.float32 and y.shape == (m, n)
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
@@ -125,6 +125,35 @@ def test_the_kernel_matches_its_reference_in_every_format(case, bits):
     for formats in FORMATS:
         for kind in _kinds(bits):
             assert _max_relative_error(case, bits, formats, kind) < _tolerance(case[0], kind), (formats, kind)
+
+
+def _int8_rows(m: int, k: int, g):
+    """Per-token asymmetric int8 activations: the int8 rows, their scales and zero points, and their float values."""
+    q = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    a_scale = torch.rand(m, generator=g) + 0.01
+    a_zero = torch.randint(-128, 128, (m,), generator=g).float()
+    return q, a_scale, a_zero, a_scale[:, None] * (q.float() - a_zero[:, None])
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "m{}-n{}-k{}-b{}".format(*c))
+def test_int8_rows_match_the_reference_on_every_kind_of_table(case, bits):
+    """int8 activations: one int8 row each on intx's integers, two (their 16 bits) on other tables, floats below."""
+    m, n, k, block = case
+    for formats in (FORMATS[0], FORMATS[4]):
+        for kind in ("direct", "shuffled", "float"):
+            for zero in (True, False):
+                _, idx, table, scale, s, offset, o = _case(m, n, k, block, bits, formats, kind=kind)
+                q, a_scale, a_zero, x = _int8_rows(m, k, torch.Generator().manual_seed(bits))
+                w = table_gemm.weight(idx, table, s, o)
+                y = table_gemm.OP(q, a_scale, a_zero if zero else None, table_gemm.pack(idx, bits), table,
+                                  table_gemm.panel_qparams(scale),
+                                  None if offset is None else table_gemm.panel_qparams(offset),
+                                  w.sum(1).float() if zero else None, bits, block)
+                x = x if zero else a_scale[:, None] * q.float()
+                ref = x.double() @ w.t()
+                error = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+                assert error < _tolerance(m, kind), (formats, kind, zero)
 
 
 SCRIPT = """
@@ -165,7 +194,13 @@ def test_packing_refuses_what_the_kernel_cannot_take():
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda args: {**args, "a": args["a"].double()}, "a must be float32 \\[M, K\\]"),
+    (lambda args: {**args, "a": args["a"].double()}, "a must be float32 or int8 \\[M, K\\]"),
+    (lambda args: {**args, "a": args["a"].to(torch.int8)}, "int8 rows need a_scale, float32 with one value per row"),
+    (lambda args: {**args, "a_scale": torch.ones(3)}, "float32 rows take no a_scale, a_zero or w_sums"),
+    (lambda args: {**args, "a": args["a"].to(torch.int8), "a_scale": torch.ones(3), "a_zero": torch.ones(3)},
+     "a_zero and w_sums go together"),
+    (lambda args: {**args, "a": args["a"].to(torch.int8), "a_scale": torch.ones(3), "a_zero": torch.ones(3),
+                   "w_sums": torch.ones(5)}, "w_sums must be float32 with one value per column \\(48\\)"),
     (lambda args: {**args, "bits": 9}, "bits must be 1 to 8"),
     (lambda args: {**args, "a": args["a"][:, :80]}, "K = 80 must be a positive multiple of 32"),
     (lambda args: {**args, "block": 24}, "block = 24 must be a multiple of 16 dividing K = 256"),
@@ -176,7 +211,7 @@ def test_packing_refuses_what_the_kernel_cannot_take():
     (lambda args: {**args, "w": args["w"][:8]}, "w must be uint8 with a multiple of 2 \\* K \\* bits = 2048 bytes")])
 def test_bad_inputs_are_refused_with_what_is_allowed(change, message):
     a, idx, table, scale, *_ = _case(3, 48, 256, 32, 4, FORMATS[0])
-    args = dict(a=a, w=table_gemm.pack(idx, 4), table=table, scale=table_gemm.panel_qparams(scale), offset=None,
-                bits=4, block=32)
+    args = dict(a=a, a_scale=None, a_zero=None, w=table_gemm.pack(idx, 4), table=table,
+                scale=table_gemm.panel_qparams(scale), offset=None, w_sums=None, bits=4, block=32)
     with pytest.raises(RuntimeError, match=message):
         table_gemm.OP(**change(args))

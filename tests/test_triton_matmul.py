@@ -115,7 +115,7 @@ def test_half_precision_activations_match_the_reference_in_that_dtype(dtype):
     ("int8wo", "affine"), ("int4wo-32", "affine"), ("codebook-4", "codebook"), ("codebook-3-16-float", "codebook"),
     ("codebook-8", "codebook"), ("int8dq", "dq"), ("int8da-int4w-32", "dq"), ("intx-3-32", "affine"),
     ("mxfp4", "fixed table"), ("nvfp4", "fixed table"), ("mxfp8", "fixed table"), ("fp6", "fixed table"),
-    ("nf4-32", "fixed table")])
+    ("nf4-32", "fixed table"), ("int8da-intx-5-32", "dq"), ("int8da-intx-2-32", "dq")])
 def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kernel):
     from qcompiler.lowering import lower_graph
     torch.manual_seed(0)

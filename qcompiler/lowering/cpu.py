@@ -23,6 +23,8 @@ with ``vnni``; then on an ``avx2`` target without ``vnni``:
   16 bits (two int8 rows); the same without ``vnni``.
 - int8da-int4w: per-token asymmetric int8 -> ``qcompiler.int8_int4_gemm`` (zero point taken off in the
   kernel); the same without ``vnni``.
+- int8da-intx (symmetric 1-7-bit weights): per-token asymmetric int8 -> ``qcompiler.table_gemm`` on int8 rows, the
+  codes the integer weights (``cpu_tables.py``), on targets with ``avx512`` and ``vnni``; decomposed below.
 - aqlm: the float rows -> ``qcompiler.additive_gemm`` with the codes as stored and the float16 codebooks
   (``runtime/additive_gemm.py``); the same without ``vnni``.
 - fixed tables (fp6 / fpx, mxfp4, mxfp8, nvfp4, nf4) and intx at widths the int4 kernel does not take: the float
@@ -698,6 +700,7 @@ def rules(target_isa: str) -> tuple:
         LoweringRule("int8da-int4w", dynamic_int8_int4, partial(_int8_dynamic_int4, target_isa),
                      INT4PACK + _INT8_ACTS, "ATen's int4 kernel, where qcompiler's is not available",
                      check=_int8da_int4w),
+        *cpu_tables.int8_activation_rules(),
         LoweringRule("int4wo", weight_only_packed, _int4_weight_int16, INT8_INT4 + _INT16_ACTS,
                      _WHY_INT8_INT4 + _IN_16_BITS, check=on_native(_int4_form)),
         LoweringRule("int4wo", weight_only_packed, partial(_int4_weight_only, target_isa), INT4PACK,

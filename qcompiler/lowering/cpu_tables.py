@@ -10,7 +10,11 @@ Two reference patterns are that shape:
   stored integer zero point (uint8) in the kernel; ``(q - mid)·s + z`` (a float zero point) has the table
   ``q - mid`` and the offset ``z`` as stored;
 - float codebooks shared by every row (``codebook-<b>-float``, ``float_codebook_packed`` / ``_bytes``): the
-  codebook is the table, the scales 1.
+  codebook is the table, the scales 1;
+- symmetric b-bit weights under per-token int8 activations (``dynamic_int8_intx``: int8da-intx): the codes
+  re-based to offset binary so the table is ``c - 2^(b-1)`` (the codes themselves are the integer weights), the
+  activations quantized per token in the graph and given to the kernel as int8 rows with their scales, zero
+  points and the weight's column sums.
 The kernel runs AVX-512 (and AMX tiles from 32 rows); on targets without AVX-512 these layers decompose.
 """
 from dataclasses import dataclass
@@ -20,8 +24,10 @@ import torch
 
 from ..runtime import table_gemm
 from ..runtime.dtypes import int_type
-from .reference_patterns import (float_codebook_bytes, float_codebook_packed, layer_name, rows, stored_inputs,
-                                 table_bytes, table_packed, weight_only_packed, with_bias)
+from ..runtime.numerics import per_token_int8
+from .reference_patterns import (dynamic_int8_intx, float_codebook_bytes, float_codebook_packed, layer_name,
+                                 per_token_block, rows, stored_inputs, table_bytes, table_packed, weight_only_packed,
+                                 with_bias)
 from .rules import LoweringRule, Take, on_native
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
@@ -30,6 +36,9 @@ KERNEL = "qcompiler.table_gemm (b-bit codes into a fixed table, block scales rea
 _WHY = ("qcompiler's fixed-table GEMM: the codes stay at their bit width and the scales at theirs in the .pt2, "
         "and the table is looked up in registers inside the kernel (AVX-512; bfloat16 AMX tiles from 32 rows); "
         "decomposed, Inductor would decode the whole weight on every call")
+_WHY_INT8 = ("qcompiler's fixed-table GEMM on int8 rows: the b-bit codes are the integer weights, each int8 row one "
+             "operand of VNNI's products (exact int32 sums per group), the codes at their width in the .pt2; "
+             "decomposed, Inductor would decode the whole weight on every call")
 AVX512 = frozenset({"avx512", "vnni"})  # the kernel's AVX-512 path (runtime/target.py: "vnni" is AVX-512 VNNI)
 QPARAM_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -117,25 +126,73 @@ def _codebook_form(m, target):
     return _fits(TableForm(idx, bits, table, k, torch.ones(n, 1)))
 
 
-def _table_gemm(m, x, out_dtype, b, **_):
-    """The codes packed at their width, the table, the scales (and offsets) as stored: ``qcompiler.table_gemm``."""
-    form = m.payload
-    n_out, k = form.idx.shape
+def _int8_affine_form(m, target):
+    """int8da-intx's weight as a direct table: two's complement codes re-based to ``u = q + 2^(b-1)``, the table
+    ``u - 2^(b-1)``, the stored scales."""
+    if not per_token_block(m):
+        return "its activation scales are not per token"
+    if not stored_inputs(m, "w_q", "w_scale"):
+        return "its weight or scales are computed in the graph, not stored"
+    block, bits = list(m["w_block"]), m["bits"]
+    if len(block) != 2 or block[0] != 1:
+        return f"its blocks {block} are not along the input dimension"
+    codes = qops.unpack_int.default(m.value("w_q"), bits, m["n"], False).long()
+    mid = 1 << (bits - 1)
+    idx = ((codes + mid) % (1 << bits)).to(torch.uint8)  # two's complement q -> q + mid
+    n, k = idx.shape
+    table = (torch.arange(1 << bits) - mid).float()
+    scale = _float_qparam(m.value("w_scale")).reshape(n, -1)
+    return _fits(TableForm(idx, bits, table, k if block[1] == -1 else block[1], scale))
+
+
+def _stored(m, form: TableForm) -> tuple:
+    """The layer's constants for the kernel: codes packed at their width, the table, the scales and offsets."""
     name = layer_name(m)
     w = m.constant(f"{name}_table_gemm", table_gemm.pack(form.idx, form.bits))
     values = m.constant(f"{name}_table_gemm_values", form.table)
     s = m.constant(f"{name}_table_gemm_scale", table_gemm.panel_qparams(form.scale))
     o = None if form.offset is None else m.constant(f"{name}_table_gemm_offset",
                                                     table_gemm.panel_qparams(form.offset))
+    return w, values, s, o
+
+
+def _table_gemm(m, x, out_dtype, b, **_):
+    """The codes packed at their width, the table, the scales (and offsets) as stored: ``qcompiler.table_gemm``."""
+    form = m.payload
+    n_out, k = form.idx.shape
+    w, values, s, o = _stored(m, form)
     x2, back = rows(m, x, k, n_out)
-    y = qops.table_gemm.default(aten._to_copy.default(x2, dtype=torch.float32), w, values, s, o, form.bits, form.block)
+    y = qops.table_gemm.default(aten._to_copy.default(x2, dtype=torch.float32), None, None, w, values, s, o, None,
+                                form.bits, form.block)
     if form.tensor_scale is not None:  # after the sums: the table stays e2m1's, which the integer path takes
-        y = aten.mul.Tensor(y, m.constant(f"{name}_table_gemm_tensor_scale", form.tensor_scale))
+        y = aten.mul.Tensor(y, m.constant(f"{layer_name(m)}_table_gemm_tensor_scale", form.tensor_scale))
     return with_bias(back(aten._to_copy.default(y, dtype=out_dtype)), b)
 
 
+def _int8_table_gemm(m, x, eps, out_w, b, **_):
+    """Per-token asymmetric int8 rows (quantized in the graph) into ``qcompiler.table_gemm`` with their scales,
+    zero points and the weight's column sums (the zero points come off after the integer sums)."""
+    form = m.payload
+    n_out, k = form.idx.shape
+    w, values, s, o = _stored(m, form)
+    sums = m.constant(f"{layer_name(m)}_table_gemm_sums",
+                      table_gemm.weight(form.idx, form.table, form.scale.float()).sum(1).float())
+    x2, back = rows(m, x, k, n_out)
+    q, xs, xz = per_token_int8(x2, "asymmetric", eps)
+    y = qops.table_gemm.default(aten._to_copy.default(q, dtype=torch.int8), aten.reshape.default(xs, [-1]),
+                                aten.reshape.default(xz, [-1]), w, values, s, o, sums, form.bits, form.block)
+    return with_bias(back(aten._to_copy.default(y, dtype=out_w)), b)
+
+
+def int8_activation_rules() -> tuple:
+    """The rule of int8 activations on the table kernel, which the CPU table tries with the other int8-activation
+    rules, before any weight-only pattern (the weight alone would match one, the dequantized rows its input)."""
+    return (LoweringRule("int8da-intx", dynamic_int8_intx, _int8_table_gemm, KERNEL, _WHY_INT8, AVX512,
+                         on_native(_int8_affine_form)),)
+
+
 def rules() -> tuple:
-    """The fixed-table rules, in the order the CPU table tries them (after the int4 kernel's)."""
+    """The fixed-table weight-only rules, in the order the CPU table tries them (after the int4 kernel's)."""
     return (LoweringRule("fixed table", table_packed, _table_gemm, KERNEL, _WHY, AVX512, on_native(_grid_form)),
             LoweringRule("fixed table (8-bit codes)", table_bytes, _table_gemm, KERNEL, _WHY, AVX512,
                          on_native(_grid_form)),

@@ -22,10 +22,10 @@ import torch
 
 from ..runtime.dtypes import int_type
 from ..runtime.numerics import per_token_int8
-from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, float_codebook_bytes,
-                                 float_codebook_packed, grid_codebook_bytes, grid_codebook_packed, per_token_block,
-                                 rows, stored_inputs, layer_name, table_bytes, table_packed, weight_only_packed,
-                                 weight_only_unpacked, with_bias)
+from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8, dynamic_int8_intx,
+                                 float_codebook_bytes, float_codebook_packed, grid_codebook_bytes, grid_codebook_packed,
+                                 per_token_block, rows, stored_inputs, layer_name, table_bytes, table_packed,
+                                 weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule
 from ..runtime.triton_matmul import SCALE_FORMATS, affine_scale_zero
 
@@ -160,6 +160,8 @@ def _rule(name, pattern, replace, kernel, ok, what: str) -> LoweringRule:
 RULES = (
     _rule("int8dq", dynamic_int8_int8, partial(_dynamic_kernel, "symmetric"), DYNAMIC_KERNEL, _dynamic, _BAD_WEIGHTS),
     _rule("int8da-int4w", dynamic_int8_int4, partial(_dynamic_kernel, "asymmetric"), DYNAMIC_KERNEL, _dynamic,
+          _BAD_WEIGHTS),
+    _rule("int8da-intx", dynamic_int8_intx, partial(_dynamic_kernel, "asymmetric"), DYNAMIC_KERNEL, _dynamic,
           _BAD_WEIGHTS),
     _rule("affine packed", weight_only_packed, _affine_kernel, AFFINE_KERNEL, _affine, _BAD_QPARAMS),
     _rule("affine 8-bit", weight_only_unpacked, _affine_kernel, AFFINE_KERNEL, _affine, _BAD_QPARAMS),

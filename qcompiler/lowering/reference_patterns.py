@@ -90,6 +90,13 @@ def dynamic_int8_int4(x, block, eps, out_x, w_q, n, w_block, w_scale, out_w, b):
                                graphs.affine_packed(w_q, 4, n, True, w_block, w_scale, None, "int4", "none", out_w), b)
 
 
+def dynamic_int8_intx(x, block, eps, out_x, w_q, bits, n, w_block, w_scale, dtype, out_w, b):
+    """int8da-intx: per-token asymmetric int8 activations, symmetric b-bit weights in groups, packed."""
+    return aten.linear.default(graphs.dynamic_int8(x, block, eps, out_x, "asymmetric"),
+                               graphs.affine_packed(w_q, bits, n, True, w_block, w_scale, None, dtype, "none", out_w),
+                               b)
+
+
 def static_int8_int8(x, block, scale, zero_point, out_x, w_q, w_block, w_scale, out_w, b):
     """int8static: calibrated per-tensor int8 activations, per-channel symmetric int8 weights."""
     return aten.linear.default(graphs.static_int8(x, block, scale, zero_point, out_x),

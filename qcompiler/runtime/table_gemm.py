@@ -3,6 +3,11 @@ the kernel: the CPU kernel of the fixed-table formats (intx, fp6 / fpx, MXFP4, M
 
     y[m, n] = Σ_k x[m, k] · (table[idx[n, k]] · s[n, k / block] + o[n, k / block])
 
+``x`` is float32 ``a``, or int8 ``a`` as ``x = a_scale · (a - a_zero)`` (per-token int8 activations: ``a_scale``
+and ``a_zero`` float32 [M], ``a_zero`` optional and then with ``w_sums`` float32 [N], each column's sum of
+``table[idx] · s + o`` over K): on a table of intx's integers each int8 row is one vpdpbusd operand, half the
+products of a float row's 16 bits.
+
 A format is its table (the grid's values by code: e2m1's 16, e3m2's 64, intx's integers 0 .. 2^b - 1), its block
 and the width of its scales; the kernel (``csrc/table_gemm.cpp``, built and loaded by ``native.py``) reads each of
 them at its width: codes at ``bits`` bits (1-8) a weight, scales as float32, bfloat16, e8m0 (uint8) or e4m3
@@ -25,7 +30,8 @@ import torch
 
 from .errors import fail
 
-SCHEMA = "(Tensor a, Tensor w, Tensor table, Tensor scale, Tensor? offset, int bits, int block) -> Tensor"
+SCHEMA = ("(Tensor a, Tensor? a_scale, Tensor? a_zero, Tensor w, Tensor table, Tensor scale, Tensor? offset, "
+          "Tensor? w_sums, int bits, int block) -> Tensor")
 BITS = range(1, 9)
 COLS, STRIPE = 16, 32  # columns per panel, k per stripe
 # The planes a code's bits are stored in: (bits per plane, the bit it starts at).
@@ -39,7 +45,7 @@ OP = torch.ops.qcompiler.table_gemm.default
 
 
 @torch.library.register_fake("qcompiler::table_gemm")
-def _(a, w, table, scale, offset, bits, block):
+def _(a, a_scale, a_zero, w, table, scale, offset, w_sums, bits, block):
     return a.new_empty((a.shape[0], w.numel() // (2 * a.shape[1] * bits) * COLS), dtype=torch.float32)
 
 
@@ -89,13 +95,15 @@ def panel_qparams(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(n // COLS, COLS, blocks).transpose(1, 2).contiguous()
 
 
+def weight(idx: torch.Tensor, table: torch.Tensor, scale: torch.Tensor,
+           offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The weight [N, K] in float64 from unpacked codes [N, K] and float scales and offsets [N, K / block]."""
+    block = idx.shape[1] // scale.shape[1]
+    w = table.double()[idx.long()] * scale.double().repeat_interleave(block, 1)
+    return w if offset is None else w + offset.double().repeat_interleave(block, 1)
+
+
 def reference(a: torch.Tensor, idx: torch.Tensor, table: torch.Tensor, scale: torch.Tensor,
               offset: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The op's value from unpacked codes [N, K] and float scales and offsets [N, K / block], in float64."""
-    n, k = idx.shape
-    block = k // scale.shape[1]
-    s = scale.double().repeat_interleave(block, 1)
-    w = table.double()[idx.long()] * s
-    if offset is not None:
-        w = w + offset.double().repeat_interleave(block, 1)
-    return a.double() @ w.t()
+    """The op's value from float rows ``a`` (or int8 activations' float values), in float64."""
+    return a.double() @ weight(idx, table, scale, offset).t()

@@ -5,7 +5,7 @@
     int4.py      int4wo-<g>, int8da-int4w-<g>
     codebook.py  codebook-<bits>[-<block_rows>][-float]
     aqlm.py      aqlm-<M>x<B>-g<g>
-    intx.py      intx-<bits>-<group>[-float]
+    intx.py      intx-<bits>-<group>[-float], int8da-intx-<bits>-<group>
     fpx.py       fp6, fpx-<e>-<m>
     mx.py        mxfp4, mxfp8
     nvfp4.py     nvfp4
@@ -22,7 +22,7 @@ from .float8 import Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyC
 from .int4 import Int4WeightOnlyConfig, Int8DynamicActivationInt4WeightConfig
 from .codebook import CodebookWeightOnlyConfig
 from .aqlm import AQLMWeightOnlyConfig
-from .intx import IntxWeightOnlyConfig
+from .intx import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
 from .fpx import FpxWeightOnlyConfig
 from .mx import MXWeightOnlyConfig
 from .nvfp4 import NVFP4WeightOnlyConfig
@@ -34,6 +34,7 @@ __all__ = [
     "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "Int8StaticActivationInt8WeightConfig",
     "Float8WeightOnlyConfig", "Float8DynamicActivationFloat8WeightConfig", "Int4WeightOnlyConfig",
     "Int8DynamicActivationInt4WeightConfig", "CodebookWeightOnlyConfig", "AQLMWeightOnlyConfig",
-    "IntxWeightOnlyConfig", "FpxWeightOnlyConfig", "MXWeightOnlyConfig", "NVFP4WeightOnlyConfig",
+    "IntxWeightOnlyConfig", "Int8DynamicActivationIntxWeightConfig", "FpxWeightOnlyConfig", "MXWeightOnlyConfig",
+    "NVFP4WeightOnlyConfig",
     "NF4WeightOnlyConfig",
 ]

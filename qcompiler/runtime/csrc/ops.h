@@ -30,8 +30,10 @@ at::Tensor int8_tile_gemm_requant(const at::Tensor& a, const at::Tensor& a_scale
 at::Tensor codebook_gemm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& w_sums,
                          const at::Tensor& scale, int64_t bits);
 
-at::Tensor table_gemm(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& scale,
-                      const std::optional<at::Tensor>& offset, int64_t bits, int64_t block);
+at::Tensor table_gemm(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
+                      const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& table,
+                      const at::Tensor& scale, const std::optional<at::Tensor>& offset,
+                      const std::optional<at::Tensor>& w_sums, int64_t bits, int64_t block);
 
 at::Tensor additive_gemm(const at::Tensor& a, const at::Tensor& codes, const at::Tensor& codebooks,
                          const at::Tensor& scale);

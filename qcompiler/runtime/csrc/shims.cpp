@@ -76,12 +76,13 @@ AOTITorchError aoti_torch_cpu_codebook_gemm(AtenTensorHandle a, AtenTensorHandle
   });
 }
 
-AOTITorchError aoti_torch_cpu_table_gemm(AtenTensorHandle a, AtenTensorHandle w, AtenTensorHandle table,
-                                         AtenTensorHandle scale, AtenTensorHandle* offset, int64_t bits, int64_t block,
-                                         AtenTensorHandle* ret0) {
+AOTITorchError aoti_torch_cpu_table_gemm(AtenTensorHandle a, AtenTensorHandle* a_scale, AtenTensorHandle* a_zero,
+                                         AtenTensorHandle w, AtenTensorHandle table, AtenTensorHandle scale,
+                                         AtenTensorHandle* offset, AtenTensorHandle* w_sums, int64_t bits,
+                                         int64_t block, AtenTensorHandle* ret0) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret0 = new_tensor_handle(
-        qc::table_gemm(tensor(a), tensor(w), tensor(table), tensor(scale), maybe(offset), bits, block));
+    *ret0 = new_tensor_handle(qc::table_gemm(tensor(a), maybe(a_scale), maybe(a_zero), tensor(w), tensor(table),
+                                             tensor(scale), maybe(offset), maybe(w_sums), bits, block));
   });
 }
 

@@ -470,10 +470,12 @@ IntTable int_table(const float* table, int bits, bool vbmi) {
 }
 
 struct IntRows {
-  const int8_t* rows;       // [2M, K]: each float row's high and low bytes as two int8 rows (activation_rows.h)
+  const int8_t* rows;       // [2M, K]: each row's high and low bytes as two int8 rows (activation_rows.h); or, one
+                            // int8 row each ([M, K], `one`: int8 activations on a direct table)
   const float* row_scale;   // [M]
-  const int32_t* sums;      // [2M][K / block]: each int8 row's sum per block
+  const int32_t* sums;      // [2M or M][K / block]: each int8 row's sum per block
   const IntTable* table;
+  bool one;
 };
 
 #define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
@@ -555,7 +557,7 @@ constexpr int64_t long_block(bool wide) { return wide ? 64 : 256; }
 // Quads Q .. END - 1 of a stripe: hi[c][r], lo[c][r] += the weights x row r's high and low int8 rows (a + 2r K, + K),
 // c = Q's chain; a 16-bit entry adds its low byte x the high row to the next chain's lo (so 256 hi + lo counts each
 // entry 256 times).
-template <int BITS, Lookup L, bool WIDE, int R, int C, int Q, int END>
+template <int BITS, Lookup L, bool WIDE, bool ONE, int R, int C, int Q, int END>
 QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, const Weights<L, WIDE>& weights, const int8_t* a, int64_t K,
                                     __m512i (&hi)[C][R], __m512i (&lo)[C][R]) {
   constexpr int c = Q % C;
@@ -564,15 +566,19 @@ QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, const Weights<L, WIDE>& we
   if constexpr (L != Lookup::kDirect) w = weights.high(codes);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    hi[c][r] = dpbusd_word(hi[c][r], w, a + 2 * r * K + 4 * Q);
-    lo[c][r] = dpbusd_word(lo[c][r], w, a + (2 * r + 1) * K + 4 * Q);
+    if constexpr (ONE) {
+      hi[c][r] = dpbusd_word(hi[c][r], w, a + r * K + 4 * Q);
+    } else {
+      hi[c][r] = dpbusd_word(hi[c][r], w, a + 2 * r * K + 4 * Q);
+      lo[c][r] = dpbusd_word(lo[c][r], w, a + (2 * r + 1) * K + 4 * Q);
+    }
   }
   if constexpr (WIDE) {
     const __m512i wl = weights.low(codes);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) lo[(c + 1) % C][r] = dpbusd_word(lo[(c + 1) % C][r], wl, a + 2 * r * K + 4 * Q);
   }
-  if constexpr (Q + 1 < END) quads<BITS, L, WIDE, R, C, Q + 1, END>(v, weights, a, K, hi, lo);
+  if constexpr (Q + 1 < END) quads<BITS, L, WIDE, ONE, R, C, Q + 1, END>(v, weights, a, K, hi, lo);
 }
 
 // The sum of a row's chains, and the chains cleared.
@@ -589,9 +595,10 @@ QC_VNNI_TARGET QC_INLINE __m512i take_chains(__m512i (&sums)[C][R], int r) {
 }
 
 // R rows from m0 x the panel from n0 on an integer table: int32 sums per block (less zero x the rows' block sums),
-// scaled per block in float32.
-template <int BITS, Lookup L, bool WIDE, int R, int C>
+// scaled per block in float32. ONE: one int8 row per row (int8 activations), no low rows.
+template <int BITS, Lookup L, bool WIDE, bool ONE, int R, int C>
 QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t n0) {
+  constexpr int kRows = ONE ? 1 : 2;  // int8 rows per row
   const Weights<L, WIDE> weights(*q.table);
   const int32_t zero = q.table->zero;
   __m512i hi[C][R], lo[C][R];
@@ -603,7 +610,7 @@ QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, in
     acc[r] = off[r] = _mm512_setzero_ps();
   }
   const uint8_t* codes = panel_codes(p, n0);
-  const int8_t* a = q.rows + 2 * m0 * p.K;
+  const int8_t* a = q.rows + kRows * m0 * p.K;
   const int64_t qbase = qparam_at(p, n0, 0), nb = blocks(p);
   int64_t b = 0, block_end = p.block;
   for (int64_t s = 0; s < p.K / kStripe; ++s) {
@@ -611,18 +618,21 @@ QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, in
     load_stripe<BITS>(codes + s * 64 * BITS, v);
 #pragma GCC unroll 2
     for (int half = 0; half < 2; ++half) {
-      if (half == 0) quads<BITS, L, WIDE, R, C, 0, 4>(v, weights, a + s * kStripe, p.K, hi, lo);
-      else quads<BITS, L, WIDE, R, C, 4, 8>(v, weights, a + s * kStripe, p.K, hi, lo);
+      if (half == 0) quads<BITS, L, WIDE, ONE, R, C, 0, 4>(v, weights, a + s * kStripe, p.K, hi, lo);
+      else quads<BITS, L, WIDE, ONE, R, C, 4, 8>(v, weights, a + s * kStripe, p.K, hi, lo);
       if (s * kStripe + 16 * (half + 1) != block_end) continue;
       const int64_t at = qbase + b * kCols;
       const __m512 scale = load16(p.scale, p.scale_format, at);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const int32_t* sums = q.sums + 2 * (m0 + r) * nb + b;
+        const int32_t* sums = q.sums + kRows * (m0 + r) * nb + b;
         const __m512i h = _mm512_sub_epi32(take_chains<R, C>(hi, r), _mm512_set1_epi32(zero * sums[0]));
-        const __m512i l = _mm512_sub_epi32(take_chains<R, C>(lo, r),
-                                           _mm512_set1_epi32(zero * (WIDE ? sums[nb] + sums[0] : sums[nb])));
-        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
+        __m512 f = _mm512_cvtepi32_ps(h);
+        if constexpr (!ONE) {
+          const __m512i l = _mm512_sub_epi32(take_chains<R, C>(lo, r),
+                                             _mm512_set1_epi32(zero * (WIDE ? sums[nb] + sums[0] : sums[nb])));
+          f = _mm512_fmadd_ps(f, _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
+        }
         acc[r] = _mm512_fmadd_ps(f, scale, acc[r]);
       }
       if (p.offset) add_offsets<R>(p, at, scale, m0, b, off);
@@ -636,15 +646,15 @@ QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, in
                      _mm512_fmadd_ps(acc[r], _mm512_set1_ps(q.row_scale[m0 + r] * q.table->unit), off[r]));
 }
 
-template <int BITS, Lookup L, bool WIDE>
+template <int BITS, Lookup L, bool WIDE, bool ONE = false>
 void panel_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
   constexpr int most = L == Lookup::kShuffle ? 4 : L == Lookup::kPermute ? 6 : L == Lookup::kPermute2 ? 7 : 8;
   constexpr int least = L == Lookup::kPermute ? 5 : L == Lookup::kPermute2 ? 7 : L == Lookup::kPermute4 ? 8 : 1;
-  if constexpr (BITS >= least && BITS <= most && (L != Lookup::kDirect || !WIDE))
+  if constexpr (BITS >= least && BITS <= most && (L != Lookup::kDirect || !WIDE) && (!ONE || L == Lookup::kDirect))
     row_tiles<4>(m0, m1, [&](auto rows, int64_t m) {
       constexpr int R = decltype(rows)::value;
-      if (R == 1 && p.block >= long_block(WIDE)) tile_int8<BITS, L, WIDE, R, 4>(p, q, m, n0);
-      else tile_int8<BITS, L, WIDE, R, 1>(p, q, m, n0);
+      if (R == 1 && p.block >= long_block(WIDE)) tile_int8<BITS, L, WIDE, ONE, R, 4>(p, q, m, n0);
+      else tile_int8<BITS, L, WIDE, ONE, R, 1>(p, q, m, n0);
     });
 }
 
@@ -652,7 +662,9 @@ template <int BITS>
 void panel_int(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
   const IntTable& t = *q.table;
   switch (t.lookup) {
-    case Lookup::kDirect: return panel_int8<BITS, Lookup::kDirect, false>(p, q, m0, m1, n0);
+    case Lookup::kDirect:
+      return q.one ? panel_int8<BITS, Lookup::kDirect, false, true>(p, q, m0, m1, n0)
+                   : panel_int8<BITS, Lookup::kDirect, false>(p, q, m0, m1, n0);
     case Lookup::kShuffle:
       return t.wide ? panel_int8<BITS, Lookup::kShuffle, true>(p, q, m0, m1, n0)
                     : panel_int8<BITS, Lookup::kShuffle, false>(p, q, m0, m1, n0);
@@ -717,8 +729,9 @@ void run_tiles(const Problem& p, const at::Tensor& a) {
 
 // ------------------------------------------------------------------ dispatch
 
+// a: the float32 rows; int8: the same rows as int8 (int8 activations), or undefined.
 template <int BITS>
-void run(const Problem& p, const at::Tensor& a, Path path) {
+void run(const Problem& p, const at::Tensor& a, const at::Tensor& int8, Path path) {
   if (qc::bf16_tiles_for(p.M)) return run_tiles<BITS>(p, a);
   // An integer table takes the rows in 16 bits, as two int8 rows, on int32 sums (vpshufb / vpermb + vpdpbusd),
   // exact per block up to 65536 k (32768 for 16-bit entries, whose low bytes add a product).
@@ -728,9 +741,13 @@ void run(const Problem& p, const at::Tensor& a, Path path) {
   at::Tensor sums;
   IntRows q{};
   if (ints.fits) {
-    rows = qc::activation_rows(a, p.K, path);
-    sums = rows.rows.view({2 * p.M, blocks(p), p.block}).sum(2, false, at::kInt);
-    q = IntRows{rows.rows.data_ptr<int8_t>(), rows.scale.data_ptr<float>(), sums.data_ptr<int32_t>(), &ints};
+    // int8 rows go in as one int8 row each on a direct table, else as int16 rows 256 * a (their high bytes: the
+    // product of the low bytes that 16-bit entries leave out is then 0)
+    const bool one = int8.defined() && ints.lookup == Lookup::kDirect;
+    rows = qc::activation_rows(int8.defined() ? (one ? int8 : int8.to(at::kShort).mul_(256)) : a, p.K, path);
+    if (int8.defined()) rows.scale.fill_(one ? 1.0f : 1.0f / 256.0f);
+    sums = rows.rows.view({(one ? 1 : 2) * p.M, blocks(p), p.block}).sum(2, false, at::kInt);
+    q = IntRows{rows.rows.data_ptr<int8_t>(), rows.scale.data_ptr<float>(), sums.data_ptr<int32_t>(), &ints, one};
   }
   // Work items: (up to 64 rows, one panel); a panel's codes stay in cache across its rows.
   constexpr int64_t kRowChunk = 64;
@@ -763,10 +780,29 @@ void check_qparams(const at::Tensor& t, const char* name, bool offset, int64_t c
               "), got ", t.sizes());
 }
 
-void check_inputs(const at::Tensor& a, const at::Tensor& w, const at::Tensor& table, const at::Tensor& scale,
-                  const std::optional<at::Tensor>& offset, int64_t bits, int64_t block) {
-  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kFloat, "table_gemm: a must be float32 [M, K], got ",
-              a.scalar_type(), " ", a.sizes());
+// int8 rows: a_scale [M] (and a_zero [M] with w_sums [N]) float32; float rows: none of them.
+void check_int8_rows(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
+                     const std::optional<at::Tensor>& a_zero, const std::optional<at::Tensor>& w_sums, int64_t N) {
+  const int64_t M = a.size(0);
+  if (a.scalar_type() == at::kFloat) {
+    TORCH_CHECK(!a_scale && !a_zero && !w_sums, "table_gemm: float32 rows take no a_scale, a_zero or w_sums");
+    return;
+  }
+  TORCH_CHECK(a_scale && a_scale->scalar_type() == at::kFloat && a_scale->numel() == M,
+              "table_gemm: int8 rows need a_scale, float32 with one value per row (", M, ")");
+  TORCH_CHECK(!a_zero || (a_zero->scalar_type() == at::kFloat && a_zero->numel() == M),
+              "table_gemm: a_zero must be float32 with one value per row (", M, ")");
+  TORCH_CHECK(bool(a_zero) == bool(w_sums), "table_gemm: a_zero and w_sums go together (w_sums: each column's sum)");
+  TORCH_CHECK(!w_sums || (w_sums->scalar_type() == at::kFloat && w_sums->numel() == N),
+              "table_gemm: w_sums must be float32 with one value per column (", N, ")");
+}
+
+void check_inputs(const at::Tensor& a, const std::optional<at::Tensor>& a_scale,
+                  const std::optional<at::Tensor>& a_zero, const at::Tensor& w, const at::Tensor& table,
+                  const at::Tensor& scale, const std::optional<at::Tensor>& offset,
+                  const std::optional<at::Tensor>& w_sums, int64_t bits, int64_t block) {
+  TORCH_CHECK(a.dim() == 2 && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kChar),
+              "table_gemm: a must be float32 or int8 [M, K], got ", a.scalar_type(), " ", a.sizes());
   TORCH_CHECK(bits >= 1 && bits <= 8, "table_gemm: bits must be 1 to 8, got ", bits);
   const int64_t K = a.size(1);
   TORCH_CHECK(K > 0 && K % kStripe == 0, "table_gemm: K = ", K, " must be a positive multiple of 32");
@@ -781,17 +817,22 @@ void check_inputs(const at::Tensor& a, const at::Tensor& w, const at::Tensor& ta
   const int64_t N = w.numel() / (2 * K * bits) * kCols;
   check_qparams(scale, "scale", false, N * (K / block));
   if (offset) check_qparams(*offset, "offset", true, N * (K / block));
+  check_int8_rows(a, a_scale, a_zero, w_sums, N);
 }
 
 }  // namespace
 
 namespace qc {
 
-at::Tensor table_gemm(const at::Tensor& a_in, const at::Tensor& w_in, const at::Tensor& table_in,
-                      const at::Tensor& scale_in, const std::optional<at::Tensor>& offset_in, int64_t bits,
-                      int64_t block) {
-  check_inputs(a_in, w_in, table_in, scale_in, offset_in, bits, block);
-  const at::Tensor a = a_in.contiguous(), w = w_in.contiguous(), scale = scale_in.contiguous();
+at::Tensor table_gemm(const at::Tensor& a_in, const std::optional<at::Tensor>& a_scale,
+                      const std::optional<at::Tensor>& a_zero, const at::Tensor& w_in, const at::Tensor& table_in,
+                      const at::Tensor& scale_in, const std::optional<at::Tensor>& offset_in,
+                      const std::optional<at::Tensor>& w_sums, int64_t bits, int64_t block) {
+  check_inputs(a_in, a_scale, a_zero, w_in, table_in, scale_in, offset_in, w_sums, bits, block);
+  const bool int8_rows = a_in.scalar_type() == at::kChar;
+  const at::Tensor int8 = int8_rows ? a_in.contiguous() : at::Tensor();
+  const at::Tensor a = int8_rows ? int8.to(at::kFloat) : a_in.contiguous();  // the rows' values
+  const at::Tensor w = w_in.contiguous(), scale = scale_in.contiguous();
   const std::optional<at::Tensor> offset = qc::contiguous(offset_in);
   const int64_t M = a.size(0), K = a.size(1), N = w.numel() / (2 * K * bits) * kCols;
   alignas(64) float table[kMaxEntries] = {};
@@ -806,15 +847,19 @@ at::Tensor table_gemm(const at::Tensor& a_in, const at::Tensor& w_in, const at::
                   M, N, K, block, int(bits)};
   const Path path = qc::path_here();
   switch (bits) {
-    case 1: run<1>(p, a, path); break;
-    case 2: run<2>(p, a, path); break;
-    case 3: run<3>(p, a, path); break;
-    case 4: run<4>(p, a, path); break;
-    case 5: run<5>(p, a, path); break;
-    case 6: run<6>(p, a, path); break;
-    case 7: run<7>(p, a, path); break;
-    default: run<8>(p, a, path); break;
+    case 1: run<1>(p, a, int8, path); break;
+    case 2: run<2>(p, a, int8, path); break;
+    case 3: run<3>(p, a, int8, path); break;
+    case 4: run<4>(p, a, int8, path); break;
+    case 5: run<5>(p, a, int8, path); break;
+    case 6: run<6>(p, a, int8, path); break;
+    case 7: run<7>(p, a, int8, path); break;
+    default: run<8>(p, a, int8, path); break;
   }
+  if (!int8_rows) return y;
+  // int8 rows x = a_scale * (a - a_zero): y = a_scale * (sum w a - a_zero * sum w)
+  y.mul_(a_scale->view({M, 1}));
+  if (a_zero) y.sub_((*a_scale * *a_zero).view({M, 1}) * w_sums->view({1, N}));
   return y;
 }
 
