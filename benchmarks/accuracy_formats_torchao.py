@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/accuracy_formats_torchao.py [--out benchmarks/results/accuracy_minilm_torchao.json]
 
-torchao (the ``[peer]`` extra): ``IntxWeightOnlyConfig(int<b>, PerGroup(g), ASYMMETRIC)`` beside ``intx-<b>-<g>`` and
-the prototype ``NVFP4WeightOnlyConfig()`` beside ``nvfp4``, ``Int8DynamicActivationIntxWeightConfig(int<b>, PerGroup(g))`` (its
-defaults: symmetric weights, asymmetric per-token int8 activations) beside ``int8da-intx-<b>-<g>``; mean and worst cosine of the mean-pooled embeddings to
+torchao (the ``[peer]`` extra): ``IntxWeightOnlyConfig(int<b>, PerGroup(g), ASYMMETRIC)`` beside ``intx-<b>-<g>``,
+the prototype ``NVFP4WeightOnlyConfig()`` beside ``nvfp4`` and ``Int8DynamicActivationIntxWeightConfig(int<b>,
+PerGroup(g))`` (its defaults: symmetric weights, asymmetric per-token int8 activations) beside
+``int8da-intx-<b>-<g>``; mean and worst cosine of the mean-pooled embeddings to
 fp32 over the same 36 sentences as ``accuracy_minilm.py``. torchao 0.18 has no CPU fpx (fp6) or weight-only MX
 config; those rows are absent, said so in the output.
 """

@@ -7,7 +7,8 @@ values): fp32 ``F.linear``; ``codebook_gemm`` at 2, 3 and 4 bits (each row's int
 the kernel the issue measures against); ``table_gemm`` at the same widths with random float tables and a scale
 per row, and in each format's own layout and table (intx-3-64 and intx-5-64: the integers, bfloat16 scales and
 uint8 zero points per 64; fp6: e3m2 per row; mxfp4 / mxfp8: e8m0 per 32; nvfp4: e4m3 per 16; nf4: bfloat16 per
-64). "GB/s" is the bytes the kernel reads of the weight (codes,
+64); and int8da-intx-3-32's layer (the rows quantized to int8 per token, then the op on int8 rows) beside the same
+symmetric 3-bit weight on 16-bit rows. "GB/s" is the bytes the kernel reads of the weight (codes,
 tables, scales, offsets) over its time; "per byte vs codebook" is that rate over codebook_gemm's at 4 bits in the
 same round. Each case rotates over copies of its weight until they exceed 64 MB, so M = 1 reads from memory; cases
 interleave per round and each ratio is the median of same-round ratios.
@@ -22,6 +23,7 @@ import torch
 from machine import machine, write_results
 import qcompiler.schemes  # noqa: F401  (registers nf4's grid)
 from qcompiler.runtime import codebook_gemm, native, table_gemm, tables
+from qcompiler.runtime.numerics import EPS, per_token_int8
 from timing import copies, interleaved, median_ratio, rotating
 
 # name: (bits, block (0: per row), scale dtype, offset dtype, table: "float" (random values) or a grid's name, or
@@ -37,7 +39,9 @@ FORMATS = {
     "nvfp4": (4, 16, torch.float8_e4m3fn, None, "e2m1"),
     "nf4": (4, 64, torch.bfloat16, None, "nf4"),
     "mxfp8": (8, 32, torch.uint8, None, "e4m3"),
+    "intx-3-32 symmetric (16-bit rows)": (3, 32, torch.bfloat16, None, "intx"),
 }
+INT8_ROWS = {"int8da-intx-3-32 (int8 rows)": (3, 32)}  # per-token int8 rows, the quantization in the time
 
 
 def dense(n, k):
@@ -88,6 +92,25 @@ def table(n, k, bits, block, scale_dtype, offset_dtype, kind):
     return fns, nbytes
 
 
+def int8_rows(n, k, bits, group):
+    """int8da-intx's layer: the rows quantized per token (as the lowered graph does), then the op on int8 rows."""
+    fns, nbytes = [], 0
+    for _ in range(copies(n * k * bits // 8)):
+        idx = torch.randint(0, 1 << bits, (n, k), dtype=torch.uint8)
+        t = torch.arange(1 << bits, dtype=torch.float32) - (1 << (bits - 1))
+        s = (torch.rand(n, k // group) + 0.5).bfloat16()
+        scale, w = table_gemm.panel_qparams(s), table_gemm.pack(idx, bits)
+        sums = table_gemm.weight(idx, t, s.float()).sum(1).float()
+        nbytes = w.nbytes + t.nbytes + scale.nbytes + sums.nbytes
+
+        def run(x, w=w, t=t, scale=scale, sums=sums):
+            q, xs, xz = per_token_int8(x, "asymmetric", EPS)
+            return table_gemm.OP(q.to(torch.int8), xs.reshape(-1), xz.reshape(-1), w, t, scale, None, sums, bits,
+                                 group)
+        fns.append(run)
+    return fns, nbytes
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="*", default=["4096x4096", "11008x4096"])
@@ -105,6 +128,8 @@ def main():
                 cases[f"codebook-{bits}"] = codebook(n, k, bits)
             for name, form in FORMATS.items():
                 cases[name] = table(n, k, *form)
+            for name, (bits, group) in INT8_ROWS.items():
+                cases[name] = int8_rows(n, k, bits, group)
             for m in args.m:
                 x = torch.randn(m, k)
                 times = interleaved({c: rotating(fns, x) for c, (fns, _) in cases.items()}, args.rounds)

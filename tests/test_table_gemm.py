@@ -135,8 +135,8 @@ def _int8_rows(m: int, k: int, g):
     return q, a_scale, a_zero, a_scale[:, None] * (q.float() - a_zero[:, None])
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "m{}-n{}-k{}-b{}".format(*c))
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("case", CASES[:6], ids=lambda c: "m{}-n{}-k{}-b{}".format(*c))
 def test_int8_rows_match_the_reference_on_every_kind_of_table(case, bits):
     """int8 activations: one int8 row each on intx's integers, two (their 16 bits) on other tables, floats below."""
     m, n, k, block = case
