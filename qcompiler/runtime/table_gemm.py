@@ -9,7 +9,7 @@ and ``a_zero`` float32 [M], ``a_zero`` optional and then with ``w_sums`` float32
 products of a float row's 16 bits.
 
 A format is its table (the grid's values by code: e2m1's 16, e3m2's 64, intx's integers 0 .. 2^b - 1), its block
-and the width of its scales; the kernel (``csrc/table_gemm.cpp``, built and loaded by ``native.py``) reads each of
+and the width of its scales; the kernel (``csrc/table_gemm.cpp`` and ``table_gemm_int.cpp``, built and loaded by ``native.py``) reads each of
 them at its width: codes at ``bits`` bits (1-8) a weight, scales as float32, bfloat16, e8m0 (uint8) or e4m3
 (float8_e4m3fn), offsets as float32 or bfloat16, or as an integer zero point (uint8: ``o = -z · s``). On AVX-512
 VNNI the rows go to 16 bits and the weights to integers: the codes themselves where the table is intx's integers,

@@ -2,7 +2,7 @@
 // (their high and low bytes), with the rows' sums per group and, for float rows, their per-row 16-bit scales.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 
 #include "kernel_common.h"

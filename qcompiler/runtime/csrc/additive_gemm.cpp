@@ -19,7 +19,9 @@
 //   bfloat16 in the pairs AMX reads, multiplied on AMX tiles (bf16_tiles.h), the rows rounded to bfloat16 too.
 // - decode (every other case, and from kFewRows rows): two panels of weight rows decoded to float32 and
 //   multiplied by at::mm, per work item.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <ATen/Parallel.h>
 
 #include <immintrin.h>

@@ -9,7 +9,7 @@
 // What it measured against oneDNN's own bfloat16 linear: benchmarks/results/int4_tiles.md.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
@@ -106,7 +106,7 @@ inline at::Tensor bf16_rows(const at::Tensor& a, const std::optional<at::Tensor>
   rows.narrow(1, a.size(1), kRowPad).zero_();
   auto view = rows.narrow(1, 0, a.size(1));
   if (!a_zero) view.copy_(a);
-  else view.copy_(a.to(at::kFloat) - a_zero->reshape({-1, 1}));
+  else view.copy_(a.to(at::kFloat).sub(a_zero->reshape({-1, 1})));
   return rows;
 }
 

@@ -27,7 +27,8 @@
 //   int16) while no entry is -128, which is why tables stop at -127 (checked on this path).
 // - plain C++.
 // The high and low rows' sums combine in float32: y = a_scale * scale * (256 * hi + lo).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/bitwise_xor.h>
 #include <ATen/Parallel.h>
 
 #include <immintrin.h>

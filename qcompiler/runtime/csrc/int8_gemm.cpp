@@ -17,7 +17,8 @@
 // Two paths, chosen per call (ATEN_CPU_CAPABILITY caps the choice): AVX2 (every AVX2 and AVX-512 machine) and
 // plain C++. On VNNI machines qcompiler lowers to u8 x s8 integer GEMMs instead, which do twice the work per
 // instruction.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/ones.h>
 #include <ATen/Parallel.h>
 
 #include <immintrin.h>

@@ -22,7 +22,7 @@
 // |15 * 128 * 2| fits int16) and plain C++. ATen's CPU capability (ATEN_CPU_CAPABILITY) caps the
 // choice, so tests reach every path on any machine. The float results are written once per group
 // into y, which a tile keeps in L1: no pass over y before or after.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 

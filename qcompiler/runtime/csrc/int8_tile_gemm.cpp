@@ -22,7 +22,8 @@
 //    (128 + a_zero) * sum_k w off. One row streams the weight once, prefetched ahead: a GEMV at memory speed.
 //  - AVX2: both operands widened to int16, vpmaddwd (exact, where u8 x s8 vpmaddubsw saturates its pair sums).
 //  - plain C++.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
@@ -513,9 +514,9 @@ at::Tensor float_rows(const at::Tensor& a, const at::Tensor& w, const at::Tensor
   const int64_t M = a.size(0), K = a.size(1), N = w_scale.numel();
   if (M >= kFloatTileRows && qc::bf16_tiles_for(M)) return float_rows_on_tiles(a, w, w_scale, round_up(K, kQuad));
   const qc::ActivationRows rows = qc::activation_rows(a, K, qc::path_here());
-  const at::Tensor scale = (rows.scale.unsqueeze(1) * at::tensor({256.0f, 1.0f}, rows.scale.options())).reshape({2 * M});
+  const at::Tensor scale = rows.scale.unsqueeze(1).mul(at::tensor({256.0f, 1.0f}, rows.scale.options())).reshape({2 * M});
   const at::Tensor both = int8_rows(rows.rows, scale, std::nullopt, w, w_scale).view({M, 2, N});
-  return both.select(1, 0) + both.select(1, 1);
+  return both.select(1, 0).add(both.select(1, 1));
 }
 
 // int8dq's rows: per row s = max(max(-min x, max x) / 127.5, eps) and q = clamp(round(x / s), -128, 127), each step

@@ -1,7 +1,9 @@
 // What qcompiler's C++ CPU kernels share: the instruction-set path chosen per call, and 16-bit row quantization.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/Version.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -3,7 +3,7 @@
 // codebook_gemm.py, table_gemm.py, additive_gemm.py); the arguments here follow them in order.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <optional>

@@ -30,65 +30,21 @@
 //   block in float32, then times the block's 16 scales.
 //   Offsets add the block's offsets times the row's float sum over the block, on both AVX-512 paths.
 // - plain C++ elsewhere (AVX2 machines included: the lowering rule asks for AVX-512, and decomposes otherwise).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include "table_gemm.h"
 
-#include <immintrin.h>
+#include <ATen/Parallel.h>
 
 #include "activation_rows.h"
 #include "bf16_tiles.h"
-#include "kernel_common.h"
 #include "ops.h"
 
 #include <cmath>
-#include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 namespace {
 
-using qc::Path;
+using namespace qc::tables;
 
-constexpr int kCols = 16;    // columns per panel
-constexpr int kStripe = 32;  // k per stripe
-constexpr int64_t kPrefetchAhead = 4096;
-constexpr int kMaxEntries = 256;
-
-enum Format { kF32, kBF16, kE8M0, kE4M3, kZero };  // kZero: an offset stored as an integer zero point (uint8)
-
-// The planes of b-bit codes: (width, first bit, first word in the stripe).
-struct Plane {
-  int width, first, word;
-};
-struct Planes {
-  int count;
-  Plane plane[3];
-};
-constexpr Planes kPlanes[9] = {
-    {0, {}},
-    {1, {{1, 0, 0}}},
-    {1, {{2, 0, 0}}},
-    {2, {{2, 0, 0}, {1, 2, 2}}},
-    {1, {{4, 0, 0}}},
-    {2, {{4, 0, 0}, {1, 4, 4}}},
-    {2, {{4, 0, 0}, {2, 4, 4}}},
-    {3, {{4, 0, 0}, {2, 4, 4}, {1, 6, 6}}},
-    {1, {{8, 0, 0}}},
-};
-
-// A float grid of 7 or 8 bits (one sign bit, E exponent bits with bias 2^(E-1) - 1, M mantissa bits, every code
-// finite: e4m3 less its NaNs; a non-finite entry is never chosen) times a constant c: its codes decode with shifts. The magnitude's bits go under
-// float32's exponent and mantissa with the exponent rebiased; a subnormal code (exponent 0) is made the normal
-// 2^(1 - bias) * (1 + m) and 2^(1 - bias) taken off, so no denormal float32 is ever multiplied (which would cost
-// a microcode assist per element).
-struct FloatGrid {
-  bool exact = false;
-  int mshift = 0;          // 23 - M
-  int32_t rebias = 0;      // (127 - bias) << 23
-  int32_t exponent = 0;    // the exponent field's bits, in place
-  float subnormal = 0.0f;  // 2^(1 - bias)
-  float constant = 0.0f;   // c
-};
 
 inline float grid_value(int code, int bits, const FloatGrid& g) {
   const uint32_t magnitude = uint32_t(code) & ((1u << (bits - 1)) - 1), sign = uint32_t(code) >> (bits - 1);
@@ -113,25 +69,6 @@ FloatGrid float_grid(const float* table, int bits) {
   }
   return out;
 }
-
-struct Problem {
-  const float* a;        // [M, K]
-  const uint8_t* w;      // packed codes
-  const float* table;    // [kMaxEntries], zero past 2^bits
-  const void* scale;     // [N / 16][K / block][16]
-  Format scale_format;
-  const void* offset;    // same layout, or null
-  Format offset_format;
-  const float* block_sums;  // [M][K / block]: each row's sum per block (offsets only), or null
-  FloatGrid grid;        // 7-8-bit tables: whether they decode with shifts
-  float* y;              // [M, N]
-  int64_t M, N, K, block;
-  int bits;
-};
-
-inline const uint8_t* panel_codes(const Problem& p, int64_t n0) { return p.w + (n0 / kCols) * 2 * p.K * p.bits; }
-inline int64_t blocks(const Problem& p) { return p.K / p.block; }
-inline int64_t qparam_at(const Problem& p, int64_t n0, int64_t b) { return ((n0 / kCols) * blocks(p) + b) * kCols; }
 
 // ------------------------------------------------------------------ plain C++
 
@@ -197,56 +134,6 @@ void panel_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
 }
 
 // ------------------------------------------------------------------ AVX-512
-
-#define QC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-#define QC_INLINE __attribute__((always_inline)) inline
-
-// 16 scales or offsets (a panel's columns for one block) as float32.
-QC_AVX512_TARGET QC_INLINE __m512 load16(const void* base, Format f, int64_t at) {
-  switch (f) {
-    case kF32: return _mm512_loadu_ps(static_cast<const float*>(base) + at);
-    case kBF16: {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + at));
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    default: {
-      const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(base) + at)));
-      if (f == kE8M0) return _mm512_castsi512_ps(_mm512_slli_epi32(u, 23));
-      if (f == kE4M3)
-        return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0x7F)), 20)),
-                             _mm512_set1_ps(0x1p120f));
-      return _mm512_cvtepi32_ps(u);
-    }
-  }
-}
-
-// The offsets of a block as added per unit of activation: as stored, or -z * s.
-QC_AVX512_TARGET QC_INLINE __m512 offset16(const Problem& p, int64_t at, __m512 s) {
-  const __m512 o = load16(p.offset, p.offset_format, at);
-  return p.offset_format == kZero ? _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), o), s) : o;
-}
-
-// out[r] += block b's offsets (at `at`) times row m0 + r's sum over the block.
-template <int R>
-QC_AVX512_TARGET QC_INLINE void add_offsets(const Problem& p, int64_t at, __m512 scale, int64_t m0, int64_t b,
-                                            __m512 (&out)[R]) {
-  const __m512 o = offset16(p, at, scale);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-    out[r] = _mm512_fmadd_ps(o, _mm512_set1_ps(p.block_sums[(m0 + r) * blocks(p) + b]), out[r]);
-}
-
-// A stripe's BITS words of codes, and a prefetch of the codes a few stripes on (the hardware prefetchers alone leave
-// a GEMV short of the read bandwidth, as int8_int4_gemm found).
-template <int BITS>
-QC_AVX512_TARGET QC_INLINE void load_stripe(const uint8_t* stripe, __m512i (&v)[BITS]) {
-#pragma GCC unroll 8
-  for (int l = 0; l < BITS; ++l) {
-    _mm_prefetch(reinterpret_cast<const char*>(stripe + kPrefetchAhead + 64 * l), _MM_HINT_T0);
-    v[l] = _mm512_loadu_si512(stripe + 64 * l);
-  }
-}
 
 // Bits [FIRST, FIRST + WD) of 16 columns' codes of k-position I, from the plane of width WD starting at word WORD.
 template <int WD, int FIRST, int WORD, int I>
@@ -351,327 +238,9 @@ QC_AVX512_TARGET void tile_avx512(const Problem& p, int64_t m0, int64_t n0) {
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0, acc[r]);
 }
 
-// Rows [m0, m1) in tiles of MAX rows (a power of two), the rest in tiles of its binary digits (7 = 4 + 2 + 1):
-// tile(std::integral_constant<int, R>, m). Powers of two only keep the instantiations (and the build) small.
-template <int R, typename Tile>
-void rest_tiles(int64_t left, int64_t m, const Tile& tile) {
-  if constexpr (R > 0) {
-    if (left >= R) {
-      tile(std::integral_constant<int, R>{}, m);
-      m += R;
-      left -= R;
-    }
-    rest_tiles<R / 2>(left, m, tile);
-  }
-}
-
-template <int MAX, typename Tile>
-void row_tiles(int64_t m0, int64_t m1, const Tile& tile) {
-  int64_t m = m0;
-  for (; m + MAX <= m1; m += MAX) tile(std::integral_constant<int, MAX>{}, m);
-  rest_tiles<MAX / 2>(m1 - m, m, tile);
-}
-
 template <int BITS>
 void panel_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
   row_tiles<8>(m0, m1, [&](auto rows, int64_t m) { tile_avx512<BITS, decltype(rows)::value>(p, m, n0); });
-}
-
-// ------------------------------------------------------------------ AVX-512 VNNI: an integer table x 16-bit rows
-
-// How the integer path finds a code's integer weight (the uint8 operand of vpdpbusd):
-// - kDirect: table[c] = unit * (c - zero) for an integer zero (intx's integers, less the middle for a float zero
-//   point): the codes themselves, at any width;
-// - kShuffle: a vpshufb of the table's (biased) bytes, at most 16 entries;
-// - kPermute / kPermute2 / kPermute4: a vpermb (64 entries), a vpermi2b (128), two vpermi2b and a blend on the
-//   code's top bit (256): AVX512-VBMI, 5-8-bit codes.
-enum class Lookup { kDirect, kShuffle, kPermute, kPermute2, kPermute4 };
-
-// A table the integer path takes: its entries T (table = unit * T) as int8, or in 16 bits as a high and a low byte
-// (T = 256 * high + low, the activations' split), each stored + 128 as vpdpbusd's uint8 operand:
-// - int8 entries (up to 16): values that are integers in [-127, 127] at some 2^j (e2m1's times 2);
-// - 16-bit entries: values that are integers at some 2^j with |T| <= 32639 (e3m2's times 64), or any other finite
-//   values rounded to 16 bits of the largest, as the activations are (nf4's, e4m3's, a learned grid's): each entry
-//   moves by at most 2^-16 of the largest, where the bfloat16 tiles from 32 rows move it by up to 2^-9 of itself;
-//   the product of the two low bytes (below 2^-14 of the largest product) is left out.
-// NaN entries (float8_e4m3fn's two NaN codes, which quantization never gives) count as 0.
-// Either way sum_k table[c] * v = unit * (sum_k u8 * v - 128 * sum_k v), exact in int32 per block for int8 entries.
-constexpr int32_t kEntryMax = qc::kInt16Max;
-
-struct IntTable {
-  bool fits = false, wide = false;  // fits: the integer path takes the table
-  Lookup lookup = Lookup::kDirect;
-  int32_t zero = 0;
-  float unit = 1.0f;                     // per unit of the int32 sums 256 * hi + lo (wide: 256 * the entry's unit)
-  alignas(64) uint8_t high[256] = {};    // int8 entries, or 16-bit entries' high bytes, + 128
-  alignas(64) uint8_t low[256] = {};     // 16-bit entries' low bytes + 128
-};
-
-IntTable direct_table(const float* table, int bits) {
-  IntTable out;
-  const float unit = table[1] - table[0], z = -table[0] / unit;
-  if (!(unit != 0.0f) || z != std::nearbyint(z) || std::fabs(z) > 255.0f) return out;  // NaN fails too
-  for (int c = 0; c < (1 << bits); ++c)
-    if (table[c] != unit * (float(c) - z)) return out;
-  out.fits = true;
-  out.zero = int32_t(z);
-  out.unit = unit;
-  return out;
-}
-
-// The table's entries as integers T = table / unit with |T| <= limit: exact at a power of two (unit = 2^-j), else
-// (16 bits) rounded. False for int8 entries that are not exact, and for infinite entries.
-bool integer_entries(const float* table, int entries, int32_t limit, int32_t* T, float* unit) {
-  float top = 0.0f;
-  for (int e = 0; e < entries; ++e) {
-    if (std::isinf(table[e])) return false;
-    if (!std::isnan(table[e])) top = std::max(top, std::fabs(table[e]));
-  }
-  if (top == 0.0f) top = 1.0f;
-  const int j = int(std::floor(std::log2(float(limit) / top)));  // the largest 2^j with top * 2^j <= limit
-  bool exact = true;
-  for (int e = 0; e < entries && exact; ++e) {
-    const float v = std::isnan(table[e]) ? 0.0f : std::ldexp(table[e], j);
-    exact = v == std::nearbyint(v) && std::fabs(v) <= float(limit);
-    T[e] = int32_t(v);
-  }
-  *unit = exact ? std::ldexp(1.0f, -j) : top / float(limit);
-  if (exact || limit < kEntryMax) return exact;
-  for (int e = 0; e < entries; ++e)
-    T[e] = std::isnan(table[e]) ? 0 : std::min(std::max(int32_t(std::nearbyint(table[e] / *unit)), -limit), limit);
-  return true;
-}
-
-IntTable int_table(const float* table, int bits, bool vbmi) {
-  IntTable out = direct_table(table, bits);
-  if (out.fits || bits > (vbmi ? 8 : 4)) return out;
-  const int entries = 1 << bits;
-  int32_t T[256];
-  float unit = 1.0f;
-  out.lookup = bits <= 4   ? Lookup::kShuffle
-               : bits <= 6 ? Lookup::kPermute
-               : bits == 7 ? Lookup::kPermute2
-                           : Lookup::kPermute4;
-  out.zero = 128;
-  if (bits <= 4 && integer_entries(table, entries, 127, T, &unit)) {  // 5-8 bits: 16-bit entries (fewer kernels)
-    out.fits = true;
-    out.unit = unit;
-    for (int e = 0; e < entries; ++e) out.high[e] = uint8_t(T[e] + 128);
-  } else if (integer_entries(table, entries, kEntryMax, T, &unit)) {
-    out.fits = out.wide = true;
-    out.unit = 256.0f * unit;
-    for (int e = 0; e < entries; ++e) {
-      const int32_t h = (T[e] + 128) >> 8;
-      out.high[e] = uint8_t(h + 128);
-      out.low[e] = uint8_t(T[e] - 256 * h + 128);
-    }
-  }
-  return out;
-}
-
-struct IntRows {
-  const int8_t* rows;       // [2M, K]: each row's high and low bytes as two int8 rows (activation_rows.h); or, one
-                            // int8 row each ([M, K], `one`: int8 activations on a direct table)
-  const float* row_scale;   // [M]
-  const int32_t* sums;      // [2M or M][K / block]: each int8 row's sum per block
-  const IntTable* table;
-  bool one;
-};
-
-#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-
-// acc += the u8 weights w x the s8 word at s broadcast to every lane (in asm: GCC copies accumulators otherwise).
-QC_VNNI_TARGET QC_INLINE __m512i dpbusd_word(__m512i acc, __m512i w, const int8_t* s) {
-  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(s)));
-  return acc;
-}
-
-// A table's bytes in registers, and a code's byte looked up in them. vpermb and vpermi2b (AVX512-VBMI) in asm, so
-// the functions around them stay compiled for AVX-512 VNNI alone: they run only where the CPU has VBMI.
-template <Lookup L>
-struct ByteTable {
-  static constexpr int kRegs = L == Lookup::kPermute4 ? 4 : L == Lookup::kPermute2 ? 2 : 1;
-  __m512i t[kRegs];
-  QC_VNNI_TARGET QC_INLINE explicit ByteTable(const uint8_t* bytes) {
-    if constexpr (L == Lookup::kShuffle || L == Lookup::kDirect) {
-      t[0] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
-    } else {
-#pragma GCC unroll 4
-      for (int r = 0; r < kRegs; ++r) t[r] = _mm512_loadu_si512(bytes + 64 * r);
-    }
-  }
-  QC_VNNI_TARGET QC_INLINE __m512i operator()(__m512i codes) const {
-    if constexpr (L == Lookup::kShuffle) {
-      return _mm512_shuffle_epi8(t[0], codes);
-    } else if constexpr (L == Lookup::kPermute) {
-      __m512i out;
-      asm("vpermb %2, %1, %0" : "=v"(out) : "v"(codes), "v"(t[0]));
-      return out;
-    } else if constexpr (L == Lookup::kPermute2) {
-      asm("vpermi2b %2, %1, %0" : "+v"(codes) : "v"(t[0]), "v"(t[1]));
-      return codes;
-    } else {
-      __m512i low = codes, high = codes;
-      asm("vpermi2b %2, %1, %0" : "+v"(low) : "v"(t[0]), "v"(t[1]));
-      asm("vpermi2b %2, %1, %0" : "+v"(high) : "v"(t[2]), "v"(t[3]));
-      return _mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), low, high);
-    }
-  }
-};
-
-// Bits [FIRST, FIRST + WD) of 16 columns' codes of k = 4Q .. 4Q + 3 as each lane's 4 bytes.
-template <int WD, int FIRST, int WORD, int Q>
-QC_VNNI_TARGET QC_INLINE __m512i plane_quad(const __m512i* v) {
-  constexpr int per = kStripe / WD, t = (4 * Q % per) / 4;
-  const __m512i bits = _mm512_and_si512(_mm512_srli_epi32(v[WORD + 4 * Q / per], WD * t),
-                                        _mm512_set1_epi32(((1 << WD) - 1) * 0x01010101));
-  if constexpr (FIRST == 0) return bits;
-  else return _mm512_slli_epi32(bits, FIRST);
-}
-
-template <int BITS, int Q>
-QC_VNNI_TARGET QC_INLINE __m512i quad_codes(const __m512i* v) {
-  if constexpr (BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8) return plane_quad<BITS, 0, 0, Q>(v);
-  else if constexpr (BITS == 3) return _mm512_or_si512(plane_quad<2, 0, 0, Q>(v), plane_quad<1, 2, 2, Q>(v));
-  else if constexpr (BITS == 5) return _mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<1, 4, 4, Q>(v));
-  else if constexpr (BITS == 6) return _mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<2, 4, 4, Q>(v));
-  else
-    return _mm512_or_si512(_mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<2, 4, 4, Q>(v)),
-                           plane_quad<1, 6, 6, Q>(v));
-}
-
-// The integer weights of one table: the codes (kDirect) or their entries' bytes (a 16-bit entry's two).
-template <Lookup L, bool WIDE>
-struct Weights {
-  ByteTable<L> high, low;
-  QC_VNNI_TARGET QC_INLINE explicit Weights(const IntTable& t) : high(t.high), low(t.low) {}
-};
-
-// Independent int32 sums per row: a vpdpbusd waits for the one before it on the same register (5 cycles). Over short
-// blocks the CPU overlaps blocks (each starts from zero); a one-row tile over long chains (blocks from 256 k, a
-// scale per row: fp6; from 64 k with 16-bit entries, two vpdpbusd per quad on lo: nf4) is bound by that wait, so it
-// spreads its quads over C = 4 registers of each kind (adds at each block's end that short blocks would pay for:
-// nvfp4's are 4 quads).
-constexpr int64_t long_block(bool wide) { return wide ? 64 : 256; }
-
-// Quads Q .. END - 1 of a stripe: hi[c][r], lo[c][r] += the weights x row r's high and low int8 rows (a + 2r K, + K),
-// c = Q's chain; a 16-bit entry adds its low byte x the high row to the next chain's lo (so 256 hi + lo counts each
-// entry 256 times).
-template <int BITS, Lookup L, bool WIDE, bool ONE, int R, int C, int Q, int END>
-QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, const Weights<L, WIDE>& weights, const int8_t* a, int64_t K,
-                                    __m512i (&hi)[C][R], __m512i (&lo)[C][R]) {
-  constexpr int c = Q % C;
-  const __m512i codes = quad_codes<BITS, Q>(v);
-  __m512i w = codes;
-  if constexpr (L != Lookup::kDirect) w = weights.high(codes);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    if constexpr (ONE) {
-      hi[c][r] = dpbusd_word(hi[c][r], w, a + r * K + 4 * Q);
-    } else {
-      hi[c][r] = dpbusd_word(hi[c][r], w, a + 2 * r * K + 4 * Q);
-      lo[c][r] = dpbusd_word(lo[c][r], w, a + (2 * r + 1) * K + 4 * Q);
-    }
-  }
-  if constexpr (WIDE) {
-    const __m512i wl = weights.low(codes);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) lo[(c + 1) % C][r] = dpbusd_word(lo[(c + 1) % C][r], wl, a + 2 * r * K + 4 * Q);
-  }
-  if constexpr (Q + 1 < END) quads<BITS, L, WIDE, ONE, R, C, Q + 1, END>(v, weights, a, K, hi, lo);
-}
-
-// The sum of a row's chains, and the chains cleared.
-template <int R, int C>
-QC_VNNI_TARGET QC_INLINE __m512i take_chains(__m512i (&sums)[C][R], int r) {
-  __m512i total = sums[0][r];
-  sums[0][r] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-  for (int c = 1; c < C; ++c) {
-    total = _mm512_add_epi32(total, sums[c][r]);
-    sums[c][r] = _mm512_setzero_si512();
-  }
-  return total;
-}
-
-// R rows from m0 x the panel from n0 on an integer table: int32 sums per block (less zero x the rows' block sums),
-// scaled per block in float32. ONE: one int8 row per row (int8 activations), no low rows.
-template <int BITS, Lookup L, bool WIDE, bool ONE, int R, int C>
-QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t n0) {
-  constexpr int kRows = ONE ? 1 : 2;  // int8 rows per row
-  const Weights<L, WIDE> weights(*q.table);
-  const int32_t zero = q.table->zero;
-  __m512i hi[C][R], lo[C][R];
-  __m512 acc[R], off[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) hi[c][r] = lo[c][r] = _mm512_setzero_si512();
-    acc[r] = off[r] = _mm512_setzero_ps();
-  }
-  const uint8_t* codes = panel_codes(p, n0);
-  const int8_t* a = q.rows + kRows * m0 * p.K;
-  const int64_t qbase = qparam_at(p, n0, 0), nb = blocks(p);
-  int64_t b = 0, block_end = p.block;
-  for (int64_t s = 0; s < p.K / kStripe; ++s) {
-    __m512i v[BITS];
-    load_stripe<BITS>(codes + s * 64 * BITS, v);
-#pragma GCC unroll 2
-    for (int half = 0; half < 2; ++half) {
-      if (half == 0) quads<BITS, L, WIDE, ONE, R, C, 0, 4>(v, weights, a + s * kStripe, p.K, hi, lo);
-      else quads<BITS, L, WIDE, ONE, R, C, 4, 8>(v, weights, a + s * kStripe, p.K, hi, lo);
-      if (s * kStripe + 16 * (half + 1) != block_end) continue;
-      const int64_t at = qbase + b * kCols;
-      const __m512 scale = load16(p.scale, p.scale_format, at);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const int32_t* sums = q.sums + kRows * (m0 + r) * nb + b;
-        const __m512i h = _mm512_sub_epi32(take_chains<R, C>(hi, r), _mm512_set1_epi32(zero * sums[0]));
-        __m512 f = _mm512_cvtepi32_ps(h);
-        if constexpr (!ONE) {
-          const __m512i l = _mm512_sub_epi32(take_chains<R, C>(lo, r),
-                                             _mm512_set1_epi32(zero * (WIDE ? sums[nb] + sums[0] : sums[nb])));
-          f = _mm512_fmadd_ps(f, _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
-        }
-        acc[r] = _mm512_fmadd_ps(f, scale, acc[r]);
-      }
-      if (p.offset) add_offsets<R>(p, at, scale, m0, b, off);
-      ++b;
-      block_end += p.block;
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-    _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0,
-                     _mm512_fmadd_ps(acc[r], _mm512_set1_ps(q.row_scale[m0 + r] * q.table->unit), off[r]));
-}
-
-template <int BITS, Lookup L, bool WIDE, bool ONE = false>
-void panel_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
-  constexpr int most = L == Lookup::kShuffle ? 4 : L == Lookup::kPermute ? 6 : L == Lookup::kPermute2 ? 7 : 8;
-  constexpr int least = L == Lookup::kPermute ? 5 : L == Lookup::kPermute2 ? 7 : L == Lookup::kPermute4 ? 8 : 1;
-  if constexpr (BITS >= least && BITS <= most && (L != Lookup::kDirect || !WIDE) && (!ONE || L == Lookup::kDirect))
-    row_tiles<4>(m0, m1, [&](auto rows, int64_t m) {
-      constexpr int R = decltype(rows)::value;
-      if (R == 1 && p.block >= long_block(WIDE)) tile_int8<BITS, L, WIDE, ONE, R, 4>(p, q, m, n0);
-      else tile_int8<BITS, L, WIDE, ONE, R, 1>(p, q, m, n0);
-    });
-}
-
-template <int BITS>
-void panel_int(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
-  const IntTable& t = *q.table;
-  switch (t.lookup) {
-    case Lookup::kDirect:
-      return q.one ? panel_int8<BITS, Lookup::kDirect, false, true>(p, q, m0, m1, n0)
-                   : panel_int8<BITS, Lookup::kDirect, false>(p, q, m0, m1, n0);
-    case Lookup::kShuffle:
-      return t.wide ? panel_int8<BITS, Lookup::kShuffle, true>(p, q, m0, m1, n0)
-                    : panel_int8<BITS, Lookup::kShuffle, false>(p, q, m0, m1, n0);
-    case Lookup::kPermute: return panel_int8<BITS, Lookup::kPermute, true>(p, q, m0, m1, n0);
-    case Lookup::kPermute2: return panel_int8<BITS, Lookup::kPermute2, true>(p, q, m0, m1, n0);
-    default: return panel_int8<BITS, Lookup::kPermute4, true>(p, q, m0, m1, n0);
-  }
 }
 
 // ------------------------------------------------------------------ AMX (bfloat16 tiles)
@@ -859,7 +428,7 @@ at::Tensor table_gemm(const at::Tensor& a_in, const std::optional<at::Tensor>& a
   if (!int8_rows) return y;
   // int8 rows x = a_scale * (a - a_zero): y = a_scale * (sum w a - a_zero * sum w)
   y.mul_(a_scale->view({M, 1}));
-  if (a_zero) y.sub_((*a_scale * *a_zero).view({M, 1}) * w_sums->view({1, N}));
+  if (a_zero) y.sub_(a_scale->mul(*a_zero).view({M, 1}).mul(w_sums->view({1, N})));
   return y;
 }
 

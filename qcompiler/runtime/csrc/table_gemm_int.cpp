@@ -1,0 +1,275 @@
+// qcompiler::table_gemm's integer path on AVX-512 VNNI (table_gemm.cpp has the op, its layout and its other paths).
+#include "table_gemm.h"
+
+#include <cmath>
+
+namespace qc::tables {
+
+IntTable direct_table(const float* table, int bits) {
+  IntTable out;
+  const float unit = table[1] - table[0], z = -table[0] / unit;
+  if (!(unit != 0.0f) || z != std::nearbyint(z) || std::fabs(z) > 255.0f) return out;  // NaN fails too
+  for (int c = 0; c < (1 << bits); ++c)
+    if (table[c] != unit * (float(c) - z)) return out;
+  out.fits = true;
+  out.zero = int32_t(z);
+  out.unit = unit;
+  return out;
+}
+
+// The table's entries as integers T = table / unit with |T| <= limit: exact at a power of two (unit = 2^-j), else
+// (16 bits) rounded. False for int8 entries that are not exact, and for infinite entries.
+bool integer_entries(const float* table, int entries, int32_t limit, int32_t* T, float* unit) {
+  float top = 0.0f;
+  for (int e = 0; e < entries; ++e) {
+    if (std::isinf(table[e])) return false;
+    if (!std::isnan(table[e])) top = std::max(top, std::fabs(table[e]));
+  }
+  if (top == 0.0f) top = 1.0f;
+  const int j = int(std::floor(std::log2(float(limit) / top)));  // the largest 2^j with top * 2^j <= limit
+  bool exact = true;
+  for (int e = 0; e < entries && exact; ++e) {
+    const float v = std::isnan(table[e]) ? 0.0f : std::ldexp(table[e], j);
+    exact = v == std::nearbyint(v) && std::fabs(v) <= float(limit);
+    T[e] = int32_t(v);
+  }
+  *unit = exact ? std::ldexp(1.0f, -j) : top / float(limit);
+  if (exact || limit < kEntryMax) return exact;
+  for (int e = 0; e < entries; ++e)
+    T[e] = std::isnan(table[e]) ? 0 : std::min(std::max(int32_t(std::nearbyint(table[e] / *unit)), -limit), limit);
+  return true;
+}
+
+IntTable int_table(const float* table, int bits, bool vbmi) {
+  IntTable out = direct_table(table, bits);
+  if (out.fits || bits > (vbmi ? 8 : 4)) return out;
+  const int entries = 1 << bits;
+  int32_t T[256];
+  float unit = 1.0f;
+  out.lookup = bits <= 4   ? Lookup::kShuffle
+               : bits <= 6 ? Lookup::kPermute
+               : bits == 7 ? Lookup::kPermute2
+                           : Lookup::kPermute4;
+  out.zero = 128;
+  if (bits <= 4 && integer_entries(table, entries, 127, T, &unit)) {  // 5-8 bits: 16-bit entries (fewer kernels)
+    out.fits = true;
+    out.unit = unit;
+    for (int e = 0; e < entries; ++e) out.high[e] = uint8_t(T[e] + 128);
+  } else if (integer_entries(table, entries, kEntryMax, T, &unit)) {
+    out.fits = out.wide = true;
+    out.unit = 256.0f * unit;
+    for (int e = 0; e < entries; ++e) {
+      const int32_t h = (T[e] + 128) >> 8;
+      out.high[e] = uint8_t(h + 128);
+      out.low[e] = uint8_t(T[e] - 256 * h + 128);
+    }
+  }
+  return out;
+}
+
+#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+
+// acc += the u8 weights w x the s8 word at s broadcast to every lane (in asm: GCC copies accumulators otherwise).
+QC_VNNI_TARGET QC_INLINE __m512i dpbusd_word(__m512i acc, __m512i w, const int8_t* s) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(s)));
+  return acc;
+}
+
+// A table's bytes in registers, and a code's byte looked up in them. vpermb and vpermi2b (AVX512-VBMI) in asm, so
+// the functions around them stay compiled for AVX-512 VNNI alone: they run only where the CPU has VBMI.
+template <Lookup L>
+struct ByteTable {
+  static constexpr int kRegs = L == Lookup::kPermute4 ? 4 : L == Lookup::kPermute2 ? 2 : 1;
+  __m512i t[kRegs];
+  QC_VNNI_TARGET QC_INLINE explicit ByteTable(const uint8_t* bytes) {
+    if constexpr (L == Lookup::kShuffle || L == Lookup::kDirect) {
+      t[0] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+    } else {
+#pragma GCC unroll 4
+      for (int r = 0; r < kRegs; ++r) t[r] = _mm512_loadu_si512(bytes + 64 * r);
+    }
+  }
+  QC_VNNI_TARGET QC_INLINE __m512i operator()(__m512i codes) const {
+    if constexpr (L == Lookup::kShuffle) {
+      return _mm512_shuffle_epi8(t[0], codes);
+    } else if constexpr (L == Lookup::kPermute) {
+      __m512i out;
+      asm("vpermb %2, %1, %0" : "=v"(out) : "v"(codes), "v"(t[0]));
+      return out;
+    } else if constexpr (L == Lookup::kPermute2) {
+      asm("vpermi2b %2, %1, %0" : "+v"(codes) : "v"(t[0]), "v"(t[1]));
+      return codes;
+    } else {
+      __m512i low = codes, high = codes;
+      asm("vpermi2b %2, %1, %0" : "+v"(low) : "v"(t[0]), "v"(t[1]));
+      asm("vpermi2b %2, %1, %0" : "+v"(high) : "v"(t[2]), "v"(t[3]));
+      return _mm512_mask_blend_epi8(_mm512_movepi8_mask(codes), low, high);
+    }
+  }
+};
+
+// Bits [FIRST, FIRST + WD) of 16 columns' codes of k = 4Q .. 4Q + 3 as each lane's 4 bytes.
+template <int WD, int FIRST, int WORD, int Q>
+QC_VNNI_TARGET QC_INLINE __m512i plane_quad(const __m512i* v) {
+  constexpr int per = kStripe / WD, t = (4 * Q % per) / 4;
+  const __m512i bits = _mm512_and_si512(_mm512_srli_epi32(v[WORD + 4 * Q / per], WD * t),
+                                        _mm512_set1_epi32(int(((1u << WD) - 1) * 0x01010101u)));
+  if constexpr (FIRST == 0) return bits;
+  else return _mm512_slli_epi32(bits, FIRST);
+}
+
+template <int BITS, int Q>
+QC_VNNI_TARGET QC_INLINE __m512i quad_codes(const __m512i* v) {
+  if constexpr (BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8) return plane_quad<BITS, 0, 0, Q>(v);
+  else if constexpr (BITS == 3) return _mm512_or_si512(plane_quad<2, 0, 0, Q>(v), plane_quad<1, 2, 2, Q>(v));
+  else if constexpr (BITS == 5) return _mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<1, 4, 4, Q>(v));
+  else if constexpr (BITS == 6) return _mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<2, 4, 4, Q>(v));
+  else
+    return _mm512_or_si512(_mm512_or_si512(plane_quad<4, 0, 0, Q>(v), plane_quad<2, 4, 4, Q>(v)),
+                           plane_quad<1, 6, 6, Q>(v));
+}
+
+// The integer weights of one table: the codes (kDirect) or their entries' bytes (a 16-bit entry's two).
+template <Lookup L, bool WIDE>
+struct Weights {
+  ByteTable<L> high, low;
+  QC_VNNI_TARGET QC_INLINE explicit Weights(const IntTable& t) : high(t.high), low(t.low) {}
+};
+
+// Independent int32 sums per row: a vpdpbusd waits for the one before it on the same register (5 cycles). Over short
+// blocks the CPU overlaps blocks (each starts from zero); a one-row tile over long chains (blocks from 256 k, a
+// scale per row: fp6; from 64 k with 16-bit entries, two vpdpbusd per quad on lo: nf4) is bound by that wait, so it
+// spreads its quads over C = 4 registers of each kind (adds at each block's end that short blocks would pay for:
+// nvfp4's are 4 quads).
+constexpr int64_t long_block(bool wide) { return wide ? 64 : 256; }
+
+// Quads Q .. END - 1 of a stripe: hi[c][r], lo[c][r] += the weights x row r's high and low int8 rows (a + 2r K, + K),
+// c = Q's chain; a 16-bit entry adds its low byte x the high row to the next chain's lo (so 256 hi + lo counts each
+// entry 256 times).
+template <int BITS, Lookup L, bool WIDE, bool ONE, int R, int C, int Q, int END>
+QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, const Weights<L, WIDE>& weights, const int8_t* a, int64_t K,
+                                    __m512i (&hi)[C][R], __m512i (&lo)[C][R]) {
+  constexpr int c = Q % C;
+  const __m512i codes = quad_codes<BITS, Q>(v);
+  __m512i w = codes;
+  if constexpr (L != Lookup::kDirect) w = weights.high(codes);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    if constexpr (ONE) {
+      hi[c][r] = dpbusd_word(hi[c][r], w, a + r * K + 4 * Q);
+    } else {
+      hi[c][r] = dpbusd_word(hi[c][r], w, a + 2 * r * K + 4 * Q);
+      lo[c][r] = dpbusd_word(lo[c][r], w, a + (2 * r + 1) * K + 4 * Q);
+    }
+  }
+  if constexpr (WIDE) {
+    const __m512i wl = weights.low(codes);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) lo[(c + 1) % C][r] = dpbusd_word(lo[(c + 1) % C][r], wl, a + 2 * r * K + 4 * Q);
+  }
+  if constexpr (Q + 1 < END) quads<BITS, L, WIDE, ONE, R, C, Q + 1, END>(v, weights, a, K, hi, lo);
+}
+
+// The sum of a row's chains, and the chains cleared.
+template <int R, int C>
+QC_VNNI_TARGET QC_INLINE __m512i take_chains(__m512i (&sums)[C][R], int r) {
+  __m512i total = sums[0][r];
+  sums[0][r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+  for (int c = 1; c < C; ++c) {
+    total = _mm512_add_epi32(total, sums[c][r]);
+    sums[c][r] = _mm512_setzero_si512();
+  }
+  return total;
+}
+
+// R rows from m0 x the panel from n0 on an integer table: int32 sums per block (less zero x the rows' block sums),
+// scaled per block in float32. ONE: one int8 row per row (int8 activations), no low rows.
+template <int BITS, Lookup L, bool WIDE, bool ONE, int R, int C>
+QC_VNNI_TARGET void tile_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t n0) {
+  constexpr int kRows = ONE ? 1 : 2;  // int8 rows per row
+  const Weights<L, WIDE> weights(*q.table);
+  const int32_t zero = q.table->zero;
+  __m512i hi[C][R], lo[C][R];
+  __m512 acc[R], off[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) hi[c][r] = lo[c][r] = _mm512_setzero_si512();
+    acc[r] = off[r] = _mm512_setzero_ps();
+  }
+  const uint8_t* codes = panel_codes(p, n0);
+  const int8_t* a = q.rows + kRows * m0 * p.K;
+  const int64_t qbase = qparam_at(p, n0, 0), nb = blocks(p);
+  int64_t b = 0, block_end = p.block;
+  for (int64_t s = 0; s < p.K / kStripe; ++s) {
+    __m512i v[BITS];
+    load_stripe<BITS>(codes + s * 64 * BITS, v);
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      if (half == 0) quads<BITS, L, WIDE, ONE, R, C, 0, 4>(v, weights, a + s * kStripe, p.K, hi, lo);
+      else quads<BITS, L, WIDE, ONE, R, C, 4, 8>(v, weights, a + s * kStripe, p.K, hi, lo);
+      if (s * kStripe + 16 * (half + 1) != block_end) continue;
+      const int64_t at = qbase + b * kCols;
+      const __m512 scale = load16(p.scale, p.scale_format, at);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int32_t* sums = q.sums + kRows * (m0 + r) * nb + b;
+        const __m512i h = _mm512_sub_epi32(take_chains<R, C>(hi, r), _mm512_set1_epi32(zero * sums[0]));
+        __m512 f = _mm512_cvtepi32_ps(h);
+        if constexpr (!ONE) {
+          const __m512i l = _mm512_sub_epi32(take_chains<R, C>(lo, r),
+                                             _mm512_set1_epi32(zero * (WIDE ? sums[nb] + sums[0] : sums[nb])));
+          f = _mm512_fmadd_ps(f, _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
+        }
+        acc[r] = _mm512_fmadd_ps(f, scale, acc[r]);
+      }
+      if (p.offset) add_offsets<R>(p, at, scale, m0, b, off);
+      ++b;
+      block_end += p.block;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    _mm512_storeu_ps(p.y + (m0 + r) * p.N + n0,
+                     _mm512_fmadd_ps(acc[r], _mm512_set1_ps(q.row_scale[m0 + r] * q.table->unit), off[r]));
+}
+
+template <int BITS, Lookup L, bool WIDE, bool ONE = false>
+void panel_int8(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
+  constexpr int most = L == Lookup::kShuffle ? 4 : L == Lookup::kPermute ? 6 : L == Lookup::kPermute2 ? 7 : 8;
+  constexpr int least = L == Lookup::kPermute ? 5 : L == Lookup::kPermute2 ? 7 : L == Lookup::kPermute4 ? 8 : 1;
+  if constexpr (BITS >= least && BITS <= most && (L != Lookup::kDirect || !WIDE) && (!ONE || L == Lookup::kDirect))
+    row_tiles<4>(m0, m1, [&](auto rows, int64_t m) {
+      constexpr int R = decltype(rows)::value;
+      if (R == 1 && p.block >= long_block(WIDE)) tile_int8<BITS, L, WIDE, ONE, R, 4>(p, q, m, n0);
+      else tile_int8<BITS, L, WIDE, ONE, R, 1>(p, q, m, n0);
+    });
+}
+
+template <int BITS>
+void panel_int(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0) {
+  const IntTable& t = *q.table;
+  switch (t.lookup) {
+    case Lookup::kDirect:
+      return q.one ? panel_int8<BITS, Lookup::kDirect, false, true>(p, q, m0, m1, n0)
+                   : panel_int8<BITS, Lookup::kDirect, false>(p, q, m0, m1, n0);
+    case Lookup::kShuffle:
+      return t.wide ? panel_int8<BITS, Lookup::kShuffle, true>(p, q, m0, m1, n0)
+                    : panel_int8<BITS, Lookup::kShuffle, false>(p, q, m0, m1, n0);
+    case Lookup::kPermute: return panel_int8<BITS, Lookup::kPermute, true>(p, q, m0, m1, n0);
+    case Lookup::kPermute2: return panel_int8<BITS, Lookup::kPermute2, true>(p, q, m0, m1, n0);
+    default: return panel_int8<BITS, Lookup::kPermute4, true>(p, q, m0, m1, n0);
+  }
+}
+
+template void panel_int<1>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+template void panel_int<2>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+template void panel_int<3>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+template void panel_int<4>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+template void panel_int<5>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+template void panel_int<6>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+template void panel_int<7>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+template void panel_int<8>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+
+}  // namespace qc::tables
