@@ -34,6 +34,7 @@ from torch.export.pt2_archive.constants import (
     CUSTOM_OBJ_FILENAME_PREFIX,
 )
 
+from . import torch_warnings
 from .digests import DIGESTS, MAX_METADATA_BYTES, verify, write_digests
 from .mapped import try_load_mapped
 
@@ -99,7 +100,8 @@ def _aot_compile(program: torch.export.ExportedProgram, options: dict) -> list:
     gm = program.module(check_guards=False)
     _buffers_as_parameters(gm, written_buffers(program))
     args, kwargs = program.example_inputs
-    files = torch._inductor.aot_compile(gm, args, kwargs, options={**options, "aot_inductor.package": True})
+    with torch_warnings.held():
+        files = torch._inductor.aot_compile(gm, args, kwargs, options={**options, "aot_inductor.package": True})
     odd = [f for f in files if not isinstance(f, str)]
     if odd:
         raise ValueError(f"qcompiler: AOTInductor returned {type(odd[0]).__name__} among its files; qcompiler packages "

@@ -8,18 +8,18 @@ and ``a_zero`` float32 [M], ``a_zero`` optional and then with ``w_sums`` float32
 ``table[idx] · s + o`` over K): on a table of intx's integers each int8 row is one vpdpbusd operand, half the
 products of a float row's 16 bits.
 
-A format is its table (the grid's values by code: e2m1's 16, e3m2's 64, intx's integers 0 .. 2^b - 1), its block
-and the width of its scales; the kernel (``csrc/table_gemm.cpp`` and ``table_gemm_int.cpp``, built and loaded by ``native.py``) reads each of
-them at its width: codes at ``bits`` bits (1-8) a weight, scales as float32, bfloat16, e8m0 (uint8) or e4m3
-(float8_e4m3fn), offsets as float32 or bfloat16, or as an integer zero point (uint8: ``o = -z · s``). On AVX-512
-VNNI the rows go to 16 bits and the weights to integers: the codes themselves where the table is intx's integers,
-else the table's entries looked up (vpshufb for up to 16 entries; vpermb / vpermi2b for up to 256 on AVX512-VBMI):
-int8 entries where up to 16 values are integers at a power-of-two scale (e2m1's), 16-bit ones as two bytes
-otherwise (e3m2's exactly; nf4's, e4m3's and learned tables rounded to 16 bits of their largest, as the rows are);
-vpdpbusd sums per block in int32. Other tables (5-8 bits without VBMI) sum in float32: per k 16 columns' values
-from the table in registers (vpermps; a 7-8-bit float grid decoded with shifts, else a gather from L1).
-From 32 rows on AMX machines the kernel decodes each panel once into bfloat16 tiles. Shapes: N % 16 == 0,
-K % 32 == 0, block a multiple of 16 dividing K (a block of K: one scale per row).
+A format is its table (the grid's values by code: e2m1's 16, e3m2's 64, intx's integers 0 .. 2^b - 1), its block and
+the width of its scales; the kernel (``csrc/table_gemm.cpp``, its integer path in ``table_gemm_int.cpp``, built and
+loaded by ``native.py``) reads each of them at its width: codes at ``bits`` bits (1-8) a weight, scales as float32,
+bfloat16, e8m0 (uint8) or e4m3 (float8_e4m3fn), offsets as float32 or bfloat16, or as an integer zero point (uint8:
+``o = -z · s``). On AVX-512 VNNI the rows go to 16 bits and the weights to integers: the codes themselves where the
+table is intx's integers, else the table's entries looked up (vpshufb for up to 16 entries; vpermb / vpermi2b for up
+to 256 on AVX512-VBMI): int8 entries where up to 16 values are integers at a power-of-two scale (e2m1's), 16-bit ones
+as two bytes otherwise (e3m2's exactly; nf4's, e4m3's and learned tables rounded to 16 bits of their largest, as the
+rows are); vpdpbusd sums per block in int32. Other tables (5-8 bits without VBMI) sum in float32: per k 16 columns'
+values from the table in registers (vpermps; a 7-8-bit float grid decoded with shifts, else a gather from L1). From 32
+rows on AMX machines the kernel decodes each panel once into bfloat16 tiles. Shapes: N % 16 == 0, K % 32 == 0, block a
+multiple of 16 dividing K (a block of K: one scale per row).
 
 The codes are packed once (:func:`pack`) and the scales and offsets laid out (:func:`panel_qparams`) in one layout
 for every machine.

@@ -11,6 +11,7 @@ from ..lowering import lower_graph
 from ..lowering.unquantized import run_unquantized_in
 from ..runtime.decompositions import DECOMPOSITIONS
 from ..runtime.errors import fail
+from ..runtime import torch_warnings
 from ..runtime.target import Target
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,5 @@ def _target_or_backend(target: Union[str, Target, None], backend: Optional[str])
 def _decomposed(program: ExportedProgram) -> ExportedProgram:
     """``program.run_decompositions(DECOMPOSITIONS)``, without torch's own deprecation warning: torch 2.13 deep-copies
     the module call graph there, whose ``LeafSpec`` objects warn about their own ``isinstance`` use."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    with torch_warnings.held():
         return program.run_decompositions(DECOMPOSITIONS)
