@@ -45,7 +45,7 @@ def _check(done: subprocess.CompletedProcess, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Path:
-    """The build folder, holding qc_run and sha256_test (cmake + make, about 30 s with g++ on 2 cores)."""
+    """The build folder, holding qc_run and sha256_test (cmake + make, about 25 s with g++ on 2 cores)."""
     missing = [name for name, found in (("cmake", shutil.which("cmake")), ("make", shutil.which("make")),
                                         ("a C++ compiler (c++, g++ or clang++)", _compiler())) if not found]
     if missing:

@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <iomanip>
 
-#include <torch/torch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/tensor.h>
 
 #include "errors.h"
 
@@ -63,14 +65,14 @@ class LmCall {
 template <typename OnToken>
 void stream_tokens(LmCall& call, const GenerateRequest& request, OnToken on_token) {
   auto prompt_length = static_cast<std::int64_t>(request.prompt.size());
-  at::Tensor ids = torch::tensor(request.prompt, torch::kLong).view({1, prompt_length});
+  at::Tensor ids = at::tensor(request.prompt, at::kLong).view({1, prompt_length});
   // Position 0 starts a new sequence: nothing of the cache's previous contents is read.
-  at::Tensor logits = call(ids, torch::arange(prompt_length, torch::kLong));
+  at::Tensor logits = call(ids, at::arange(prompt_length, at::kLong));
   for (std::int64_t step = 0; step < request.max_new_tokens; ++step) {
     at::Tensor token = logits.select(1, -1).argmax(-1);  // [batch]
     on_token(token[0].item<std::int64_t>());
     if (step + 1 == request.max_new_tokens) return;
-    logits = call(token.unsqueeze(1), torch::tensor({prompt_length + step}, torch::kLong));
+    logits = call(token.unsqueeze(1), at::tensor({prompt_length + step}, at::kLong));
   }
 }
 

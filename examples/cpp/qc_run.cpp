@@ -13,8 +13,9 @@
 #include <string>
 #include <vector>
 
-#include <torch/serialize.h>
-#include <torch/torch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 
 #include "errors.h"
 #include "lm_generate.h"
@@ -131,12 +132,12 @@ std::vector<char> read_file(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-// torch.save([t1, t2], f) from Python reads back with torch::pickle_load (torch.save's zip format).
+// torch.save([t1, t2], f) from Python reads back with torch::jit::pickle_load (torch.save's zip format).
 std::vector<at::Tensor> load_tensor_list(const std::string& path) {
   std::vector<char> bytes = read_file(path);
   c10::IValue loaded;
   try {
-    loaded = torch::pickle_load(bytes);
+    loaded = torch::jit::pickle_load(bytes);
   } catch (const std::exception& e) {
     throw qc::UsageError(path + " is not a list of tensors saved with torch.save: " + without_backtrace(e.what()));
   }
@@ -161,7 +162,7 @@ std::vector<at::Tensor> load_tensor_list(const std::string& path) {
 // functions by default (weights_only=True). A tuple is pickled plain.
 void save_tensors(const std::vector<at::Tensor>& tensors, const std::string& path) {
   std::vector<c10::IValue> items(tensors.begin(), tensors.end());
-  std::vector<char> bytes = torch::pickle_save(c10::IValue(c10::ivalue::Tuple::create(std::move(items))));
+  std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(c10::ivalue::Tuple::create(std::move(items))));
   std::ofstream out(path, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out.flush()) throw std::runtime_error("cannot write " + path);
