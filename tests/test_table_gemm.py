@@ -12,10 +12,10 @@ def kernels_loaded():
     native.load()
 
 
-# M, N, K, block: 9 rows are a tile of 8 and one of 1; from 32 rows, where AMX runs, the kernel decodes to bfloat16
-# tiles (N = 80: a tile panel of 64 and one of 16; K = 8256: two slices of k, the second added to the first)
-CASES = [(1, 16, 64, 16), (3, 48, 256, 32), (5, 32, 128, 128), (9, 16, 512, 64), (34, 32, 256, 32),
-         (67, 80, 128, 16), (33, 16, 8256, 32)]
+# M, N, K, block: 9 rows are a tile of 8 and one of 1; one row over blocks of 256 spreads its sums over 4 chains on the
+# integer path; from 32 rows, where AMX runs, the kernel decodes to bfloat16 tiles (N = 80: a tile panel of 64 and one of 16; K = 8256: two slices of k, the second added to the first)
+CASES = [(1, 16, 64, 16), (1, 16, 512, 256), (3, 48, 256, 32), (5, 32, 128, 128), (9, 16, 512, 64),
+         (34, 32, 256, 32), (67, 80, 128, 16), (33, 16, 8256, 32)]
 # (scale format, offset format): uint8 scales are e8m0, uint8 offsets integer zero points
 FORMATS = [(torch.float32, None), (torch.bfloat16, torch.bfloat16), (torch.uint8, None),
            (torch.float8_e4m3fn, None), (torch.bfloat16, torch.uint8), (torch.float32, torch.float32)]
@@ -136,7 +136,7 @@ def _int8_rows(m: int, k: int, g):
 
 
 @pytest.mark.parametrize("bits", [3, 4, 8])
-@pytest.mark.parametrize("case", CASES[:6], ids=lambda c: "m{}-n{}-k{}-b{}".format(*c))
+@pytest.mark.parametrize("case", CASES[:7], ids=lambda c: "m{}-n{}-k{}-b{}".format(*c))
 def test_int8_rows_match_the_reference_on_every_kind_of_table(case, bits):
     """int8 activations: one int8 row each on intx's integers, two (their 16 bits) on other tables, floats below."""
     m, n, k, block = case
