@@ -13,7 +13,8 @@ def kernels_loaded():
 
 
 # M, N, K, block: 9 rows are a tile of 8 and one of 1; one row over blocks of 256 spreads its sums over 4 chains on the
-# integer path; from 32 rows, where AMX runs, the kernel decodes to bfloat16 tiles (N = 80: a tile panel of 64 and one of 16; K = 8256: two slices of k, the second added to the first)
+# integer path; from 32 rows, where AMX runs, the kernel decodes to bfloat16 tiles (N = 80: a tile panel of 64 and
+# one of 16; K = 8256: two slices of k, the second added to the first)
 CASES = [(1, 16, 64, 16), (1, 16, 512, 256), (3, 48, 256, 32), (5, 32, 128, 128), (9, 16, 512, 64),
          (34, 32, 256, 32), (67, 80, 128, 16), (33, 16, 8256, 32)]
 # (scale format, offset format): uint8 scales are e8m0, uint8 offsets integer zero points
