@@ -34,12 +34,14 @@ aten, qops = torch.ops.aten, torch.ops.qcompiler
 
 KERNEL = "qcompiler.table_gemm (b-bit codes into a fixed table, block scales read in the kernel)"
 _WHY = ("qcompiler's fixed-table GEMM: the codes stay at their bit width and the scales at theirs in the .pt2, "
-        "and the table is looked up in registers inside the kernel (AVX-512; bfloat16 AMX tiles from 32 rows); "
+        "and the table is looked up in registers inside the kernel (AVX-512: integer products where the table "
+        "allows; AVX2: float32 FMAs; bfloat16 AMX tiles from 32 rows); "
         "decomposed, Inductor would decode the whole weight on every call")
 _WHY_INT8 = ("qcompiler's fixed-table GEMM on int8 rows: the b-bit codes are the integer weights, each int8 row one "
-             "operand of VNNI's products (exact int32 sums per group), the codes at their width in the .pt2; "
+             "operand of VNNI's products (exact int32 sums per group; AVX2 sums them in float32), the codes at "
+             "their width in the .pt2; "
              "decomposed, Inductor would decode the whole weight on every call")
-AVX512 = frozenset({"avx512", "vnni"})  # the kernel's AVX-512 path (runtime/target.py: "vnni" is AVX-512 VNNI)
+NEEDS = frozenset({"avx2"})  # the kernel's AVX2 path and up (AVX-512 VNNI, AMX: chosen where it runs)
 QPARAM_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -187,17 +189,17 @@ def _int8_table_gemm(m, x, eps, out_w, b, **_):
 def int8_activation_rules() -> tuple:
     """The rule of int8 activations on the table kernel, which the CPU table tries with the other int8-activation
     rules, before any weight-only pattern (the weight alone would match one, the dequantized rows its input)."""
-    return (LoweringRule("int8da-intx", dynamic_int8_intx, _int8_table_gemm, KERNEL, _WHY_INT8, AVX512,
+    return (LoweringRule("int8da-intx", dynamic_int8_intx, _int8_table_gemm, KERNEL, _WHY_INT8, NEEDS,
                          on_native(_int8_affine_form)),)
 
 
 def rules() -> tuple:
     """The fixed-table weight-only rules, in the order the CPU table tries them (after the int4 kernel's)."""
-    return (LoweringRule("fixed table", table_packed, _table_gemm, KERNEL, _WHY, AVX512, on_native(_grid_form)),
-            LoweringRule("fixed table (8-bit codes)", table_bytes, _table_gemm, KERNEL, _WHY, AVX512,
+    return (LoweringRule("fixed table", table_packed, _table_gemm, KERNEL, _WHY, NEEDS, on_native(_grid_form)),
+            LoweringRule("fixed table (8-bit codes)", table_bytes, _table_gemm, KERNEL, _WHY, NEEDS,
                          on_native(_grid_form)),
-            LoweringRule("intx", weight_only_packed, _table_gemm, KERNEL, _WHY, AVX512, on_native(_affine_form)),
-            LoweringRule("codebook (float, per tensor)", float_codebook_packed, _table_gemm, KERNEL, _WHY, AVX512,
+            LoweringRule("intx", weight_only_packed, _table_gemm, KERNEL, _WHY, NEEDS, on_native(_affine_form)),
+            LoweringRule("codebook (float, per tensor)", float_codebook_packed, _table_gemm, KERNEL, _WHY, NEEDS,
                          on_native(_codebook_form)),
-            LoweringRule("codebook-8 (float, per tensor)", float_codebook_bytes, _table_gemm, KERNEL, _WHY, AVX512,
+            LoweringRule("codebook-8 (float, per tensor)", float_codebook_bytes, _table_gemm, KERNEL, _WHY, NEEDS,
                          on_native(_codebook_form)))

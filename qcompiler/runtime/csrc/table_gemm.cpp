@@ -25,11 +25,14 @@
 //   entries (up to 16 integers at a power-of-two scale: e2m1's), or 16-bit ones as two bytes (e3m2's; nf4's, e4m3's
 //   and other float tables rounded to 16 bits of their largest, as the rows are); int32 sums per block, then
 //   float32 times the block's 16 scales.
-// - AVX-512, any other table (5-8 bits without VBMI, infinite entries): up to 8 rows at a time x one panel; per k the 16 columns' table values (vpermps and
-//   kin; a 7-8-bit float grid decoded with shifts, FloatGrid) times the k's activation broadcast, summed per
-//   block in float32, then times the block's 16 scales.
+// - AVX-512, any other table (5-8 bits without VBMI, infinite entries): up to 8 rows at a time x one panel; per k
+//   the 16 columns' table values (vpermps and kin; a 7-8-bit float grid decoded with shifts, FloatGrid) times the
+//   k's activation broadcast, summed per block in float32, then times the block's 16 scales.
 //   Offsets add the block's offsets times the row's float sum over the block, on both AVX-512 paths.
-// - plain C++ elsewhere (AVX2 machines included: the lowering rule asks for AVX-512, and decomposes otherwise).
+// - AVX2 (no AVX-512, or AVX-512 without VNNI): the same in 8 lanes, each panel as two halves of 8 columns, up to 4
+//   rows at a time; the table by vpermps (up to 8 entries; 16: two and a blend on the code's bit 3), gathered
+//   above.
+// - plain C++ elsewhere (the lowering rule asks for AVX2 and decomposes below).
 #include "table_gemm.h"
 
 #include <ATen/Parallel.h>
@@ -243,6 +246,131 @@ void panel_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
   row_tiles<8>(m0, m1, [&](auto rows, int64_t m) { tile_avx512<BITS, decltype(rows)::value>(p, m, n0); });
 }
 
+// ------------------------------------------------------------------ AVX2 (no AVX-512)
+
+#define QC_AVX2_TARGET __attribute__((target("avx2,fma")))
+
+// 8 scales or offsets (half a panel's columns for one block) as float32.
+QC_AVX2_TARGET QC_INLINE __m256 load8(const void* base, Format f, int64_t at) {
+  switch (f) {
+    case kF32: return _mm256_loadu_ps(static_cast<const float*>(base) + at);
+    case kBF16: {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + at));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    default: {
+      const __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+          reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(base) + at)));
+      if (f == kE8M0) return _mm256_castsi256_ps(_mm256_slli_epi32(u, 23));
+      if (f == kE4M3)
+        return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7F)), 20)),
+                             _mm256_set1_ps(0x1p120f));
+      return _mm256_cvtepi32_ps(u);
+    }
+  }
+}
+
+// Bits [FIRST, FIRST + WD) of 8 columns' codes of k-position I (one half of a plane's 64-byte words).
+template <int WD, int FIRST, int WORD, int I>
+QC_AVX2_TARGET QC_INLINE __m256i plane_bits8(const __m256i* v) {
+  constexpr int per = kStripe / WD, at = I % per, shift = 8 * (at % 4) + WD * (at / 4);
+  const __m256i x = v[WORD + I / per];
+  __m256i placed;
+  if constexpr (shift > FIRST) placed = _mm256_srli_epi32(x, shift - FIRST);
+  else if constexpr (shift < FIRST) placed = _mm256_slli_epi32(x, FIRST - shift);
+  else placed = x;
+  return _mm256_and_si256(placed, _mm256_set1_epi32(((1 << WD) - 1) << FIRST));
+}
+
+template <int BITS, int I>
+QC_AVX2_TARGET QC_INLINE __m256i code8_at(const __m256i* v) {
+  if constexpr (BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8) return plane_bits8<BITS, 0, 0, I>(v);
+  else if constexpr (BITS == 3) return _mm256_or_si256(plane_bits8<2, 0, 0, I>(v), plane_bits8<1, 2, 2, I>(v));
+  else if constexpr (BITS == 5) return _mm256_or_si256(plane_bits8<4, 0, 0, I>(v), plane_bits8<1, 4, 4, I>(v));
+  else if constexpr (BITS == 6) return _mm256_or_si256(plane_bits8<4, 0, 0, I>(v), plane_bits8<2, 4, 4, I>(v));
+  else
+    return _mm256_or_si256(_mm256_or_si256(plane_bits8<4, 0, 0, I>(v), plane_bits8<2, 4, 4, I>(v)),
+                           plane_bits8<1, 6, 6, I>(v));
+}
+
+// The table for 8 lanes: up to 8 entries in one register (vpermps), 16 in two and a blend on the code's bit 3,
+// more gathered from memory (L1: the table is 1 KB at most).
+template <int BITS>
+struct Table8 {
+  __m256 lo, hi;
+  const float* memory;
+  QC_AVX2_TARGET QC_INLINE explicit Table8(const float* table)
+      : lo(_mm256_loadu_ps(table)), hi(_mm256_loadu_ps(table + 8)), memory(table) {}
+  QC_AVX2_TARGET QC_INLINE __m256 operator()(__m256i code) const {
+    if constexpr (BITS <= 3) {
+      return _mm256_permutevar8x32_ps(lo, code);
+    } else if constexpr (BITS == 4) {
+      const __m256 top = _mm256_castsi256_ps(_mm256_slli_epi32(code, 28));  // bit 3 to the sign: blendv's select
+      return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, code), _mm256_permutevar8x32_ps(hi, code), top);
+    } else {
+      return _mm256_i32gather_ps(memory, code, 4);
+    }
+  }
+};
+
+// k-positions I .. END - 1 of a stripe: sums[r] += table[code] * x[r][I] for R rows (x + r * K), 8 columns.
+template <int BITS, int R, int I, int END>
+QC_AVX2_TARGET QC_INLINE void positions8(const __m256i* v, const Table8<BITS>& table, const float* x, int64_t K,
+                                         __m256 (&sums)[R]) {
+  const __m256 w = table(code8_at<BITS, I>(v));
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) sums[r] = _mm256_fmadd_ps(w, _mm256_set1_ps(x[r * K + I]), sums[r]);
+  if constexpr (I + 1 < END) positions8<BITS, R, I + 1, END>(v, table, x, K, sums);
+}
+
+// R rows from m0 x half h (8 columns) of the panel from n0, as tile_avx512 does for 16.
+template <int BITS, int R>
+QC_AVX2_TARGET void tile_avx2(const Problem& p, int64_t m0, int64_t n0, int h) {
+  const Table8<BITS> table(p.table);
+  __m256 acc[R], sums[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = sums[r] = _mm256_setzero_ps();
+  const uint8_t* codes = panel_codes(p, n0) + 32 * h;
+  const float* x = p.a + m0 * p.K;
+  const int64_t qbase = qparam_at(p, n0, 0) + 8 * h;
+  int64_t b = 0, block_end = p.block;
+  for (int64_t s = 0; s < p.K / kStripe; ++s) {
+    __m256i v[BITS];
+#pragma GCC unroll 8
+    for (int l = 0; l < BITS; ++l)
+      v[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + s * 64 * BITS + 64 * l));
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      if (half == 0) positions8<BITS, R, 0, 16>(v, table, x + s * kStripe, p.K, sums);
+      else positions8<BITS, R, 16, 32>(v, table, x + s * kStripe, p.K, sums);
+      if (s * kStripe + 16 * (half + 1) != block_end) continue;
+      const int64_t at = qbase + b * kCols;
+      const __m256 scale = load8(p.scale, p.scale_format, at);
+      __m256 o = _mm256_setzero_ps();
+      if (p.offset) {
+        o = load8(p.offset, p.offset_format, at);
+        if (p.offset_format == kZero) o = _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), o), scale);
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm256_fmadd_ps(sums[r], scale, acc[r]);
+        sums[r] = _mm256_setzero_ps();
+        if (p.offset) acc[r] = _mm256_fmadd_ps(o, _mm256_set1_ps(p.block_sums[(m0 + r) * blocks(p) + b]), acc[r]);
+      }
+      ++b;
+      block_end += p.block;
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(p.y + (m0 + r) * p.N + n0 + 8 * h, acc[r]);
+}
+
+template <int BITS>
+void panel_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
+  for (int h = 0; h < 2; ++h)
+    row_tiles<4>(m0, m1, [&](auto rows, int64_t m) { tile_avx2<BITS, decltype(rows)::value>(p, m, n0, h); });
+}
+
 // ------------------------------------------------------------------ AMX (bfloat16 tiles)
 
 // k-positions I .. END - 1 (I even) of a stripe as scaled bfloat16 pairs: out + (I / 2) * 2 * kTileCols.
@@ -326,6 +454,7 @@ void run(const Problem& p, const at::Tensor& a, const at::Tensor& int8, Path pat
       const int64_t m0 = (item / panels) * kRowChunk, m1 = std::min(p.M, m0 + kRowChunk), n0 = (item % panels) * kCols;
       if (ints.fits) panel_int<BITS>(p, q, m0, m1, n0);
       else if (path == Path::kVnni) panel_avx512<BITS>(p, m0, m1, n0);
+      else if (path == Path::kAvx2) panel_avx2<BITS>(p, m0, m1, n0);
       else panel_scalar(p, m0, m1, n0);
     }
   });
