@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover
 def _every_kernel_program():
     """128-wide linears, one per scheme whose kernel a .pt2 carries inside: int8dq (ATen, or int8_gemm without
     VNNI), int4wo and int8da-int4w (qcompiler.int8_int4_gemm), codebook-4 (codebook_gemm), AQLM (additive_gemm),
-    nvfp4 (table_gemm where the machine has AVX-512, decomposed elsewhere), then two int8static layers with a
+    nvfp4 (table_gemm where the machine has AVX2 or more, decomposed below), then two int8static layers with a
     ReLU between (on AMX: int8_tile_gemm_requant, then int8_tile_gemm; the ReLU
     keeps every path's bits the same)."""
     import qcompiler as qc
