@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
 # The longest compiles first (ninja starts jobs in this order), so a 2-core build's jobs end together.
 SLOWEST = ("table_gemm.cpp", "int8_int4_gemm.cpp", "table_gemm_int.cpp")
-SOURCES = sorted(CSRC.glob("*.cpp"), key=lambda s: (SLOWEST.index(s.name) if s.name in SLOWEST else 9, s.name))
+SOURCES = sorted(CSRC.glob("*.cpp"),
+                 key=lambda s: (SLOWEST.index(s.name) if s.name in SLOWEST else len(SLOWEST), s.name))
 HEADERS = sorted(CSRC.glob("*.h"))
 LIBRARY = "qcompiler_cpu_kernels"
 ARCHIVE = "libqcompiler_cpu_kernels_shims.a"
