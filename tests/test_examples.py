@@ -1,25 +1,9 @@
 """Each example in examples/ runs to the end at a small size and tells the story it promises."""
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def run_example(script, *args, cwd):
-    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
-
-
-def number(pattern, text):
-    found = re.search(pattern, text)
-    assert found, text[-2000:]
-    return float(found.group(1))
+from example_scripts import number, run_example
 
 
 # quantize_minilm_int4.py runs in tests/test_cpp_runner.py, whose C++ runner then runs the file it writes.
@@ -44,7 +28,6 @@ def test_static_int8_calibrates_then_keeps_embeddings(tmp_path):
     assert number(r"mean (\d\.\d+)", out) > 0.95
 
 
-def test_deploy_llm_packages_a_decoder_that_generates_like_its_program(tmp_path):
-    pytest.importorskip("transformers")
-    out = run_example("deploy_llm.py", "--out", "lm.pt2", cwd=tmp_path)
-    assert (tmp_path / "lm.pt2").is_file() and "same tokens as the quantized reference program: True" in out
+def test_deploy_llm_packages_a_decoder_that_generates_like_its_program(deploy_llm_example):
+    path, out = deploy_llm_example  # run once a run: tests/test_cpp_runner.py's C++ runner runs the file it writes
+    assert path.is_file() and "same tokens as the quantized reference program: True" in out
