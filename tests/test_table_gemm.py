@@ -4,6 +4,7 @@ import pytest
 import torch
 from kernel_paths import run_capped
 
+import qcompiler as qc
 from qcompiler.runtime import native, table_gemm, tables
 
 
@@ -36,6 +37,8 @@ TILES_TOLERANCE = 8e-3  # bfloat16 tiles: rows and decoded weights rounded to 8 
 # Tables with an infinite entry (never chosen) and 5-8-bit tables on CPUs without VBMI sum in float32 instead:
 # - float-inf: a vpermps of the table in registers (or a gather from L1 above 6 bits);
 # - grid-inf: the grid decoded with shifts.
+# On AVX2 the integer path takes direct tables and shuffled ones of up to 4 bits (int8 entries: vpmaddwd on the rows'
+# 16 bits, blocks up to 256); every other table sums in float32 there.
 KINDS = ("float", "shuffled", "wide", "direct", "grid", "float-inf", "grid-inf")
 FLOAT32_KINDS = ("float-inf", "grid-inf")
 
@@ -44,7 +47,15 @@ def _kinds(bits: int) -> list:
     return [kind for kind in KINDS if not kind.startswith("grid") or bits >= 7]
 
 
-def _tolerance(m: int, kind: str = "float") -> float:
+def _avx2_integer(kind: str, bits: int, block: int) -> bool:
+    return block <= 256 and (kind == "direct" or (kind == "shuffled" and bits <= 4))
+
+
+def _tolerance(m: int, kind: str = "float", capped: str = "", bits: int = 4, block: int = 32) -> float:
+    """The tolerance for ``m`` rows on a table of ``kind``: on this machine's own path, or where ATEN_CPU_CAPABILITY
+    is ``capped`` ("avx2": integer or float32 by kind; "default": plain C++ in float32)."""
+    if capped:
+        return INT_TOLERANCE if capped == "avx2" and _avx2_integer(kind, bits, block) else TOLERANCE
     if native.float_rows_path(m) == "amx_bf16":
         return TILES_TOLERANCE
     return TOLERANCE if kind in FLOAT32_KINDS else INT_TOLERANCE
@@ -140,47 +151,96 @@ def _int8_rows(m: int, k: int, g):
 @pytest.mark.parametrize("case", CASES[:7], ids=lambda c: "m{}-n{}-k{}-b{}".format(*c))
 def test_int8_rows_match_the_reference_on_every_kind_of_table(case, bits):
     """int8 activations: one int8 row each on intx's integers, two (their 16 bits) on other tables, floats below."""
-    m, n, k, block = case
     for formats in (FORMATS[0], FORMATS[4]):
-        for kind in ("direct", "shuffled", "float"):
+        for kind in INT8_ROW_KINDS:
             for zero in (True, False):
-                _, idx, table, scale, s, offset, o = _case(m, n, k, block, bits, formats, kind=kind)
-                q, a_scale, a_zero, x = _int8_rows(m, k, torch.Generator().manual_seed(bits))
-                w = table_gemm.weight(idx, table, s, o)
-                y = table_gemm.OP(q, a_scale, a_zero if zero else None, table_gemm.pack(idx, bits), table,
-                                  table_gemm.panel_qparams(scale),
-                                  None if offset is None else table_gemm.panel_qparams(offset),
-                                  w.sum(1).float() if zero else None, bits, block)
-                x = x if zero else a_scale[:, None] * q.float()
-                ref = x.double() @ w.t()
-                error = ((y.double() - ref).abs().max() / ref.abs().max()).item()
-                assert error < _tolerance(m, kind), (formats, kind, zero)
+                assert _int8_rows_error(case, bits, formats, kind, zero) < _tolerance(case[0], kind), (formats, kind)
+
+
+INT8_ROW_KINDS = ("direct", "shuffled", "float")
+
+
+def _int8_rows_error(case, bits, formats, kind, zero) -> float:
+    m, n, k, block = case
+    _, idx, table, scale, s, offset, o = _case(m, n, k, block, bits, formats, kind=kind)
+    q, a_scale, a_zero, x = _int8_rows(m, k, torch.Generator().manual_seed(bits))
+    w = table_gemm.weight(idx, table, s, o)
+    y = table_gemm.OP(q, a_scale, a_zero if zero else None, table_gemm.pack(idx, bits), table,
+                      table_gemm.panel_qparams(scale), None if offset is None else table_gemm.panel_qparams(offset),
+                      w.sum(1).float() if zero else None, bits, block)
+    x = x if zero else a_scale[:, None] * q.float()
+    ref = x.double() @ w.t()
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
 
 SCRIPT = """
-import sys
+import os, sys
 sys.path.insert(0, "tests")
 from qcompiler.runtime import native, table_gemm
-from test_table_gemm import CASES, FORMATS, _kinds, _max_relative_error, _tolerance
+from test_table_gemm import CASES, FORMATS, INT8_ROW_KINDS, _int8_rows_error, _kinds, _max_relative_error, _tolerance
 native.load()
-print(max(_max_relative_error(c, b, f, kind) / _tolerance(c[0], kind) for c in CASES[:4] for b in table_gemm.BITS
-          for f in FORMATS for kind in KINDS(b)))
+capped = os.environ.get("ATEN_CPU_CAPABILITY", "") if CAPPED else ""
+print(max(_max_relative_error(c, b, f, kind) / _tolerance(c[0], kind, capped, b, c[3]) for c in CASES[:4]
+          for b in table_gemm.BITS for f in FORMATS for kind in _kinds(b)))
+if CAPPED:  # int8 rows (int8da-intx's layers)
+    print(max(_int8_rows_error(c, b, f, kind, zero) / _tolerance(c[0], kind, capped, b, c[3]) for c in CASES[:4]
+              for b in (1, 3, 4, 8) for f in (FORMATS[0], FORMATS[4]) for kind in INT8_ROW_KINDS
+              for zero in (True, False)))
 """
 
 
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_the_avx2_and_plain_cpp_paths_match_the_reference(capability):
-    """Below AVX-512 (ATEN_CPU_CAPABILITY capped) the kernel runs float32 FMAs on AVX2 (the table by vpermps up to 16
-    entries, gathered above), plain C++ below: one path for every kind of table, right on any machine."""
-    (error,) = run_capped(SCRIPT.replace("KINDS(b)", '("float",)'), capability)
-    assert float(error) < 1  # every case within its tolerance
+    """Below AVX-512 (ATEN_CPU_CAPABILITY capped): on AVX2 the integer path for codes and int8 entries, float32 FMAs
+    for the other tables (vpermps up to 16 entries, gathered above); plain C++ below: every kind of table, right on
+    any machine."""
+    errors = run_capped(SCRIPT.replace("CAPPED", "True"), capability)
+    assert len(errors) == 2 and all(float(e) < 1 for e in errors), errors  # float rows, int8 rows: within tolerance
+
+
+ROWS_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+import torch
+from qcompiler.runtime import native, table_gemm
+from qcompiler.runtime.numerics import int16_rows
+from test_table_gemm import FORMATS, _case
+native.load()
+for kind, bits, block in KINDS:
+    a, idx, table, scale, s, _, _ = _case(2, 16, 512, block, bits, FORMATS[0], kind=kind)
+    a[:, 0] = 1e4  # the rows' 16-bit step (1e4 / 32639) is then a tenth of the other values
+    y = table_gemm.OP(a, None, None, table_gemm.pack(idx, bits), table, table_gemm.panel_qparams(scale), None, None,
+                      bits, block).double()
+    rest = table_gemm.reference(torch.cat([0 * a[:, :1], a[:, 1:]], 1), idx, table, s, None).abs().max()
+    q, row_scale = int16_rows(a)
+    for rows in (q * row_scale, a):  # in 16 bits, as they are
+        print(((y - table_gemm.reference(rows, idx, table, s, None)).abs().max() / rest).item())
+"""
+
+
+@pytest.mark.parametrize("capability,kinds", [
+    ("avx512", [("direct", 3, 64), ("shuffled", 4, 16), ("direct", 8, 256)]),
+    ("avx2", [("direct", 3, 64), ("shuffled", 4, 16), ("direct", 8, 256), ("direct", 5, 32)]),
+    ("avx2", [("float", 4, 32), ("shuffled", 6, 32), ("direct", 3, 512)])], ids=["vnni", "avx2", "avx2-float"])
+def test_integer_tables_take_the_rows_in_16_bits_on_the_integer_paths(capability, kinds, request):
+    """Which path ran, seen in the numbers: the integer paths (AVX-512 VNNI, AVX2) round each row to 16 bits and are
+    exact from there; AVX2's float32 path (other tables, blocks over 256) takes the rows as they are. Errors are
+    relative to the output without the row's one large value, which the 16-bit step is sized by."""
+    if capability == "avx512" and not {"avx512", "vnni"} <= qc.Target.host().capabilities:
+        pytest.skip("no AVX-512 VNNI here: this machine's integer path is AVX2's, tested capped")
+    errors = [float(e) for e in run_capped(ROWS_SCRIPT.replace("KINDS", repr(kinds)), capability)]
+    rounded, as_they_are = errors[0::2], errors[1::2]
+    if request.node.callspec.id == "avx2-float":
+        rounded, as_they_are = as_they_are, rounded
+    assert max(rounded) < 1e-3 and min(as_they_are) > 5e-3, errors
 
 
 def test_without_amx_many_rows_stay_on_the_avx512_path():
     if "amx_bf16" not in open("/proc/cpuinfo").read() or torch.backends.cpu.get_cpu_capability() != "AVX512":
         pytest.skip("no AMX here: the AVX-512 path is this machine's own for every row count, tested above")
-    script = SCRIPT.replace("CASES[:4]", "CASES").replace("_tolerance(c[0], kind)", "_tolerance(1, kind)").replace(
-        "for f in FORMATS", "for f in FORMATS[::2]").replace("KINDS(b)", "_kinds(b)")
+    script = SCRIPT.replace("CAPPED", "False").replace("CASES[:4]", "CASES").replace(
+        "_tolerance(c[0], kind, capped, b, c[3])", "_tolerance(1, kind)").replace(
+        "for f in FORMATS", "for f in FORMATS[::2]")
     (error,) = run_capped(script, "avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16")
     assert float(error) < 1
 

@@ -35,10 +35,11 @@ aten, qops = torch.ops.aten, torch.ops.qcompiler
 KERNEL = "qcompiler.table_gemm (b-bit codes into a fixed table, block scales read in the kernel)"
 _WHY = ("qcompiler's fixed-table GEMM: the codes stay at their bit width and the scales at theirs in the .pt2, "
         "and the table is looked up in registers inside the kernel (AVX-512: integer products where the table "
-        "allows; AVX2: float32 FMAs; bfloat16 AMX tiles from 32 rows); "
+        "allows; AVX2: integer products for the codes or int8 entries, float32 FMAs for other tables; bfloat16 AMX "
+        "tiles from 32 rows); "
         "decomposed, Inductor would decode the whole weight on every call")
 _WHY_INT8 = ("qcompiler's fixed-table GEMM on int8 rows: the b-bit codes are the integer weights, each int8 row one "
-             "operand of VNNI's products (exact int32 sums per group; AVX2 sums them in float32), the codes at "
+             "operand of VNNI's products (exact int32 sums per group; on AVX2 vpmaddwd's), the codes at "
              "their width in the .pt2; "
              "decomposed, Inductor would decode the whole weight on every call")
 NEEDS = frozenset({"avx2"})  # the kernel's AVX2 path and up (AVX-512 VNNI, AMX: chosen where it runs)

@@ -29,9 +29,12 @@
 //   the 16 columns' table values (vpermps and kin; a 7-8-bit float grid decoded with shifts, FloatGrid) times the
 //   k's activation broadcast, summed per block in float32, then times the block's 16 scales.
 //   Offsets add the block's offsets times the row's float sum over the block, on both AVX-512 paths.
-// - AVX2 (no AVX-512, or AVX-512 without VNNI): the same in 8 lanes, each panel as two halves of 8 columns, up to 4
-//   rows at a time; the table by vpermps (up to 8 entries; 16: two and a blend on the code's bit 3), gathered
-//   above.
+// - AVX2 (no AVX-512, or AVX-512 without VNNI), an integer table of codes (kDirect, any width) or of int8 entries
+//   (kShuffle, <= 16), blocks up to 256 k: the rows in 16 bits (the same values as above) as int16, each panel as two
+//   halves of 8 columns, up to 4 rows at a time; per 4 k a lane's 4 weight bytes (the codes, or a vpshufb of the
+//   entries) as two int16 pairs, each a vpmaddwd with the row's matching pair; int32 sums per block (Int16Rows).
+// - AVX2, any other table: the float32 path in 8 lanes, as on AVX-512; the table by vpermps (up to 8 entries; 16:
+//   two and a blend on the code's bit 3), gathered above.
 // - plain C++ elsewhere (the lowering rule asks for AVX2 and decomposes below).
 #include "table_gemm.h"
 
@@ -248,28 +251,6 @@ void panel_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0) {
 
 // ------------------------------------------------------------------ AVX2 (no AVX-512)
 
-#define QC_AVX2_TARGET __attribute__((target("avx2,fma")))
-
-// 8 scales or offsets (half a panel's columns for one block) as float32.
-QC_AVX2_TARGET QC_INLINE __m256 load8(const void* base, Format f, int64_t at) {
-  switch (f) {
-    case kF32: return _mm256_loadu_ps(static_cast<const float*>(base) + at);
-    case kBF16: {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + at));
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    default: {
-      const __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-          reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(base) + at)));
-      if (f == kE8M0) return _mm256_castsi256_ps(_mm256_slli_epi32(u, 23));
-      if (f == kE4M3)
-        return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7F)), 20)),
-                             _mm256_set1_ps(0x1p120f));
-      return _mm256_cvtepi32_ps(u);
-    }
-  }
-}
-
 // Bits [FIRST, FIRST + WD) of 8 columns' codes of k-position I (one half of a plane's 64-byte words).
 template <int WD, int FIRST, int WORD, int I>
 QC_AVX2_TARGET QC_INLINE __m256i plane_bits8(const __m256i* v) {
@@ -346,11 +327,7 @@ QC_AVX2_TARGET void tile_avx2(const Problem& p, int64_t m0, int64_t n0, int h) {
       if (s * kStripe + 16 * (half + 1) != block_end) continue;
       const int64_t at = qbase + b * kCols;
       const __m256 scale = load8(p.scale, p.scale_format, at);
-      __m256 o = _mm256_setzero_ps();
-      if (p.offset) {
-        o = load8(p.offset, p.offset_format, at);
-        if (p.offset_format == kZero) o = _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), o), scale);
-      }
+      const __m256 o = p.offset ? offset8(p, at, scale) : _mm256_setzero_ps();
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         acc[r] = _mm256_fmadd_ps(sums[r], scale, acc[r]);
@@ -426,18 +403,59 @@ void run_tiles(const Problem& p, const at::Tensor& a) {
 
 // ------------------------------------------------------------------ dispatch
 
+// The rows for the AVX2 integer path (Int16Rows), [M, K] int16: float rows in 16 bits as activation_row makes them
+// (the values the AVX-512 path splits into two int8 rows), int8 rows as they are (scale 1); each 4 k stored k, k + 2,
+// k + 1, k + 3. `held` gets their scales and sums per block.
+constexpr int64_t kPairSlot[4] = {0, 2, 1, 3};  // where k % 4 goes among its 4
+
+at::Tensor int16_rows(const Problem& p, const at::Tensor& a, const at::Tensor& int8, qc::ActivationRows& held) {
+  const int64_t M = p.M, K = p.K, nb = blocks(p);
+  at::Tensor rows = at::empty({M, K}, a.options().dtype(at::kShort));
+  held.sums = at::empty({M, nb}, a.options().dtype(at::kInt));
+  held.scale = at::empty({M}, a.options());
+  int16_t* out = rows.data_ptr<int16_t>();
+  int32_t* sums = held.sums.data_ptr<int32_t>();
+  float* scale = held.scale.data_ptr<float>();
+  const int8_t* q = int8.defined() ? int8.data_ptr<int8_t>() : nullptr;
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float* x = p.a + m * K;
+      scale[m] = q ? 1.0f : qc::row_scale(x, K, qc::kInt16Max);
+      const float inv = 1.0f / scale[m];
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t sum = 0;
+        for (int64_t k = b * p.block; k < (b + 1) * p.block; ++k) {
+          const int32_t v = q ? q[m * K + k] : qc::quantize_to(x[k], inv, qc::kInt16Max);
+          out[m * K + (k & ~int64_t(3)) + kPairSlot[k & 3]] = int16_t(v);
+          sum += v;
+        }
+        sums[m * nb + b] = sum;
+      }
+    }
+  });
+  return rows;
+}
+
 // a: the float32 rows; int8: the same rows as int8 (int8 activations), or undefined.
 template <int BITS>
 void run(const Problem& p, const at::Tensor& a, const at::Tensor& int8, Path path) {
   if (qc::bf16_tiles_for(p.M)) return run_tiles<BITS>(p, a);
   // An integer table takes the rows in 16 bits, as two int8 rows, on int32 sums (vpshufb / vpermb + vpdpbusd),
   // exact per block up to 65536 k (32768 for 16-bit entries, whose low bytes add a product).
-  IntTable ints = path == Path::kVnni ? int_table(p.table, p.bits, __builtin_cpu_supports("avx512vbmi")) : IntTable();
-  ints.fits = ints.fits && p.block <= (ints.wide ? 32768 : 65536);
+  // On AVX2 an integer table of int8 entries or codes takes the rows in 16 bits (vpmaddwd), blocks up to 256 k.
+  const bool avx2 = path == Path::kAvx2;
+  IntTable ints = path == Path::kVnni ? int_table(p.table, p.bits, __builtin_cpu_supports("avx512vbmi"))
+                  : avx2              ? int_table(p.table, p.bits, false)
+                                      : IntTable();
+  ints.fits = avx2 ? int16_takes(ints, p.block) : ints.fits && p.block <= (ints.wide ? 32768 : 65536);
   qc::ActivationRows rows;
-  at::Tensor sums;
+  at::Tensor sums, rows16;
   IntRows q{};
-  if (ints.fits) {
+  Int16Rows q16{};
+  if (ints.fits && avx2) {
+    rows16 = int16_rows(p, a, int8, rows);
+    q16 = Int16Rows{rows16.data_ptr<int16_t>(), rows.scale.data_ptr<float>(), rows.sums.data_ptr<int32_t>(), &ints};
+  } else if (ints.fits) {
     // int8 rows go in as one int8 row each on a direct table, else as int16 rows 256 * a (their high bytes: the
     // product of the low bytes that 16-bit entries leave out is then 0)
     const bool one = int8.defined() && ints.lookup == Lookup::kDirect;
@@ -452,7 +470,8 @@ void run(const Problem& p, const at::Tensor& a, const at::Tensor& int8, Path pat
   at::parallel_for(0, row_items * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t m0 = (item / panels) * kRowChunk, m1 = std::min(p.M, m0 + kRowChunk), n0 = (item % panels) * kCols;
-      if (ints.fits) panel_int<BITS>(p, q, m0, m1, n0);
+      if (ints.fits && avx2) panel_int16<BITS>(p, q16, m0, m1, n0);
+      else if (ints.fits) panel_int<BITS>(p, q, m0, m1, n0);
       else if (path == Path::kVnni) panel_avx512<BITS>(p, m0, m1, n0);
       else if (path == Path::kAvx2) panel_avx2<BITS>(p, m0, m1, n0);
       else panel_scalar(p, m0, m1, n0);

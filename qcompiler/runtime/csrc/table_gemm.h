@@ -1,4 +1,4 @@
-// What table_gemm.cpp (the op, its float paths) and table_gemm_int.cpp (its integer path on AVX-512 VNNI) share:
+// What table_gemm.cpp (the op, its float paths) and table_gemm_int.cpp (its integer paths, AVX-512 VNNI and AVX2) share:
 // the problem, the qparams' formats and loads, the rows' tiling and the integer table. Two files so that the build
 // compiles them side by side.
 #pragma once
@@ -150,7 +150,37 @@ void row_tiles(int64_t m0, int64_t m1, const Tile& tile) {
   rest_tiles<MAX / 2>(m1 - m, m, tile);
 }
 
-// ------------------------------------------------------------------ the integer path (table_gemm_int.cpp)
+// ------------------------------------------------------------------ AVX2
+
+#define QC_AVX2_TARGET __attribute__((target("avx2,fma")))
+
+// 8 scales or offsets (half a panel's columns for one block) as float32.
+QC_AVX2_TARGET QC_INLINE __m256 load8(const void* base, Format f, int64_t at) {
+  switch (f) {
+    case kF32: return _mm256_loadu_ps(static_cast<const float*>(base) + at);
+    case kBF16: {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + at));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    default: {
+      const __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+          reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(base) + at)));
+      if (f == kE8M0) return _mm256_castsi256_ps(_mm256_slli_epi32(u, 23));
+      if (f == kE4M3)
+        return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7F)), 20)),
+                             _mm256_set1_ps(0x1p120f));
+      return _mm256_cvtepi32_ps(u);
+    }
+  }
+}
+
+// The offsets of a block (8 columns) as added per unit of activation: as stored, or -z * s.
+QC_AVX2_TARGET QC_INLINE __m256 offset8(const Problem& p, int64_t at, __m256 s) {
+  const __m256 o = load8(p.offset, p.offset_format, at);
+  return p.offset_format == kZero ? _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), o), s) : o;
+}
+
+// ------------------------------------------------------------------ the integer paths (table_gemm_int.cpp)
 
 
 // How the integer path finds a code's integer weight (the uint8 operand of vpdpbusd):
@@ -193,8 +223,25 @@ struct IntRows {
 // The table as the integer path takes it, where it can (fits); vbmi: the CPU has AVX512-VBMI.
 IntTable int_table(const float* table, int bits, bool vbmi);
 
+// The AVX2 integer path: int16 products in int32 (vpmaddwd) take int8 entries or codes (not 16-bit entries), exact
+// per block up to 256 k (256 * 255 * kInt16Max < 2^31).
+constexpr int64_t kInt16MaxBlock = 256;
+inline bool int16_takes(const IntTable& t, int64_t block) { return t.fits && !t.wide && block <= kInt16MaxBlock; }
+
+struct Int16Rows {
+  const int16_t* rows;      // [M, K]: each row in 16 bits (float rows as activation_row makes them, int8 rows as
+                            // they are), each 4 k stored k, k + 2, k + 1, k + 3: the pairs vpmaddwd takes
+  const float* row_scale;   // [M]
+  const int32_t* sums;      // [M][K / block]: each row's sum per block
+  const IntTable* table;
+};
+
 // Rows [m0, m1) x the panel from n0 on an integer table (instantiated for BITS = 1 .. 8).
 template <int BITS>
 void panel_int(const Problem& p, const IntRows& q, int64_t m0, int64_t m1, int64_t n0);
+
+// The same on AVX2 (where int16_takes the table).
+template <int BITS>
+void panel_int16(const Problem& p, const Int16Rows& q, int64_t m0, int64_t m1, int64_t n0);
 
 }  // namespace qc::tables

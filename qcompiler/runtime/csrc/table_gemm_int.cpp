@@ -1,7 +1,9 @@
-// qcompiler::table_gemm's integer path on AVX-512 VNNI (table_gemm.cpp has the op, its layout and its other paths).
+// qcompiler::table_gemm's integer paths: AVX-512 VNNI (vpdpbusd) and AVX2 (vpmaddwd) (table_gemm.cpp has the op, its
+// layout and its float paths).
 #include "table_gemm.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace qc::tables {
 
@@ -271,5 +273,131 @@ template void panel_int<5>(const Problem&, const IntRows&, int64_t, int64_t, int
 template void panel_int<6>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
 template void panel_int<7>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
 template void panel_int<8>(const Problem&, const IntRows&, int64_t, int64_t, int64_t);
+
+// ------------------------------------------------------------------ AVX2: vpmaddwd on the rows' 16 bits
+
+// Bits [FIRST, FIRST + WD) of 8 columns' codes of k = 4Q .. 4Q + 3 as each lane's 4 bytes (half a plane's words).
+template <int WD, int FIRST, int WORD, int Q>
+QC_AVX2_TARGET QC_INLINE __m256i plane_quad8(const __m256i* v) {
+  constexpr int per = kStripe / WD, t = (4 * Q % per) / 4;
+  const __m256i bits = _mm256_and_si256(_mm256_srli_epi32(v[WORD + 4 * Q / per], WD * t),
+                                        _mm256_set1_epi32(int(((1u << WD) - 1) * 0x01010101u)));
+  if constexpr (FIRST == 0) return bits;
+  else return _mm256_slli_epi32(bits, FIRST);
+}
+
+template <int BITS, int Q>
+QC_AVX2_TARGET QC_INLINE __m256i quad_codes8(const __m256i* v) {
+  if constexpr (BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8) return plane_quad8<BITS, 0, 0, Q>(v);
+  else if constexpr (BITS == 3) return _mm256_or_si256(plane_quad8<2, 0, 0, Q>(v), plane_quad8<1, 2, 2, Q>(v));
+  else if constexpr (BITS == 5) return _mm256_or_si256(plane_quad8<4, 0, 0, Q>(v), plane_quad8<1, 4, 4, Q>(v));
+  else if constexpr (BITS == 6) return _mm256_or_si256(plane_quad8<4, 0, 0, Q>(v), plane_quad8<2, 4, 4, Q>(v));
+  else
+    return _mm256_or_si256(_mm256_or_si256(plane_quad8<4, 0, 0, Q>(v), plane_quad8<2, 4, 4, Q>(v)),
+                           plane_quad8<1, 6, 6, Q>(v));
+}
+
+// Quads Q .. END - 1 of a stripe: sums[r] += the weights of k = 4Q .. 4Q + 3 x row r's 16-bit values (a + r K, each
+// quad stored k, k + 2, k + 1, k + 3): a lane's 4 weight bytes as two int16 pairs, (k, k + 2) and (k + 1, k + 3),
+// each a vpmaddwd with the row's matching pair broadcast. The weights are the codes (kDirect, zero-extended) or the
+// table's int8 entries (kShuffle: a vpshufb, sign-extended).
+template <int BITS, Lookup L, int R, int Q, int END>
+QC_AVX2_TARGET QC_INLINE void quads16(const __m256i* v, __m256i table, const int16_t* a, int64_t K,
+                                      __m256i (&sums)[R]) {
+  const __m256i codes = quad_codes8<BITS, Q>(v);
+  __m256i even, odd;  // int16 weights of k, k + 2 and of k + 1, k + 3
+  if constexpr (L == Lookup::kShuffle) {
+    const __m256i w = _mm256_shuffle_epi8(table, codes);
+    even = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
+    odd = _mm256_srai_epi16(w, 8);
+  } else {
+    even = _mm256_and_si256(codes, _mm256_set1_epi16(0x00FF));
+    odd = _mm256_srli_epi16(codes, 8);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    int32_t pair02, pair13;
+    std::memcpy(&pair02, a + r * K + 4 * Q, 4);
+    std::memcpy(&pair13, a + r * K + 4 * Q + 2, 4);
+    const __m256i products = _mm256_add_epi32(_mm256_madd_epi16(even, _mm256_set1_epi32(pair02)),
+                                              _mm256_madd_epi16(odd, _mm256_set1_epi32(pair13)));
+    sums[r] = _mm256_add_epi32(sums[r], products);
+  }
+  if constexpr (Q + 1 < END) quads16<BITS, L, R, Q + 1, END>(v, table, a, K, sums);
+}
+
+// R rows from m0 x half h (8 columns) of the panel from n0: int32 sums per block (less zero x the rows' block sums),
+// then float32 times the block's 8 scales, as tile_int8 does on AVX-512.
+template <int BITS, Lookup L, int R>
+QC_AVX2_TARGET void tile_int16(const Problem& p, const Int16Rows& q, int64_t m0, int64_t n0, int h) {
+  const __m256i table = _mm256_xor_si256(  // the int8 entries, unbiased
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q.table->high))),
+      _mm256_set1_epi8(char(0x80)));
+  const int32_t zero = L == Lookup::kDirect ? q.table->zero : 0;
+  __m256i sums[R];
+  __m256 acc[R];
+  float unit[R];  // per unit of a row's int32 sums: its scale times the table's unit
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    sums[r] = _mm256_setzero_si256();
+    acc[r] = _mm256_setzero_ps();
+    unit[r] = q.row_scale[m0 + r] * q.table->unit;
+  }
+  const uint8_t* codes = panel_codes(p, n0) + 32 * h;
+  const int16_t* a = q.rows + m0 * p.K;
+  const int64_t qbase = qparam_at(p, n0, 0) + 8 * h, nb = blocks(p);
+  int64_t b = 0, block_end = p.block;
+  for (int64_t s = 0; s < p.K / kStripe; ++s) {
+    const uint8_t* stripe = codes + s * 64 * BITS;
+    __m256i v[BITS];
+#pragma GCC unroll 8
+    for (int l = 0; l < BITS; ++l) {
+      _mm_prefetch(reinterpret_cast<const char*>(stripe + kPrefetchAhead + 64 * l), _MM_HINT_T0);
+      v[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(stripe + 64 * l));
+    }
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      if (half == 0) quads16<BITS, L, R, 0, 4>(v, table, a + s * kStripe, p.K, sums);
+      else quads16<BITS, L, R, 4, 8>(v, table, a + s * kStripe, p.K, sums);
+      if (s * kStripe + 16 * (half + 1) != block_end) continue;
+      const int64_t at = qbase + b * kCols;
+      const __m256 scale = load8(p.scale, p.scale_format, at);
+      const __m256 offset = p.offset ? offset8(p, at, scale) : _mm256_setzero_ps();
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m256i exact = _mm256_sub_epi32(sums[r], _mm256_set1_epi32(zero * q.sums[(m0 + r) * nb + b]));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), _mm256_mul_ps(scale, _mm256_set1_ps(unit[r])), acc[r]);
+        sums[r] = _mm256_setzero_si256();
+        if (p.offset) acc[r] = _mm256_fmadd_ps(offset, _mm256_set1_ps(p.block_sums[(m0 + r) * nb + b]), acc[r]);
+      }
+      ++b;
+      block_end += p.block;
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(p.y + (m0 + r) * p.N + n0 + 8 * h, acc[r]);
+}
+
+template <int BITS, Lookup L>
+void panel_int16_lookup(const Problem& p, const Int16Rows& q, int64_t m0, int64_t m1, int64_t n0) {
+  if constexpr (L == Lookup::kDirect || BITS <= 4)
+    for (int h = 0; h < 2; ++h)
+      row_tiles<4>(m0, m1, [&](auto rows, int64_t m) { tile_int16<BITS, L, decltype(rows)::value>(p, q, m, n0, h); });
+}
+
+template <int BITS>
+void panel_int16(const Problem& p, const Int16Rows& q, int64_t m0, int64_t m1, int64_t n0) {
+  if (q.table->lookup == Lookup::kDirect) panel_int16_lookup<BITS, Lookup::kDirect>(p, q, m0, m1, n0);
+  else panel_int16_lookup<BITS, Lookup::kShuffle>(p, q, m0, m1, n0);
+}
+
+template void panel_int16<1>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
+template void panel_int16<2>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
+template void panel_int16<3>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
+template void panel_int16<4>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
+template void panel_int16<5>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
+template void panel_int16<6>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
+template void panel_int16<7>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
+template void panel_int16<8>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
 
 }  // namespace qc::tables
