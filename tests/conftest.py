@@ -40,16 +40,15 @@ except ImportError:  # pragma: no cover
 def _every_kernel_program():
     """128-wide linears, one per scheme whose kernel a .pt2 carries inside: int8dq (ATen, or int8_gemm without
     VNNI), int4wo and int8da-int4w (qcompiler.int8_int4_gemm), codebook-4 (codebook_gemm), AQLM (additive_gemm),
-    nvfp4 (table_gemm where the machine has AVX2 or more, decomposed below), then two int8static layers with a
-    ReLU between (on AMX: int8_tile_gemm_requant, then int8_tile_gemm; the ReLU
+    nvfp4, mxfp8 and fp6 (table_gemm where the machine has AVX2 or more, decomposed below: 4-, 8- and 6-bit codes),
+    then two int8static layers with a ReLU between (on AMX: int8_tile_gemm_requant, then int8_tile_gemm; the ReLU
     keeps every path's bits the same)."""
     import qcompiler as qc
     torch.manual_seed(0)
     d = 128
-    model = torch.nn.Sequential(*[torch.nn.Linear(d, d) for _ in range(7)], torch.nn.ReLU(),
-                                torch.nn.Linear(d, d)).eval()
-    schemes = ("int8dq", "int4wo-32", "int8da-int4w-32", "codebook-4", "aqlm-2x8-g8", "nvfp4", "int8static", None,
-               "int8static")
+    schemes = ("int8dq", "int4wo-32", "int8da-int4w-32", "codebook-4", "aqlm-2x8-g8", "nvfp4", "mxfp8", "fp6",
+               "int8static", None, "int8static")
+    model = torch.nn.Sequential(*[torch.nn.Linear(d, d) if s else torch.nn.ReLU() for s in schemes]).eval()
     recipe = qc.Recipe([(str(i), qc.config_from_string(s)) for i, s in enumerate(schemes) if s])
     return qc.quantize(model, (torch.randn(4, d),), recipe, dynamic_shapes=({0: torch.export.Dim("rows", max=256)},),
                        calibration_data=[(torch.randn(32, d),)])
@@ -58,7 +57,8 @@ def _every_kernel_program():
 @pytest.fixture(scope="session")
 def every_kernel(tmp_path_factory):
     """A packaged .pt2 whose layers call every kernel a file can carry (packaged once a run, whichever workers ask),
-    with inputs of several row counts and the lowered program's outputs for them (saved beside it as io.pt)."""
+    with inputs of several row counts and the lowered program's outputs for them, and the table layers' packed codes
+    by constant name (saved beside it as io.pt)."""
     from made_once import made_once
 
     def make(folder):
@@ -67,7 +67,8 @@ def every_kernel(tmp_path_factory):
         qc.package(lowered, folder / "every_kernel.pt2")
         torch.manual_seed(1)
         xs = [torch.randn(m, 128) for m in (1, 5, 64, 200)]
-        torch.save({"xs": xs, "ys": [lowered.module()(x) for x in xs]}, folder / "io.pt")
+        codes = {name: t for name, t in lowered.state_dict.items() if name.endswith("_table_gemm")}
+        torch.save({"xs": xs, "ys": [lowered.module()(x) for x in xs], "table_codes": codes}, folder / "io.pt")
 
     folder = made_once(tmp_path_factory, "every_kernel", make)
     return folder / "every_kernel.pt2", folder / "io.pt"
