@@ -18,6 +18,7 @@ def kernels_loaded():
 # one of 16; K = 8256: two slices of k, the second added to the first)
 CASES = [(1, 16, 64, 16), (1, 16, 512, 256), (3, 48, 256, 32), (5, 32, 128, 128), (9, 16, 512, 64),
          (34, 32, 256, 32), (67, 80, 128, 16), (33, 16, 8256, 32)]
+LONG_BLOCK = (3, 16, 768, 768)  # one block per row: AVX2's integer path sums it in segments of 256 k
 # (scale format, offset format): uint8 scales are e8m0, uint8 offsets integer zero points
 FORMATS = [(torch.float32, None), (torch.bfloat16, torch.bfloat16), (torch.uint8, None),
            (torch.float8_e4m3fn, None), (torch.bfloat16, torch.uint8), (torch.float32, torch.float32)]
@@ -37,8 +38,8 @@ TILES_TOLERANCE = 8e-3  # bfloat16 tiles: rows and decoded weights rounded to 8 
 # Tables with an infinite entry (never chosen) and 5-8-bit tables on CPUs without VBMI sum in float32 instead:
 # - float-inf: a vpermps of the table in registers (or a gather from L1 above 6 bits);
 # - grid-inf: the grid decoded with shifts.
-# On AVX2 the integer path takes direct tables and shuffled ones of up to 4 bits (int8 entries: vpmaddwd on the rows'
-# 16 bits, blocks up to 256); every other table sums in float32 there.
+# On AVX2 the integer path (vpmaddwd on the rows' 16 bits) takes direct tables and the others of up to 4 bits (int8
+# entries, 16-bit ones as two bytes); tables of 5-8-bit entries and infinite entries sum in float32 there.
 KINDS = ("float", "shuffled", "wide", "direct", "grid", "float-inf", "grid-inf")
 FLOAT32_KINDS = ("float-inf", "grid-inf")
 
@@ -47,15 +48,15 @@ def _kinds(bits: int) -> list:
     return [kind for kind in KINDS if not kind.startswith("grid") or bits >= 7]
 
 
-def _avx2_integer(kind: str, bits: int, block: int) -> bool:
-    return block <= 256 and (kind == "direct" or (kind == "shuffled" and bits <= 4))
+def _avx2_integer(kind: str, bits: int) -> bool:
+    return kind == "direct" or (bits <= 4 and kind in ("shuffled", "wide", "float"))
 
 
-def _tolerance(m: int, kind: str = "float", capped: str = "", bits: int = 4, block: int = 32) -> float:
+def _tolerance(m: int, kind: str = "float", capped: str = "", bits: int = 4) -> float:
     """The tolerance for ``m`` rows on a table of ``kind``: on this machine's own path, or where ATEN_CPU_CAPABILITY
     is ``capped`` ("avx2": integer or float32 by kind; "default": plain C++ in float32)."""
     if capped:
-        return INT_TOLERANCE if capped == "avx2" and _avx2_integer(kind, bits, block) else TOLERANCE
+        return INT_TOLERANCE if capped == "avx2" and _avx2_integer(kind, bits) else TOLERANCE
     if native.float_rows_path(m) == "amx_bf16":
         return TILES_TOLERANCE
     return TOLERANCE if kind in FLOAT32_KINDS else INT_TOLERANCE
@@ -177,13 +178,15 @@ SCRIPT = """
 import os, sys
 sys.path.insert(0, "tests")
 from qcompiler.runtime import native, table_gemm
-from test_table_gemm import CASES, FORMATS, INT8_ROW_KINDS, _int8_rows_error, _kinds, _max_relative_error, _tolerance
+from test_table_gemm import (CASES, FORMATS, INT8_ROW_KINDS, LONG_BLOCK, _int8_rows_error, _kinds, _max_relative_error,
+                             _tolerance)
 native.load()
+EXTRA = [LONG_BLOCK] if CAPPED else []
 capped = os.environ.get("ATEN_CPU_CAPABILITY", "") if CAPPED else ""
-print(max(_max_relative_error(c, b, f, kind) / _tolerance(c[0], kind, capped, b, c[3]) for c in CASES[:4]
+print(max(_max_relative_error(c, b, f, kind) / _tolerance(c[0], kind, capped, b) for c in CASES[:4] + EXTRA
           for b in table_gemm.BITS for f in FORMATS for kind in _kinds(b)))
 if CAPPED:  # int8 rows (int8da-intx's layers)
-    print(max(_int8_rows_error(c, b, f, kind, zero) / _tolerance(c[0], kind, capped, b, c[3]) for c in CASES[:4]
+    print(max(_int8_rows_error(c, b, f, kind, zero) / _tolerance(c[0], kind, capped, b) for c in CASES[:4] + EXTRA
               for b in (1, 3, 4, 8) for f in (FORMATS[0], FORMATS[4]) for kind in INT8_ROW_KINDS
               for zero in (True, False)))
 """
@@ -220,11 +223,12 @@ for kind, bits, block in KINDS:
 
 @pytest.mark.parametrize("capability,kinds", [
     ("avx512", [("direct", 3, 64), ("shuffled", 4, 16), ("direct", 8, 256)]),
-    ("avx2", [("direct", 3, 64), ("shuffled", 4, 16), ("direct", 8, 256), ("direct", 5, 32)]),
-    ("avx2", [("float", 4, 32), ("shuffled", 6, 32), ("direct", 3, 512)])], ids=["vnni", "avx2", "avx2-float"])
+    ("avx2", [("direct", 3, 64), ("shuffled", 4, 16), ("direct", 8, 256), ("direct", 5, 512), ("wide", 3, 32),
+              ("wide", 4, 512)]),
+    ("avx2", [("float-inf", 4, 32), ("shuffled", 6, 32), ("wide", 5, 512)])], ids=["vnni", "avx2", "avx2-float"])
 def test_integer_tables_take_the_rows_in_16_bits_on_the_integer_paths(capability, kinds, request):
     """Which path ran, seen in the numbers: the integer paths (AVX-512 VNNI, AVX2) round each row to 16 bits and are
-    exact from there; AVX2's float32 path (other tables, blocks over 256) takes the rows as they are. Errors are
+    exact from there; AVX2's float32 path (5-8-bit entries, infinite ones) takes the rows as they are. Errors are
     relative to the output without the row's one large value, which the 16-bit step is sized by."""
     if capability == "avx512" and not {"avx512", "vnni"} <= qc.Target.host().capabilities:
         pytest.skip("no AVX-512 VNNI here: this machine's integer path is AVX2's, tested capped")
@@ -239,7 +243,7 @@ def test_without_amx_many_rows_stay_on_the_avx512_path():
     if "amx_bf16" not in open("/proc/cpuinfo").read() or torch.backends.cpu.get_cpu_capability() != "AVX512":
         pytest.skip("no AMX here: the AVX-512 path is this machine's own for every row count, tested above")
     script = SCRIPT.replace("CAPPED", "False").replace("CASES[:4]", "CASES").replace(
-        "_tolerance(c[0], kind, capped, b, c[3])", "_tolerance(1, kind)").replace(
+        "_tolerance(c[0], kind, capped, b)", "_tolerance(1, kind)").replace(
         "for f in FORMATS", "for f in FORMATS[::2]")
     (error,) = run_capped(script, "avx512", ONEDNN_MAX_CPU_ISA="AVX512_CORE_BF16")
     assert float(error) < 1

@@ -19,8 +19,9 @@ as two bytes otherwise (e3m2's exactly; nf4's, e4m3's and learned tables rounded
 rows are); vpdpbusd sums per block in int32. Other tables (5-8 bits without VBMI) sum in float32: per k 16 columns'
 values from the table in registers (vpermps; a 7-8-bit float grid decoded with shifts, else a gather from L1). From 32
 rows on AMX machines the kernel decodes each panel once into bfloat16 tiles. On AVX2 (no AVX-512 VNNI) the codes
-themselves and int8 entries (up to 16) take the same 16-bit rows as int16 (vpmaddwd, exact int32 sums per block of up
-to 256); other tables and longer blocks sum in float32 on 8 lanes (vpermps up to 16 entries, gathered above). Shapes: N % 16 == 0, K % 32 == 0, block a
+themselves and tables of up to 16 entries (int8, or 16-bit as two bytes) take the same 16-bit rows as int16
+(vpmaddwd, exact int32 sums per block, or per 256 k inside longer ones); 5-8-bit tables sum in float32 on 8 lanes
+(a gather from L1). Shapes: N % 16 == 0, K % 32 == 0, block a
 multiple of 16 dividing K (a block of K: one scale per row).
 
 The codes are packed once (:func:`pack`) and the scales and offsets laid out (:func:`panel_qparams`) in one layout

@@ -29,12 +29,13 @@
 //   the 16 columns' table values (vpermps and kin; a 7-8-bit float grid decoded with shifts, FloatGrid) times the
 //   k's activation broadcast, summed per block in float32, then times the block's 16 scales.
 //   Offsets add the block's offsets times the row's float sum over the block, on both AVX-512 paths.
-// - AVX2 (no AVX-512, or AVX-512 without VNNI), an integer table of codes (kDirect, any width) or of int8 entries
-//   (kShuffle, <= 16), blocks up to 256 k: the rows in 16 bits (the same values as above) as int16, each panel as two
-//   halves of 8 columns, up to 4 rows at a time; per 4 k a lane's 4 weight bytes (the codes, or a vpshufb of the
-//   entries) as two int16 pairs, each a vpmaddwd with the row's matching pair; int32 sums per block (Int16Rows).
-// - AVX2, any other table: the float32 path in 8 lanes, as on AVX-512; the table by vpermps (up to 8 entries; 16:
-//   two and a blend on the code's bit 3), gathered above.
+// - AVX2 (no AVX-512, or AVX-512 without VNNI), an integer table of codes (kDirect, any width) or of up to 16
+//   entries (kShuffle; int8, or 16-bit as two bytes): the rows in 16 bits (the same values as above) as int16, each
+//   panel as two halves of 8 columns, up to 4 rows at a time (2 for 16-bit entries); per 4 k a lane's 4 weight bytes
+//   (the codes, or a vpshufb of the entries' bytes) as two int16 pairs, each a vpmaddwd with the row's matching pair;
+//   int32 sums per block, or per 256 k inside longer blocks (Int16Rows).
+// - AVX2, any other table (5-8-bit entries): the float32 path in 8 lanes, as on AVX-512; the table by vpermps, or
+//   gathered above 4 bits.
 // - plain C++ elsewhere (the lowering rule asks for AVX2 and decomposes below).
 #include "table_gemm.h"
 
@@ -405,11 +406,11 @@ void run_tiles(const Problem& p, const at::Tensor& a) {
 
 // The rows for the AVX2 integer path (Int16Rows), [M, K] int16: float rows in 16 bits as activation_row makes them
 // (the values the AVX-512 path splits into two int8 rows), int8 rows as they are (scale 1); each 4 k stored k, k + 2,
-// k + 1, k + 3. `held` gets their scales and sums per block.
+// k + 1, k + 3. `held` gets their scales and sums per segment (int16_segment).
 constexpr int64_t kPairSlot[4] = {0, 2, 1, 3};  // where k % 4 goes among its 4
 
 at::Tensor int16_rows(const Problem& p, const at::Tensor& a, const at::Tensor& int8, qc::ActivationRows& held) {
-  const int64_t M = p.M, K = p.K, nb = blocks(p);
+  const int64_t M = p.M, K = p.K, segment = int16_segment(p.block), nb = K / segment;
   at::Tensor rows = at::empty({M, K}, a.options().dtype(at::kShort));
   held.sums = at::empty({M, nb}, a.options().dtype(at::kInt));
   held.scale = at::empty({M}, a.options());
@@ -424,7 +425,7 @@ at::Tensor int16_rows(const Problem& p, const at::Tensor& a, const at::Tensor& i
       const float inv = 1.0f / scale[m];
       for (int64_t b = 0; b < nb; ++b) {
         int32_t sum = 0;
-        for (int64_t k = b * p.block; k < (b + 1) * p.block; ++k) {
+        for (int64_t k = b * segment; k < (b + 1) * segment; ++k) {
           const int32_t v = q ? q[m * K + k] : qc::quantize_to(x[k], inv, qc::kInt16Max);
           out[m * K + (k & ~int64_t(3)) + kPairSlot[k & 3]] = int16_t(v);
           sum += v;
@@ -442,19 +443,20 @@ void run(const Problem& p, const at::Tensor& a, const at::Tensor& int8, Path pat
   if (qc::bf16_tiles_for(p.M)) return run_tiles<BITS>(p, a);
   // An integer table takes the rows in 16 bits, as two int8 rows, on int32 sums (vpshufb / vpermb + vpdpbusd),
   // exact per block up to 65536 k (32768 for 16-bit entries, whose low bytes add a product).
-  // On AVX2 an integer table of int8 entries or codes takes the rows in 16 bits (vpmaddwd), blocks up to 256 k.
+  // On AVX2 an integer table of codes or entries of up to 16 takes the rows in 16 bits (vpmaddwd).
   const bool avx2 = path == Path::kAvx2;
   IntTable ints = path == Path::kVnni ? int_table(p.table, p.bits, __builtin_cpu_supports("avx512vbmi"))
                   : avx2              ? int_table(p.table, p.bits, false)
                                       : IntTable();
-  ints.fits = avx2 ? int16_takes(ints, p.block) : ints.fits && p.block <= (ints.wide ? 32768 : 65536);
+  ints.fits = avx2 ? int16_takes(ints) : ints.fits && p.block <= (ints.wide ? 32768 : 65536);
   qc::ActivationRows rows;
   at::Tensor sums, rows16;
   IntRows q{};
   Int16Rows q16{};
   if (ints.fits && avx2) {
     rows16 = int16_rows(p, a, int8, rows);
-    q16 = Int16Rows{rows16.data_ptr<int16_t>(), rows.scale.data_ptr<float>(), rows.sums.data_ptr<int32_t>(), &ints};
+    q16 = Int16Rows{rows16.data_ptr<int16_t>(), rows.scale.data_ptr<float>(), rows.sums.data_ptr<int32_t>(), &ints,
+                    int16_segment(p.block)};
   } else if (ints.fits) {
     // int8 rows go in as one int8 row each on a direct table, else as int16 rows 256 * a (their high bytes: the
     // product of the low bytes that 16-bit entries leave out is then 0)

@@ -10,6 +10,7 @@
 #include "activation_rows.h"
 #include "kernel_common.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -223,17 +224,25 @@ struct IntRows {
 // The table as the integer path takes it, where it can (fits); vbmi: the CPU has AVX512-VBMI.
 IntTable int_table(const float* table, int bits, bool vbmi);
 
-// The AVX2 integer path: int16 products in int32 (vpmaddwd) take int8 entries or codes (not 16-bit entries), exact
-// per block up to 256 k (256 * 255 * kInt16Max < 2^31).
-constexpr int64_t kInt16MaxBlock = 256;
-inline bool int16_takes(const IntTable& t, int64_t block) { return t.fits && !t.wide && block <= kInt16MaxBlock; }
+// The AVX2 integer path: int16 products in int32 (vpmaddwd) take the codes, int8 entries, and 16-bit entries of up to
+// 16 (as two int8 bytes, two sums); int32 sums exact over segments of up to 256 k (256 * 255 * kInt16Max < 2^31),
+// the segments of a longer block (a scale per row) added in float32.
+inline bool int16_takes(const IntTable& t) { return t.fits && (!t.wide || t.lookup == Lookup::kShuffle); }
+
+// The segment (k) the AVX2 integer path sums in int32: the block, or the largest of 256, 128, .. 16 dividing it.
+inline int64_t int16_segment(int64_t block) {
+  int64_t g = 256;
+  while (block % g) g /= 2;
+  return std::min(block, g);
+}
 
 struct Int16Rows {
   const int16_t* rows;      // [M, K]: each row in 16 bits (float rows as activation_row makes them, int8 rows as
                             // they are), each 4 k stored k, k + 2, k + 1, k + 3: the pairs vpmaddwd takes
   const float* row_scale;   // [M]
-  const int32_t* sums;      // [M][K / block]: each row's sum per block
+  const int32_t* sums;      // [M][K / segment]: each row's sum per segment
   const IntTable* table;
+  int64_t segment;          // int16_segment(block)
 };
 
 // Rows [m0, m1) x the panel from n0 on an integer table (instantiated for BITS = 1 .. 8).

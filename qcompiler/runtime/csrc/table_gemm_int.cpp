@@ -297,56 +297,81 @@ QC_AVX2_TARGET QC_INLINE __m256i quad_codes8(const __m256i* v) {
                            plane_quad8<1, 6, 6, Q>(v));
 }
 
-// Quads Q .. END - 1 of a stripe: sums[r] += the weights of k = 4Q .. 4Q + 3 x row r's 16-bit values (a + r K, each
-// quad stored k, k + 2, k + 1, k + 3): a lane's 4 weight bytes as two int16 pairs, (k, k + 2) and (k + 1, k + 3),
-// each a vpmaddwd with the row's matching pair broadcast. The weights are the codes (kDirect, zero-extended) or the
-// table's int8 entries (kShuffle: a vpshufb, sign-extended).
-template <int BITS, Lookup L, int R, int Q, int END>
-QC_AVX2_TARGET QC_INLINE void quads16(const __m256i* v, __m256i table, const int16_t* a, int64_t K,
-                                      __m256i (&sums)[R]) {
-  const __m256i codes = quad_codes8<BITS, Q>(v);
-  __m256i even, odd;  // int16 weights of k, k + 2 and of k + 1, k + 3
-  if constexpr (L == Lookup::kShuffle) {
-    const __m256i w = _mm256_shuffle_epi8(table, codes);
+// A lane's 4 weight bytes (k .. k + 3) as int16 pairs (k, k + 2) and (k + 1, k + 3): sign-extended (entries) or
+// zero-extended (codes).
+template <bool SIGNED>
+QC_AVX2_TARGET QC_INLINE void int16_pairs(__m256i w, __m256i& even, __m256i& odd) {
+  if constexpr (SIGNED) {
     even = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
     odd = _mm256_srai_epi16(w, 8);
   } else {
-    even = _mm256_and_si256(codes, _mm256_set1_epi16(0x00FF));
-    odd = _mm256_srli_epi16(codes, 8);
+    even = _mm256_and_si256(w, _mm256_set1_epi16(0x00FF));
+    odd = _mm256_srli_epi16(w, 8);
+  }
+}
+
+// sum += the int16 pairs x a row's matching pairs (p02: its k, k + 2; p13: k + 1, k + 3), by vpmaddwd.
+QC_AVX2_TARGET QC_INLINE __m256i madd_pairs(__m256i sum, __m256i even, __m256i odd, __m256i p02, __m256i p13) {
+  return _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_madd_epi16(even, p02), _mm256_madd_epi16(odd, p13)));
+}
+
+// The weights of one table for the AVX2 integer path: the codes (kDirect), the int8 entries (kShuffle), or a 16-bit
+// entry's high and low bytes (kShuffle, WIDE: T = 256 * high + low, each an int8), unbiased.
+template <Lookup L, bool WIDE>
+struct Weights16 {
+  __m256i high, low;
+  QC_AVX2_TARGET QC_INLINE static __m256i bytes(const uint8_t* biased) {
+    return _mm256_xor_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(biased))),
+                            _mm256_set1_epi8(char(0x80)));
+  }
+  QC_AVX2_TARGET QC_INLINE explicit Weights16(const IntTable& t) : high(bytes(t.high)), low(bytes(t.low)) {}
+};
+
+// Quads Q .. END - 1 of a stripe: hi[r] (and lo[r], WIDE) += the weights of k = 4Q .. 4Q + 3 x row r's 16-bit values
+// (a + r K, each quad stored k, k + 2, k + 1, k + 3), a vpmaddwd per int16 pair with the row's pair broadcast.
+template <int BITS, Lookup L, bool WIDE, int R, int Q, int END>
+QC_AVX2_TARGET QC_INLINE void quads16(const __m256i* v, const Weights16<L, WIDE>& weights, const int16_t* a, int64_t K,
+                                      __m256i (&hi)[R], __m256i (&lo)[R]) {
+  const __m256i codes = quad_codes8<BITS, Q>(v);
+  __m256i even, odd, even_low, odd_low;
+  if constexpr (L == Lookup::kDirect) {
+    int16_pairs<false>(codes, even, odd);
+  } else {
+    int16_pairs<true>(_mm256_shuffle_epi8(weights.high, codes), even, odd);
+    if constexpr (WIDE) int16_pairs<true>(_mm256_shuffle_epi8(weights.low, codes), even_low, odd_low);
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
     int32_t pair02, pair13;
     std::memcpy(&pair02, a + r * K + 4 * Q, 4);
     std::memcpy(&pair13, a + r * K + 4 * Q + 2, 4);
-    const __m256i products = _mm256_add_epi32(_mm256_madd_epi16(even, _mm256_set1_epi32(pair02)),
-                                              _mm256_madd_epi16(odd, _mm256_set1_epi32(pair13)));
-    sums[r] = _mm256_add_epi32(sums[r], products);
+    const __m256i p02 = _mm256_set1_epi32(pair02), p13 = _mm256_set1_epi32(pair13);
+    hi[r] = madd_pairs(hi[r], even, odd, p02, p13);
+    if constexpr (WIDE) lo[r] = madd_pairs(lo[r], even_low, odd_low, p02, p13);
   }
-  if constexpr (Q + 1 < END) quads16<BITS, L, R, Q + 1, END>(v, table, a, K, sums);
+  if constexpr (Q + 1 < END) quads16<BITS, L, WIDE, R, Q + 1, END>(v, weights, a, K, hi, lo);
 }
 
-// R rows from m0 x half h (8 columns) of the panel from n0: int32 sums per block (less zero x the rows' block sums),
-// then float32 times the block's 8 scales, as tile_int8 does on AVX-512.
-template <int BITS, Lookup L, int R>
+// R rows from m0 x half h (8 columns) of the panel from n0: int32 sums per segment (less zero x the rows' segment
+// sums; a 16-bit entry's high bytes' sum weighs 256 its low bytes'), then float32 times the block's 8 scales; a
+// block's offsets at its end. As tile_int8 does on AVX-512, with segments of at most 256 k inside long blocks.
+template <int BITS, Lookup L, bool WIDE, int R>
 QC_AVX2_TARGET void tile_int16(const Problem& p, const Int16Rows& q, int64_t m0, int64_t n0, int h) {
-  const __m256i table = _mm256_xor_si256(  // the int8 entries, unbiased
-      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q.table->high))),
-      _mm256_set1_epi8(char(0x80)));
+  const Weights16<L, WIDE> weights(*q.table);
   const int32_t zero = L == Lookup::kDirect ? q.table->zero : 0;
-  __m256i sums[R];
+  __m256i hi[R], lo[R];
   __m256 acc[R];
-  float unit[R];  // per unit of a row's int32 sums: its scale times the table's unit
+  float unit[R];  // per unit of a row's int32 sums (WIDE: of its high bytes'): its scale times the table's unit
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
-    sums[r] = _mm256_setzero_si256();
+    hi[r] = lo[r] = _mm256_setzero_si256();
     acc[r] = _mm256_setzero_ps();
     unit[r] = q.row_scale[m0 + r] * q.table->unit;
   }
   const uint8_t* codes = panel_codes(p, n0) + 32 * h;
   const int16_t* a = q.rows + m0 * p.K;
-  const int64_t qbase = qparam_at(p, n0, 0) + 8 * h, nb = blocks(p);
-  int64_t b = 0, block_end = p.block;
+  const int64_t qbase = qparam_at(p, n0, 0) + 8 * h, nb = blocks(p), ns = p.K / q.segment;
+  int64_t b = 0, block_end = p.block, g = 0, segment_end = q.segment;
   for (int64_t s = 0; s < p.K / kStripe; ++s) {
     const uint8_t* stripe = codes + s * 64 * BITS;
     __m256i v[BITS];
@@ -357,18 +382,27 @@ QC_AVX2_TARGET void tile_int16(const Problem& p, const Int16Rows& q, int64_t m0,
     }
 #pragma GCC unroll 2
     for (int half = 0; half < 2; ++half) {
-      if (half == 0) quads16<BITS, L, R, 0, 4>(v, table, a + s * kStripe, p.K, sums);
-      else quads16<BITS, L, R, 4, 8>(v, table, a + s * kStripe, p.K, sums);
-      if (s * kStripe + 16 * (half + 1) != block_end) continue;
+      if (half == 0) quads16<BITS, L, WIDE, R, 0, 4>(v, weights, a + s * kStripe, p.K, hi, lo);
+      else quads16<BITS, L, WIDE, R, 4, 8>(v, weights, a + s * kStripe, p.K, hi, lo);
+      const int64_t k = s * kStripe + 16 * (half + 1);
+      if (k != segment_end) continue;
       const int64_t at = qbase + b * kCols;
       const __m256 scale = load8(p.scale, p.scale_format, at);
-      const __m256 offset = p.offset ? offset8(p, at, scale) : _mm256_setzero_ps();
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
-        const __m256i exact = _mm256_sub_epi32(sums[r], _mm256_set1_epi32(zero * q.sums[(m0 + r) * nb + b]));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), _mm256_mul_ps(scale, _mm256_set1_ps(unit[r])), acc[r]);
-        sums[r] = _mm256_setzero_si256();
-        if (p.offset) acc[r] = _mm256_fmadd_ps(offset, _mm256_set1_ps(p.block_sums[(m0 + r) * nb + b]), acc[r]);
+        __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(hi[r], _mm256_set1_epi32(zero * q.sums[(m0 + r) * ns + g])));
+        if constexpr (WIDE) f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo[r]), _mm256_set1_ps(1.0f / 256.0f), f);
+        acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(scale, _mm256_set1_ps(unit[r])), acc[r]);
+        hi[r] = lo[r] = _mm256_setzero_si256();
+      }
+      ++g;
+      segment_end += q.segment;
+      if (k != block_end) continue;
+      if (p.offset) {
+        const __m256 offset = offset8(p, at, scale);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm256_fmadd_ps(offset, _mm256_set1_ps(p.block_sums[(m0 + r) * nb + b]), acc[r]);
       }
       ++b;
       block_end += p.block;
@@ -378,17 +412,20 @@ QC_AVX2_TARGET void tile_int16(const Problem& p, const Int16Rows& q, int64_t m0,
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(p.y + (m0 + r) * p.N + n0 + 8 * h, acc[r]);
 }
 
-template <int BITS, Lookup L>
+template <int BITS, Lookup L, bool WIDE>
 void panel_int16_lookup(const Problem& p, const Int16Rows& q, int64_t m0, int64_t m1, int64_t n0) {
   if constexpr (L == Lookup::kDirect || BITS <= 4)
-    for (int h = 0; h < 2; ++h)
-      row_tiles<4>(m0, m1, [&](auto rows, int64_t m) { tile_int16<BITS, L, decltype(rows)::value>(p, q, m, n0, h); });
+    for (int h = 0; h < 2; ++h)  // WIDE: two sums per row, so 2 rows a tile (16 ymm registers)
+      row_tiles<WIDE ? 2 : 4>(m0, m1, [&](auto rows, int64_t m) {
+        tile_int16<BITS, L, WIDE, decltype(rows)::value>(p, q, m, n0, h);
+      });
 }
 
 template <int BITS>
 void panel_int16(const Problem& p, const Int16Rows& q, int64_t m0, int64_t m1, int64_t n0) {
-  if (q.table->lookup == Lookup::kDirect) panel_int16_lookup<BITS, Lookup::kDirect>(p, q, m0, m1, n0);
-  else panel_int16_lookup<BITS, Lookup::kShuffle>(p, q, m0, m1, n0);
+  if (q.table->lookup == Lookup::kDirect) panel_int16_lookup<BITS, Lookup::kDirect, false>(p, q, m0, m1, n0);
+  else if (q.table->wide) panel_int16_lookup<BITS, Lookup::kShuffle, true>(p, q, m0, m1, n0);
+  else panel_int16_lookup<BITS, Lookup::kShuffle, false>(p, q, m0, m1, n0);
 }
 
 template void panel_int16<1>(const Problem&, const Int16Rows&, int64_t, int64_t, int64_t);
