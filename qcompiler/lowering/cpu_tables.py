@@ -35,7 +35,7 @@ aten, qops = torch.ops.aten, torch.ops.qcompiler
 KERNEL = "qcompiler.table_gemm (b-bit codes into a fixed table, block scales read in the kernel)"
 _WHY = ("qcompiler's fixed-table GEMM: the codes stay at their bit width and the scales at theirs in the .pt2, "
         "and the table is looked up in registers inside the kernel (AVX-512: integer products where the table "
-        "allows; AVX2: integer products for the codes or int8 entries, float32 FMAs for other tables; bfloat16 AMX "
+        "allows; AVX2: integer products for the codes and tables of up to 16 entries, float32 FMAs above; bfloat16 AMX "
         "tiles from 32 rows); "
         "decomposed, Inductor would decode the whole weight on every call")
 _WHY_INT8 = ("qcompiler's fixed-table GEMM on int8 rows: the b-bit codes are the integer weights, each int8 row one "
