@@ -49,9 +49,9 @@ CFLAGS = ("-O3", "-fopenmp", "-fvisibility=hidden", "-fvisibility-inlines-hidden
 
 
 def _native_ops() -> tuple:
-    from . import additive_gemm, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, table_gemm
+    from . import additive_gemm, cache_attention, codebook_gemm, int8_gemm, int8_int4, int8_tile_gemm, table_gemm
     return (int8_int4.OP, int8_gemm.OP, codebook_gemm.OP, table_gemm.OP, additive_gemm.OP, int8_tile_gemm.OP,
-            int8_tile_gemm.DQ_OP, int8_tile_gemm.REQUANT_OP)
+            int8_tile_gemm.DQ_OP, int8_tile_gemm.REQUANT_OP, cache_attention.OP)
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,12 +131,13 @@ def archive() -> Path:
     return out
 
 
-_C_TYPES = {"Tensor": "AtenTensorHandle", "Optional[Tensor]": "AtenTensorHandle*", "int": "int64_t"}
+_C_TYPES = {"Tensor": "AtenTensorHandle", "Optional[Tensor]": "AtenTensorHandle*", "int": "int64_t", "float": "double"}
 
 
 def c_declaration(op: torch._ops.OpOverload) -> str:
     """The C function AOTInductor's generated code calls for ``op`` (``aoti_torch_cpu_<name>``): the schema's
-    arguments in order (Tensor as a handle, Tensor? as a pointer to one, int as int64_t), the result last."""
+    arguments in order (Tensor as a handle, Tensor? as a pointer to one, int as int64_t, float as double), the result
+    last."""
     args = []
     for a in op._schema.arguments:
         kind = str(a.type)

@@ -1,6 +1,6 @@
 // qcompiler's C++ CPU kernels, as the functions the dispatcher (register.cpp) and the artifact's C shims
 // (shims.cpp) call. Their schemas are defined in Python (runtime/int8_int4.py, int8_gemm.py, int8_tile_gemm.py,
-// codebook_gemm.py, table_gemm.py, additive_gemm.py); the arguments here follow them in order.
+// codebook_gemm.py, table_gemm.py, additive_gemm.py, cache_attention.py); the arguments here follow them in order.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -37,6 +37,10 @@ at::Tensor table_gemm(const at::Tensor& a, const std::optional<at::Tensor>& a_sc
 
 at::Tensor additive_gemm(const at::Tensor& a, const at::Tensor& codes, const at::Tensor& codebooks,
                          const at::Tensor& scale);
+
+at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
+                           const at::Tensor& start, int64_t groups, double scale);
 
 // The instruction set int8_int4_gemm runs with in this process: "avx512_vnni", "avx2" or "scalar".
 std::string int8_int4_gemm_path();

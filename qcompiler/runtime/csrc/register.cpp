@@ -14,6 +14,7 @@ TORCH_LIBRARY_IMPL(qcompiler, CPU, m) {
   m.impl("codebook_gemm", &qc::codebook_gemm);
   m.impl("table_gemm", &qc::table_gemm);
   m.impl("additive_gemm", &qc::additive_gemm);
+  m.impl("cache_attention", &qc::cache_attention);
 }
 
 TORCH_LIBRARY_FRAGMENT(qcompiler_native, m) {

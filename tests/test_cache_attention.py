@@ -1,0 +1,111 @@
+"""qcompiler::cache_attention, the C++ attention over a KV cache's filled prefix: its values against a float64
+reference and SDPA for every cache dtype, what it reads (nothing past each sequence's positions), every ISA path,
+its errors."""
+import pytest
+import torch
+from kernel_paths import run_capped
+
+from qcompiler.runtime import cache_attention, native
+from qcompiler.runtime.numerics import EPS, per_token_int8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def kernels_loaded():
+    native.load()
+
+
+# B, kv heads, new tokens L, groups (query heads per kv head), D, cache positions S, each sequence's start
+CASES = [(1, 2, 1, 4, 64, 48, [17]),                 # decode, grouped-query
+         (3, 1, 1, 1, 40, 700, [0, 333, 699]),       # decode of three sequences, one at the cache's end
+         (2, 2, 5, 2, 72, 300, [0, 260]),            # prefill of 5 tokens: each row its own causal limit
+         (1, 4, 1, 8, 64, 2048, [2047]),             # decode over a full cache: the positions split across threads
+         (1, 1, 40, 1, 16, 64, [3])]                 # 40 rows: two row blocks
+STORES = ["float32", "bfloat16", "int8"]
+TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-5, "int8": 1e-5}  # against the reference on the same stored cache
+
+
+def _case(b, h, new, groups, d, s, starts, store, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, new * groups, d, generator=g)
+    k, v = (torch.randn(b, h, s, d, generator=g) for _ in range(2))
+    k_scale = v_scale = None
+    if store == "int8":
+        (k, k_scale, _), (v, v_scale, _) = (per_token_int8(t, "symmetric", EPS) for t in (k, v))
+        k, v = k.to(torch.int8), v.to(torch.int8)
+    elif store == "bfloat16":
+        k, v = k.bfloat16(), v.bfloat16()
+    return q, k, v, k_scale, v_scale, torch.tensor(starts), groups, d ** -0.5
+
+
+def _error(out, ref) -> float:
+    return ((out.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}-h{}-l{}-g{}-d{}-s{}".format(*c[:6]))
+def test_matches_the_reference_over_each_sequences_positions(case, store):
+    args = _case(*case, store)
+    out = cache_attention.OP(*args)
+    assert out.dtype == torch.float32 and out.shape == args[0].shape
+    assert _error(out, cache_attention.reference(*args)) < TOLERANCE[store]
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=lambda c: "b{}-h{}-l{}-g{}".format(*c[:4]))
+def test_a_float_cache_gives_sdpa_with_the_causal_mask(case):
+    q, k, v, _, _, start, groups, scale = _case(*case, "float32")
+    b, h, rows, d = q.shape
+    mask = cache_attention.visible(start, rows, groups, k.shape[2])
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    torch.testing.assert_close(cache_attention.OP(q, k, v, None, None, start, groups, scale), sdpa,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_nothing_past_the_filled_positions_is_read(store):
+    """NaN in every position past a sequence's last: SDPA with a mask still multiplies them (by zero weights: NaN);
+    this op never reads them."""
+    case = (2, 2, 3, 4, 64, 600, [100, 401])
+    q, k, v, ks, vs, start, groups, scale = _case(*case, store)
+    clean = cache_attention.OP(q, k, v, ks, vs, start, groups, scale)
+    k, v = k.clone(), v.clone()
+    for b, first in enumerate(start.tolist()):
+        past = first + case[2]
+        if store == "int8":
+            ks, vs = ks.clone(), vs.clone()
+            ks[b, :, past:], vs[b, :, past:] = float("nan"), float("nan")
+        else:
+            k[b, :, past:], v[b, :, past:] = float("nan"), float("nan")
+    assert torch.equal(cache_attention.OP(q, k, v, ks, vs, start, groups, scale), clean)
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from qcompiler.runtime import cache_attention, native
+from test_cache_attention import CASES, STORES, TOLERANCE, _case, _error
+native.load()
+print(max(_error(cache_attention.OP(*_case(*c, s)), cache_attention.reference(*_case(*c, s))) / TOLERANCE[s]
+          for c in CASES for s in STORES))
+"""
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_the_avx2_and_plain_cpp_paths_match_the_reference(capability):
+    (error,) = run_capped(SCRIPT, capability)
+    assert float(error) < 1
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: {**a, "q": a["q"].double()}, "q must be float32 \\[B, H, R, D\\]"),
+    (lambda a: {**a, "groups": 3}, "groups = 3 must be >= 1 and divide q's rows \\(8\\)"),
+    (lambda a: {**a, "k": a["k"].half(), "v": a["v"].half()}, "k and v must be float32, bfloat16 or int8"),
+    (lambda a: {**a, "v": a["v"][:, :, :10]}, "k and v must be \\[B, H, S, D\\] = \\[1, 2, S, 64\\] of one dtype"),
+    (lambda a: {**a, "k_scale": torch.ones(1, 2, 48, 1)}, "k_scale and v_scale go with an int8 cache"),
+    (lambda a: {**a, "start": torch.tensor([17, 3])}, "start must be int64 \\[B\\]"),
+    (lambda a: {**a, "start": torch.tensor([47])}, "sequence 0 starts at 47 with 2 new positions; the cache holds 48"),
+], ids=["q-dtype", "groups", "cache-dtype", "cache-shape", "scales-without-int8", "start-shape", "past-the-end"])
+def test_bad_inputs_are_refused_with_what_is_allowed(change, message):
+    q, k, v, ks, vs, start, groups, scale = _case(1, 2, 2, 4, 64, 48, [17], "float32")
+    args = dict(q=q, k=k, v=v, k_scale=ks, v_scale=vs, start=start, groups=groups, scale=scale)
+    with pytest.raises(RuntimeError, match=message):
+        cache_attention.OP(**change(args))
