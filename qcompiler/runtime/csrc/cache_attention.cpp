@@ -75,6 +75,108 @@ QC_INLINE const float* as_float(const void* rows, int64_t count, float* buffer) 
 template <Store S>
 constexpr int64_t element_bytes() { return S == Store::kF32 ? 4 : S == Store::kBF16 ? 2 : 1; }
 
+// 8 floats as one vector (GCC's vector extension: one register where the target has 256-bit vectors, two below)
+typedef float f8 __attribute__((vector_size(32)));
+
+QC_INLINE f8 load8(const float* at) {
+  f8 v;
+  std::memcpy(&v, at, sizeof v);
+  return v;
+}
+
+QC_INLINE void store8(float* at, f8 v) { std::memcpy(at, &v, sizeof v); }
+
+QC_INLINE float hsum(f8 v) {
+  return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+typedef int32_t i8v __attribute__((vector_size(32)));
+
+// e^x for 8 values (Cephes' expf: 2^n times a degree-6 polynomial on [-ln2/2, ln2/2], within 2 ulp), 0 below -87
+// (-inf included: a position the row does not see).
+QC_INLINE f8 exp8(f8 x) {
+  const i8v seen = x > -87.0f;
+  x = x < 88.0f ? x : f8{} + 88.0f;
+  x = x > -87.0f ? x : f8{} - 87.0f;
+  f8 n = x * 1.44269504088896341f + 0.5f;
+  f8 whole = __builtin_convertvector(__builtin_convertvector(n, i8v), f8);
+  whole += __builtin_convertvector(whole > n, f8);  // floor: truncation less 1 where it rounded up
+  const f8 r = x - whole * 0.693359375f + whole * 2.12194440e-4f;
+  f8 y = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const i8v scale = (__builtin_convertvector(whole, i8v) + 127) << 23;
+  i8v bits;
+  std::memcpy(&bits, &y, sizeof bits);
+  bits = (bits + (scale - (127 << 23))) & seen;  // y * 2^n: n added to the exponent field
+  f8 out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+// row[j] = e^(row[j] - m) for j < n, and their sum (row's capacity a multiple of 8 past n)
+QC_INLINE float exps(float* row, int64_t n, float m) {
+  f8 sum = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const f8 e = exp8(load8(row + j) - m);
+    store8(row + j, e);
+    sum += e;
+  }
+  float total = hsum(sum);
+  for (; j < n; ++j) total += (row[j] = std::exp(row[j] - m));
+  return total;
+}
+
+// scores[j] (j < n) = q . k_j for one row: 4 positions at a time, each an independent vector sum (D % 8 == 0)
+QC_INLINE void row_scores(const float* q, const float* k, int64_t D, int64_t n, float* scores) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    f8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    const float* kj = k + j * D;
+    for (int64_t d = 0; d < D; d += 8) {
+      const f8 qv = load8(q + d);
+      a0 += qv * load8(kj + d);
+      a1 += qv * load8(kj + D + d);
+      a2 += qv * load8(kj + 2 * D + d);
+      a3 += qv * load8(kj + 3 * D + d);
+    }
+    scores[j] = hsum(a0);
+    scores[j + 1] = hsum(a1);
+    scores[j + 2] = hsum(a2);
+    scores[j + 3] = hsum(a3);
+  }
+  for (; j < n; ++j) {
+    f8 a = {};
+    for (int64_t d = 0; d < D; d += 8) a += load8(q + d) * load8(k + j * D + d);
+    scores[j] = hsum(a);
+  }
+}
+
+// out += sum_j w[j] * v_j for one row, 64 of its D values at a time held in 8 vectors across the positions
+// (D % 8 == 0)
+QC_INLINE void row_values(const float* w, const float* v, int64_t D, int64_t n, float* out) {
+  for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    const int vectors = int(std::min<int64_t>(64, D - d0) / 8);
+    f8 acc[8];
+    for (int t = 0; t < 8; ++t) acc[t] = t < vectors ? load8(out + d0 + 8 * t) : f8{};
+    for (int64_t j = 0; j < n; ++j) {
+      if (w[j] == 0.0f) continue;  // a position past the row's own
+      const float* vj = v + j * D + d0;
+      if (vectors == 8) {
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) acc[t] += w[j] * load8(vj + 8 * t);
+      } else {
+        for (int t = 0; t < vectors; ++t) acc[t] += w[j] * load8(vj + 8 * t);
+      }
+    }
+    for (int t = 0; t < vectors; ++t) store8(out + d0 + 8 * t, acc[t]);
+  }
+}
+
 // q . k over D, in 8 independent sums (one vector register's lanes)
 QC_INLINE float dot(const float* q, const float* k, int64_t D) {
   float acc[8] = {};
@@ -106,8 +208,12 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
   for (int64_t c0 = p0; c0 < p1; c0 += kChunk) {
     const int64_t n = std::min(kChunk, p1 - c0);
     const float* k = as_float<S>(static_cast<const char*>(p.k) + (bh * p.S + c0) * bytes, n * D, k_rows.data());
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = 0; i < rows; ++i) scores[i * kChunk + j] = dot(q + i * D, k + j * D, D);
+    if (D % 8 == 0) {
+      for (int64_t i = 0; i < rows; ++i) row_scores(q + i * D, k, D, n, scores.data() + i * kChunk);
+    } else {
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < rows; ++i) scores[i * kChunk + j] = dot(q + i * D, k + j * D, D);
+    }
     bool any = false;
     for (int64_t i = 0; i < rows; ++i) {
       float* row = scores.data() + i * kChunk;
@@ -125,25 +231,26 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
       any = true;
       const float m = std::max(run.max[i], top), rescale = std::exp(run.max[i] - m);  // 0 where nothing ran yet
       run.max[i] = m;
-      float sum = 0.0f;
-      for (int64_t j = 0; j < n; ++j) {
-        const float e = std::exp(row[j] - m);
-        sum += e;
-        row[j] = p.v_scale ? e * p.v_scale[bh * p.S + c0 + j] : e;  // the weight of v_j as stored
-      }
+      const float sum = exps(row, n, m);
+      if (p.v_scale)  // the weight of v_j as stored
+        for (int64_t j = 0; j < n; ++j) row[j] *= p.v_scale[bh * p.S + c0 + j];
       run.sum[i] = run.sum[i] * rescale + sum;
       if (rescale != 1.0f)
         for (int64_t d = 0; d < D; ++d) run.acc[i * D + d] *= rescale;
     }
     if (!any) continue;
     const float* v = as_float<S>(static_cast<const char*>(p.v) + (bh * p.S + c0) * bytes, n * D, v_rows.data());
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = 0; i < rows; ++i) {
-        const float w = scores[i * kChunk + j];
-        if (w == 0.0f) continue;  // a position past the row's own
-        float* out = run.acc.data() + i * D;
-        for (int64_t d = 0; d < D; ++d) out[d] += w * v[j * D + d];
-      }
+    if (D % 8 == 0) {
+      for (int64_t i = 0; i < rows; ++i) row_values(scores.data() + i * kChunk, v, D, n, run.acc.data() + i * D);
+    } else {
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < rows; ++i) {
+          const float w = scores[i * kChunk + j];
+          if (w == 0.0f) continue;  // a position past the row's own
+          float* out = run.acc.data() + i * D;
+          for (int64_t d = 0; d < D; ++d) out[d] += w * v[j * D + d];
+        }
+    }
   }
 }
 
