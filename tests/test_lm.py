@@ -196,9 +196,8 @@ def test_int8_kv_cache_stores_int8_with_a_scale_per_token_and_head(llama):
 
 
 def test_bf16_kv_cache_stores_bfloat16_and_attention_reads_it_without_a_cast_where_the_rest_runs_in_bf16(llama):
-    """kv_cache_dtype=torch.bfloat16: half a float32 model's cache, the same tokens within bf16 rounding; lowered
-    with unquantized_dtype=torch.bfloat16 (where the target has bf16), attention takes the stored bfloat16 cache
-    itself (no widening to float32 and back)."""
+    """kv_cache_dtype=torch.bfloat16: half a float32 model's cache, the same tokens within bf16 rounding; attention
+    (qcompiler.cache_attention) takes the stored bfloat16 cache itself (no widening to float32 and back)."""
     model, lm = llama
     bf16 = qc.capture_lm(model, max_seq_len=MAX_SEQ_LEN, kv_cache_dtype=torch.bfloat16)
     buffers = dict(bf16.named_buffers())
@@ -210,7 +209,7 @@ def test_bf16_kv_cache_stores_bfloat16_and_attention_reads_it_without_a_cast_whe
     target = qc.Target.parse("cpu:avx2+avx512+vnni+avx512_bf16")
     low = qc.lower(qc.convert(qc.prepare(bf16, qc.config_from_string("int8dq"))), target,
                    unquantized_dtype=torch.bfloat16)
-    attention = [n for n in low.graph.nodes if "scaled_dot_product" in str(n.target)]
+    attention = [n for n in low.graph.nodes if n.target == torch.ops.qcompiler.cache_attention.default]
     keys_values = [a for n in attention for a in n.args[1:3]]
     assert attention and all(a.meta["val"].dtype == torch.bfloat16 for a in keys_values)
     # the stored cache itself (its index_copy), not a widening to float32 and a cast back every step
@@ -266,10 +265,15 @@ def test_grouped_rows_leave_other_attention_alone(monkeypatch):
 
 
 def test_capture_lm_attends_with_the_kv_heads_and_changes_nothing_process_wide(llama):
+    """On the CPU attention is qcompiler.cache_attention over the kv heads (each one's query heads as its rows), and
+    nothing is SDPA."""
     model, lm = llama
-    heads = {n.args[0].meta["val"].shape[1] for n in lm.graph.nodes
-             if n.op == "call_function" and "scaled_dot_product" in str(n.target)}
+    attention = [n for n in lm.graph.nodes if n.target == torch.ops.qcompiler.cache_attention.default]
+    heads = {n.args[0].meta["val"].shape[1] for n in attention}
     assert heads == {model.config.num_key_value_heads}  # llama-tiny: 2 query heads per kv head, as rows
+    assert {n.args[6] for n in attention} == {model.config.num_attention_heads // model.config.num_key_value_heads}
+    assert len(attention) == model.config.num_hidden_layers
+    assert not [n for n in lm.graph.nodes if "scaled_dot_product" in str(n.target)]
     assert model.config._attn_implementation == "sdpa"  # the model's own choice, restored
     assert torch.nn.functional.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
     assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ

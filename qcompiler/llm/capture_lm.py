@@ -32,7 +32,7 @@ import torch
 from torch.export import Dim, ExportedProgram
 
 from ..stages.capture import capture
-from .gqa_attention import grouped_query_attention
+from .gqa_attention import cache_step, current_step, grouped_query_attention
 from ..runtime.errors import fail
 from ..runtime.numerics import EPS, per_token_int8
 
@@ -47,8 +47,8 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
     """``model`` (a transformers decoder-only causal LM) captured with a static KV cache of
     ``batch_size`` x ``max_seq_len`` tokens, in the model's dtype or, with ``kv_cache_dtype=torch.int8``,
     in int8 with a float32 scale per token and head (``key_scale_<i>``, ``value_scale_<i>``), or, with
-    ``torch.bfloat16``, in bfloat16 (half a float32 model's cache; attention reads it in bfloat16 where the program
-    is lowered with ``unquantized_dtype=torch.bfloat16``, in float32 otherwise).
+    ``torch.bfloat16``, in bfloat16 (half a float32 model's cache). On the CPU, attention reads each sequence's
+    filled positions only, the cache as stored (``qcompiler.cache_attention``; SDPA elsewhere).
 
     The program takes ``input_ids`` [batch_size, seq] and ``cache_position`` [seq] (the positions
     of those tokens: ``arange(seq)`` for a prompt, ``[n]`` for the n-th token) and returns logits
@@ -135,14 +135,17 @@ def _cache_as_state() -> type:
             for i, layer in enumerate(self.static_cache.layers):
                 for attribute, prefix in self.state.items():
                     setattr(layer, attribute, self.get_buffer(f"{prefix}{i}"))
-            return super().forward(input_ids=input_ids, cache_position=cache_position)
+            with cache_step(cache_position[:1].expand(input_ids.shape[0])):  # every sequence starts there
+                return super().forward(input_ids=input_ids, cache_position=cache_position)
     return CacheAsState
 
 
 @functools.lru_cache(maxsize=None)
 def _int8_layer() -> type:
     """A static cache layer holding int8 keys and values with one float32 scale per token and head
-    (symmetric over the head dim, ``numerics.per_token_int8``); it returns them dequantized to the model's dtype."""
+    (symmetric over the head dim, ``numerics.per_token_int8``); it returns them as stored where our attention reads
+    them (``qcompiler.cache_attention``, which takes the scales from the call's step), else dequantized to the
+    model's dtype."""
     _, static_layer = _transformers()
 
     class Int8StaticLayer(static_layer):
@@ -154,21 +157,26 @@ def _int8_layer() -> type:
         def update(self, key_states, value_states, *args, **kwargs):
             positions = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
             self.cumulative_length.add_(key_states.shape[-2])
-            out = []
             for store, scale, new in ((self.keys, self.key_scale, key_states),
                                       (self.values, self.value_scale, value_states)):
                 q, step, _ = per_token_int8(new, "symmetric", EPS)
                 store.index_copy_(2, positions, q.to(torch.int8))
                 scale.index_copy_(2, positions, step)
-                out.append((store.float() * scale).to(new.dtype))  # the model's dtype
-            return out[0], out[1]
+            call = current_step()
+            if call is None:  # the model's dtype
+                return tuple((store.float() * scale).to(new.dtype)
+                             for store, scale, new in ((self.keys, self.key_scale, key_states),
+                                                       (self.values, self.value_scale, value_states)))
+            call.int8[id(self.keys)] = (self.keys, self.key_scale, self.value_scale)
+            return self.keys, self.values
     return Int8StaticLayer
 
 
 @functools.lru_cache(maxsize=None)
 def _bf16_layer() -> type:
-    """A static cache layer holding bfloat16 keys and values; it returns them in the model's dtype (for a float32
-    model, a widening that lowering with ``unquantized_dtype=torch.bfloat16`` takes off again before attention)."""
+    """A static cache layer holding bfloat16 keys and values; it returns them as stored where our attention reads
+    them (``qcompiler.cache_attention``), else in the model's dtype (for a float32 model, a widening that lowering
+    with ``unquantized_dtype=torch.bfloat16`` takes off again before attention)."""
     _, static_layer = _transformers()
 
     class Bf16StaticLayer(static_layer):
@@ -180,6 +188,8 @@ def _bf16_layer() -> type:
             self.cumulative_length.add_(key_states.shape[-2])
             for store, new in ((self.keys, key_states), (self.values, value_states)):
                 store.index_copy_(2, positions, new.to(torch.bfloat16))
+            if current_step() is not None:  # qcompiler.cache_attention reads bfloat16 as stored
+                return self.keys, self.values
             return self.keys.to(key_states.dtype), self.values.to(value_states.dtype)
     return Bf16StaticLayer
 

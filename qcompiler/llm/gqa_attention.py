@@ -19,22 +19,57 @@ The sums are the same, term for term, so the result is exact. On the TinyLlama s
 positions, decode attention took 472 us per layer as 32 heads and 158 us as 4 heads of 8 rows; whole
 files are measured by ``benchmarks/bench_kv_cache.py`` (docs, "The int8 KV cache at 2,048 positions").
 
+Over a static cache on the CPU (capture_lm's), the rows go to ``qcompiler.cache_attention`` instead of SDPA: it
+reads each sequence's filled positions only (SDPA with a mask reads all ``max_seq_len``), and an int8 cache as
+stored, with its scales (:func:`cache_step` tells it where the call's tokens start and which cache is whose).
+
 Nothing process-wide changes: the model's own ``attn_implementation`` is switched for the trace and
 restored, and the masks one trace shares live in a context variable of that call.
 """
 import contextlib
 import contextvars
+import dataclasses
 import functools
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from ..runtime import cache_attention
+
 ATTENTION = "qcompiler_grouped_sdpa"  # our name in transformers' AttentionInterface and AttentionMaskInterface
 
 # id(mask), groups -> (mask, its rows): one trace's row masks, shared by its layers
 _MASKS: contextvars.ContextVar[Optional[Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]]]] = (
     contextvars.ContextVar("qcompiler_gqa_masks", default=None))
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One call of a captured LM: where each sequence's new tokens start in the cache ([B] int64), and the int8
+    caches the cache layers returned as stored, by id: (keys, key_scale, value_scale)."""
+    start: torch.Tensor
+    int8: Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+
+_ATTENDS: contextvars.ContextVar[bool] = contextvars.ContextVar("qcompiler_cache_attention", default=False)
+_STEP: contextvars.ContextVar[Optional[Step]] = contextvars.ContextVar("qcompiler_cache_step", default=None)
+
+
+@contextlib.contextmanager
+def cache_step(start: torch.Tensor) -> Iterator[Optional[Step]]:
+    """While a captured LM's call runs (inside :func:`grouped_query_attention`): its :class:`Step`, for the cache
+    layers and the attention; None where our attention does not run (the layers then return float caches)."""
+    step = Step(start) if _ATTENDS.get() else None
+    token = _STEP.set(step)
+    try:
+        yield step
+    finally:
+        _STEP.reset(token)
+
+
+def current_step() -> Optional[Step]:
+    return _STEP.get()
 
 
 @contextlib.contextmanager
@@ -48,11 +83,12 @@ def grouped_query_attention(model: torch.nn.Module) -> Iterator[None]:
     if switch:
         _register()
         model.set_attn_implementation(ATTENTION)
-    token = _MASKS.set({})
+    token, attends = _MASKS.set({}), _ATTENDS.set(switch)
     try:
         yield
     finally:
         _MASKS.reset(token)
+        _ATTENDS.reset(attends)
         if switch:
             model.set_attn_implementation(before)
 
@@ -74,6 +110,11 @@ def grouped_rows_attention(module, query, key, value, attention_mask, dropout=0.
     transformers' own SDPA attention unchanged."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    step = _STEP.get()
+    if step is not None and _over_the_cache(query, key, dropout, is_causal, kwargs):
+        return _cache_attention(query, key, value, step, scaling)
+    if step is not None and id(key) in step.int8:  # the cache as stored, for an attention that takes floats
+        key, value = _dequantized(key, value, step, query.dtype)
     groups = _groups(query, key, attention_mask, dropout, is_causal, kwargs)
     if groups is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -86,6 +127,36 @@ def grouped_rows_attention(module, query, key, value, attention_mask, dropout=0.
         rows.reshape(b, kv_heads, length * groups, d), key, value, attn_mask=mask, scale=scaling)
     out = out.reshape(b, kv_heads, length, groups, d).permute(0, 1, 3, 2, 4).reshape(b, heads, length, d)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _over_the_cache(query, key, dropout, is_causal, kwargs) -> bool:
+    """Whether qcompiler.cache_attention takes this call: the CPU, causal attention over the whole static cache (no
+    sliding window, soft cap or dropout), query heads a multiple of the kv heads."""
+    if query.device.type != "cpu" or dropout or is_causal or query.dim() != 4 or key.dim() != 4:
+        return False
+    if any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "sliding_window", "s_aux")):
+        return False
+    return query.shape[1] % key.shape[1] == 0
+
+
+def _cache_attention(query, key, value, step: Step, scaling):
+    """``[b, L, heads, d]``: the query heads of each kv head as its rows, over each sequence's filled positions."""
+    b, heads, length, d = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    rows = query.transpose(1, 2).reshape(b, length, kv_heads, groups, d).permute(0, 2, 1, 3, 4)
+    k_scale = v_scale = None
+    if id(key) in step.int8:
+        _, k_scale, v_scale = step.int8[id(key)]
+    out = cache_attention.OP(rows.reshape(b, kv_heads, length * groups, d).float(), key, value, k_scale, v_scale,
+                             step.start, groups, d ** -0.5 if scaling is None else float(scaling))
+    out = out.reshape(b, kv_heads, length, groups, d).permute(0, 2, 1, 3, 4).reshape(b, length, heads, d)
+    return out.to(query.dtype).contiguous(), None
+
+
+def _dequantized(key, value, step: Step, dtype):
+    _, k_scale, v_scale = step.int8[id(key)]
+    return (key.float() * k_scale).to(dtype), (value.float() * v_scale).to(dtype)
 
 
 def _groups(query, key, mask, dropout, is_causal, kwargs) -> Optional[int]:

@@ -16,9 +16,9 @@ extension cache, once per machine and source version, and serve two uses:
 Packaging links the archive into the model's shared library, and the generated code calls each kernel
 as a C function: the ``.pt2`` then runs where only torch is installed, in Python or C++
 (``AOTIModelPackageLoader``), with nothing compiled or registered at load. The kernels (``int8_int4_gemm``,
-``int8_gemm``, ``int8_tile_gemm``, ``codebook_gemm``, ``table_gemm``, ``additive_gemm``) pick their instruction
-set per call (AMX for the larger calls, AVX512-VNNI, AVX2, plain C++) from the CPU and ``ATEN_CPU_CAPABILITY``, so
-one build, and one file, serves every x86 machine.
+``int8_gemm``, ``int8_tile_gemm``, ``codebook_gemm``, ``table_gemm``, ``additive_gemm``, ``cache_attention``) pick
+their instruction set per call (AMX for the larger calls, AVX512-VNNI, AVX2, plain C++) from the CPU and
+``ATEN_CPU_CAPABILITY``, so one build, and one file, serves every x86 machine.
 """
 import contextlib
 import functools
