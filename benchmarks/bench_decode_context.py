@@ -6,9 +6,9 @@
 Issue #33's measurements: tokens/s of greedy decode steps at each filled length in a ``max_seq_len`` 2,048 program
 (int4wo-64, a float cache and an int8 one), beside a program whose ``max_seq_len`` is 256 (decode at 256 filled
 positions there is what a cache sized to the context gives). Each program is built once into ``--folder`` (reused
-when there), loaded here; per filled length a prompt fills the cache up to it, then ``--new`` decode steps are
-timed (one token each, the median step). Rounds interleave the programs. Results under
-``benchmarks/results/cpu_decode_context.json`` and ``.md``, with the machine.
+when there), loaded here; per filled length a prompt fills the cache up to ``filled - new``, then ``--new``
+decode steps are timed, the last attending ``filled`` positions (one token each, the median step). Rounds
+interleave the programs. Results under ``benchmarks/results/cpu_decode_context.json`` and ``.md``, with the machine.
 """
 import argparse
 import statistics
@@ -34,14 +34,15 @@ def programs(max_seq_len: int) -> dict:
 
 
 def decode_step_s(run, vocab: int, filled: int, new: int) -> float:
-    """The median seconds of ``new`` decode steps after a prompt that fills positions 0 .. filled - 2."""
+    """The median seconds of ``new`` decode steps at positions filled - new .. filled - 1 (the last one attends
+    ``filled`` positions), after a prompt that fills the positions before them."""
     gen = torch.Generator().manual_seed(filled)
-    prompt = torch.randint(3, vocab, (1, filled - 1), generator=gen)
-    logits = run(input_ids=prompt, cache_position=torch.arange(filled - 1))
+    prompt = torch.randint(3, vocab, (1, filled - new), generator=gen)
+    logits = run(input_ids=prompt, cache_position=torch.arange(filled - new))
     token = logits[:, -1:].argmax(-1)
     steps = []
-    for i in range(new):  # positions filled - 1 .. filled + new - 2: the cache holds about `filled` each step
-        position = torch.tensor([filled - 1 + i])
+    for i in range(new):
+        position = torch.tensor([filled - new + i])
         start = time.perf_counter()
         logits = run(input_ids=token, cache_position=position)
         steps.append(time.perf_counter() - start)
@@ -73,7 +74,7 @@ def main():
         for name, run in (runs.items() if r % 2 == 0 else reversed(list(runs.items()))):
             capacity = run.metadata["lm"]["max_seq_len"]
             for filled in args.filled:
-                if filled + args.new - 1 <= capacity:
+                if filled <= capacity:
                     times[(name, filled)].append(decode_step_s(run, vocab, filled, args.new))
         log(f"  round {r + 1}/{args.rounds} done")
     rows, lines = [], []
