@@ -15,7 +15,9 @@ token and head, read in int8):
 In C++ (``csrc/cache_attention.cpp``): per (sequence, kv head, block of 32 rows) the positions in chunks of 256,
 one read of each K and V row for all the block's rows, an online softmax across chunks; where those items are
 fewer than the threads (decode), each one's positions are split across threads too and the splits merged after
-(flash-decoding). Float32 arithmetic: the same sums as SDPA's up to their order.
+(flash-decoding). Float32 arithmetic, the same sums as SDPA's up to their order; with an int8 cache on AVX-512
+VNNI (head dim a multiple of 64, at most 128) q . k runs in integers: each query row rounded to 16 bits (as the
+int8 kernels' activations), the keys as stored, exact int32 dots (16 positions a vpdpbusd).
 """
 import math
 from typing import Optional

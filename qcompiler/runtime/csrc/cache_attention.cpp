@@ -10,11 +10,16 @@
 // for every row of the block), each row's chunk maximum, the exponentials and their V sum, folded into the row's
 // running maximum, sum and output (online softmax). Where the
 // (b, h, row block) items are too few for the threads (decode: one row block per kv head), the positions are split
-// across threads too and the splits' partial (max, sum, output) merge at the end (flash-decoding).
+// across threads too and the splits' partial (max, sum, output) merge at the end (flash-decoding). An int8 cache on
+// AVX-512 VNNI (D % 64 == 0, D <= 128) scores in integers: the block's query rows in 16 bits as two int8 rows, each
+// chunk's keys transposed once (16 positions to a register), two vpdpbusd per 4 dims and 16 positions: exact int32.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <immintrin.h>
+
+#include "activation_rows.h"
 #include "kernel_common.h"
 #include "ops.h"
 
@@ -22,6 +27,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -42,6 +48,7 @@ struct Problem {
   float* out;
   int64_t B, H, R, S, D, groups;
   float scale;
+  bool vnni;  // AVX-512 VNNI here: an int8 cache's q . k in integers
 };
 
 // The last position row r of sequence b attends (its token's own).
@@ -188,6 +195,96 @@ QC_INLINE float dot(const float* q, const float* k, int64_t D) {
   return sum;
 }
 
+// ---- int8 caches on AVX-512 VNNI: q . k in integers
+
+// Each row of q in 16 bits (v = round(q / s), |v| <= 32639) as two int8 rows, its high and low bytes
+// (v = 256 * hi + lo, activation_rows.h's encoding), and 128 * (256 * sum hi + sum lo), what the unsigned K bytes'
+// bias adds to the dot product.
+struct Rows16 {
+  std::vector<int8_t> hi, lo;
+  std::vector<int32_t> bias;
+  std::vector<float> scale;
+  Rows16(const float* q, int64_t rows, int64_t D) : hi(rows * D), lo(rows * D), bias(rows), scale(rows) {
+    for (int64_t i = 0; i < rows; ++i) {
+      scale[i] = qc::row_scale(q + i * D, D, qc::kInt16Max);
+      const float inv = 1.0f / scale[i];
+      int32_t sum = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const int32_t v = qc::quantize_to(q[i * D + d], inv, qc::kInt16Max), h = (v + 128) >> 8;
+        hi[i * D + d] = int8_t(h);
+        lo[i * D + d] = int8_t(v - 256 * h);
+        sum += v;
+      }
+      bias[i] = 128 * sum;
+    }
+  }
+};
+
+// A chunk's K rows (n of D int8, D % 64 == 0) for vpdpbusd with 16 positions in the lanes: for each group g of 16
+// positions and each 4 d (t), 64 bytes whose lane l holds k[16 g + l][4 t .. 4 t + 3] + 128 (unsigned); positions
+// past n are 128s (scores never used). Per 16 positions and 64 d, a 16 x 16 transpose of dwords in registers.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void transpose_keys(const int8_t* k, int64_t n, int64_t D,
+                                                                        uint8_t* out) {
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  const int64_t quads = D / 4;
+  for (int64_t g = 0; 16 * g < n; ++g)
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+      __m512i r[16], a[16], b[16];
+      for (int p = 0; p < 16; ++p)
+        r[p] = 16 * g + p < n ? _mm512_loadu_si512(k + (16 * g + p) * D + d0) : _mm512_setzero_si512();
+      for (int i = 0; i < 8; ++i) {  // per 128-bit lane: [A0 B0 A1 B1], [A2 B2 A3 B3]
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {  // b[4 i + e], lane k: dword 4 k + e of positions 4 i .. 4 i + 3
+        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+      }
+      uint8_t* dst = out + (g * quads + d0 / 4) * 64;
+      for (int e = 0; e < 4; ++e) {  // the 4 x 4 transpose of 128-bit lanes across positions' groups
+        const __m512i u0 = _mm512_shuffle_i32x4(b[e], b[4 + e], 0x44), u1 = _mm512_shuffle_i32x4(b[e], b[4 + e], 0xEE);
+        const __m512i u2 = _mm512_shuffle_i32x4(b[8 + e], b[12 + e], 0x44);
+        const __m512i u3 = _mm512_shuffle_i32x4(b[8 + e], b[12 + e], 0xEE);
+        const __m512i y[4] = {_mm512_shuffle_i32x4(u0, u2, 0x88), _mm512_shuffle_i32x4(u0, u2, 0xDD),
+                              _mm512_shuffle_i32x4(u1, u3, 0x88), _mm512_shuffle_i32x4(u1, u3, 0xDD)};
+        for (int lane = 0; lane < 4; ++lane)  // dword t = 4 lane + e of the 16 positions
+          _mm512_storeu_si512(dst + (4 * lane + e) * 64, _mm512_xor_si512(y[lane], flip));
+      }
+    }
+}
+
+// scores[i][j] = q_i . k_j (unscaled by k's scale) for the rows and n positions, 16 positions a vpdpbusd per 4 d
+// per byte row (the row's 4 bytes broadcast): 2 D / 4 instructions per 16 positions and row.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_scores(const Rows16& q, int64_t rows,
+                                                                               const uint8_t* keys, int64_t n,
+                                                                               int64_t D, float* scores) {
+  const int64_t groups = (n + 15) / 16, quads = D / 4;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int8_t* hi = q.hi.data() + i * D;
+    const int8_t* lo = q.lo.data() + i * D;
+    const __m512i bias = _mm512_set1_epi32(q.bias[i]);
+    const __m512 scale = _mm512_set1_ps(q.scale[i]);
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i h = _mm512_setzero_si512(), l = _mm512_setzero_si512();
+      const uint8_t* kg = keys + g * quads * 64;
+      for (int64_t t = 0; t < quads; ++t) {
+        const __m512i kb = _mm512_loadu_si512(kg + t * 64);
+        int32_t qh, ql;
+        std::memcpy(&qh, hi + 4 * t, 4);
+        std::memcpy(&ql, lo + 4 * t, 4);
+        h = _mm512_dpbusd_epi32(h, kb, _mm512_set1_epi32(qh));
+        l = _mm512_dpbusd_epi32(l, kb, _mm512_set1_epi32(ql));
+      }
+      const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(h, 8), l), bias);
+      const __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale);
+      const int64_t left = std::min<int64_t>(16, n - 16 * g);
+      _mm512_mask_storeu_ps(scores + i * kChunk + 16 * g, __mmask16((1u << left) - 1), s);
+    }
+  }
+}
+
 // A row block's running softmax: the maximum and sum of each row's exponentials so far, and its output (unnormalized).
 struct Running {
   std::vector<float> max, sum, acc;
@@ -205,10 +302,20 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
   const int64_t bh = b * p.H + h, D = p.D, bytes = D * element_bytes<S>();
   const float* q = p.q + (bh * p.R + r0) * D;
   std::vector<float> scores(rows * kChunk), k_rows(S == Store::kF32 ? 0 : kChunk * D), v_rows(k_rows.size());
+  // an int8 cache on AVX-512 VNNI: q in 16 bits against the int8 keys, 16 positions a vpdpbusd (D <= 128 keeps the
+  // sums in int32)
+  const bool integer = S == Store::kInt8 && p.vnni && D % 64 == 0 && D <= 128;
+  std::optional<Rows16> q16;
+  std::vector<uint8_t> keys(integer ? kChunk * D : 0);
+  if (integer) q16.emplace(q, rows, D);
   for (int64_t c0 = p0; c0 < p1; c0 += kChunk) {
     const int64_t n = std::min(kChunk, p1 - c0);
-    const float* k = as_float<S>(static_cast<const char*>(p.k) + (bh * p.S + c0) * bytes, n * D, k_rows.data());
-    if (D % 8 == 0) {
+    const char* stored_k = static_cast<const char*>(p.k) + (bh * p.S + c0) * bytes;
+    const float* k = integer ? nullptr : as_float<S>(stored_k, n * D, k_rows.data());
+    if (integer) {
+      transpose_keys(reinterpret_cast<const int8_t*>(stored_k), n, D, keys.data());
+      int8_scores(*q16, rows, keys.data(), n, D, scores.data());
+    } else if (D % 8 == 0) {
       for (int64_t i = 0; i < rows; ++i) row_scores(q + i * D, k, D, n, scores.data() + i * kChunk);
     } else {
       for (int64_t j = 0; j < n; ++j)
@@ -383,7 +490,7 @@ at::Tensor cache_attention(const at::Tensor& q_in, const at::Tensor& k_in, const
   if (out.numel() == 0) return out;
   const Problem p{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), k_scale ? k_scale->data_ptr<float>() : nullptr,
                   v_scale ? v_scale->data_ptr<float>() : nullptr, store_of(k), first, out.data_ptr<float>(),
-                  B, H, R, S, D, groups, float(scale)};
+                  B, H, R, S, D, groups, float(scale), qc::path_here() == qc::Path::kVnni};
   run(p, qc::path_here() != qc::Path::kScalar);
   return out;
 }
