@@ -22,6 +22,8 @@ AFFINE = [
     AffineWeight("uint4", 32, "asymmetric", "int", torch.uint8),       # integer zero point
     AffineWeight("uint4", 32, "asymmetric", "int", torch.bfloat16, torch.bfloat16),
     AffineWeight("uint2", 32, "asymmetric", "int"),
+    AffineWeight("uint1", 32, "asymmetric", "int"),                    # every width that divides a byte
+    AffineWeight("uint3", 32, "asymmetric", "int"),                    # and one that does not
 ]
 
 
@@ -119,8 +121,8 @@ def test_half_precision_activations_match_the_reference_in_that_dtype(dtype):
 def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kernel):
     from qcompiler.lowering import lower_graph
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 64)).eval()
-    x = torch.randn(2, 3, 64)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 64)).eval().to(DEVICE)
+    x = torch.randn(2, 3, 64, device=DEVICE)
     gm = qc.quantize(model, (x,), qc.config_from_string(scheme)).module()
     ref = gm(x)
     lower_graph(gm, "cuda")
@@ -134,9 +136,9 @@ def test_cuda_rules_lower_weight_only_patterns_to_the_triton_kernel(scheme, kern
 def test_the_cuda_rule_lowers_aqlm_to_its_triton_kernel():
     from qcompiler.lowering import lower_graph
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 64)).eval()
-    x = torch.randn(2, 3, 64)
-    data = [(torch.randn(2, 3, 64),) for _ in range(2)]
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 64)).eval().to(DEVICE)
+    x = torch.randn(2, 3, 64, device=DEVICE)
+    data = [(torch.randn(2, 3, 64, device=DEVICE),) for _ in range(2)]
     gm = qc.quantize(model, (x,), qc.AQLMWeightOnlyConfig(2, 6, 8, rounds=1), calibration_data=data).module()
     ref = gm(x)
     lower_graph(gm, "cuda")
@@ -167,17 +169,23 @@ ALL_CONFIGS = [(kind, c) for kind in ("decode", "prefill") for c in tm.configs(k
 
 @pytest.mark.parametrize("kind,config", ALL_CONFIGS, ids=lambda v: v if isinstance(v, str) else
                          "x".join(str(v.kwargs[b]) for b in ("BM", "BN", "BK")) + f"-w{v.num_warps}s{v.num_stages}")
-def test_every_autotune_config_computes_the_same_product(kind, config):
-    """Each config the autotuner may pick, run explicitly on shapes that none of its tiles divide."""
+@pytest.mark.parametrize("k,group", [(150, 50), (320, 64)])  # scales read per value; once a tile (any BK vs 64)
+def test_every_autotune_config_computes_the_same_product(kind, config, k, group):
+    """Each config the autotuner may pick, run explicitly on shapes that none of its tiles divide. On a GPU in
+    bfloat16 (float32 tiles of the largest configs overflow shared memory; the autotuner skips those)."""
     torch.manual_seed(0)
     m = 1 if kind == "decode" else 19
-    n, k = 37, 150
-    stored, it, s, z = _affine_case(AffineWeight("uint4", 50, "asymmetric", "int"), n, k)
-    x = _x(m, k, torch.float32)
-    w = AffineWeight("uint4", 50, "asymmetric", "int").dequantize(stored, k, torch.float32).to(DEVICE)
+    n = 37
+    spec = AffineWeight("uint4", group, "asymmetric", "int")
+    stored, it, s, z = _affine_case(spec, n, k)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    x = _x(m, k, dtype)
+    w = spec.dequantize(stored, k, torch.float32).to(DEVICE)
     y = tm.wo_launch(x, stored["q"].to(DEVICE), 4, k, scale=s.to(DEVICE), zero=z.to(DEVICE)).run_config(config)
-    torch.testing.assert_close(y, x @ w.t(), rtol=1e-4, atol=1e-4)
-    k, group = 144, 48  # K tiles are capped at 16, the largest power of two dividing the group
+    ref = x.float() @ w.to(dtype).float().t()
+    tol = 1e-4 if dtype == torch.float32 else 1e-2  # bfloat16: the output's one rounding
+    torch.testing.assert_close(y.float(), ref, rtol=tol, atol=tol)
+    k, group = 288, 96  # K tiles are capped at 32, the largest power of two dividing the group
     v = torch.randint(-8, 8, (n, k), dtype=torch.int8)
     xq = torch.randint(-128, 128, (m, k), dtype=torch.int8)
     launch = tm.dq_launch(xq.to(DEVICE), torch.ones(m, device=DEVICE), None, qc.pack_int(v, 4).to(DEVICE), 4, k,
@@ -248,3 +256,18 @@ def test_cuda_benchmark_runs_in_smoke_mode_without_a_gpu():
                          cwd=bench, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "int4wo-64" in out.stdout and "int8dq" in out.stdout and "M=17" in out.stdout
+
+
+def test_every_kernel_variant_compiles_for_the_h100():
+    """Triton's compiler, not its interpreter: each variant to an sm_90 cubin with Triton's own ptxas (no GPU needed;
+    tests/compile_for_hopper.py). The interpreter passed kernels that the first GPU refused to compile."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton's current default, set to keep its notice quiet
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "compile_for_hopper.py")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "every variant compiled for sm_90" in out.stdout

@@ -27,7 +27,7 @@ from .reference_patterns import (additive, dynamic_int8_int4, dynamic_int8_int8,
                                  per_token_block, rows, stored_inputs, layer_name, table_bytes, table_packed,
                                  weight_only_packed, weight_only_unpacked, with_bias)
 from .rules import LoweringRule
-from ..runtime.triton_matmul import SCALE_FORMATS, affine_scale_zero
+from ..runtime.triton_matmul import INT8_DOT_MIN_K, SCALE_FORMATS, affine_scale_zero
 
 aten, qops = torch.ops.aten, torch.ops.qcompiler
 triton_wo_matmul, triton_dq_matmul = torch.ops.qcompiler.triton_wo_matmul, torch.ops.qcompiler.triton_dq_matmul
@@ -121,7 +121,7 @@ def _additive_kernel(m, x, out_dtype, b, **_):
 def _dynamic(m) -> bool:
     w_block = list(m["w_block"])
     return (per_token_block(m) and len(w_block) == 2 and w_block[0] == 1 and stored_inputs(m, "w_q", "w_scale")
-            and (w_block[1] == -1 or w_block[1] % 16 == 0))  # the kernel's K tiles stay inside a group
+            and (w_block[1] == -1 or w_block[1] % INT8_DOT_MIN_K == 0))  # K tiles stay inside a group
 
 
 def _dynamic_kernel(mapping: str, m, x, eps, out_w, b, **_):

@@ -14,6 +14,7 @@ by the weight (:func:`weight_key`) or, for input scales, by the observed input
 """
 from torch.fx import GraphModule, Node
 
+from .algorithm import Solved, as_solved
 from .observe import observers
 from .pattern import arg_node, stored_arg
 
@@ -67,9 +68,18 @@ def solve(gm: GraphModule, window) -> None:
             for u in users:
                 spec = u.meta["qspec"]
                 if _data_driven(spec) and not spec.algorithm.rescales and weight_key(u, spec) not in store:
-                    w = stored_arg(gm, u, 1).detach()
-                    store[weight_key(u, spec)] = spec.algorithm.quantize_weight(spec.weight, w, obs)
+                    store[weight_key(u, spec)] = _solved_on_cpu(spec, stored_arg(gm, u, 1).detach(), obs)
         obs.hessian, obs.hessian_held, obs.collect = None, None, False
+
+
+def _solved_on_cpu(spec, w, obs) -> Solved:
+    """The algorithm's result for ``w``, solved on the CPU (the solvers' home: a model captured on a GPU has its
+    Hessians gathered there and brought over) and stored on ``w``'s device."""
+    if w.device.type != "cpu" and obs.hessian is not None:
+        obs.hessian = obs.hessian.cpu()
+        obs.hessian_held = obs.hessian_held.cpu() if obs.hessian_held is not None else None
+    result = as_solved(spec.algorithm.quantize_weight(spec.weight, w.cpu(), obs))
+    return Solved({name: t.to(w.device) for name, t in result.tensors.items()}, result.note)
 
 
 def _solve_input(gm: GraphModule, store: dict, node: Node, obs, users: list) -> None:

@@ -72,11 +72,12 @@ class RangeObserver(torch.nn.Module):
 
     def _add_to_hessians(self, rows: torch.Tensor) -> None:
         if self.hessian is None:
-            self.hessian, self.hessian_rows = torch.zeros(self.features, self.features), 0
-            self.hessian_held = torch.zeros(self.features, self.features) if self.wants_held else None
+            self.hessian, self.hessian_rows = torch.zeros(self.features, self.features, device=rows.device), 0
+            self.hessian_held = (torch.zeros(self.features, self.features, device=rows.device) if self.wants_held
+                                 else None)
         self.hessian.addmm_(rows.t(), rows)
         if self.hessian_held is not None:
-            place = torch.arange(self.hessian_rows, self.hessian_rows + rows.shape[0])
+            place = torch.arange(self.hessian_rows, self.hessian_rows + rows.shape[0], device=rows.device)
             held = rows[place % HOLD_EVERY == HOLD_EVERY - 1]
             self.hessian_held.addmm_(held.t(), held)
         self.hessian_rows += rows.shape[0]

@@ -84,7 +84,7 @@ def write_package(program: torch.export.ExportedProgram, path: Union[str, Path],
     with atomic_write(path) as tmp:
         files = _aot_compile(program, inductor_options or {})
         gc.collect()  # the compiler's serialized weights, should a reference cycle still hold them
-        _write_archive(tmp, files)
+        _write_archive(tmp, files, Path(path).stem)
         with zipfile.ZipFile(tmp, "a") as z:
             _remove_build_folders(z.namelist())
             root = z.namelist()[0].split("/", 1)[0]
@@ -141,11 +141,11 @@ def _buffers_as_parameters(gm: torch.nn.Module, mutated: set) -> None:
         module.register_parameter(attr, torch.nn.Parameter(buffer, requires_grad=False))
 
 
-def _write_archive(path: str, files: Sequence[str]) -> None:
+def _write_archive(path: str, files: Sequence[str], root: str) -> None:
     """The PT2 archive torch's ``package_aoti`` writes, every member stored, streamed from its file and aligned
-    at 64 bytes (the weights can be mapped in place). An empty weights blob (a model with no weights) is left
-    out: AOTInductor's loader cannot map 0 bytes, and loads a model without one as a model without weights."""
-    root = Path(path).stem
+    at 64 bytes (the weights can be mapped in place), under the folder ``root`` (torch's: the final file's name
+    without .pt2, not the temporary file's). An empty weights blob (a model with no weights) is left out:
+    AOTInductor's loader cannot map 0 bytes, and loads a model without one as a model without weights."""
     with zipfile.ZipFile(path, "w") as z:
         for name, text in ((ARCHIVE_FORMAT_PATH, ARCHIVE_FORMAT_VALUE), (ARCHIVE_VERSION_PATH, ARCHIVE_VERSION_VALUE),
                            (".data/version", "6\n"), ("byteorder", sys.byteorder)):

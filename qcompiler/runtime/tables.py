@@ -141,12 +141,12 @@ def nearest_code(v: torch.Tensor, grid: str) -> torch.Tensor:
     if grid in NAMED_GRIDS:
         return _nearest_named(v, NAMED_GRIDS[grid])
     _, mags, codes, bits = _grid(grid)
-    mag = torch.tensor(mags, dtype=torch.float64)
+    mag = torch.tensor(mags, dtype=torch.float64, device=v.device)
     a = v.double().abs().clamp(max=mags[-1])
     i = torch.bucketize(a, (mag[1:] + mag[:-1]) / 2)  # nearest, a tie to the lower one
     tie = (i + 1 < len(mags)) & (a == (mag[(i + 1).clamp(max=len(mags) - 1)] + mag[i]) / 2)
     i = torch.where(tie & (i % 2 == 1), i + 1, i)  # a tie goes to the even code (even mantissa)
-    code = torch.tensor(codes, dtype=torch.int64)[i]
+    code = torch.tensor(codes, dtype=torch.int64, device=v.device)[i]
     negative = (v < 0) & (code != 0)
     return (code | (negative.to(torch.int64) << (bits - 1))).to(torch.uint8)
 
@@ -154,9 +154,9 @@ def nearest_code(v: torch.Tensor, grid: str) -> torch.Tensor:
 def _nearest_named(v: torch.Tensor, values: tuple) -> torch.Tensor:
     """The code of each value's nearest grid value (a tie to the lower value; saturating), uint8."""
     order = sorted(range(len(values)), key=values.__getitem__)
-    ranked = torch.tensor([values[c] for c in order], dtype=torch.float64)
+    ranked = torch.tensor([values[c] for c in order], dtype=torch.float64, device=v.device)
     i = torch.bucketize(v.double(), (ranked[1:] + ranked[:-1]) / 2)
-    return torch.tensor(order, dtype=torch.uint8)[i]
+    return torch.tensor(order, dtype=torch.uint8, device=v.device)[i]
 
 
 def quantize_table(w: torch.Tensor, grid: str, block_size: int, scale: torch.Tensor, scale_format: str,

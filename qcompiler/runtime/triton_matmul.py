@@ -44,19 +44,55 @@ from .dtypes import int_type
 
 
 @triton.jit
-def _decode(q_ptr, row_bytes, offs_n, offs_k, mask, BITS: tl.constexpr, SIGNED: tl.constexpr):
-    """The b-bit values of rows ``offs_n`` at positions ``offs_k`` (a [BN, BK] tile), as int32."""
+def _decode(q_ptr, row_bytes, offs_n, offs_k, mask, BITS: tl.constexpr):
+    """The unsigned b-bit values of rows ``offs_n`` at positions ``offs_k`` (a [BN, BK] tile), as int32: any
+    width, each value's one or two bytes read on their own (widths that do not divide a byte)."""
     bit = offs_k[None, :] * BITS
     byte = bit >> 3
     row = q_ptr + offs_n[:, None] * row_bytes
     lo = tl.load(row + byte, mask=mask, other=0).to(tl.int32)
-    if BITS == 8:
-        v = lo
-    else:
-        hi = tl.load(row + byte + 1, mask=mask & (byte + 1 < row_bytes), other=0).to(tl.int32)
-        v = ((lo | (hi << 8)) >> (bit & 7)) & ((1 << BITS) - 1)
+    hi = tl.load(row + byte + 1, mask=mask & (byte + 1 < row_bytes), other=0).to(tl.int32)
+    return ((lo | (hi << 8)) >> (bit & 7)) & ((1 << BITS) - 1)
+
+
+@triton.jit
+def _signed(v, BITS: tl.constexpr, SIGNED: tl.constexpr):
     if SIGNED:
         v = v - ((v >> (BITS - 1)) << BITS)
+    return v
+
+
+@triton.jit
+def _decode_tile(q_ptr, row_bytes, offs_n, n_mask, k0, K, BITS: tl.constexpr, SIGNED: tl.constexpr,
+                 BK: tl.constexpr):
+    """The [BN, BK] tile of b-bit values from position ``k0``, as int32. Widths that divide a byte (8, 4, 2, 1)
+    read the tile's bytes as one contiguous run per row (wide loads) and split them in registers."""
+    if 8 % BITS != 0:
+        offs_k = k0 + tl.arange(0, BK)
+        v = _decode(q_ptr, row_bytes, offs_n, offs_k, n_mask[:, None] & (offs_k[None, :] < K), BITS)
+    else:
+        v = _split_bytes(q_ptr, row_bytes, offs_n, n_mask, k0, BITS, BK)
+    return _signed(v, BITS, SIGNED)
+
+
+@triton.jit
+def _split_bytes(q_ptr, row_bytes, offs_n, n_mask, k0, BITS: tl.constexpr, BK: tl.constexpr):
+    """``_decode_tile`` for a width dividing a byte: a row's BK·BITS/8 bytes in one load, split in registers."""
+    PER_BYTE: tl.constexpr = 8 // BITS
+    offs_b = k0 // PER_BYTE + tl.arange(0, BK // PER_BYTE)
+    offs_b = tl.max_contiguous(tl.multiple_of(offs_b, BK // PER_BYTE), BK // PER_BYTE)
+    b = tl.load(q_ptr + offs_n[:, None] * row_bytes + offs_b[None, :],
+                mask=n_mask[:, None] & (offs_b[None, :] < row_bytes), other=0).to(tl.int32)
+    if BITS == 8:
+        v = b
+    elif BITS == 4:  # values 2i, 2i + 1 in byte i's low and high halves
+        v = tl.interleave(b & 15, b >> 4)
+    elif BITS == 2:
+        v = tl.interleave(tl.interleave(b & 3, (b >> 4) & 3), tl.interleave((b >> 2) & 3, b >> 6))
+    else:
+        v = tl.interleave(tl.interleave(tl.interleave(b & 1, (b >> 4) & 1), tl.interleave((b >> 2) & 1, (b >> 6) & 1)),
+                          tl.interleave(tl.interleave((b >> 1) & 1, (b >> 5) & 1),
+                                        tl.interleave((b >> 3) & 1, b >> 7)))
     return v
 
 
@@ -73,44 +109,67 @@ def _block_scale(ptr, mask, FORMAT: tl.constexpr):
 
 
 @triton.jit
+def _grouped(w, scale_ptr, zero_ptr, offs_n, n_mask, k0, K, groups, group_size,
+             GROUP: tl.constexpr, FORMAT: tl.constexpr, ZERO: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """``w·scale (+ zero)`` for a [BN, BK] tile from ``k0``, the scales (and zeros) per row and group along K.
+
+    ``GROUP`` a power of two: each group's scale is read once a tile (a [BN, BK / GROUP] block, or one per row
+    where a group spans the tile) and broadcast over its values; 0: one group per row; -1: any other group size,
+    a scale read per value."""
+    if GROUP == -1:
+        offs_k = k0 + tl.arange(0, BK)
+        g = offs_n[:, None] * groups + offs_k[None, :] // group_size
+        mask = n_mask[:, None] & (offs_k[None, :] < K)
+        w = w * _block_scale(scale_ptr + g, mask, FORMAT)
+        if ZERO:
+            w += tl.load(zero_ptr + g, mask=mask, other=0.0)
+        return w
+    NG: tl.constexpr = BK // GROUP if GROUP > 0 and GROUP < BK else 1
+    first = k0 // GROUP if GROUP > 0 else 0
+    offs_g = first + tl.arange(0, NG)
+    g = offs_n[:, None] * groups + offs_g[None, :]  # [BN, NG]
+    mask = n_mask[:, None] & (offs_g[None, :] < groups)
+    s = _block_scale(scale_ptr + g, mask, FORMAT)
+    w3 = tl.reshape(w, (BN, NG, BK // NG)) * s[:, :, None]
+    if ZERO:
+        w3 += tl.load(zero_ptr + g, mask=mask, other=0.0)[:, :, None]
+    return tl.reshape(w3, (BN, BK))
+
+
+@triton.jit
 def _wo_matmul_kernel(x_ptr, q_ptr, scale_ptr, zero_ptr, table_ptr, y_ptr, M, N, K, row_bytes, group_size,
                       groups, rows_per_table, stride_xm, stride_ym,
                       BITS: tl.constexpr, SIGNED: tl.constexpr, CODEBOOK: tl.constexpr, SCALED: tl.constexpr,
-                      SCALE_FORMAT: tl.constexpr, DOT_F32: tl.constexpr,
+                      SCALE_FORMAT: tl.constexpr, GROUP: tl.constexpr, DOT_F32: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
+    n_mask = offs_n < N
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    if CODEBOOK:  # each row's table, held in registers for the whole K loop
+    if CODEBOOK:  # each row's table (2**BITS float32 entries, read through the cache: tiny, always resident)
         table_rows = table_ptr + (offs_n[:, None] // rows_per_table) * (1 << BITS)
-        if BITS <= 4:
-            tables = tl.load(table_rows + tl.arange(0, 1 << BITS)[None, :], mask=offs_n[:, None] < N, other=0.0)
     for k0 in range(0, K, BK):
         offs_k = k0 + tl.arange(0, BK)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w_mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
-        v = _decode(q_ptr, row_bytes, offs_n, offs_k, w_mask, BITS, SIGNED)
+        w_mask = n_mask[:, None] & (offs_k[None, :] < K)
+        v = _decode_tile(q_ptr, row_bytes, offs_n, n_mask, k0, K, BITS, SIGNED, BK)
         if CODEBOOK:
-            if BITS <= 4:
-                w = tl.gather(tables, v, axis=1)
-            else:  # up to 256 entries a row: too many registers; read through the cache
-                w = tl.load(table_rows + v, mask=w_mask, other=0.0)
+            w = tl.load(table_rows + v, mask=w_mask, other=0.0)
             if SCALED:  # a fixed table: each block's scale at its stored width
-                g = offs_n[:, None] * groups + offs_k[None, :] // group_size
-                w = w * _block_scale(scale_ptr + g, w_mask, SCALE_FORMAT)
+                w = _grouped(w, scale_ptr, zero_ptr, offs_n, n_mask, k0, K, groups, group_size, GROUP, SCALE_FORMAT,
+                             False, BN, BK)
         else:
-            g = offs_n[:, None] * groups + offs_k[None, :] // group_size
-            w = v.to(tl.float32) * _block_scale(scale_ptr + g, w_mask, SCALE_FORMAT) \
-                + tl.load(zero_ptr + g, mask=w_mask, other=0.0)
+            w = _grouped(v.to(tl.float32), scale_ptr, zero_ptr, offs_n, n_mask, k0, K, groups, group_size, GROUP,
+                         SCALE_FORMAT, True, BN, BK)
         w = tl.where(w_mask, w, 0.0).to(x.dtype)
-        if DOT_F32:  # the interpreter's bf16 tl.dot is wrong; same values, multiplied in float32
+        if DOT_F32:  # float32 activations in float32 (no tf32), and the interpreter (its bf16 tl.dot is wrong)
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w))
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+             mask=(offs_m[:, None] < M) & n_mask[None, :])
 
 
 @triton.jit
@@ -137,7 +196,7 @@ def _additive_matmul_kernel(x_ptr, codes_ptr, books_ptr, scale_ptr, y_ptr, M, N,
             w += tl.load(books_ptr + (c * entries + code) * GROUP + offs_k[None, :] % GROUP, mask=w_mask,
                          other=0.0).to(tl.float32)
         w = w.to(x.dtype)
-        if DOT_F32:  # the interpreter's bf16 tl.dot is wrong; same values, multiplied in float32
+        if DOT_F32:  # float32 activations in float32 (no tf32), and the interpreter (its bf16 tl.dot is wrong)
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w))
@@ -164,8 +223,7 @@ def _dq_matmul_kernel(xq_ptr, x_scale_ptr, x_zero_ptr, q_ptr, w_scale_ptr, y_ptr
         xq = tl.load(xq_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                      mask=m_mask[:, None] & (offs_k[None, :] < K), other=0)
         w_mask = n_mask[:, None] & (offs_k[None, :] < K)
-        v = _decode(q_ptr, row_bytes, offs_n, offs_k, w_mask, BITS, True)
-        v = tl.where(w_mask, v, 0)
+        v = tl.where(w_mask, _decode_tile(q_ptr, row_bytes, offs_n, n_mask, k0, K, BITS, True, BK), 0)
         part = tl.dot(xq, tl.trans(v.to(tl.int8)))  # int32, exact
         g = offs_n * groups + k0 // group_size
         if ASYMMETRIC:  # sum (q - zp)·v = sum q·v - zp·sum v, over this tile
@@ -268,12 +326,15 @@ class Launch:
         return self.out
 
 
+INT8_DOT_MIN_K = 32  # an int8 tl.dot's K on the GPU (Hopper's int8 MMA; 16 ran only in the interpreter)
+
+
 def dq_max_bk(group_size: int) -> int:
     """The widest K tile of the int8-activation kernel for a group: the largest power of two dividing
-    it, so that no tile spans two groups (``tl.dot`` needs at least 16)."""
+    it, so that no tile spans two groups (an int8 ``tl.dot`` needs K >= ``INT8_DOT_MIN_K``)."""
     bk = group_size & -group_size
-    if bk < 16:
-        raise ValueError(f"triton_dq_matmul needs groups of a multiple of 16 along K, not {group_size}")
+    if bk < INT8_DOT_MIN_K:
+        raise ValueError(f"triton_dq_matmul needs groups of a multiple of {INT8_DOT_MIN_K} along K, not {group_size}")
     return bk
 
 
@@ -297,7 +358,22 @@ def wo_launch(x: torch.Tensor, q: torch.Tensor, bits: int, k: int, signed: bool 
             k // groups, groups, n // table.shape[0] if codebook else 1, x.stride(0), y.stride(0))
     return Launch(_wo_matmul_kernel, m, n, None, args,
                   dict(BITS=bits, SIGNED=signed, CODEBOOK=codebook, SCALED=scaled, SCALE_FORMAT=scale_format,
-                       DOT_F32=_INTERPRETED), y)
+                       GROUP=_group_constexpr(k, groups), DOT_F32=_dot_f32(x)), y)
+
+
+def _group_constexpr(k: int, groups: int) -> int:
+    """``_grouped``'s GROUP for ``groups`` scales a row along ``k``: 0 one a row, the group size where it is a
+    power of two (read once a tile), -1 otherwise (read per value)."""
+    if groups == 1:
+        return 0
+    size = k // groups
+    return size if size * groups == k and size & (size - 1) == 0 else -1
+
+
+def _dot_f32(x: torch.Tensor) -> bool:
+    """Whether the kernels multiply in float32: float32 activations (as ``F.linear`` does, no tf32), and always
+    under the interpreter."""
+    return _INTERPRETED or x.dtype == torch.float32
 
 
 def dq_launch(xq: torch.Tensor, x_scale: torch.Tensor, x_zero: Optional[torch.Tensor], q: torch.Tensor, bits: int,
@@ -336,7 +412,7 @@ def additive_launch(x: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tenso
     args = (x, codes.contiguous(), codebooks.contiguous(), scale.float().reshape(-1).contiguous(), y, m, n,
             groups * group, groups, entries, x.stride(0), y.stride(0))
     return Launch(_additive_matmul_kernel, m, n, None, args,
-                  dict(BOOKS=books, GROUP=group, WIDE=codes.dtype == torch.int16, DOT_F32=_INTERPRETED), y)
+                  dict(BOOKS=books, GROUP=group, WIDE=codes.dtype == torch.int16, DOT_F32=_dot_f32(x)), y)
 
 
 @torch.library.triton_op("qcompiler::triton_additive_matmul", mutates_args=())
