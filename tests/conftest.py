@@ -87,3 +87,25 @@ def deploy_llm_example(tmp_path_factory):
 
     folder = made_once(tmp_path_factory, "deploy_llm", make)
     return folder / "lm.pt2", (folder / "stdout.txt").read_text()
+
+
+def tiny_slots_llama():
+    """A tiny llama (random weights, 2 layers, grouped-query) for the independent-sequence tests."""
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def slots_lm(tmp_path_factory):
+    """The tiny llama captured with 3 slots (max_seq_len 64), int4wo-32, packaged once a run (~15 s), and its
+    lowered program: (path, program)."""
+    pytest.importorskip("transformers")
+    import qcompiler as qc
+    from made_once import made_once
+    lm = qc.capture_lm(tiny_slots_llama(), 64, slots=3)
+    lowered = qc.lower(qc.convert(qc.prepare(lm, qc.config_from_string("int4wo-32"))), "cpu")
+    folder = made_once(tmp_path_factory, "slots_lm", lambda f: qc.package(lowered, f / "slots_lm.pt2"))
+    return folder / "slots_lm.pt2", lowered

@@ -113,6 +113,18 @@ def test_the_avx2_and_plain_cpp_paths_match_the_reference(capability):
     assert float(error) < 1
 
 
+@pytest.mark.parametrize("store", STORES)
+def test_each_sequence_reads_its_slot_of_the_cache(store):
+    """With ``slot``, sequence b reads cache row slot[b] of C rows (a server's sequences in their own slots): the same
+    as the op over those rows gathered, and the reference."""
+    q, k, v, ks, vs, _, groups, scale = _case(4, 2, 2, 4, 64, 300, [0, 0, 0, 0], store)
+    q, start, slot = q[:2], torch.tensor([250, 7]), torch.tensor([3, 1])
+    out = cache_attention.OP(q, k, v, ks, vs, start, groups, scale, slot)
+    gathered = [t[slot] if t is not None else None for t in (k, v, ks, vs)]
+    assert torch.equal(out, cache_attention.OP(q, *gathered, start, groups, scale))
+    assert _error(out, cache_attention.reference(q, k, v, ks, vs, start, groups, scale, slot)) < TOLERANCE[store]
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda a: {**a, "q": a["q"].double()}, "q must be float32 \\[B, H, R, D\\]"),
     (lambda a: {**a, "groups": 3}, "groups = 3 must be >= 1 and divide q's rows \\(8\\)"),
@@ -121,7 +133,10 @@ def test_the_avx2_and_plain_cpp_paths_match_the_reference(capability):
     (lambda a: {**a, "k_scale": torch.ones(1, 2, 48, 1)}, "k_scale and v_scale go with an int8 cache"),
     (lambda a: {**a, "start": torch.tensor([17, 3])}, "start must be int64 \\[B\\]"),
     (lambda a: {**a, "start": torch.tensor([47])}, "sequence 0 starts at 47 with 2 new positions; the cache holds 48"),
-], ids=["q-dtype", "groups", "cache-dtype", "cache-shape", "scales-without-int8", "start-shape", "past-the-end"])
+    (lambda a: {**a, "slot": torch.tensor([1])}, "sequence 0 reads slot 1; the cache has 1"),
+    (lambda a: {**a, "slot": torch.tensor([0, 0])}, "slot must be int64 \\[B\\]"),
+], ids=["q-dtype", "groups", "cache-dtype", "cache-shape", "scales-without-int8", "start-shape", "past-the-end",
+        "slot-out-of-range", "slot-shape"])
 def test_bad_inputs_are_refused_with_what_is_allowed(change, message):
     q, k, v, ks, vs, start, groups, scale = _case(1, 2, 2, 4, 64, 48, [17], "float32")
     args = dict(q=q, k=k, v=v, k_scale=ks, v_scale=vs, start=start, groups=groups, scale=scale)

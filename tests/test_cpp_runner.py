@@ -408,6 +408,15 @@ def test_generates_the_tokens_qcompiler_generate_does(runner, signed_lm, length,
     assert qc_run(runner, signed_lm, "--verify").stdout.startswith(f"ok {signed_lm}")  # unchanged by the run
 
 
+def test_generates_with_a_program_captured_with_slots(runner, slots_lm):
+    """A program with slots takes (input_ids, start, slot): qc_run feeds its prompt in slot 0."""
+    path = slots_lm[0]
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(6))
+    expected = qc.generate(qc.load(path), ids, max_new_tokens=5)[0].tolist()
+    done = qc_run(runner, path, "--generate", "--prompt", ",".join(map(str, ids[0].tolist())), "--max-new-tokens", 5)
+    assert done.stdout.splitlines()[0] == "tokens: " + " ".join(map(str, expected)), done.stdout
+
+
 @pytest.mark.parametrize("args,said", [
     (["--generate", "--prompt", "1,2,3", "--max-new-tokens", MAX_SEQ_LEN - 2],
      f"a prompt of 3 tokens and --max-new-tokens {MAX_SEQ_LEN - 2} need {MAX_SEQ_LEN + 1} positions; the program's "

@@ -53,7 +53,7 @@ def test_lowered_decoder_matches_its_quantized_reference(family, scheme, kv_cach
         run, plain = qc.load(path), torch._inductor.aoti_load_package(str(path))  # plain: torch alone
         cache = str(kv_cache_dtype or torch.float32).removeprefix("torch.")
         assert run.metadata["lm"] == {"batch_size": 1, "max_seq_len": MAX_SEQ_LEN, "layers": 2,
-                                      "kv_cache_dtype": cache}
+                                      "kv_cache_dtype": cache, "sequences": "shared"}
         with pytest.raises(ValueError, match="max_seq_len=48"):  # plain AOTInductor packages tell it too
             qc.generate(plain, prompt(40), 9)
         runs = [run, plain]

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 
 #include "errors.h"
 
@@ -31,34 +32,46 @@ std::int64_t json_integer(const std::string& json, const std::string& key) {
   return value;
 }
 
-// capture_lm's program takes input_ids and cache_position by keyword; the model takes its inputs flat, in the
-// order the call spec's keyword list gives them.
-bool input_ids_come_first(Model& model) {
-  std::string in_spec = model.call_spec().at(0);
-  std::size_t ids = in_spec.find("input_ids"), positions = in_spec.find("cache_position");
-  if (ids == std::string::npos || positions == std::string::npos) {
-    throw UsageError("its inputs are not (input_ids, cache_position), as a qcompiler.capture_lm program's are: " +
-                     in_spec);
-  }
-  return ids < positions;
-}
-
-// One call: logits [batch, n, vocab] for input_ids [batch, n] at positions cache_position [n].
+// capture_lm's program takes its inputs by keyword: (input_ids, cache_position), or, captured with slots,
+// (input_ids, start, slot); the model takes them flat, in the order the call spec's keyword list gives them.
 class LmCall {
  public:
-  explicit LmCall(Model& model) : model_(model), ids_first_(input_ids_come_first(model)) {}
+  explicit LmCall(Model& model) : model_(model) {
+    const std::string in_spec = model.call_spec().at(0);
+    slots_ = in_spec.find("\\\"slot\\\"") != std::string::npos;
+    const std::vector<std::string> names = slots_ ? std::vector<std::string>{"input_ids", "start", "slot"}
+                                                  : std::vector<std::string>{"input_ids", "cache_position"};
+    std::vector<std::size_t> at;
+    for (const std::string& name : names) {
+      at.push_back(in_spec.find("\\\"" + name + "\\\""));
+      if (at.back() == std::string::npos) {
+        throw UsageError("its inputs are not (input_ids, cache_position) or (input_ids, start, slot), as a "
+                         "qcompiler.capture_lm program's are: " + in_spec);
+      }
+    }
+    for (std::size_t i = 0; i < names.size(); ++i) order_.push_back(i);
+    std::sort(order_.begin(), order_.end(), [&at](std::size_t a, std::size_t b) { return at[a] < at[b]; });
+  }
 
-  at::Tensor operator()(const at::Tensor& input_ids, const at::Tensor& cache_position) {
-    std::vector<at::Tensor> inputs = ids_first_ ? std::vector<at::Tensor>{input_ids, cache_position}
-                                                : std::vector<at::Tensor>{cache_position, input_ids};
+  // Logits [1, n, vocab] for input_ids [1, n] whose first token is at `position` (slot 0 of a program with slots).
+  at::Tensor operator()(const at::Tensor& input_ids, std::int64_t position) {
+    const std::int64_t n = input_ids.size(1);
+    std::vector<at::Tensor> by_name =
+        slots_ ? std::vector<at::Tensor>{input_ids, at::tensor({position}, at::kLong), at::zeros({1}, at::kLong)}
+               : std::vector<at::Tensor>{input_ids, at::arange(position, position + n, at::kLong)};
+    std::vector<at::Tensor> inputs;
+    for (std::size_t i : order_) inputs.push_back(by_name[i]);
     std::vector<at::Tensor> outputs = model_.run(inputs);
     if (outputs.empty() || outputs[0].dim() != 3) throw std::runtime_error("the model did not return logits [b, n, v]");
     return outputs[0];
   }
 
+  bool slots() const { return slots_; }
+
  private:
   Model& model_;
-  bool ids_first_;
+  bool slots_ = false;
+  std::vector<std::size_t> order_;  // the inputs' places in the call spec
 };
 
 // Calls `on_token` with each new token as it is made: qcompiler.generate.stream, greedy.
@@ -67,19 +80,19 @@ void stream_tokens(LmCall& call, const GenerateRequest& request, OnToken on_toke
   auto prompt_length = static_cast<std::int64_t>(request.prompt.size());
   at::Tensor ids = at::tensor(request.prompt, at::kLong).view({1, prompt_length});
   // Position 0 starts a new sequence: nothing of the cache's previous contents is read.
-  at::Tensor logits = call(ids, at::arange(prompt_length, at::kLong));
+  at::Tensor logits = call(ids, 0);
   for (std::int64_t step = 0; step < request.max_new_tokens; ++step) {
     at::Tensor token = logits.select(1, -1).argmax(-1);  // [batch]
     on_token(token[0].item<std::int64_t>());
     if (step + 1 == request.max_new_tokens) return;
-    logits = call(token.unsqueeze(1), at::tensor({prompt_length + step}, at::kLong));
+    logits = call(token.unsqueeze(1), prompt_length + step);
   }
 }
 
-void check_request(const LmShape& shape, const GenerateRequest& request) {
+void check_request(const LmShape& shape, const GenerateRequest& request, bool slots) {
   if (request.prompt.empty()) throw UsageError("--prompt needs at least one token id");
   if (request.max_new_tokens < 0) throw UsageError("--max-new-tokens must be >= 0");
-  if (shape.batch_size != 1) {
+  if (shape.batch_size != 1 && !slots) {
     throw UsageError("the program's batch size is " + std::to_string(shape.batch_size) +
                      "; qc_run --generate feeds it one prompt (a batch of 1)");
   }
@@ -121,16 +134,18 @@ LmShape lm_shape(const std::unordered_map<std::string, std::string>& metadata) {
 }
 
 std::vector<std::int64_t> generate(Model& model, const GenerateRequest& request) {
-  check_request(lm_shape(model.metadata()), request);
+  const LmShape shape = lm_shape(model.metadata());  // first: a file that is no LM says so
   LmCall call(model);
+  check_request(shape, request, call.slots());
   std::vector<std::int64_t> tokens;
   stream_tokens(call, request, [&tokens](std::int64_t token) { tokens.push_back(token); });
   return tokens;
 }
 
 void generate_and_report(Model& model, const GenerateRequest& request, std::ostream& out) {
-  check_request(lm_shape(model.metadata()), request);
+  const LmShape shape = lm_shape(model.metadata());  // first: a file that is no LM says so
   LmCall call(model);
+  check_request(shape, request, call.slots());
   // A warm-up, as `qcompiler generate` does, so that one-time costs (first-call allocations) are not timed.
   generate(model, {request.prompt, std::min<std::int64_t>(request.max_new_tokens, 2)});
   std::vector<std::int64_t> tokens;

@@ -3,6 +3,8 @@
 One call with the prompt (prefill, ``cache_position = arange(prompt)``), then one call per
 new token (decode, ``cache_position = [n]``). The callable keeps the KV cache between
 calls; starting again at position 0 starts a new sequence, so each prompt is independent.
+A program captured with slots takes ``start`` and ``slot`` per row instead; a list of prompts of different
+lengths is batched continuously over its slots (``batching.py``).
 """
 import json
 import logging
@@ -53,13 +55,14 @@ def stream(run: Callable, input_ids: torch.Tensor, max_new_tokens: int = 128, *,
     sampling = Sampling(temperature, top_k)
     ids = _check_prompt(input_ids, max_new_tokens)
     limit, batch = _limits(run, max_seq_len)
-    if batch is not None and ids.shape[0] != batch:
+    independent = _independent(run, ids.shape[0])
+    if batch is not None and ids.shape[0] != batch and not independent:
         raise fail("input_ids", f"a batch of {batch} prompts (the program's batch size)", f"{ids.shape[0]} prompts")
     if limit is not None and ids.shape[1] + max_new_tokens > limit:
         raise ValueError(f"qcompiler: a prompt of {ids.shape[1]} tokens and max_new_tokens={max_new_tokens} need "
                          f"{ids.shape[1] + max_new_tokens} positions; the program's cache holds max_seq_len={limit}")
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    logits = run(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=ids.device))
+    logits = _call(run, independent, ids, 0)
     for step in range(max_new_tokens):
         token = sampling.pick(logits[:, -1], generator)
         yield token
@@ -67,15 +70,57 @@ def stream(run: Callable, input_ids: torch.Tensor, max_new_tokens: int = 128, *,
             done |= token == eos_token_id
         if step + 1 == max_new_tokens or bool(done.all()):
             return
-        position = torch.tensor([ids.shape[1] + step], device=ids.device)
-        logits = run(input_ids=token[:, None], cache_position=position)
+        logits = _call(run, independent, token[:, None], ids.shape[1] + step)
 
 
-def generate(run: Callable, input_ids: torch.Tensor, max_new_tokens: int = 128, **options) -> torch.Tensor:
+def _independent(run: Callable, rows: int) -> bool:
+    """Whether ``run`` takes ``start`` and ``slot`` per row (captured with slots); it then needs ``rows`` slots."""
+    shape = program_shape(run)
+    if shape is None or shape.get("sequences", "shared") == "shared":
+        return False
+    if rows > shape["batch_size"]:
+        raise fail("input_ids", f"at most {shape['batch_size']} prompts (the program's slots)", f"{rows} prompts")
+    return True
+
+
+def _call(run: Callable, independent: bool, ids: torch.Tensor, position: int):
+    """``run`` on ``ids`` [B, L] whose first token is at ``position`` in every row (rows in slots 0 .. B - 1)."""
+    if independent:
+        start = torch.full((ids.shape[0],), position, dtype=torch.long, device=ids.device)
+        return run(input_ids=ids, start=start, slot=torch.arange(ids.shape[0], device=ids.device))
+    return run(input_ids=ids, cache_position=torch.arange(position, position + ids.shape[1], device=ids.device))
+
+
+def generate(run: Callable, input_ids, max_new_tokens: int = 128, **options):
     """The new tokens, LongTensor [batch, max_new_tokens] (fewer where every row reached ``eos_token_id``).
-    Greedy by default; ``options`` as :func:`stream` takes them (temperature, top_k, eos_token_id, ...)."""
+    Greedy by default; ``options`` as :func:`stream` takes them (temperature, top_k, eos_token_id, ...).
+
+    ``input_ids`` a list of 1-D LongTensors (prompts of any lengths): a list of each one's new tokens (up to
+    ``max_new_tokens``, ending at its ``eos_token_id``), the tokens each would get alone. A program captured with
+    slots batches them continuously (:class:`qcompiler.Batcher`); another generates them one after another."""
+    if isinstance(input_ids, (list, tuple)):
+        return _generate_each(run, list(input_ids), max_new_tokens, **options)
     tokens = list(stream(run, input_ids, max_new_tokens, **options))
     return torch.stack(tokens, 1) if tokens else torch.empty(input_ids.shape[0], 0, dtype=torch.long)
+
+
+def _generate_each(run: Callable, prompts: list, max_new_tokens: int, **options) -> list:
+    for prompt in prompts:
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.dtype != torch.long:
+            raise fail("input_ids", "a LongTensor [batch, prompt length] or a list of 1-D LongTensors",
+                       f"a list holding a {_describe(prompt)}")
+    shape = program_shape(run)
+    if shape is not None and shape.get("sequences") == "independent":
+        from .batching import generate_each
+        options.pop("max_seq_len", None)
+        return generate_each(run, prompts, max_new_tokens, **options)
+    eos = options.get("eos_token_id")
+    out = []
+    for prompt in prompts:
+        tokens = generate(run, prompt[None], max_new_tokens, **options)[0]
+        stop = (tokens == eos).nonzero()
+        out.append(tokens[:int(stop[0]) + 1] if eos is not None and len(stop) else tokens)
+    return out
 
 
 def _check_prompt(input_ids, max_new_tokens) -> torch.Tensor:
@@ -96,7 +141,7 @@ def _describe(x) -> str:
 
 def _limits(run, max_seq_len: Optional[int]) -> tuple:
     """``(max_seq_len, batch_size)`` of ``run``'s cache where ``run`` tells them (None where not)."""
-    shape = _shape_of(run)
+    shape = program_shape(run)
     if shape is None:
         if max_seq_len is None:
             log.warning("cannot tell the program's max_seq_len; pass max_seq_len= to check prompts against it")
@@ -106,9 +151,13 @@ def _limits(run, max_seq_len: Optional[int]) -> tuple:
     return shape["max_seq_len"], shape["batch_size"]
 
 
-def _shape_of(run) -> Optional[dict]:
+def program_shape(run) -> Optional[dict]:
+    """:func:`qcompiler.llm.capture_lm.lm_shape` of ``run`` (a program's module or a loaded .pt2), where it tells it;
+    None where not."""
     if isinstance(run, torch.nn.Module):
-        return lm_shape(run.named_buffers())
+        graph = getattr(run, "graph", None)
+        inputs = [n.target for n in graph.nodes if n.op == "placeholder"] if graph is not None else ()
+        return lm_shape(run.named_buffers(), inputs)
     metadata = getattr(run, "metadata", None)  # qcompiler.load
     if isinstance(metadata, dict) and "lm" in metadata:
         return metadata["lm"]

@@ -46,9 +46,11 @@ _MASKS: contextvars.ContextVar[Optional[Dict[Tuple[int, int], Tuple[torch.Tensor
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One call of a captured LM: where each sequence's new tokens start in the cache ([B] int64), and the int8
-    caches the cache layers returned as stored, by id: (keys, key_scale, value_scale)."""
+    """One call of a captured LM: where each sequence's new tokens start in the cache ([B] int64), the cache row
+    (slot) each one owns ([B] int64; None: row b, sequences in step), and the int8 caches the cache layers returned
+    as stored, by id: (keys, key_scale, value_scale)."""
     start: torch.Tensor
+    slot: Optional[torch.Tensor] = None
     int8: Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
@@ -57,10 +59,10 @@ _STEP: contextvars.ContextVar[Optional[Step]] = contextvars.ContextVar("qcompile
 
 
 @contextlib.contextmanager
-def cache_step(start: torch.Tensor) -> Iterator[Optional[Step]]:
+def cache_step(start: torch.Tensor, slot: Optional[torch.Tensor] = None) -> Iterator[Optional[Step]]:
     """While a captured LM's call runs (inside :func:`grouped_query_attention`): its :class:`Step`, for the cache
     layers and the attention; None where our attention does not run (the layers then return float caches)."""
-    step = Step(start) if _ATTENDS.get() else None
+    step = Step(start, slot) if _ATTENDS.get() else None
     token = _STEP.set(step)
     try:
         yield step
@@ -113,6 +115,12 @@ def grouped_rows_attention(module, query, key, value, attention_mask, dropout=0.
     step = _STEP.get()
     if step is not None and _over_the_cache(query, key, dropout, is_causal, kwargs):
         return _cache_attention(query, key, value, step, scaling)
+    if step is not None and step.slot is not None:
+        raise NotImplementedError(
+            "qcompiler: independent sequences (capture_lm's slots) need qcompiler.cache_attention, which takes causal "
+            "attention on the CPU without a sliding window, soft cap or attention sinks; this model's attention "
+            f"(on {query.device.type}, sliding_window={kwargs.get('sliding_window')}, softcap={kwargs.get('softcap')})"
+            " is not that")
     if step is not None and id(key) in step.int8:  # the cache as stored, for an attention that takes floats
         key, value = _dequantized(key, value, step, query.dtype)
     groups = _groups(query, key, attention_mask, dropout, is_causal, kwargs)
@@ -149,7 +157,7 @@ def _cache_attention(query, key, value, step: Step, scaling):
     if id(key) in step.int8:
         _, k_scale, v_scale = step.int8[id(key)]
     out = cache_attention.OP(rows.reshape(b, kv_heads, length * groups, d).float(), key, value, k_scale, v_scale,
-                             step.start, groups, d ** -0.5 if scaling is None else float(scaling))
+                             step.start, groups, d ** -0.5 if scaling is None else float(scaling), step.slot)
     out = out.reshape(b, kv_heads, length, groups, d).permute(0, 2, 1, 3, 4).reshape(b, length, heads, d)
     return out.to(query.dtype).contiguous(), None
 

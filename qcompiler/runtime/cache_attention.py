@@ -7,9 +7,10 @@ token and head, read in int8):
 
     q       [B, H, R, D] float32   rows r = l·groups + j: token l's j-th query head of kv head h (grouped-query
                                    attention as rows of the kv head, as ``llm/gqa_attention.py`` lays them)
-    k, v    [B, H, S, D]           float32, bfloat16 or int8
-    k_scale, v_scale               [B, H, S, 1] float32 with an int8 cache, else None
+    k, v    [C, H, S, D]           float32, bfloat16 or int8: C cache rows (slots)
+    k_scale, v_scale               [C, H, S, 1] float32 with an int8 cache, else None
     start   [B] int64              each sequence's first new position (its tokens are at start .. start + R/groups - 1)
+    slot    [B] int64 or None      the cache row each sequence reads (None: row b, C = B)
     out     [B, H, R, D] float32   softmax(scale · q·kᵀ) · v over the positions each row may see
 
 In C++ (``csrc/cache_attention.cpp``): per (sequence, kv head, block of 32 rows) the positions in chunks of 256,
@@ -24,15 +25,15 @@ from typing import Optional
 
 import torch
 
-SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor? k_scale, Tensor? v_scale, Tensor start, int groups, float scale)"
-          " -> Tensor")
+SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor? k_scale, Tensor? v_scale, Tensor start, int groups, float scale, "
+          "Tensor? slot=None) -> Tensor")
 
 torch.library.define("qcompiler::cache_attention", SCHEMA)
 OP = torch.ops.qcompiler.cache_attention.default
 
 
 @torch.library.register_fake("qcompiler::cache_attention")
-def _(q, k, v, k_scale, v_scale, start, groups, scale):
+def _(q, k, v, k_scale, v_scale, start, groups, scale, slot=None):
     return torch.empty_like(q, dtype=torch.float32)
 
 
@@ -44,11 +45,14 @@ def visible(start: torch.Tensor, rows: int, groups: int, positions: int) -> torc
 
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor],
-              v_scale: Optional[torch.Tensor], start: torch.Tensor, groups: int, scale: float) -> torch.Tensor:
+              v_scale: Optional[torch.Tensor], start: torch.Tensor, groups: int, scale: float,
+              slot: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The op's value in float64: the cache dequantized, a masked softmax over every position."""
     kd, vd = k.double(), v.double()
     if k_scale is not None:
         kd, vd = kd * k_scale.double(), vd * v_scale.double()
+    if slot is not None:
+        kd, vd = kd[slot], vd[slot]
     scores = (q.double() @ kd.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~visible(start, q.shape[2], groups, k.shape[2]), -math.inf)
     return scores.softmax(-1) @ vd

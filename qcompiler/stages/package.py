@@ -67,7 +67,7 @@ def package(program: torch.export.ExportedProgram, path: Union[str, Path], porta
     if target is not None:
         metadata["target"] = target.to_json()
         metadata["needs"] = sorted(code_needs(target))
-    lm = lm_shape(program.named_buffers())
+    lm = lm_shape(program.named_buffers(), program.graph_signature.user_inputs)
     if lm is not None:  # qcompiler.generate reads it from either loader
         metadata["lm"] = lm
         options["aot_inductor.metadata"] = {LM_METADATA_KEY: json.dumps(lm)}

@@ -2,7 +2,8 @@
 // only the positions in use, the cache as stored (float32, bfloat16, or int8 with a float32 scale per token).
 //
 //   q [B, H, R, D] float32: rows r = l * groups + j (token l's j-th query head of kv head h, as capture_lm lays them)
-//   k, v [B, H, S, D]; k_scale, v_scale [B, H, S, 1] float32 (int8 caches), start [B] int64
+//   k, v [C, H, S, D]; k_scale, v_scale [C, H, S, 1] float32 (int8 caches), start [B] int64, slot [B] int64 or
+//   none: sequence b reads cache row slot[b] (C rows), or row b (C = B)
 //   out[b, h, r] = softmax_p(scale * q_r . k_p) . v_p over p = 0 .. start[b] + r / groups
 //
 // Work items are (b, h, a block of rows, a split of the positions): a split reads its positions in chunks of 256;
@@ -45,6 +46,7 @@ struct Problem {
   const float* v_scale;
   Store store;
   const int64_t* start;
+  const int64_t* slot;  // [B]: the cache row each sequence reads, or null (row b)
   float* out;
   int64_t B, H, R, S, D, groups;
   float scale;
@@ -53,6 +55,9 @@ struct Problem {
 
 // The last position row r of sequence b attends (its token's own).
 inline int64_t last_position(const Problem& p, int64_t b, int64_t r) { return p.start[b] + r / p.groups; }
+
+// The cache row sequence b reads.
+inline int64_t cache_row(const Problem& p, int64_t b) { return p.slot ? p.slot[b] : b; }
 
 #define QC_INLINE __attribute__((always_inline)) inline
 
@@ -300,6 +305,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
                       Running& run) {
   constexpr float kNone = -std::numeric_limits<float>::infinity();
   const int64_t bh = b * p.H + h, D = p.D, bytes = D * element_bytes<S>();
+  const int64_t ch = cache_row(p, b) * p.H + h;  // its (slot, head) in the cache
   const float* q = p.q + (bh * p.R + r0) * D;
   std::vector<float> scores(rows * kChunk), k_rows(S == Store::kF32 ? 0 : kChunk * D), v_rows(k_rows.size());
   // an int8 cache on AVX-512 VNNI: q in 16 bits against the int8 keys, 16 positions a vpdpbusd (D <= 128 keeps the
@@ -310,7 +316,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
   if (integer) q16.emplace(q, rows, D);
   for (int64_t c0 = p0; c0 < p1; c0 += kChunk) {
     const int64_t n = std::min(kChunk, p1 - c0);
-    const char* stored_k = static_cast<const char*>(p.k) + (bh * p.S + c0) * bytes;
+    const char* stored_k = static_cast<const char*>(p.k) + (ch * p.S + c0) * bytes;
     const float* k = integer ? nullptr : as_float<S>(stored_k, n * D, k_rows.data());
     if (integer) {
       transpose_keys(reinterpret_cast<const int8_t*>(stored_k), n, D, keys.data());
@@ -327,7 +333,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
       const int64_t last = last_position(p, b, r0 + i) - c0;  // the row's last position in this chunk
       float top = kNone;
       for (int64_t j = 0; j < n; ++j) {
-        const float ks = p.k_scale ? p.k_scale[bh * p.S + c0 + j] : 1.0f;
+        const float ks = p.k_scale ? p.k_scale[ch * p.S + c0 + j] : 1.0f;
         row[j] = j <= last ? row[j] * ks * p.scale : kNone;
         top = std::max(top, row[j]);
       }
@@ -340,13 +346,13 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
       run.max[i] = m;
       const float sum = exps(row, n, m);
       if (p.v_scale)  // the weight of v_j as stored
-        for (int64_t j = 0; j < n; ++j) row[j] *= p.v_scale[bh * p.S + c0 + j];
+        for (int64_t j = 0; j < n; ++j) row[j] *= p.v_scale[ch * p.S + c0 + j];
       run.sum[i] = run.sum[i] * rescale + sum;
       if (rescale != 1.0f)
         for (int64_t d = 0; d < D; ++d) run.acc[i * D + d] *= rescale;
     }
     if (!any) continue;
-    const float* v = as_float<S>(static_cast<const char*>(p.v) + (bh * p.S + c0) * bytes, n * D, v_rows.data());
+    const float* v = as_float<S>(static_cast<const char*>(p.v) + (ch * p.S + c0) * bytes, n * D, v_rows.data());
     if (D % 8 == 0) {
       for (int64_t i = 0; i < rows; ++i) row_values(scores.data() + i * kChunk, v, D, n, run.acc.data() + i * D);
     } else {
@@ -448,7 +454,8 @@ Store store_of(const at::Tensor& t) {
 }
 
 void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_scale,
-           const std::optional<at::Tensor>& v_scale, const at::Tensor& start, int64_t groups) {
+           const std::optional<at::Tensor>& v_scale, const at::Tensor& start, int64_t groups,
+           const std::optional<at::Tensor>& slot) {
   TORCH_CHECK(q.dim() == 4 && q.scalar_type() == at::kFloat, "cache_attention: q must be float32 [B, H, R, D], got ",
               q.scalar_type(), " ", q.sizes());
   TORCH_CHECK(groups >= 1 && q.size(2) % groups == 0, "cache_attention: groups = ", groups,
@@ -457,10 +464,11 @@ void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const 
   TORCH_CHECK(kind == at::kFloat || kind == at::kBFloat16 || kind == at::kChar,
               "cache_attention: k and v must be float32, bfloat16 or int8, got ", kind);
   for (const at::Tensor* t : {&k, &v})
-    TORCH_CHECK(t->dim() == 4 && t->scalar_type() == kind && t->size(0) == q.size(0) && t->size(1) == q.size(1) &&
-                    t->size(3) == q.size(3) && t->sizes() == k.sizes(),
-                "cache_attention: k and v must be [B, H, S, D] = [", q.size(0), ", ", q.size(1), ", S, ", q.size(3),
-                "] of one dtype, got ", k.scalar_type(), " ", k.sizes(), " and ", v.scalar_type(), " ", v.sizes());
+    TORCH_CHECK(t->dim() == 4 && t->scalar_type() == kind && (slot || t->size(0) == q.size(0)) &&
+                    t->size(1) == q.size(1) && t->size(3) == q.size(3) && t->sizes() == k.sizes(),
+                "cache_attention: k and v must be ", slot ? "[C, H, S, D] = [C, " : "[B, H, S, D] = [",
+                slot ? "" : std::to_string(q.size(0)) + ", ", q.size(1), ", S, ", q.size(3), "] of one dtype, got ",
+                k.scalar_type(), " ", k.sizes(), " and ", v.scalar_type(), " ", v.sizes());
   const bool int8 = kind == at::kChar;
   TORCH_CHECK(k_scale.has_value() == int8 && v_scale.has_value() == int8,
               "cache_attention: k_scale and v_scale go with an int8 cache, and only with one");
@@ -469,6 +477,8 @@ void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const 
                 "cache_attention: k_scale and v_scale must be float32 [B, H, S, 1]");
   TORCH_CHECK(start.dim() == 1 && start.scalar_type() == at::kLong && start.size(0) == q.size(0),
               "cache_attention: start must be int64 [B] (each sequence's first new position)");
+  TORCH_CHECK(!slot || (slot->dim() == 1 && slot->scalar_type() == at::kLong && slot->size(0) == q.size(0)),
+              "cache_attention: slot must be int64 [B] (the cache row each sequence reads)");
 }
 
 }  // namespace
@@ -477,19 +487,25 @@ namespace qc {
 
 at::Tensor cache_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                            const std::optional<at::Tensor>& k_scale_in, const std::optional<at::Tensor>& v_scale_in,
-                           const at::Tensor& start_in, int64_t groups, double scale) {
-  check(q_in, k_in, v_in, k_scale_in, v_scale_in, start_in, groups);
+                           const at::Tensor& start_in, int64_t groups, double scale,
+                           const std::optional<at::Tensor>& slot_in) {
+  check(q_in, k_in, v_in, k_scale_in, v_scale_in, start_in, groups, slot_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), start = start_in.contiguous();
   const std::optional<at::Tensor> k_scale = qc::contiguous(k_scale_in), v_scale = qc::contiguous(v_scale_in);
   const int64_t B = q.size(0), H = q.size(1), R = q.size(2), D = q.size(3), S = k.size(2);
+  const std::optional<at::Tensor> slot = qc::contiguous(slot_in);
   const int64_t* first = start.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
+  const int64_t* rows = slot ? slot->data_ptr<int64_t>() : nullptr;
+  for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(first[b] >= 0 && first[b] + R / groups <= S, "cache_attention: sequence ", b, " starts at ", first[b],
                 " with ", R / groups, " new positions; the cache holds ", S);
+    TORCH_CHECK(!rows || (rows[b] >= 0 && rows[b] < k.size(0)), "cache_attention: sequence ", b, " reads slot ",
+                rows ? rows[b] : 0, "; the cache has ", k.size(0));
+  }
   at::Tensor out = at::empty({B, H, R, D}, q.options());
   if (out.numel() == 0) return out;
   const Problem p{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), k_scale ? k_scale->data_ptr<float>() : nullptr,
-                  v_scale ? v_scale->data_ptr<float>() : nullptr, store_of(k), first, out.data_ptr<float>(),
+                  v_scale ? v_scale->data_ptr<float>() : nullptr, store_of(k), first, rows, out.data_ptr<float>(),
                   B, H, R, S, D, groups, float(scale), qc::path_here() == qc::Path::kVnni};
   run(p, qc::path_here() != qc::Path::kScalar);
   return out;

@@ -40,7 +40,8 @@ at::Tensor additive_gemm(const at::Tensor& a, const at::Tensor& codes, const at:
 
 at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
-                           const at::Tensor& start, int64_t groups, double scale);
+                           const at::Tensor& start, int64_t groups, double scale,
+                           const std::optional<at::Tensor>& slot);
 
 // The instruction set int8_int4_gemm runs with in this process: "avx512_vnni", "avx2" or "scalar".
 std::string int8_int4_gemm_path();

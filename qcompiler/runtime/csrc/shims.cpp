@@ -96,10 +96,10 @@ AOTITorchError aoti_torch_cpu_additive_gemm(AtenTensorHandle a, AtenTensorHandle
 AOTITorchError aoti_torch_cpu_cache_attention(AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v,
                                               AtenTensorHandle* k_scale, AtenTensorHandle* v_scale,
                                               AtenTensorHandle start, int64_t groups, double scale,
-                                              AtenTensorHandle* ret0) {
+                                              AtenTensorHandle* slot, AtenTensorHandle* ret0) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     *ret0 = new_tensor_handle(qc::cache_attention(tensor(q), tensor(k), tensor(v), maybe(k_scale), maybe(v_scale),
-                                                  tensor(start), groups, scale));
+                                                  tensor(start), groups, scale, maybe(slot)));
   });
 }
 

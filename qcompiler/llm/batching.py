@@ -1,0 +1,144 @@
+"""Continuous batching over a program captured with ``capture_lm(..., slots=n)``: sequences come and go.
+
+Each submitted prompt waits for a free slot of the cache, is prefilled there in a call of its own, then decodes
+with every other active sequence in one call per step (``input_ids`` [B, 1], each row's ``start`` and ``slot``).
+A sequence that finishes (its token budget, its end token, or cancelled) frees its slot for the next one. The
+rows of a call do not mix, so each sequence gets the tokens it would get alone (greedy).
+
+    batcher = Batcher(run)                    # a loaded .pt2 or a program's module()
+    request = batcher.submit(prompt_ids, 64)  # 1-D LongTensor
+    while not batcher.idle:
+        for request, token in batcher.step():  # the tokens this step made, each with its request
+            ...
+
+One thread drives a batcher (``qcompiler serve`` runs it on a worker thread of its own).
+"""
+import logging
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ..runtime.errors import fail
+from .generate import Sampling, _describe, program_shape
+
+log = logging.getLogger(__name__)
+
+
+class Request:
+    """One sequence: its prompt, budget and end token, the tokens made so far, where it stands. ``finish``: None
+    while it runs, else "length" (its budget), "stop" (its end token) or "cancelled"."""
+
+    def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int]):
+        self.prompt, self.max_new_tokens, self.eos_token_id = prompt, max_new_tokens, eos_token_id
+        self.tokens: List[int] = []
+        self.slot: Optional[int] = None
+        self.finish: Optional[str] = None if max_new_tokens > 0 else "length"
+
+    @property
+    def position(self) -> int:
+        """Where the last token made goes in the cache (fed back as the next call's input)."""
+        return len(self.prompt) + len(self.tokens) - 1
+
+    def _took(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.eos_token_id is not None and token == self.eos_token_id:
+            self.finish = "stop"
+        elif len(self.tokens) == self.max_new_tokens:
+            self.finish = "length"
+
+
+class Batcher:
+    """Continuous batching over ``run``, a program captured with slots (see the module)."""
+
+    def __init__(self, run: Callable, *, temperature: float = 0.0, top_k: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None):
+        shape = program_shape(run)
+        if shape is None or shape.get("sequences") != "independent":
+            raise fail("run", "a program captured with capture_lm(..., slots=n) (independent sequences)",
+                       "one whose sequences share a position" if shape else "a program that does not say its shape")
+        self.run, self.slots, self.max_seq_len = run, shape["batch_size"], shape["max_seq_len"]
+        self.sampling, self.generator = Sampling(temperature, top_k), generator
+        self.waiting: List[Request] = []
+        self.active: Dict[int, Request] = {}  # slot -> its request
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.active
+
+    def submit(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int] = None) -> Request:
+        """Queue a prompt (1-D LongTensor); refused here, before any work, where it cannot fit the cache."""
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.dtype != torch.long:
+            raise fail("prompt", "a 1-D LongTensor of token ids", _describe(prompt))
+        if len(prompt) == 0:
+            raise fail("prompt", "at least one token", "an empty prompt")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+            raise fail("max_new_tokens", "an int >= 0", max_new_tokens)
+        if len(prompt) + max_new_tokens > self.max_seq_len:
+            raise ValueError(f"qcompiler: a prompt of {len(prompt)} tokens and max_new_tokens={max_new_tokens} need "
+                             f"{len(prompt) + max_new_tokens} positions; the program's cache holds "
+                             f"max_seq_len={self.max_seq_len}")
+        request = Request(prompt, max_new_tokens, eos_token_id)
+        if request.finish is None:
+            self.waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Stop ``request`` (a client that went away): its slot is free for the next one."""
+        if request.finish is None:
+            request.finish = "cancelled"
+        if request in self.waiting:
+            self.waiting.remove(request)
+        if request.slot is not None and self.active.get(request.slot) is request:
+            del self.active[request.slot]
+
+    def step(self) -> List[Tuple[Request, int]]:
+        """Prefill the waiting prompts that free slots take (one call each), then one decode call for every other
+        active sequence; the tokens made, in order, each with its request."""
+        made = self._admit()
+        rows = [r for r in self.active.values() if all(r is not m for m, _ in made)]
+        if rows:
+            ids = torch.tensor([[r.tokens[-1]] for r in rows])
+            logits = self.run(input_ids=ids, start=torch.tensor([r.position for r in rows]),
+                              slot=torch.tensor([r.slot for r in rows]))
+            made += self._took(rows, self.sampling.pick(_last(logits), self.generator))
+        return made
+
+    def _admit(self) -> List[Tuple[Request, int]]:
+        made = []
+        free = [s for s in range(self.slots) if s not in self.active]
+        while self.waiting and free:
+            request = self.waiting.pop(0)
+            request.slot = free.pop(0)
+            self.active[request.slot] = request
+            logits = self.run(input_ids=request.prompt[None], start=torch.zeros(1, dtype=torch.long),
+                              slot=torch.tensor([request.slot]))
+            made += self._took([request], self.sampling.pick(_last(logits), self.generator))
+        return made
+
+    def _took(self, rows: List[Request], tokens: torch.Tensor) -> List[Tuple[Request, int]]:
+        made = []
+        for request, token in zip(rows, tokens.tolist()):
+            request._took(token)
+            made.append((request, token))
+            if request.finish is not None:
+                del self.active[request.slot]
+        return made
+
+
+def _last(logits) -> torch.Tensor:
+    logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+    return logits[:, -1]
+
+
+def generate_each(run: Callable, prompts: list, max_new_tokens: int, *, eos_token_id: Optional[int] = None,
+                  temperature: float = 0.0, top_k: Optional[int] = None,
+                  generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """Each prompt's new tokens (a list of 1-D LongTensors), batched continuously over ``run``'s slots."""
+    batcher = Batcher(run, temperature=temperature, top_k=top_k, generator=generator)
+    requests = [batcher.submit(p, max_new_tokens, eos_token_id) for p in prompts]
+    steps = 0
+    while not batcher.idle:
+        batcher.step()
+        steps += 1
+    log.debug("generated for %d prompts in %d steps", len(requests), steps)
+    return [torch.tensor(r.tokens, dtype=torch.long) for r in requests]
