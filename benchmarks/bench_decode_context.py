@@ -23,7 +23,7 @@ from qcompiler.zoo import DECODERS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_llm import build_qc, log  # noqa: E402
-from machine import machine, write_results  # noqa: E402
+from machine import report_table  # noqa: E402
 
 
 def programs(max_seq_len: int) -> dict:
@@ -84,11 +84,9 @@ def main():
         row = {"program": name, "filled": filled, "tokens_per_s": 1 / min(t)}
         rows.append(row)
         lines.append(f"| {name} | {filled} | {row['tokens_per_s']:.1f} |")
-    text = (f"Machine: {machine()}\n\n{args.model}, greedy decode steps (median of {args.new}, best of "
-            f"{args.rounds} rounds) after a prompt filling the cache\n\n| program | filled positions | tokens/s |\n"
-            "|---|---|---|\n" + "\n".join(lines) + "\n")
-    print(text)
-    write_results(args.out, {"machine": machine(), "model": args.model, "results": rows}, text)
+    report_table(args.out, f"{args.model}, greedy decode steps (median of {args.new}, best of {args.rounds} rounds) "
+                 "after a prompt filling the cache", ["program", "filled positions", "tokens/s"], lines,
+                 {"model": args.model, "results": rows})
 
 
 if __name__ == "__main__":

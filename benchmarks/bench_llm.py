@@ -54,6 +54,7 @@ DEFAULT_SYSTEMS = tuple(QC_SYSTEMS)
 # fp6 ~ Q6_K, mxfp8 ~ Q8_0
 FORMAT_SYSTEMS = ("mxfp4", "nvfp4", "nf4", "intx-3-64", "intx-5-64", "fp6", "mxfp8")
 QC_SYSTEMS.update({name: (F32, name, None) for name in FORMAT_SYSTEMS})
+QC_SYSTEMS["int8da-int4w-64"] = (F32, "int8da-int4w-64", None)  # int8 activations: half int4wo's dot products
 PEERS = ("llama.cpp", "torchao")
 EMBEDDING_INT8 = " emb-int8"  # a scheme's suffix: the embedding table's rows in int8 too, by recipe
 BF16_REST = " bf16-rest"  # a system's suffix: lowered with unquantized_dtype=torch.bfloat16 (attention, unquantized
@@ -74,22 +75,25 @@ def log(message: str) -> None:
 
 
 def build_qc(name: str, model_name: str, max_seq_len: int, prompt: int, path: Path,
-             dtype: Optional[torch.dtype] = None) -> None:
+             dtype: Optional[torch.dtype] = None, slots: Optional[int] = None) -> None:
     """Capture, quantize, lower and package system ``name``; ``dtype`` overrides the weights' dtype before
-    quantizing (bfloat16 for shapes whose float32 weights don't fit in memory)."""
+    quantizing (bfloat16 for shapes whose float32 weights don't fit in memory); ``slots``: independent sequences
+    (``capture_lm``'s)."""
     own_dtype, scheme, kv = QC_SYSTEMS[name]
     start = time.perf_counter()
     model = decoder(model_name, dtype=dtype or own_dtype)
     vocab = model.config.vocab_size
-    lm = qc.capture_lm(model, max_seq_len=max_seq_len, kv_cache_dtype=kv)
+    lm = qc.capture_lm(model, max_seq_len=max_seq_len, kv_cache_dtype=kv, slots=slots)
     del model
     if scheme is not None:
         config = config_of(scheme)
         data = None
         if qc.needs_calibration(config):
             gen = torch.Generator().manual_seed(0)
-            data = [{"input_ids": torch.randint(3, vocab, (1, prompt), generator=gen),
-                     "cache_position": torch.arange(prompt)} for _ in range(CALIBRATION)]
+            positions = ({"start": torch.zeros(1, dtype=torch.long), "slot": torch.zeros(1, dtype=torch.long)} if slots
+                         else {"cache_position": torch.arange(prompt)})
+            data = [{"input_ids": torch.randint(3, vocab, (1, prompt), generator=gen), **positions}
+                    for _ in range(CALIBRATION)]
         prepared = qc.prepare(lm, config)
         if data is not None:
             qc.calibrate(prepared, data)

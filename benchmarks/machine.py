@@ -40,3 +40,13 @@ def write_results(out, result: dict, text: str) -> None:
         from pathlib import Path
         Path(out + ".json").write_text(json.dumps(result, indent=1))
         Path(out + ".md").write_text(text)
+
+
+def report_table(out, title: str, columns: list, lines: list, result: dict) -> str:
+    """A results table under the machine line and ``title``: printed, and written as ``out``.md beside ``result``
+    (with the machine added) as ``out``.json."""
+    text = (f"Machine: {machine()}\n\n{title}\n\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+            + "\n".join(lines) + "\n")
+    print(text)
+    write_results(out, {"machine": machine(), **result}, text)
+    return text

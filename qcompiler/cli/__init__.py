@@ -1,4 +1,4 @@
-"""The ``qcompiler`` command: quantize, inspect, verify, bench, eval, demo and generate.
+"""The ``qcompiler`` command: quantize, inspect, verify, bench, eval, demo, generate and serve.
 
     qcompiler quantize MODEL --scheme int4wo-64 -o out.pt2
     qcompiler inspect out.pt2
@@ -6,6 +6,7 @@
     qcompiler bench out.pt2 --baseline fp32.pt2 --shape 1x128 --shape 32x128
     qcompiler eval [FILE ...] [--scheme int8wo ...]
     qcompiler demo [-o demo-out]
+    qcompiler serve lm.pt2 --port 8000
 
 Results go to stdout (a table, or JSON with ``--json``); progress (the library's log) to stderr. A mistake
 in the input gets one line on stderr and exit status 1 (the whole traceback with ``--traceback`` or
@@ -22,11 +23,13 @@ from typing import Optional, Sequence
 from .. import AUTOQUANT_CANDIDATES, scheme_forms
 from . import commands
 from .generate import generate_cmd
+from .serve import serve_cmd
 from .tables import emit
 
 COMMANDS = {"quantize": commands.quantize_cmd, "inspect": commands.inspect_cmd, "verify": commands.verify_cmd,
             "bench": commands.bench_cmd,
-            "eval": commands.eval_cmd, "demo": commands.demo_cmd, "generate": generate_cmd}
+            "eval": commands.eval_cmd, "demo": commands.demo_cmd, "generate": generate_cmd,
+            "serve": serve_cmd}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,7 +117,20 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--target", metavar="TARGET", help="with -o: the machine to compile for (default: this one)")
     g.add_argument("-o", "--output", metavar="OUT.pt2", help="lower and package a model here first, generate from it")
 
-    for s in (b, e, g):
+    sv = sub.add_parser("serve", help="an OpenAI-style completions server (POST /v1/completions, streaming too) over "
+                        "an LM .pt2 captured with slots, batching concurrent requests")
+    sv.add_argument("model", metavar="MODEL.pt2", help="a .pt2 packaged from qcompiler.capture_lm(model, max_seq_len, "
+                    "slots=n)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="a transformers tokenizer for text prompts and "
+                    "replies (without one: token ids in, token ids out)")
+    sv.add_argument("--eos-token-id", type=int, help="the end token (default: the tokenizer's)")
+    sv.add_argument("--name", help="the model's name in replies (default: the file's)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                    help="uvicorn's log level (default info)")
+
+    for s in (b, e, g, sv):
         s.add_argument("--allow-import", action="append", metavar="MODULE", help="a module (with its submodules) "
                        "that loading a .pt2 may import to register the input/output types it names, e.g. "
                        "transformers (repeatable); by default a file imports nothing")

@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class Request:
-    """One sequence: its prompt, budget and end token, the tokens made so far, where it stands. ``finish``: None
-    while it runs, else "length" (its budget), "stop" (its end token) or "cancelled"."""
+    """One sequence: its prompt, budget, end token and sampling, the tokens made so far, where it stands.
+    ``finish``: None while it runs, else "length" (its budget), "stop" (its end token) or "cancelled"."""
 
-    def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int]):
+    def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int], sampling: Sampling):
         self.prompt, self.max_new_tokens, self.eos_token_id = prompt, max_new_tokens, eos_token_id
+        self.sampling = sampling
         self.tokens: List[int] = []
         self.slot: Optional[int] = None
         self.finish: Optional[str] = None if max_new_tokens > 0 else "length"
@@ -65,8 +66,15 @@ class Batcher:
     def idle(self) -> bool:
         return not self.waiting and not self.active
 
-    def submit(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int] = None) -> Request:
-        """Queue a prompt (1-D LongTensor); refused here, before any work, where it cannot fit the cache."""
+    def submit(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int] = None,
+               **sampling) -> Request:
+        """Queue a prompt (1-D LongTensor); refused here, before any work, where it cannot fit the cache.
+        ``sampling``: ``temperature`` and ``top_k`` for this sequence (the batcher's by default)."""
+        return self.enqueue(self.request(prompt, max_new_tokens, eos_token_id, **sampling))
+
+    def request(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int] = None, *,
+                temperature: Optional[float] = None, top_k: Optional[int] = None) -> Request:
+        """The checked request for a prompt, not queued yet (it touches no state: any thread may call it)."""
         if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.dtype != torch.long:
             raise fail("prompt", "a 1-D LongTensor of token ids", _describe(prompt))
         if len(prompt) == 0:
@@ -77,7 +85,12 @@ class Batcher:
             raise ValueError(f"qcompiler: a prompt of {len(prompt)} tokens and max_new_tokens={max_new_tokens} need "
                              f"{len(prompt) + max_new_tokens} positions; the program's cache holds "
                              f"max_seq_len={self.max_seq_len}")
-        request = Request(prompt, max_new_tokens, eos_token_id)
+        sampling = self.sampling if temperature is None and top_k is None else Sampling(
+            self.sampling.temperature if temperature is None else temperature, top_k)
+        return Request(prompt, max_new_tokens, eos_token_id, sampling)
+
+    def enqueue(self, request: Request) -> Request:
+        """Queue a request from :meth:`request` (one already finished, a budget of 0, is not)."""
         if request.finish is None:
             self.waiting.append(request)
         return request
@@ -100,7 +113,7 @@ class Batcher:
             ids = torch.tensor([[r.tokens[-1]] for r in rows])
             logits = self.run(input_ids=ids, start=torch.tensor([r.position for r in rows]),
                               slot=torch.tensor([r.slot for r in rows]))
-            made += self._took(rows, self.sampling.pick(_last(logits), self.generator))
+            made += self._took(rows, self._pick(rows, _last(logits)))
         return made
 
     def _admit(self) -> List[Tuple[Request, int]]:
@@ -112,8 +125,14 @@ class Batcher:
             self.active[request.slot] = request
             logits = self.run(input_ids=request.prompt[None], start=torch.zeros(1, dtype=torch.long),
                               slot=torch.tensor([request.slot]))
-            made += self._took([request], self.sampling.pick(_last(logits), self.generator))
+            made += self._took([request], self._pick([request], _last(logits)))
         return made
+
+    def _pick(self, rows: List[Request], logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token by its own sampling (greedy rows all at once)."""
+        if all(r.sampling.temperature == 0 for r in rows):
+            return logits.argmax(-1)
+        return torch.stack([r.sampling.pick(logits[i:i + 1], self.generator)[0] for i, r in enumerate(rows)])
 
     def _took(self, rows: List[Request], tokens: torch.Tensor) -> List[Tuple[Request, int]]:
         made = []
