@@ -4,8 +4,9 @@
         [--new 64] [--max-seq-len 512] [--llama-server build/bin/llama-server] [--folder bench-context]
 
 Issue #33's last goal (at 8 concurrent clients, aggregate tokens/s >= 1.2x llama.cpp's server, nothing lost or
-duplicated). qcompiler: ``qcompiler serve`` over the model captured with ``slots=clients`` (int4wo-64, built once
-into ``--folder``). llama.cpp: its own ``llama-server`` (``-np clients``: a slot per client, continuous batching,
+duplicated). qcompiler: ``qcompiler serve`` over the model captured with ``slots=clients`` (int4wo-64, and
+int8da-int4w-64: int8 activations times 4-bit weights, the arithmetic of llama.cpp's Q4_0; each built once into
+``--folder``). llama.cpp: its own ``llama-server`` (``-np clients``: a slot per client, continuous batching,
 2 threads) over a Q4_0 GGUF of the same shape (random weights, written by ``peer_llamacpp.write_f16`` and
 quantized by the ``llama-quantize`` beside the server binary). Each of ``--clients`` clients sends ``--requests``
 requests one after another, each a random prompt of ``--prompt`` token ids for exactly ``--new`` tokens,
@@ -115,10 +116,10 @@ def _stop(process) -> None:
         process.kill()
 
 
-def qcompiler_server(args, prompts) -> dict:
-    path = Path(args.folder) / f"{args.model}_int4wo-64_slots{args.clients}_{args.max_seq_len}.pt2"
+def qcompiler_server(args, prompts, system: str) -> dict:
+    path = Path(args.folder) / f"{args.model}_{system}_slots{args.clients}_{args.max_seq_len}.pt2"
     if not path.exists():
-        build_qc("int4wo-64", args.model, args.max_seq_len, 16, path, slots=args.clients)
+        build_qc(system, args.model, args.max_seq_len, 16, path, slots=args.clients)
     port = _free_port()
     cmd = [sys.executable, "-c", "import sys; from qcompiler.cli import main; sys.exit(main())", "serve", str(path),
            "--port", str(port), "--log-level", "warning"]
@@ -135,11 +136,11 @@ def llamacpp_server(args, prompts, config) -> dict:
     from peer_llamacpp import write_f16
     server = Path(args.llama_server)
     folder = Path(args.folder)
-    f16, q4 = folder / f"{args.model}-f16.gguf", folder / f"{args.model}-Q4_0.gguf"
+    f16, q4 = folder / f"{args.model}-vocab-f16.gguf", folder / f"{args.model}-vocab-Q4_0.gguf"
     if not q4.exists():
         if not f16.exists():
-            log("  writing the F16 GGUF (random weights) ...")
-            write_f16(config, f16)
+            log("  writing the F16 GGUF (random weights, a made-up vocabulary the server can print) ...")
+            write_f16(config, f16, vocabulary=True)
         subprocess.run([str(server.parent / "llama-quantize"), str(f16), str(q4), "Q4_0", "2"], check=True,
                        capture_output=True)
     port = _free_port()
@@ -158,6 +159,8 @@ def llamacpp_server(args, prompts, config) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tinyllama-1.1b")
+    ap.add_argument("--systems", nargs="*", default=["int4wo-64", "int8da-int4w-64"],
+                    help="qcompiler schemes served (int8da-int4w-64 multiplies int8 activations, as Q4_0 does)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=64)
@@ -173,7 +176,7 @@ def main():
     config = getattr(transformers, cls_name).config_class(**fields)
     Path(args.folder).mkdir(exist_ok=True)
     prompts = _prompts(args, config.vocab_size)
-    results = {"qcompiler serve (int4wo-64)": qcompiler_server(args, prompts)}
+    results = {f"qcompiler serve ({system})": qcompiler_server(args, prompts, system) for system in args.systems}
     if args.llama_server:
         results["llama.cpp llama-server (Q4_0)"] = llamacpp_server(args, prompts, config)
     lines = [f"| {name} | {r['tokens_per_s']:.1f} | {r['ttft_ms_p50']:.0f} / {r['ttft_ms_p90']:.0f} / "

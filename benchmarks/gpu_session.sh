@@ -18,7 +18,8 @@ if [ -z "${SKIP_PT2:-}" ]; then  # which CUDA .pt2 the loader crashes on (docs/c
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then  # SIGINT at the limit: pytest still prints what failed so far
     timeout -s INT -k 15 "${TEST_S:-200}" python3 -m pytest -q -p no:cacheprovider -n 8 --tb=line -rf \
-        --junitxml="$OUT/tests.xml" -k "${TEST_K:-not nothing}" tests/test_triton_matmul.py 2>&1 \
+        --junitxml="$OUT/tests.xml" -k "${TEST_K:-not nothing}" tests/test_triton_matmul.py \
+        tests/test_triton_attention.py 2>&1 \
         | tee "$OUT/tests.log" | grep -E "passed|failed|^FAILED|^ERROR|^/.*Error|^E " | tail -60
 fi
 if [ -z "${SKIP_BENCH:-}" ]; then

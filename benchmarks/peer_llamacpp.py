@@ -19,8 +19,10 @@ TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
 THREADS = 2
 
 
-def write_f16(config, path: Path) -> None:
-    """An F16 GGUF of a Llama ``config`` (transformers LlamaConfig) with random weights."""
+def write_f16(config, path: Path, vocabulary: bool = False) -> None:
+    """An F16 GGUF of a Llama ``config`` (transformers LlamaConfig) with random weights; ``vocabulary``: a made-up
+    SentencePiece vocabulary (``<unk>``, ``<s>``, ``</s>``, then ``▁t<i>``) instead of none, which llama.cpp's
+    server needs to turn the tokens it makes into text."""
     import gguf
     h, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     heads, kv, vocab = config.num_attention_heads, config.num_key_value_heads, config.vocab_size
@@ -37,7 +39,10 @@ def write_f16(config, path: Path) -> None:
     w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     w.add_vocab_size(vocab)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_tokenizer_model("no_vocab")
+    if vocabulary:
+        _add_vocabulary(w, vocab)
+    else:
+        w.add_tokenizer_model("no_vocab")
     rng = np.random.default_rng(0)
 
     def weight(rows, cols):  # [out, in] in numpy order: GGUF stores ggml's ne = [in, out]
@@ -67,6 +72,19 @@ def write_f16(config, path: Path) -> None:
     for _, _, _, make in tensors:
         w.write_tensor_data(make())
     w.close()
+
+
+def _add_vocabulary(w, vocab: int) -> None:
+    import gguf
+    special = ["<unk>", "<s>", "</s>"]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(special + [f"\u2581t{i}" for i in range(len(special), vocab)])
+    w.add_token_scores([0.0] * vocab)
+    w.add_token_types([gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+                      + [gguf.TokenType.NORMAL] * (vocab - len(special)))
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
 
 
 def quantize(src: Path, dst: Path, qtype: str) -> None:

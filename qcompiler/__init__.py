@@ -46,6 +46,7 @@ __all__ = [
 from .stages.capture import capture
 from .llm.capture_lm import capture_lm
 from .llm.batching import Batcher
+from .llm.server import app as server_app
 from .llm.generate import generate, stream
 from .configs import (
     AQLMWeightOnlyConfig,
@@ -82,7 +83,7 @@ from .runtime.numerics import median_call_s
 __all__ += [
     "capture", "prepare", "calibrate", "needs_calibration", "convert", "quantize", "report", "Report", "LayerReport",
     "lower", "package", "load", "Loaded", "verify", "Verified", "Target", "CPU_CAPABILITIES",
-    "capture_lm", "generate", "stream", "Batcher",
+    "capture_lm", "generate", "stream", "Batcher", "server_app",
     "save", "open_artifact", "Artifact", "check_writable", "SCHEME_FORMS", "scheme_forms", "scheme",
     "config_to_dict", "config_from_dict",
     "Recipe", "Rule", "config_from_string", "GPTQ", "HQQ", "AWQ", "SmoothQuant", "AQLM", "AQLMWeightOnlyConfig",

@@ -20,7 +20,7 @@ from qcompiler.runtime import triton_matmul as tm
 
 HOPPER = GPUTarget("cuda", 90, 32)
 _DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.uint8: "u8",
-           torch.int8: "i8", torch.int16: "i16", torch.int32: "i32"}
+           torch.int8: "i8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64"}
 
 
 def compile_launch(launch: tm.Launch, config: triton.Config):
@@ -30,6 +30,8 @@ def compile_launch(launch: tm.Launch, config: triton.Config):
         if isinstance(arg, torch.Tensor):
             signature[name] = "*" + _DTYPES[arg.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch's allocations are aligned
+        elif isinstance(arg, float):
+            signature[name] = "fp32"
         else:
             signature[name] = "i32"
             if arg % 16 == 0:
@@ -78,12 +80,37 @@ def variants():
             x, codes, torch.randn(books, entries, 8, dtype=torch.float16), torch.rand(n)), firsts
 
 
+def attention_variants():
+    """``qcompiler::triton_cache_attention`` (``runtime/triton_attention.py``) for each cache dtype, with and without
+    slots, as (name, launch, configs)."""
+    from types import SimpleNamespace
+
+    from qcompiler.runtime import triton_attention
+    from qcompiler.runtime.numerics import EPS, per_token_int8
+    q = torch.randn(2, 4, 8, 64)
+    for store in ("float32", "bfloat16", "int8"):
+        k = v = torch.randn(3, 4, 128, 64)
+        k_scale = v_scale = None
+        if store == "int8":
+            (k, k_scale, _), (v, v_scale, _) = (per_token_int8(t, "symmetric", EPS) for t in (k, v))
+            k, v = k.to(torch.int8), v.to(torch.int8)
+        elif store == "bfloat16":
+            k, v = k.bfloat16(), v.bfloat16()
+        for slot in (None, torch.tensor([2, 0])):
+            rows = 2 if slot is None else 3  # a cache row per sequence, or more slots than sequences
+            cache = [t[:rows] if t is not None else None for t in (k, v, k_scale, v_scale)]
+            kernel, _, args, kwargs, _ = triton_attention.launch(q, *cache, torch.tensor([5, 100]), 4, 0.125, slot)
+            yield (f"cache attention, {store} cache{', slots' if slot is not None else ''}",
+                   SimpleNamespace(kernel=kernel, args=args, kwargs=kwargs),
+                   [triton.Config({}, num_warps=4, num_stages=2)])
+
+
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: interpreted kernels do not compile")
         return 2
     failed = 0
-    for name, launch, configs in variants():
+    for name, launch, configs in [*variants(), *attention_variants()]:
         for config in configs:
             try:
                 compile_launch(launch, config)

@@ -410,7 +410,7 @@ def test_generates_the_tokens_qcompiler_generate_does(runner, signed_lm, length,
 
 def test_generates_with_a_program_captured_with_slots(runner, slots_lm):
     """A program with slots takes (input_ids, start, slot): qc_run feeds its prompt in slot 0."""
-    path = slots_lm[0]
+    path = slots_lm
     ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(6))
     expected = qc.generate(qc.load(path), ids, max_new_tokens=5)[0].tolist()
     done = qc_run(runner, path, "--generate", "--prompt", ",".join(map(str, ids[0].tolist())), "--max-new-tokens", 5)

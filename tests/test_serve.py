@@ -60,15 +60,14 @@ class Served:
 
 @pytest.fixture(scope="module")
 def server(slots_lm):
-    from qcompiler.llm.server import app
-    with Served(app(qc.load(slots_lm[0]), model_name="tiny")) as url:
+    with Served(qc.server_app(qc.load(slots_lm), model_name="tiny")) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def alone(slots_lm):
     """Each prompt's tokens generated alone, from a second load of the same file."""
-    run = qc.load(slots_lm[0])
+    run = qc.load(slots_lm)
     return lambda ids, n: qc.generate(run, torch.tensor([ids]), n)[0].tolist()
 
 
@@ -183,8 +182,7 @@ class Slow:
 def test_a_client_that_leaves_frees_its_slot(slots_lm, alone):
     """Three streams of 60 tokens take every slot; their clients read two tokens and leave. The slots come free
     long before the tokens would have run out (each step takes 20 ms here), and a new request is served."""
-    from qcompiler.llm.server import app
-    with Served(app(Slow(qc.load(slots_lm[0])))) as url:
+    with Served(qc.server_app(Slow(qc.load(slots_lm)))) as url:
         start = time.monotonic()
         for i in range(3):
             with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": [5 + i], "max_tokens": 60,
@@ -201,9 +199,8 @@ def test_a_client_that_leaves_frees_its_slot(slots_lm, alone):
 
 
 def test_text_in_and_out_with_a_tokenizer(slots_lm, alone):
-    from qcompiler.llm.server import app
     tokenizer = ByteTokenizer()
-    with Served(app(qc.load(slots_lm[0]), tokenizer=tokenizer)) as url:
+    with Served(qc.server_app(qc.load(slots_lm), tokenizer=tokenizer)) as url:
         reply = httpx.post(f"{url}/v1/completions", json={"prompt": "Hi there", "max_tokens": 8}, timeout=TIMEOUT)
         with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "Hi there", "max_tokens": 8,
                                                                  "stream": True}, timeout=TIMEOUT) as response:

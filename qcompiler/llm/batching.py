@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..runtime.errors import fail
-from .generate import Sampling, _describe, program_shape
+from .generate import Sampling, _describe, program_device, program_shape
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Batcher:
             raise fail("run", "a program captured with capture_lm(..., slots=n) (independent sequences)",
                        "one whose sequences share a position" if shape else "a program that does not say its shape")
         self.run, self.slots, self.max_seq_len = run, shape["batch_size"], shape["max_seq_len"]
+        self.device = program_device(run)
         self.sampling, self.generator = Sampling(temperature, top_k), generator
         self.waiting: List[Request] = []
         self.active: Dict[int, Request] = {}  # slot -> its request
@@ -110,9 +111,8 @@ class Batcher:
         made = self._admit()
         rows = [r for r in self.active.values() if all(r is not m for m, _ in made)]
         if rows:
-            ids = torch.tensor([[r.tokens[-1]] for r in rows])
-            logits = self.run(input_ids=ids, start=torch.tensor([r.position for r in rows]),
-                              slot=torch.tensor([r.slot for r in rows]))
+            logits = self.run(input_ids=self._tensor([[r.tokens[-1]] for r in rows]),
+                              start=self._tensor([r.position for r in rows]), slot=self._tensor([r.slot for r in rows]))
             made += self._took(rows, self._pick(rows, _last(logits)))
         return made
 
@@ -123,10 +123,13 @@ class Batcher:
             request = self.waiting.pop(0)
             request.slot = free.pop(0)
             self.active[request.slot] = request
-            logits = self.run(input_ids=request.prompt[None], start=torch.zeros(1, dtype=torch.long),
-                              slot=torch.tensor([request.slot]))
+            logits = self.run(input_ids=request.prompt[None].to(self.device), start=self._tensor([0]),
+                              slot=self._tensor([request.slot]))
             made += self._took([request], self._pick([request], _last(logits)))
         return made
+
+    def _tensor(self, values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
 
     def _pick(self, rows: List[Request], logits: torch.Tensor) -> torch.Tensor:
         """Each row's next token by its own sampling (greedy rows all at once)."""

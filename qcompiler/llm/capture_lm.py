@@ -47,8 +47,8 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
     """``model`` (a transformers decoder-only causal LM) captured with a static KV cache of
     ``batch_size`` x ``max_seq_len`` tokens, in the model's dtype or, with ``kv_cache_dtype=torch.int8``,
     in int8 with a float32 scale per token and head (``key_scale_<i>``, ``value_scale_<i>``), or, with
-    ``torch.bfloat16``, in bfloat16 (half a float32 model's cache). On the CPU, attention reads each sequence's
-    filled positions only, the cache as stored (``qcompiler.cache_attention``; SDPA elsewhere).
+    ``torch.bfloat16``, in bfloat16 (half a float32 model's cache). Attention reads each sequence's filled positions
+    only, the cache as stored (``qcompiler.cache_attention`` on the CPU, its Triton twin on CUDA).
 
     The program takes ``input_ids`` [batch_size, seq] and ``cache_position`` [seq] (the positions
     of those tokens: ``arange(seq)`` for a prompt, ``[n]`` for the n-th token) and returns logits
@@ -58,7 +58,7 @@ def capture_lm(model: torch.nn.Module, max_seq_len: int = 2048, *, batch_size: i
     takes ``input_ids`` [B, seq] (B <= n rows, any of them), ``start`` [B] (each row's position of its first
     token: 0 for a prompt) and ``slot`` [B] (each row's cache slot), so sequences of different lengths decode in
     one call and a prompt is prefilled in its slot while the others wait; a slot is reused by starting at 0.
-    CPU only (``qcompiler.cache_attention`` reads each row's slot); see :class:`qcompiler.Batcher`."""
+    ``qcompiler.cache_attention`` (Triton on CUDA) reads each row's slot; see :class:`qcompiler.Batcher`."""
     config = _check(model, max_seq_len, batch_size, slots)
     if kv_cache_dtype not in (None, torch.int8, torch.bfloat16):
         raise fail("kv_cache_dtype", "None (the model's dtype), torch.int8 or torch.bfloat16", kv_cache_dtype)
@@ -105,9 +105,6 @@ def _check(model, max_seq_len, batch_size, slots):
             raise fail("slots", "None or an int >= 1", slots)
         if batch_size != 1:
             raise fail("batch_size", "1 (its default) with slots: the slots are the program's rows", batch_size)
-        if _device(model).type != "cpu":
-            raise fail("slots", "None on a CUDA model (independent sequences attend with qcompiler.cache_attention, "
-                       "CPU only for now)", slots)
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 

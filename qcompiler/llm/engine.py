@@ -26,17 +26,17 @@ class Engine:
 
     def __init__(self, run: Callable, *, generator: Optional[torch.Generator] = None):
         self.batcher = Batcher(run, generator=generator)
-        self.vocab_size = self._vocab_size(run)
+        self.vocab_size = self._vocab_size(run, self.batcher.device)
         self._inbox: "queue.SimpleQueue" = queue.SimpleQueue()
         self._deliver: Dict[Request, Deliver] = {}
         self.finished = {"length": 0, "stop": 0, "cancelled": 0, "error": 0}  # requests ended, by reason
         self._thread = threading.Thread(target=self._loop, name="qcompiler-engine", daemon=True)
 
     @staticmethod
-    def _vocab_size(run: Callable) -> int:
+    def _vocab_size(run: Callable, device: torch.device) -> int:
         """The logits' width, from one token run in slot 0 (which also shows the file runs before a client waits)."""
-        one = torch.zeros(1, 1, dtype=torch.long)
-        logits = run(input_ids=one, start=torch.zeros(1, dtype=torch.long), slot=torch.zeros(1, dtype=torch.long))
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        logits = run(input_ids=zero[None], start=zero, slot=zero)
         return int((logits[0] if isinstance(logits, (list, tuple)) else logits).shape[-1])
 
     @property

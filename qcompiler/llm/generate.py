@@ -151,6 +151,17 @@ def _limits(run, max_seq_len: Optional[int]) -> tuple:
     return shape["max_seq_len"], shape["batch_size"]
 
 
+def program_device(run) -> torch.device:
+    """Where ``run`` (a program's module or a loaded .pt2) wants its inputs: its cache's device, or the backend it
+    was lowered for (the CPU where it does not say)."""
+    if isinstance(run, torch.nn.Module):
+        for _, buffer in run.named_buffers():
+            return buffer.device
+    metadata = getattr(run, "metadata", None)
+    target = metadata.get("target") if isinstance(metadata, dict) else None
+    return torch.device("cuda" if isinstance(target, dict) and target.get("backend") == "cuda" else "cpu")
+
+
 def program_shape(run) -> Optional[dict]:
     """:func:`qcompiler.llm.capture_lm.lm_shape` of ``run`` (a program's module or a loaded .pt2), where it tells it;
     None where not."""

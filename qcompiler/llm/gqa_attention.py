@@ -19,9 +19,10 @@ The sums are the same, term for term, so the result is exact. On the TinyLlama s
 positions, decode attention took 472 us per layer as 32 heads and 158 us as 4 heads of 8 rows; whole
 files are measured by ``benchmarks/bench_kv_cache.py`` (docs, "The int8 KV cache at 2,048 positions").
 
-Over a static cache on the CPU (capture_lm's), the rows go to ``qcompiler.cache_attention`` instead of SDPA: it
-reads each sequence's filled positions only (SDPA with a mask reads all ``max_seq_len``), and an int8 cache as
-stored, with its scales (:func:`cache_step` tells it where the call's tokens start and which cache is whose).
+Over a static cache (capture_lm's), the rows go to ``qcompiler.cache_attention`` instead of SDPA (on CUDA its Triton
+twin, ``qcompiler.triton_cache_attention``): it reads each sequence's filled positions only (SDPA with a mask reads
+all ``max_seq_len``), and an int8 cache as stored, with its scales (:func:`cache_step` tells it where the call's
+tokens start, in which slot, and which cache is whose).
 
 Nothing process-wide changes: the model's own ``attn_implementation`` is switched for the trace and
 restored, and the masks one trace shares live in a context variable of that call.
@@ -118,7 +119,8 @@ def grouped_rows_attention(module, query, key, value, attention_mask, dropout=0.
     if step is not None and step.slot is not None:
         raise NotImplementedError(
             "qcompiler: independent sequences (capture_lm's slots) need qcompiler.cache_attention, which takes causal "
-            "attention on the CPU without a sliding window, soft cap or attention sinks; this model's attention "
+            "attention (CPU, or CUDA with Triton) without a sliding window, soft cap or attention sinks; this model's "
+            "attention "
             f"(on {query.device.type}, sliding_window={kwargs.get('sliding_window')}, softcap={kwargs.get('softcap')})"
             " is not that")
     if step is not None and id(key) in step.int8:  # the cache as stored, for an attention that takes floats
@@ -138,9 +140,9 @@ def grouped_rows_attention(module, query, key, value, attention_mask, dropout=0.
 
 
 def _over_the_cache(query, key, dropout, is_causal, kwargs) -> bool:
-    """Whether qcompiler.cache_attention takes this call: the CPU, causal attention over the whole static cache (no
-    sliding window, soft cap or dropout), query heads a multiple of the kv heads."""
-    if query.device.type != "cpu" or dropout or is_causal or query.dim() != 4 or key.dim() != 4:
+    """Whether qcompiler.cache_attention (or its Triton twin on CUDA) takes this call: causal attention over the
+    whole static cache (no sliding window, soft cap or dropout), query heads a multiple of the kv heads."""
+    if _attention_op(query.device.type) is None or dropout or is_causal or query.dim() != 4 or key.dim() != 4:
         return False
     if any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "sliding_window", "s_aux")):
         return False
@@ -156,10 +158,24 @@ def _cache_attention(query, key, value, step: Step, scaling):
     k_scale = v_scale = None
     if id(key) in step.int8:
         _, k_scale, v_scale = step.int8[id(key)]
-    out = cache_attention.OP(rows.reshape(b, kv_heads, length * groups, d).float(), key, value, k_scale, v_scale,
-                             step.start, groups, d ** -0.5 if scaling is None else float(scaling), step.slot)
+    out = _attention_op(query.device.type)(rows.reshape(b, kv_heads, length * groups, d).float(), key, value,
+                                           k_scale, v_scale, step.start, groups,
+                                           d ** -0.5 if scaling is None else float(scaling), step.slot)
     out = out.reshape(b, kv_heads, length, groups, d).permute(0, 2, 1, 3, 4).reshape(b, length, heads, d)
     return out.to(query.dtype).contiguous(), None
+
+
+def _attention_op(device: str):
+    """The cache attention op for ``device``: C++ on the CPU, Triton on CUDA (where Triton is installed)."""
+    if device == "cpu":
+        return cache_attention.OP
+    if device == "cuda":
+        try:
+            from ..runtime import triton_attention
+        except ImportError:
+            return None
+        return triton_attention.OP
+    return None
 
 
 def _dequantized(key, value, step: Step, dtype):

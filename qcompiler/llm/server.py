@@ -127,15 +127,17 @@ async def tokens_of(service: Service, request: Request, tokens: "asyncio.Queue",
                     gone: Callable) -> AsyncIterator[Tuple[int, Optional[str]]]:
     """Each (token, finish) of ``request`` as it is made; the request is cancelled if the caller stops early (a
     closed stream) or ``gone()`` says its client left. A failed step raises RuntimeError."""
-    finished = False
+    finished, getter = False, None
     try:
         while True:
-            try:
-                token, finish = await asyncio.wait_for(tokens.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
+            # one get() kept across the polls (a get cancelled by a timeout could drop a token on older Pythons)
+            getter = getter or asyncio.ensure_future(tokens.get())
+            done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
+            if not done:
                 if await gone():
                     return
                 continue
+            (token, finish), getter = getter.result(), None
             if token is None:
                 raise RuntimeError(finish)
             finished = finish is not None
@@ -143,13 +145,17 @@ async def tokens_of(service: Service, request: Request, tokens: "asyncio.Queue",
             if finished:
                 return
     finally:
+        if getter is not None:
+            getter.cancel()
         if not finished:
             service.engine.cancel(request)
 
 
 def app(run: Callable, *, tokenizer: Any = None, eos_token_id: Optional[int] = None, model_name: str = "qcompiler"):
-    """The Starlette application serving ``run`` (a loaded ``.pt2`` or program captured with slots); its engine
-    thread starts and stops with the application (``uvicorn.run(app(...))``)."""
+    """The Starlette application serving ``run`` (a loaded ``.pt2`` or program captured with slots), as
+    ``qc.server_app``; its engine thread starts and stops with the application (``uvicorn.run(qc.server_app(run))``).
+    ``tokenizer``: anything with ``encode(text) -> ids`` and ``decode(ids) -> text`` (a transformers tokenizer), for
+    text prompts and replies; ``eos_token_id``: the end token (default: the tokenizer's)."""
     import contextlib
 
     from starlette.applications import Starlette
