@@ -86,20 +86,13 @@ def attention_variants():
     from types import SimpleNamespace
 
     from qcompiler.runtime import triton_attention
-    from qcompiler.runtime.numerics import EPS, per_token_int8
-    q = torch.randn(2, 4, 8, 64)
-    for store in ("float32", "bfloat16", "int8"):
-        k = v = torch.randn(3, 4, 128, 64)
-        k_scale = v_scale = None
-        if store == "int8":
-            (k, k_scale, _), (v, v_scale, _) = (per_token_int8(t, "symmetric", EPS) for t in (k, v))
-            k, v = k.to(torch.int8), v.to(torch.int8)
-        elif store == "bfloat16":
-            k, v = k.bfloat16(), v.bfloat16()
+    from test_cache_attention import STORES, _case
+    for store in STORES:
+        q, k, v, k_scale, v_scale, start, groups, scale = _case(3, 4, 2, 4, 64, 128, [5, 100, 0], store)
         for slot in (None, torch.tensor([2, 0])):
             rows = 2 if slot is None else 3  # a cache row per sequence, or more slots than sequences
             cache = [t[:rows] if t is not None else None for t in (k, v, k_scale, v_scale)]
-            kernel, _, args, kwargs, _ = triton_attention.launch(q, *cache, torch.tensor([5, 100]), 4, 0.125, slot)
+            kernel, _, args, kwargs, _ = triton_attention.launch(q[:2], *cache, start[:2], groups, scale, slot)
             yield (f"cache attention, {store} cache{', slots' if slot is not None else ''}",
                    SimpleNamespace(kernel=kernel, args=args, kwargs=kwargs),
                    [triton.Config({}, num_warps=4, num_stages=2)])
