@@ -212,3 +212,32 @@ def test_text_in_and_out_with_a_tokenizer(slots_lm, alone):
     assert choice["token_ids"] == expected and choice["text"] == tokenizer.decode(expected)
     assert "".join(c["choices"][0]["text"] for c in chunks) == tokenizer.decode(expected)
     assert choice["finish_reason"] == ("stop" if expected[-1] == 0 else "length")
+
+
+def test_the_command_serves_a_file_until_stopped(slots_lm, tmp_path):
+    """``qcompiler serve FILE --port N``: it says where it serves, answers there, and stops on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+    port = _free_port()
+    cmd = [sys.executable, "-c", "import sys; from qcompiler.cli import main; sys.exit(main())", "serve",
+           str(slots_lm), "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().startswith(f"qcompiler: serving {slots_lm} (3 slots, max_seq_len 64) on "
+                                                     f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT).json()["status"] == "ok"
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+                time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(TIMEOUT)
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a model")
+    done = subprocess.run(cmd[:4] + [str(bad)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1 and "serve takes a .pt2 packaged from capture_lm(..., slots=n)" in done.stderr
