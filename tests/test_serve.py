@@ -179,6 +179,35 @@ class Slow:
         return self.run(**inputs)
 
 
+class Failing:
+    """A run whose calls fail while ``broken`` is set (a model that raises mid-flight)."""
+
+    def __init__(self, run):
+        self.run, self.metadata, self.broken = run, run.metadata, False
+
+    def __call__(self, **inputs):
+        if self.broken:
+            raise RuntimeError("the model broke")
+        return self.run(**inputs)
+
+
+def test_a_failing_step_answers_500_and_the_server_goes_on(slots_lm, alone):
+    run = Failing(qc.load(slots_lm))
+    with Served(qc.server_app(run)) as url:
+        run.broken = True
+        reply = httpx.post(f"{url}/v1/completions", json={"prompt": [5], "max_tokens": 3}, timeout=TIMEOUT)
+        assert reply.status_code == 500 and "the model broke" in reply.json()["error"]["message"]
+        with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": [5], "max_tokens": 3, "stream": True},
+                          timeout=TIMEOUT) as response:
+            events = _events(response)
+        assert "the model broke" in events[0]["error"]["message"] and events[-1] is None
+        run.broken = False
+        ids = _prompt(4, 6)
+        reply = httpx.post(f"{url}/v1/completions", json={"prompt": ids, "max_tokens": 4}, timeout=TIMEOUT)
+        assert reply.json()["choices"][0]["token_ids"] == alone(ids, 4)
+        assert httpx.get(f"{url}/health", timeout=TIMEOUT).json()["finished"]["error"] == 2
+
+
 def test_a_client_that_leaves_frees_its_slot(slots_lm, alone):
     """Three streams of 60 tokens take every slot; their clients read two tokens and leave. The slots come free
     long before the tokens would have run out (each step takes 20 ms here), and a new request is served."""
