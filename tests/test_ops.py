@@ -114,7 +114,7 @@ def test_codebook_ops_export():
 
 
 def test_importing_qcompiler_registers_the_triton_ops_so_saved_cuda_programs_load():
-    code = "import torch, qcompiler; print(hasattr(torch.ops.qcompiler, 'triton_wo_matmul') and " \
-           "hasattr(torch.ops.qcompiler, 'triton_dq_matmul'))"
+    code = "import torch, qcompiler; print(all(hasattr(torch.ops.qcompiler, op) for op in ('triton_wo_matmul', " \
+           "'triton_dq_matmul', 'triton_additive_matmul', 'triton_cache_attention')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

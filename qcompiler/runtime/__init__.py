@@ -28,4 +28,4 @@ __all__ = [
 ]
 
 if importlib.util.find_spec("triton") is not None:  # the qcompiler::triton_* ops: saved CUDA programs load
-    from . import triton_matmul  # noqa: F401
+    from . import triton_attention, triton_matmul  # noqa: F401
