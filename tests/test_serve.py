@@ -209,17 +209,17 @@ def test_a_failing_step_answers_500_and_the_server_goes_on(slots_lm, alone):
 
 
 def test_a_client_that_leaves_frees_its_slot(slots_lm, alone):
-    """Three streams of 60 tokens take every slot; their clients read two tokens and leave. The slots come free
-    long before the tokens would have run out (each step takes 20 ms here), and a new request is served."""
+    """Three streams of 60 tokens take every slot; their clients read two tokens and leave. The slots come free as
+    cancelled, not by running out of tokens (steps take 20 ms or more here), and a new request is served."""
     with Served(qc.server_app(Slow(qc.load(slots_lm)))) as url:
-        start = time.monotonic()
         for i in range(3):
             with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": [5 + i], "max_tokens": 60,
                                                                      "stream": True}, timeout=TIMEOUT) as response:
                 lines = response.iter_lines()
                 assert next(lines).startswith("data: ") and next(lines) == "" and next(lines).startswith("data: ")
+        deadline = time.monotonic() + TIMEOUT  # against a hang only
         while (health := httpx.get(f"{url}/health", timeout=TIMEOUT).json())["active"]:
-            assert time.monotonic() - start < 0.02 * 60, "the slots were not freed before the tokens ran out"
+            assert time.monotonic() < deadline, "the slots were never freed"
             time.sleep(0.02)
         assert health["finished"] == {"length": 0, "stop": 0, "cancelled": 3, "error": 0}
         ids = _prompt(3, 5)
