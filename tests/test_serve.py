@@ -111,6 +111,8 @@ def test_a_stream_sends_each_token_once_in_order_then_done(server, alone):
     chunks = events[:-1]
     assert [t for c in chunks for t in c["choices"][0]["token_ids"]] == alone(ids, 5)
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 4 + ["length"]
+    assert "usage" not in chunks[0] and chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 5,
+                                                               "total_tokens": 9}
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_tokens(server, alone):
@@ -266,6 +268,7 @@ def test_the_command_serves_a_file_until_stopped(slots_lm, tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(TIMEOUT)
+    assert process.returncode == 0, process.stderr.read()[-2000:]
     bad = tmp_path / "notes.txt"
     bad.write_text("not a model")
     done = subprocess.run(cmd[:4] + [str(bad)], capture_output=True, text=True, timeout=TIMEOUT)

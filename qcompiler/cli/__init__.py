@@ -134,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--allow-import", action="append", metavar="MODULE", help="a module (with its submodules) "
                        "that loading a .pt2 may import to register the input/output types it names, e.g. "
                        "transformers (repeatable); by default a file imports nothing")
-    for s in (q, i, v, b, e, d, g):
+    for s in (q, i, v, b, e, d, g, sv):
         s.add_argument("--json", action="store_true", help="print the result as JSON")
         s.add_argument("--traceback", action="store_true", help="on an error, print the whole traceback, not one line "
                        "(also QCOMPILER_TRACEBACK=1)")

@@ -221,6 +221,10 @@ async def _sse(service: Service, ident: str, completion: Completion, events) -> 
             delta = None if text is None else (text[len(said):] if text.startswith(said) else text)
             said = text if text is not None else said
             chunk = service.reply(ident, completion, [token], finish, delta)
+            if finish is None:
+                del chunk["usage"]  # the totals come with the last chunk
+            else:
+                chunk["usage"] = service.reply(ident, completion, ids, finish, None)["usage"]
             yield f"data: {json.dumps(chunk)}\n\n"
     except RuntimeError as e:
         yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
