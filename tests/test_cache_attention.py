@@ -19,7 +19,9 @@ CASES = [(1, 2, 1, 4, 64, 48, [17]),                 # decode, grouped-query
          (3, 1, 1, 1, 40, 700, [0, 333, 699]),       # decode of three sequences, one at the cache's end
          (2, 2, 5, 2, 72, 300, [0, 260]),            # prefill of 5 tokens: each row its own causal limit
          (1, 4, 1, 8, 64, 2048, [2047]),             # decode over a full cache: the positions split across threads
-         (1, 1, 40, 1, 16, 64, [3])]                 # 40 rows: two row blocks
+         (1, 1, 40, 1, 16, 64, [3]),                 # 40 rows: two row blocks
+         (1, 2, 3, 3, 96, 300, [250]),               # 9 rows (8 + 1 sharing each V row), D of three 32s
+         (1, 1, 7, 1, 128, 300, [200])]              # 7 rows (4 + 3 sharing each K row), D = 128
 STORES = ["float32", "bfloat16", "int8"]
 # against the reference on the same stored cache; an int8 cache on AVX-512 VNNI takes q in 16 bits (integer q . k)
 TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-5, "int8": 2e-4}

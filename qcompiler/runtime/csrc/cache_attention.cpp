@@ -11,9 +11,11 @@
 // for every row of the block), each row's chunk maximum, the exponentials and their V sum, folded into the row's
 // running maximum, sum and output (online softmax). Where the
 // (b, h, row block) items are too few for the threads (decode: one row block per kv head), the positions are split
-// across threads too and the splits' partial (max, sum, output) merge at the end (flash-decoding). An int8 cache on
-// AVX-512 VNNI (D % 64 == 0, D <= 128) scores in integers: the block's query rows in 16 bits as two int8 rows, each
-// chunk's keys transposed once (16 positions to a register), two vpdpbusd per 4 dims and 16 positions: exact int32.
+// across threads too and the splits' partial (max, sum, output) merge at the end (flash-decoding). On AVX-512 VNNI:
+// an int8 cache (D % 64 == 0, D <= 128) scores in integers: the block's query rows in 16 bits as two int8 rows, each
+// chunk's keys transposed once (16 positions to a register), per 4 dims and 16 positions one K load and two vpdpbusd
+// for each of up to 4 rows: exact int32, the scales applied as the scores leave the registers; and every cache's
+// V rows (D % 32 == 0) are read as stored and widened in registers once for up to 8 rows.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -50,7 +52,7 @@ struct Problem {
   float* out;
   int64_t B, H, R, S, D, groups;
   float scale;
-  bool vnni;  // AVX-512 VNNI here: an int8 cache's q . k in integers
+  bool vnni;  // the AVX-512 VNNI path here: an int8 cache's q . k in integers, V rows widened in 512-bit registers
 };
 
 // The last position row r of sequence b attends (its token's own).
@@ -141,6 +143,20 @@ QC_INLINE float exps(float* row, int64_t n, float m) {
   float total = hsum(sum);
   for (; j < n; ++j) total += (row[j] = std::exp(row[j] - m));
   return total;
+}
+
+// The largest of row[0 .. n), -inf where n is 0: 8 running maxima (a chain of scalar maxima runs at its latency)
+QC_INLINE float largest(const float* row, int64_t n) {
+  f8 top = f8{} - std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const f8 x = load8(row + j);
+    top = x > top ? x : top;
+  }
+  float out = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < 8; ++l) out = std::max(out, top[l]);
+  for (; j < n; ++j) out = std::max(out, row[j]);
+  return out;
 }
 
 // scores[j] (j < n) = q . k_j for one row: 4 positions at a time, each an independent vector sum (D % 8 == 0)
@@ -260,34 +276,95 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void transpose_keys(const i
     }
 }
 
-// scores[i][j] = q_i . k_j (unscaled by k's scale) for the rows and n positions, 16 positions a vpdpbusd per 4 d
-// per byte row (the row's 4 bytes broadcast): 2 D / 4 instructions per 16 positions and row.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_scores(const Rows16& q, int64_t rows,
-                                                                               const uint8_t* keys, int64_t n,
-                                                                               int64_t D, float* scores) {
-  const int64_t groups = (n + 15) / 16, quads = D / 4;
-  for (int64_t i = 0; i < rows; ++i) {
-    const int8_t* hi = q.hi.data() + i * D;
-    const int8_t* lo = q.lo.data() + i * D;
-    const __m512i bias = _mm512_set1_epi32(q.bias[i]);
-    const __m512 scale = _mm512_set1_ps(q.scale[i]);
-    for (int64_t g = 0; g < groups; ++g) {
-      __m512i h = _mm512_setzero_si512(), l = _mm512_setzero_si512();
-      const uint8_t* kg = keys + g * quads * 64;
-      for (int64_t t = 0; t < quads; ++t) {
-        const __m512i kb = _mm512_loadu_si512(kg + t * 64);
+// scores[i][j] = scale * k_scale[j] * q_i . k_j for the rows and n positions: per 16 positions and 4 d, one K
+// load for up to 4 rows, two vpdpbusd per row (its high and low bytes broadcast): 2 D / 4 instructions per 16
+// positions and row.
+template <int Rows>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) QC_INLINE void int8_scores_of(
+    const Rows16& q, int64_t i0, const uint8_t* keys, const float* k_scale, int64_t n, int64_t D, float scale,
+    float* scores) {
+  const int64_t quads = D / 4;
+  for (int64_t g = 0; 16 * g < n; ++g) {
+    __m512i h[Rows], l[Rows];
+    for (int i = 0; i < Rows; ++i) h[i] = l[i] = _mm512_setzero_si512();
+    const uint8_t* kg = keys + g * quads * 64;
+    for (int64_t t = 0; t < quads; ++t) {
+      const __m512i kb = _mm512_loadu_si512(kg + t * 64);
+      for (int i = 0; i < Rows; ++i) {
         int32_t qh, ql;
-        std::memcpy(&qh, hi + 4 * t, 4);
-        std::memcpy(&ql, lo + 4 * t, 4);
-        h = _mm512_dpbusd_epi32(h, kb, _mm512_set1_epi32(qh));
-        l = _mm512_dpbusd_epi32(l, kb, _mm512_set1_epi32(ql));
+        std::memcpy(&qh, q.hi.data() + (i0 + i) * D + 4 * t, 4);
+        std::memcpy(&ql, q.lo.data() + (i0 + i) * D + 4 * t, 4);
+        h[i] = _mm512_dpbusd_epi32(h[i], kb, _mm512_set1_epi32(qh));
+        l[i] = _mm512_dpbusd_epi32(l[i], kb, _mm512_set1_epi32(ql));
       }
-      const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(h, 8), l), bias);
-      const __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale);
-      const int64_t left = std::min<int64_t>(16, n - 16 * g);
-      _mm512_mask_storeu_ps(scores + i * kChunk + 16 * g, __mmask16((1u << left) - 1), s);
+    }
+    const int64_t left = std::min<int64_t>(16, n - 16 * g);
+    const __mmask16 live = __mmask16((1u << left) - 1);
+    const __m512 ks = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, k_scale + 16 * g), _mm512_set1_ps(scale));
+    for (int i = 0; i < Rows; ++i) {
+      const __m512i dot =
+          _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(h[i], 8), l[i]), _mm512_set1_epi32(q.bias[i0 + i]));
+      const __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ks, _mm512_set1_ps(q.scale[i0 + i])));
+      _mm512_mask_storeu_ps(scores + (i0 + i) * kChunk + 16 * g, live, s);
     }
   }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_scores(const Rows16& q, int64_t rows,
+                                                                               const uint8_t* keys,
+                                                                               const float* k_scale, int64_t n,
+                                                                               int64_t D, float scale, float* scores) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) int8_scores_of<4>(q, i, keys, k_scale, n, D, scale, scores);
+  for (; i < rows; ++i) int8_scores_of<1>(q, i, keys, k_scale, n, D, scale, scores);
+}
+
+// 16 values of a V row from `at` as float32 (the stored type widened)
+template <Store S>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) QC_INLINE __m512 widen16(const void* at) {
+  if constexpr (S == Store::kF32) {
+    return _mm512_loadu_ps(at);
+  } else if constexpr (S == Store::kBF16) {
+    const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(at)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+  } else {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(static_cast<const __m128i*>(at))));
+  }
+}
+
+// acc[i] += sum_j w[i][j] * v_j for Rows rows and n V rows as stored, 32 of D at a time: each v_j's 32 values loaded
+// and widened to float32 once for all the rows (w holds v's scale where the cache is int8).
+template <Store S, int Rows>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) QC_INLINE void values_of(const float* w, int64_t i0,
+                                                                              const void* v, int64_t n, int64_t D,
+                                                                              float* acc) {
+  const char* bytes = static_cast<const char*>(v);
+  for (int64_t d0 = 0; d0 < D; d0 += 32) {
+    __m512 a[Rows][2];
+    for (int i = 0; i < Rows; ++i)
+      for (int e = 0; e < 2; ++e) a[i][e] = _mm512_loadu_ps(acc + (i0 + i) * D + d0 + 16 * e);
+    for (int64_t j = 0; j < n; ++j) {
+      const char* vj = bytes + (j * D + d0) * element_bytes<S>();
+      const __m512 v0 = widen16<S>(vj), v1 = widen16<S>(vj + 16 * element_bytes<S>());
+      for (int i = 0; i < Rows; ++i) {
+        const __m512 wi = _mm512_set1_ps(w[(i0 + i) * kChunk + j]);
+        a[i][0] = _mm512_fmadd_ps(wi, v0, a[i][0]);
+        a[i][1] = _mm512_fmadd_ps(wi, v1, a[i][1]);
+      }
+    }
+    for (int i = 0; i < Rows; ++i)
+      for (int e = 0; e < 2; ++e) _mm512_storeu_ps(acc + (i0 + i) * D + d0 + 16 * e, a[i][e]);
+  }
+}
+
+// The rows' V sums on AVX-512 (D % 32 == 0), rows 8 at a time
+template <Store S>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void wide_values(const float* w, int64_t rows, const void* v,
+                                                                      int64_t n, int64_t D, float* acc) {
+  int64_t i = 0;
+  for (; i + 8 <= rows; i += 8) values_of<S, 8>(w, i, v, n, D, acc);
+  for (; i + 4 <= rows; i += 4) values_of<S, 4>(w, i, v, n, D, acc);
+  for (; i < rows; ++i) values_of<S, 1>(w, i, v, n, D, acc);
 }
 
 // A row block's running softmax: the maximum and sum of each row's exponentials so far, and its output (unnormalized).
@@ -320,7 +397,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
     const float* k = integer ? nullptr : as_float<S>(stored_k, n * D, k_rows.data());
     if (integer) {
       transpose_keys(reinterpret_cast<const int8_t*>(stored_k), n, D, keys.data());
-      int8_scores(*q16, rows, keys.data(), n, D, scores.data());
+      int8_scores(*q16, rows, keys.data(), p.k_scale + ch * p.S + c0, n, D, p.scale, scores.data());
     } else if (D % 8 == 0) {
       for (int64_t i = 0; i < rows; ++i) row_scores(q + i * D, k, D, n, scores.data() + i * kChunk);
     } else {
@@ -331,12 +408,13 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
     for (int64_t i = 0; i < rows; ++i) {
       float* row = scores.data() + i * kChunk;
       const int64_t last = last_position(p, b, r0 + i) - c0;  // the row's last position in this chunk
-      float top = kNone;
-      for (int64_t j = 0; j < n; ++j) {
-        const float ks = p.k_scale ? p.k_scale[ch * p.S + c0 + j] : 1.0f;
-        row[j] = j <= last ? row[j] * ks * p.scale : kNone;
-        top = std::max(top, row[j]);
+      const int64_t seen = std::clamp<int64_t>(last + 1, 0, n);  // positions [0, seen) of the chunk
+      if (!integer) {  // the integer scores come scaled
+        const float* ks = p.k_scale ? p.k_scale + ch * p.S + c0 : nullptr;
+        for (int64_t j = 0; j < seen; ++j) row[j] *= (ks ? ks[j] : 1.0f) * p.scale;
       }
+      std::fill(row + seen, row + n, kNone);
+      const float top = largest(row, seen);
       if (top == kNone) {  // nothing of this chunk for this row
         std::fill(row, row + n, 0.0f);
         continue;
@@ -352,7 +430,12 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
         for (int64_t d = 0; d < D; ++d) run.acc[i * D + d] *= rescale;
     }
     if (!any) continue;
-    const float* v = as_float<S>(static_cast<const char*>(p.v) + (ch * p.S + c0) * bytes, n * D, v_rows.data());
+    const char* stored_v = static_cast<const char*>(p.v) + (ch * p.S + c0) * bytes;
+    if (p.vnni && D % 32 == 0) {
+      wide_values<S>(scores.data(), rows, stored_v, n, D, run.acc.data());
+      continue;
+    }
+    const float* v = as_float<S>(stored_v, n * D, v_rows.data());
     if (D % 8 == 0) {
       for (int64_t i = 0; i < rows; ++i) row_values(scores.data() + i * kChunk, v, D, n, run.acc.data() + i * D);
     } else {
