@@ -4,11 +4,13 @@ the causal mask over the whole cache (what a captured LM's attention did), per l
     .venv/bin/python benchmarks/bench_cache_attention.py [--filled 128 256 512 1024 2048] [--max-seq-len 2048]
 
 TinyLlama-1.1B's attention shape by default (4 kv heads of 8 query heads, head dim 64), one sequence, one new
-token; each layer's cache is its own tensor, rotated over 22 layers so the cache is read from memory as in a
-model. Cases: SDPA over ``max_seq_len`` positions on a float32 cache (grouped rows, a mask), ``cache_attention`` on a
-float32, bfloat16 and int8 cache (int8: a float32 scale per token and head, read in int8), and SDPA in a program
-whose ``max_seq_len`` is the filled length (the speed a cache sized to the context would give). Cases interleave per
-round; ratios are medians of same-round ratios. Writes ``benchmarks/results/cpu_cache_attention.json`` and ``.md``.
+token; each layer's cache is its own tensor, rotated over 22 layers or as many more as make the filled prefixes
+read exceed 128 MB, so the cache is read from memory as in a model (whose weights stream through the CPU's caches
+between two layers' attention). Cases: SDPA over ``max_seq_len`` positions on a float32 cache (grouped rows, a
+mask), ``cache_attention`` on a float32, bfloat16 and int8 cache (int8: a float32 scale per token and head, read in
+int8), and SDPA in a program whose ``max_seq_len`` is the filled length (the speed a cache sized to the context would
+give). Cases interleave per round; ratios are medians of same-round ratios. Writes
+``benchmarks/results/cpu_cache_attention.json`` and ``.md``.
 """
 import argparse
 from pathlib import Path
@@ -21,18 +23,35 @@ from qcompiler.runtime.numerics import EPS, per_token_int8
 from timing import interleaved, median_ratio
 
 LAYERS = 22
+READ_BYTES = 128 << 20   # layers rotated until the positions read exceed this (past this host's 32 MB L3), ...
+ALLOC_BYTES = 1536 << 20  # ... while a case's caches hold at most this
 
 
-def caches(kv_heads, positions, d, store):
-    """One layer's (k, v, k_scale, v_scale) per layer, in ``store``."""
+def element_bytes(store: str) -> int:
+    return {"float32": 4, "bfloat16": 2, "int8": 1}[store]
+
+
+def layer_count(kv_heads: int, positions: int, d: int, store: str, filled: int) -> int:
+    """Layers rotated: at least a model's 22, as many as make the filled prefixes read exceed READ_BYTES (a model's
+    weights stream through the caches between two layers' attention, so each layer's cache comes from memory)."""
+    per_token = kv_heads * 2 * (d * element_bytes(store) + (4 if store == "int8" else 0))
+    wanted = -(-READ_BYTES // (per_token * filled))
+    return max(LAYERS, min(wanted, ALLOC_BYTES // (per_token * positions)))
+
+
+def caches(kv_heads, positions, d, store, filled=None):
+    """Each rotated layer's (k, v, k_scale, v_scale), ``positions`` long, random over the first ``filled``."""
+    filled = positions if filled is None else filled
     out = []
-    for _ in range(LAYERS):
-        k, v = (torch.randn(1, kv_heads, positions, d) for _ in range(2))
+    for _ in range(layer_count(kv_heads, positions, d, store, filled)):
+        k, v = (torch.randn(1, kv_heads, filled, d) for _ in range(2))
+        ks = vs = None
         if store == "int8":
             (k, ks, _), (v, vs, _) = (per_token_int8(t, "symmetric", EPS) for t in (k, v))
-            out.append((k.to(torch.int8), v.to(torch.int8), ks, vs))
-        else:
-            out.append((k.to(getattr(torch, store)), v.to(getattr(torch, store)), None, None))
+            k, v = k.to(torch.int8), v.to(torch.int8)
+            ks, vs = (torch.nn.functional.pad(t, (0, 0, 0, positions - filled)) for t in (ks, vs))
+        k, v = (torch.nn.functional.pad(t.to(getattr(torch, store)), (0, 0, 0, positions - filled)) for t in (k, v))
+        out.append((k, v, ks, vs))
     return out
 
 
@@ -74,9 +93,9 @@ def main():
     h, g, d, cap = args.kv_heads, args.groups, args.head_dim, args.max_seq_len
     scale = d ** -0.5
     q = torch.randn(1, h, g, d)
-    full = {store: caches(h, cap, d, store) for store in ("float32", "bfloat16", "int8")}
     rows, lines = [], []
     for filled in args.filled:
+        full = {store: caches(h, cap, d, store, filled) for store in ("float32", "bfloat16", "int8")}
         cases = {"sdpa, whole cache": sdpa(q, full["float32"], filled, g, scale),
                  f"sdpa, a cache of {filled}": sdpa(q, caches(h, filled, d, "float32"), filled, g, scale)}
         for store, layers in full.items():
@@ -90,9 +109,12 @@ def main():
             rows.append(row)
             lines.append(f"| {filled} | {name} | {row['us']:.1f} | {row['speed_vs_sdpa_whole_cache']:.2f}x | "
                          f"{row['vs_float32_ours']:.2f}x |")
-        print(f"filled {filled}: done", flush=True)
+        print(f"filled {filled}: done ({', '.join(f'{s}: {len(c)} layers' for s, c in full.items())} rotated)",
+              flush=True)
+        del full, cases
     text = (f"Machine: {machine()}\n\nOne decode step's attention per layer (1 sequence, {h} kv heads x {g} query "
-            f"heads, head dim {d}, max_seq_len {cap}; {LAYERS} layers' caches rotated)\n\n"
+            f"heads, head dim {d}, max_seq_len {cap}; at least {LAYERS} layers' caches rotated, more where their "
+            f"filled prefixes come to less than {READ_BYTES >> 20} MB: read from memory as in a model)\n\n"
             "| filled | case | µs | speed vs SDPA over the whole cache | speed vs cache_attention float32 |\n"
             "|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
     print(text)

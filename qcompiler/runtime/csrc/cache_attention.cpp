@@ -11,11 +11,12 @@
 // for every row of the block), each row's chunk maximum, the exponentials and their V sum, folded into the row's
 // running maximum, sum and output (online softmax). Where the
 // (b, h, row block) items are too few for the threads (decode: one row block per kv head), the positions are split
-// across threads too and the splits' partial (max, sum, output) merge at the end (flash-decoding). On AVX-512 VNNI:
-// an int8 cache (D % 64 == 0, D <= 128) scores in integers: the block's query rows in 16 bits as two int8 rows, each
-// chunk's keys transposed once (16 positions to a register), per 4 dims and 16 positions one K load and two vpdpbusd
-// for each of up to 4 rows: exact int32, the scales applied as the scores leave the registers; and every cache's
-// V rows (D % 32 == 0) are read as stored and widened in registers once for up to 8 rows.
+// across threads too and the splits' partial (max, sum, output) merge at the end (flash-decoding). On AVX-512 VNNI
+// each chunk's keys are transposed once (16 positions to a register; a row's bytes a multiple of 64) and scored for
+// up to 8 rows per key load: an int8 cache's (D <= 128) in integers, the block's query rows in 16 bits as two int8
+// rows, two vpdpbusd per 4 dims and 16 positions (exact int32, the scales applied as the scores leave the
+// registers); a float32 or bfloat16 cache's in float32, an FMA per dim and 16 positions. Every cache's V rows
+// (D % 32 == 0) are read as stored and widened in registers once for up to 8 rows.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -52,7 +53,7 @@ struct Problem {
   float* out;
   int64_t B, H, R, S, D, groups;
   float scale;
-  bool vnni;  // the AVX-512 VNNI path here: an int8 cache's q . k in integers, V rows widened in 512-bit registers
+  bool vnni;  // the AVX-512 VNNI path here: keys transposed and scored in 512-bit registers, V rows widened there
 };
 
 // The last position row r of sequence b attends (its token's own).
@@ -216,7 +217,7 @@ QC_INLINE float dot(const float* q, const float* k, int64_t D) {
   return sum;
 }
 
-// ---- int8 caches on AVX-512 VNNI: q . k in integers
+// ---- AVX-512 VNNI: keys transposed per chunk, an int8 cache's q . k in integers
 
 // Each row of q in 16 bits (v = round(q / s), |v| <= 32639) as two int8 rows, its high and low bytes
 // (v = 256 * hi + lo, activation_rows.h's encoding), and 128 * (256 * sum hi + sum lo), what the unsigned K bytes'
@@ -241,18 +242,19 @@ struct Rows16 {
   }
 };
 
-// A chunk's K rows (n of D int8, D % 64 == 0) for vpdpbusd with 16 positions in the lanes: for each group g of 16
-// positions and each 4 d (t), 64 bytes whose lane l holds k[16 g + l][4 t .. 4 t + 3] + 128 (unsigned); positions
-// past n are 128s (scores never used). Per 16 positions and 64 d, a 16 x 16 transpose of dwords in registers.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void transpose_keys(const int8_t* k, int64_t n, int64_t D,
-                                                                        uint8_t* out) {
-  const __m512i flip = _mm512_set1_epi8(char(0x80));
-  const int64_t quads = D / 4;
+// A chunk's K rows (n rows of `row_bytes`, a multiple of 64) with 16 positions in the lanes: for each group g of 16
+// positions and each dword t of a row, 64 bytes whose lane l holds dword t of position 16 g + l (4 dims of an int8
+// cache, xor 128 where `flip`: unsigned for vpdpbusd; 2 of a bfloat16 one; 1 of a float32 one); positions past n
+// are zeros (their scores never used). Per 16 positions and 64 bytes, a 16 x 16 transpose of dwords in registers.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void transpose_keys(const char* k, int64_t n, int64_t row_bytes,
+                                                                        bool flip, uint8_t* out) {
+  const __m512i bias = _mm512_set1_epi8(flip ? char(0x80) : 0);
+  const int64_t dwords = row_bytes / 4;
   for (int64_t g = 0; 16 * g < n; ++g)
-    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    for (int64_t d0 = 0; d0 < row_bytes; d0 += 64) {
       __m512i r[16], a[16], b[16];
       for (int p = 0; p < 16; ++p)
-        r[p] = 16 * g + p < n ? _mm512_loadu_si512(k + (16 * g + p) * D + d0) : _mm512_setzero_si512();
+        r[p] = 16 * g + p < n ? _mm512_loadu_si512(k + (16 * g + p) * row_bytes + d0) : _mm512_setzero_si512();
       for (int i = 0; i < 8; ++i) {  // per 128-bit lane: [A0 B0 A1 B1], [A2 B2 A3 B3]
         a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
         a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
@@ -263,7 +265,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void transpose_keys(const i
         b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
         b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
       }
-      uint8_t* dst = out + (g * quads + d0 / 4) * 64;
+      uint8_t* dst = out + (g * dwords + d0 / 4) * 64;
       for (int e = 0; e < 4; ++e) {  // the 4 x 4 transpose of 128-bit lanes across positions' groups
         const __m512i u0 = _mm512_shuffle_i32x4(b[e], b[4 + e], 0x44), u1 = _mm512_shuffle_i32x4(b[e], b[4 + e], 0xEE);
         const __m512i u2 = _mm512_shuffle_i32x4(b[8 + e], b[12 + e], 0x44);
@@ -271,9 +273,53 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void transpose_keys(const i
         const __m512i y[4] = {_mm512_shuffle_i32x4(u0, u2, 0x88), _mm512_shuffle_i32x4(u0, u2, 0xDD),
                               _mm512_shuffle_i32x4(u1, u3, 0x88), _mm512_shuffle_i32x4(u1, u3, 0xDD)};
         for (int lane = 0; lane < 4; ++lane)  // dword t = 4 lane + e of the 16 positions
-          _mm512_storeu_si512(dst + (4 * lane + e) * 64, _mm512_xor_si512(y[lane], flip));
+          _mm512_storeu_si512(dst + (4 * lane + e) * 64, _mm512_xor_si512(y[lane], bias));
       }
     }
+}
+
+// scores[i][j] = scale * q_i . k_j for a float32 or bfloat16 cache's transposed keys: per 16 positions and dword, one
+// load for Rows rows, an FMA per dim and row with the row's value broadcast (bfloat16: the dword's two dims widened
+// by a shift and a mask).
+template <Store S, int Rows>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) QC_INLINE void float_scores_of(const float* q, int64_t i0,
+                                                                                    const uint8_t* keys, int64_t n,
+                                                                                    int64_t D, float scale,
+                                                                                    float* scores) {
+  const int64_t dwords = D * element_bytes<S>() / 4;
+  const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+  for (int64_t g = 0; 16 * g < n; ++g) {
+    __m512 acc[Rows];
+    for (int i = 0; i < Rows; ++i) acc[i] = _mm512_setzero_ps();
+    const uint8_t* kg = keys + g * dwords * 64;
+    for (int64_t t = 0; t < dwords; ++t) {
+      const __m512i k = _mm512_loadu_si512(kg + t * 64);
+      if constexpr (S == Store::kF32) {
+        for (int i = 0; i < Rows; ++i)
+          acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[(i0 + i) * D + t]), _mm512_castsi512_ps(k), acc[i]);
+      } else {
+        const __m512 k0 = _mm512_castsi512_ps(_mm512_slli_epi32(k, 16));
+        const __m512 k1 = _mm512_castsi512_ps(_mm512_and_si512(k, high));
+        for (int i = 0; i < Rows; ++i) {
+          acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[(i0 + i) * D + 2 * t]), k0, acc[i]);
+          acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[(i0 + i) * D + 2 * t + 1]), k1, acc[i]);
+        }
+      }
+    }
+    const __mmask16 live = __mmask16((1u << std::min<int64_t>(16, n - 16 * g)) - 1);
+    for (int i = 0; i < Rows; ++i)
+      _mm512_mask_storeu_ps(scores + (i0 + i) * kChunk + 16 * g, live, _mm512_mul_ps(acc[i], _mm512_set1_ps(scale)));
+  }
+}
+
+template <Store S>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void float_scores(const float* q, int64_t rows,
+                                                                       const uint8_t* keys, int64_t n, int64_t D,
+                                                                       float scale, float* scores) {
+  int64_t i = 0;
+  for (; i + 8 <= rows; i += 8) float_scores_of<S, 8>(q, i, keys, n, D, scale, scores);
+  for (; i + 4 <= rows; i += 4) float_scores_of<S, 4>(q, i, keys, n, D, scale, scores);
+  for (; i < rows; ++i) float_scores_of<S, 1>(q, i, keys, n, D, scale, scores);
 }
 
 // scores[i][j] = scale * k_scale[j] * q_i . k_j for the rows and n positions: per 16 positions and 4 d, one K
@@ -385,19 +431,22 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
   const int64_t ch = cache_row(p, b) * p.H + h;  // its (slot, head) in the cache
   const float* q = p.q + (bh * p.R + r0) * D;
   std::vector<float> scores(rows * kChunk), k_rows(S == Store::kF32 ? 0 : kChunk * D), v_rows(k_rows.size());
-  // an int8 cache on AVX-512 VNNI: q in 16 bits against the int8 keys, 16 positions a vpdpbusd (D <= 128 keeps the
-  // sums in int32)
-  const bool integer = S == Store::kInt8 && p.vnni && D % 64 == 0 && D <= 128;
+  // AVX-512 VNNI: the keys transposed per chunk (16 positions to a register), an int8 cache's against q in 16 bits
+  // (D <= 128 keeps the sums in int32), the others' in float32
+  const bool wide = p.vnni && bytes % 64 == 0 && (S != Store::kInt8 || D <= 128);
   std::optional<Rows16> q16;
-  std::vector<uint8_t> keys(integer ? kChunk * D : 0);
-  if (integer) q16.emplace(q, rows, D);
+  std::vector<uint8_t> keys(wide ? kChunk * bytes : 0);
+  if (wide && S == Store::kInt8) q16.emplace(q, rows, D);
   for (int64_t c0 = p0; c0 < p1; c0 += kChunk) {
     const int64_t n = std::min(kChunk, p1 - c0);
     const char* stored_k = static_cast<const char*>(p.k) + (ch * p.S + c0) * bytes;
-    const float* k = integer ? nullptr : as_float<S>(stored_k, n * D, k_rows.data());
-    if (integer) {
-      transpose_keys(reinterpret_cast<const int8_t*>(stored_k), n, D, keys.data());
-      int8_scores(*q16, rows, keys.data(), p.k_scale + ch * p.S + c0, n, D, p.scale, scores.data());
+    const float* k = wide ? nullptr : as_float<S>(stored_k, n * D, k_rows.data());
+    if (wide) {
+      transpose_keys(stored_k, n, bytes, S == Store::kInt8, keys.data());
+      if constexpr (S == Store::kInt8)
+        int8_scores(*q16, rows, keys.data(), p.k_scale + ch * p.S + c0, n, D, p.scale, scores.data());
+      else
+        float_scores<S>(q, rows, keys.data(), n, D, p.scale, scores.data());
     } else if (D % 8 == 0) {
       for (int64_t i = 0; i < rows; ++i) row_scores(q + i * D, k, D, n, scores.data() + i * kChunk);
     } else {
@@ -409,7 +458,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
       float* row = scores.data() + i * kChunk;
       const int64_t last = last_position(p, b, r0 + i) - c0;  // the row's last position in this chunk
       const int64_t seen = std::clamp<int64_t>(last + 1, 0, n);  // positions [0, seen) of the chunk
-      if (!integer) {  // the integer scores come scaled
+      if (!wide) {  // the wide paths' scores come scaled
         const float* ks = p.k_scale ? p.k_scale + ch * p.S + c0 : nullptr;
         for (int64_t j = 0; j < seen; ++j) row[j] *= (ks ? ks[j] : 1.0f) * p.scale;
       }
