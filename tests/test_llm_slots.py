@@ -69,6 +69,28 @@ def test_a_prompt_prefilled_while_others_decode_leaves_them_unchanged(model):
     assert first.finish == late.finish == "length"
 
 
+def test_a_long_prompt_is_prefilled_a_chunk_a_step_while_the_others_decode(model):
+    """prefill_chunk=4: a 40-token prompt takes 10 steps to prefill, and the sequence already decoding makes a token in
+    each of them; both get the tokens they get alone (the chunks write the cache as one prefill would)."""
+    run = _captured(model, 2).module()
+    batcher = qc.Batcher(run, prefill_chunk=4)
+    first = batcher.submit(PROMPTS[1], 20)  # 3 tokens: one chunk
+    batcher.step()
+    assert len(first.tokens) == 1
+    long_prompt = torch.randint(0, 128, (40,), generator=torch.Generator().manual_seed(40))
+    late = batcher.submit(long_prompt, 4)
+    for step in range(10):
+        made = batcher.step()
+        assert [r for r, _ in made if r is first] == [first] and len(first.tokens) == step + 2
+        assert late.filled == 4 * (step + 1) and len(late.tokens) == (step == 9)
+    while not batcher.idle:
+        batcher.step()
+    alone = _alone(model, [PROMPTS[1], long_prompt], 20)
+    assert (first.tokens, late.tokens) == (alone[0].tolist(), alone[1].tolist()[:4])
+    with pytest.raises(ValueError, match="prefill_chunk must be an int >= 1"):
+        qc.Batcher(run, prefill_chunk=0)
+
+
 def test_an_end_token_or_a_cancel_frees_the_slot_for_the_next_prompt(model):
     run = _captured(model, 1).module()
     eos = _alone(model, [PROMPTS[1]], 3)[0][1].item()  # the second token this prompt makes

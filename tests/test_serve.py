@@ -273,3 +273,5 @@ def test_the_command_serves_a_file_until_stopped(slots_lm, tmp_path):
     bad.write_text("not a model")
     done = subprocess.run(cmd[:4] + [str(bad)], capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 1 and "serve takes a .pt2 packaged from capture_lm(..., slots=n)" in done.stderr
+    done = subprocess.run(cmd + ["--prefill-chunk", "0"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1 and "prefill_chunk must be an int >= 1" in done.stderr

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .batching import Batcher, Request
+from .batching import PREFILL_CHUNK, Batcher, Request
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,9 @@ Deliver = Callable[[Optional[int], Optional[str]], None]
 class Engine:
     """Continuous batching over ``run`` (a program captured with slots) on a worker thread."""
 
-    def __init__(self, run: Callable, *, generator: Optional[torch.Generator] = None):
-        self.batcher = Batcher(run, generator=generator)
+    def __init__(self, run: Callable, *, generator: Optional[torch.Generator] = None,
+                 prefill_chunk: int = PREFILL_CHUNK):
+        self.batcher = Batcher(run, generator=generator, prefill_chunk=prefill_chunk)
         self.vocab_size = self._vocab_size(run, self.batcher.device)
         self._inbox: "queue.SimpleQueue" = queue.SimpleQueue()
         self._deliver: Dict[Request, Deliver] = {}

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Optional, Tuple
 
 import torch
 
-from .batching import Request
+from .batching import PREFILL_CHUNK, Request
 from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,13 @@ async def tokens_of(service: Service, request: Request, tokens: "asyncio.Queue",
             service.engine.cancel(request)
 
 
-def app(run: Callable, *, tokenizer: Any = None, eos_token_id: Optional[int] = None, model_name: str = "qcompiler"):
+def app(run: Callable, *, tokenizer: Any = None, eos_token_id: Optional[int] = None, model_name: str = "qcompiler",
+        prefill_chunk: int = PREFILL_CHUNK):
     """The Starlette application serving ``run`` (a loaded ``.pt2`` or program captured with slots), as
     ``qc.server_app``; its engine thread starts and stops with the application (``uvicorn.run(qc.server_app(run))``).
     ``tokenizer``: anything with ``encode(text) -> ids`` and ``decode(ids) -> text`` (a transformers tokenizer), for
-    text prompts and replies; ``eos_token_id``: the end token (default: the tokenizer's)."""
+    text prompts and replies; ``eos_token_id``: the end token (default: the tokenizer's); ``prefill_chunk``: prompt
+    tokens prefilled a step at most (:class:`~qcompiler.llm.batching.Batcher`)."""
     import contextlib
 
     from starlette.applications import Starlette
@@ -163,7 +165,7 @@ def app(run: Callable, *, tokenizer: Any = None, eos_token_id: Optional[int] = N
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    service = Service(Engine(run), tokenizer, eos_token_id, model_name)
+    service = Service(Engine(run, prefill_chunk=prefill_chunk), tokenizer, eos_token_id, model_name)
 
     def refuse(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
