@@ -21,7 +21,6 @@ import traceback
 from typing import Optional, Sequence
 
 from .. import AUTOQUANT_CANDIDATES, scheme_forms
-from ..llm.batching import PREFILL_CHUNK
 from . import commands
 from .generate import generate_cmd
 from .serve import serve_cmd
@@ -128,8 +127,8 @@ def parser() -> argparse.ArgumentParser:
                     "replies (without one: token ids in, token ids out)")
     sv.add_argument("--eos-token-id", type=int, help="the end token (default: the tokenizer's)")
     sv.add_argument("--name", help="the model's name in replies (default: the file's)")
-    sv.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK, metavar="N", help="prompt tokens prefilled "
-                    f"a step at most, between the decode steps of the others (default {PREFILL_CHUNK})")
+    sv.add_argument("--prefill-chunk", type=int, metavar="N", help="prompt tokens prefilled a step at most, between "
+                    "the decode steps of the others (default: qcompiler.Batcher's, 128)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                     help="uvicorn's log level (default info)")
 

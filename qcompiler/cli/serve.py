@@ -21,8 +21,9 @@ def serve_cmd(a) -> tuple:
         raise ValueError(f"{path} is not an LM captured with slots: capture it with qcompiler.capture_lm(model, "
                          "max_seq_len, slots=n) so that requests decode together, each in its own slot")
     tokenizer = _tokenizer(a.tokenizer)
+    chunk = {} if a.prefill_chunk is None else {"prefill_chunk": a.prefill_chunk}
     application = qc.server_app(run, tokenizer=tokenizer, eos_token_id=a.eos_token_id, model_name=a.name or path.stem,
-                                prefill_chunk=a.prefill_chunk)
+                                **chunk)
     print(f"qcompiler: serving {path} ({lm['batch_size']} slots, max_seq_len {lm['max_seq_len']}) on "
           f"http://{a.host}:{a.port}", flush=True)
     uvicorn.run(application, host=a.host, port=a.port, log_level=a.log_level)
