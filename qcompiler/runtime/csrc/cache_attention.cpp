@@ -448,10 +448,12 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
   const int64_t bh = b * p.H + h, D = p.D, bytes = D * element_bytes<S>();
   const int64_t ch = cache_row(p, b) * p.H + h;  // its (slot, head) in the cache
   const float* q = p.q + (bh * p.R + r0) * D;
-  std::vector<float> scores(rows * kChunk), k_rows(S == Store::kF32 ? 0 : kChunk * D), v_rows(k_rows.size());
   // AVX-512 VNNI: the keys transposed per chunk (16 positions to a register), an int8 cache's against q in 16 bits
-  // (D <= 128 keeps the sums in int32), the others' in float32
-  const bool wide = p.vnni && bytes % 64 == 0 && (S != Store::kInt8 || D <= 128);
+  // (D <= 128 keeps the sums in int32), the others' in float32; V rows widened in registers (D % 32 == 0)
+  const bool wide = p.vnni && bytes % 64 == 0 && (S != Store::kInt8 || D <= 128), wide_v = p.vnni && D % 32 == 0;
+  // float32 copies of a chunk's K and V rows where those paths do not read them as stored
+  std::vector<float> scores(rows * kChunk), k_rows(S == Store::kF32 || wide ? 0 : kChunk * D);
+  std::vector<float> v_rows(S == Store::kF32 || wide_v ? 0 : kChunk * D);
   std::optional<Rows16> q16;
   std::vector<uint8_t> keys(wide ? kChunk * bytes : 0);
   if (wide && S == Store::kInt8) q16.emplace(q, rows, D);
@@ -499,7 +501,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
     }
     if (!any) continue;
     const char* stored_v = static_cast<const char*>(p.v) + (ch * p.S + c0) * bytes;
-    if (p.vnni && D % 32 == 0) {
+    if (wide_v) {
       const int64_t ahead = std::min(kChunk, p1 - c0 - n);  // the next chunk's positions
       wide_values<S>(scores.data(), rows, stored_v, n, D, run.acc.data(), ahead > 0 ? stored_k + n * bytes : nullptr,
                      ahead);
