@@ -30,7 +30,8 @@ PREFILL_CHUNK = 128  # prompt tokens a step by default: on 2 CPU cores, ~0.6 s o
 
 
 class Request:
-    """One sequence: its prompt, budget, end token and sampling, the tokens made so far, where it stands.
+    """One sequence: its prompt, budget, end token and sampling, the tokens made so far, where it stands (its
+    ``slot``, and ``filled``: its prompt's positions in the cache so far, read a chunk a step).
     ``finish``: None while it runs, else "length" (its budget), "stop" (its end token) or "cancelled"."""
 
     def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int], sampling: Sampling):
