@@ -27,14 +27,10 @@ READ_BYTES = 128 << 20   # layers rotated until the positions read exceed this (
 ALLOC_BYTES = 1536 << 20  # ... while a case's caches hold at most this
 
 
-def element_bytes(store: str) -> int:
-    return {"float32": 4, "bfloat16": 2, "int8": 1}[store]
-
-
 def layer_count(kv_heads: int, positions: int, d: int, store: str, filled: int) -> int:
     """Layers rotated: at least a model's 22, as many as make the filled prefixes read exceed READ_BYTES (a model's
     weights stream through the caches between two layers' attention, so each layer's cache comes from memory)."""
-    per_token = kv_heads * 2 * (d * element_bytes(store) + (4 if store == "int8" else 0))
+    per_token = kv_heads * 2 * (d * getattr(torch, store).itemsize + (4 if store == "int8" else 0))
     wanted = -(-READ_BYTES // (per_token * filled))
     return max(LAYERS, min(wanted, ALLOC_BYTES // (per_token * positions)))
 
