@@ -26,6 +26,7 @@
 #include "activation_rows.h"
 #include "kernel_common.h"
 #include "ops.h"
+#include "vnni.h"
 
 #include <algorithm>
 #include <cmath>
@@ -106,58 +107,79 @@ QC_INLINE float hsum(f8 v) {
 }
 
 typedef int32_t i8v __attribute__((vector_size(32)));
+// 16 floats and ints: one register in the AVX-512 functions below
+typedef float f16 __attribute__((vector_size(64)));
+typedef int32_t i16v __attribute__((vector_size(64)));
 
-// e^x for 8 values (Cephes' expf: 2^n times a degree-6 polynomial on [-ln2/2, ln2/2], within 2 ulp), 0 below -87
-// (-inf included: a position the row does not see).
-QC_INLINE f8 exp8(f8 x) {
-  const i8v seen = x > -87.0f;
-  x = x < 88.0f ? x : f8{} + 88.0f;
-  x = x > -87.0f ? x : f8{} - 87.0f;
-  f8 n = x * 1.44269504088896341f + 0.5f;
-  f8 whole = __builtin_convertvector(__builtin_convertvector(n, i8v), f8);
-  whole += __builtin_convertvector(whole > n, f8);  // floor: truncation less 1 where it rounded up
-  const f8 r = x - whole * 0.693359375f + whole * 2.12194440e-4f;
-  f8 y = 1.9875691500e-4f * r + 1.3981999507e-3f;
+// e^x for each lane (Cephes' expf: 2^n times a degree-6 polynomial on [-ln2/2, ln2/2], within 2 ulp), 0 below -87
+// (-inf included: a position the row does not see). F: a vector of floats, I: of as many int32.
+template <typename F, typename I>
+QC_INLINE F exp_of(F x) {
+  const I seen = x > -87.0f;
+  x = x < 88.0f ? x : F{} + 88.0f;
+  x = x > -87.0f ? x : F{} - 87.0f;
+  F n = x * 1.44269504088896341f + 0.5f;
+  F whole = __builtin_convertvector(__builtin_convertvector(n, I), F);
+  whole += __builtin_convertvector(whole > n, F);  // floor: truncation less 1 where it rounded up
+  const F r = x - whole * 0.693359375f + whole * 2.12194440e-4f;
+  F y = 1.9875691500e-4f * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const i8v scale = (__builtin_convertvector(whole, i8v) + 127) << 23;
-  i8v bits;
+  const I scale = (__builtin_convertvector(whole, I) + 127) << 23;
+  I bits;
   std::memcpy(&bits, &y, sizeof bits);
   bits = (bits + (scale - (127 << 23))) & seen;  // y * 2^n: n added to the exponent field
-  f8 out;
+  F out;
   std::memcpy(&out, &bits, sizeof out);
   return out;
 }
 
-// row[j] = e^(row[j] - m) for j < n, and their sum (row's capacity a multiple of 8 past n)
+// row[j] = e^(row[j] - m) for j < n, and their sum, a vector F at a time
+template <typename F, typename I>
 QC_INLINE float exps(float* row, int64_t n, float m) {
-  f8 sum = {};
+  constexpr int kWidth = sizeof(F) / 4;
+  F sum = {};
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const f8 e = exp8(load8(row + j) - m);
-    store8(row + j, e);
+  for (; j + kWidth <= n; j += kWidth) {
+    F x;
+    std::memcpy(&x, row + j, sizeof x);
+    const F e = exp_of<F, I>(x - m);
+    std::memcpy(row + j, &e, sizeof e);
     sum += e;
   }
-  float total = hsum(sum);
+  float total = 0.0f;
+  for (int l = 0; l < kWidth; ++l) total += sum[l];
   for (; j < n; ++j) total += (row[j] = std::exp(row[j] - m));
   return total;
 }
 
-// The largest of row[0 .. n), -inf where n is 0: 8 running maxima (a chain of scalar maxima runs at its latency)
+// The largest of row[0 .. n), -inf where n is 0: a vector F of running maxima (a chain of scalar maxima runs at its
+// latency)
+template <typename F>
 QC_INLINE float largest(const float* row, int64_t n) {
-  f8 top = f8{} - std::numeric_limits<float>::infinity();
+  constexpr int kWidth = sizeof(F) / 4;
+  F top = F{} - std::numeric_limits<float>::infinity();
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const f8 x = load8(row + j);
+  for (; j + kWidth <= n; j += kWidth) {
+    F x;
+    std::memcpy(&x, row + j, sizeof x);
     top = x > top ? x : top;
   }
   float out = -std::numeric_limits<float>::infinity();
-  for (int l = 0; l < 8; ++l) out = std::max(out, top[l]);
+  for (int l = 0; l < kWidth; ++l) out = std::max(out, top[l]);
   for (; j < n; ++j) out = std::max(out, row[j]);
   return out;
+}
+
+// The same on AVX-512, 16 lanes at a time (the VNNI path's)
+__attribute__((target("avx512f,avx512bw,avx512vl"))) float exps_wide(float* row, int64_t n, float m) {
+  return exps<f16, i16v>(row, n, m);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) float largest_wide(const float* row, int64_t n) {
+  return largest<f16>(row, n);
 }
 
 // scores[j] (j < n) = q . k_j for one row: 4 positions at a time, each an independent vector sum (D % 8 == 0)
@@ -345,11 +367,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) QC_INLINE void i
     for (int64_t t = 0; t < quads; ++t) {
       const __m512i kb = _mm512_loadu_si512(kg + t * 64);
       for (int i = 0; i < Rows; ++i) {
-        int32_t qh, ql;
-        std::memcpy(&qh, q.hi.data() + (i0 + i) * D + 4 * t, 4);
-        std::memcpy(&ql, q.lo.data() + (i0 + i) * D + 4 * t, 4);
-        h[i] = _mm512_dpbusd_epi32(h[i], kb, _mm512_set1_epi32(qh));
-        l[i] = _mm512_dpbusd_epi32(l[i], kb, _mm512_set1_epi32(ql));
+        h[i] = qc::dpbusd_word(h[i], kb, q.hi.data() + (i0 + i) * D + 4 * t);
+        l[i] = qc::dpbusd_word(l[i], kb, q.lo.data() + (i0 + i) * D + 4 * t);
       }
     }
     const int64_t left = std::min<int64_t>(16, n - 16 * g);
@@ -431,6 +450,73 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void wide_values(const floa
   for (; i < rows; ++i, next = nullptr) values_of<S, 1>(w, i, v, n, D, acc, next, ahead);
 }
 
+// ---- AVX-512 VNNI: an int8 cache's V sums in integers
+
+constexpr int32_t kWeightMax = 32767;  // weights of int8 V rows in 16 bits: 256 positions x 32767 x 128 < 2^31
+
+// Each row's weights of the chunk's n V rows (its exponentials times v's scales, >= 0) in 16 bits over the row's
+// largest: w16[i][j] = round(w[i][j] / scale[i]) <= 32767, and a zero past n where n is odd (positions go in pairs).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void weights16(const float* w, int64_t rows, int64_t n,
+                                                                    int16_t* w16, float* scale) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* row = w + i * kChunk;
+    scale[i] = qc::row_scale(row, n, kWeightMax);
+    const float inv = 1.0f / scale[i];
+    int16_t* out = w16 + i * kChunk;
+    for (int64_t j = 0; j < n; ++j) out[j] = int16_t(qc::quantize_to(row[j], inv, kWeightMax));
+    if (n % 2) out[n] = 0;
+  }
+}
+
+// acc[i] += scale[i] * sum_j w16[i][j] * v_j for Rows rows over an int8 cache's n V rows, 32 of D at a time: each pair
+// of V rows widened to 16 bits and interleaved once for all the rows, one vpdpwssd per row, pair and 16 dims (exact
+// int32 sums), scaled into the row's float32 sums once per chunk. The next chunk's K rows are prefetched into L2
+// meanwhile, as in values_of.
+template <int Rows>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) QC_INLINE void int8_values_of(
+    const int16_t* w16, const float* scale, int64_t i0, const int8_t* v, int64_t n, int64_t D, float* acc,
+    const char* next, int64_t ahead) {
+  for (int64_t d0 = 0; d0 < D; d0 += 32) {
+    __m512i a[Rows][2];
+    for (int i = 0; i < Rows; ++i) a[i][0] = a[i][1] = _mm512_setzero_si512();
+    for (int64_t j = 0; j < n; j += 2) {
+      if (next && d0 == 0)
+        for (int64_t o = j * D; o < std::min(j + 2, ahead) * D; o += 64) _mm_prefetch(next + o, _MM_HINT_T1);
+      const __m512i x0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j * D + d0)));
+      const __m512i x1 = j + 1 < n ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                         reinterpret_cast<const __m256i*>(v + (j + 1) * D + d0)))
+                                   : _mm512_setzero_si512();
+      // per 128-bit lane L: dims d0 + 8 L + 0..3 (lo) and + 4..7 (hi) of positions j and j + 1, paired
+      const __m512i lo = _mm512_unpacklo_epi16(x0, x1), hi = _mm512_unpackhi_epi16(x0, x1);
+      for (int i = 0; i < Rows; ++i) {
+        const int16_t* w = w16 + (i0 + i) * kChunk + j;
+        a[i][0] = qc::dpwssd_word(a[i][0], lo, w);
+        a[i][1] = qc::dpwssd_word(a[i][1], hi, w);
+      }
+    }
+    for (int i = 0; i < Rows; ++i) {  // the 128-bit lanes back in dims' order: lo 0, hi 0, lo 1, hi 1, ...
+      const __m512i first = _mm512_shuffle_i32x4(a[i][0], a[i][1], 0x44), second = _mm512_shuffle_i32x4(a[i][0], a[i][1], 0xEE);
+      const __m512 s = _mm512_set1_ps(scale[i0 + i]);
+      float* out = acc + (i0 + i) * D + d0;
+      _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_shuffle_i32x4(first, first, 0xD8)), s,
+                                            _mm512_loadu_ps(out)));
+      _mm512_storeu_ps(out + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_shuffle_i32x4(second, second, 0xD8)), s,
+                                                 _mm512_loadu_ps(out + 16)));
+    }
+  }
+}
+
+// The rows' V sums for an int8 cache on AVX-512 VNNI (D % 32 == 0): the weights in 16 bits, rows 8 at a time
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_values(
+    const float* w, int64_t rows, const int8_t* v, int64_t n, int64_t D, float* acc, const char* next, int64_t ahead,
+    int16_t* w16, float* scale) {
+  weights16(w, rows, n, w16, scale);
+  int64_t i = 0;  // the first call prefetches
+  for (; i + 8 <= rows; i += 8, next = nullptr) int8_values_of<8>(w16, scale, i, v, n, D, acc, next, ahead);
+  for (; i + 4 <= rows; i += 4, next = nullptr) int8_values_of<4>(w16, scale, i, v, n, D, acc, next, ahead);
+  for (; i < rows; ++i, next = nullptr) int8_values_of<1>(w16, scale, i, v, n, D, acc, next, ahead);
+}
+
 // A row block's running softmax: the maximum and sum of each row's exponentials so far, and its output (unnormalized).
 struct Running {
   std::vector<float> max, sum, acc;
@@ -456,6 +542,8 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
   std::vector<float> v_rows(S == Store::kF32 || wide_v ? 0 : kChunk * D);
   std::optional<Rows16> q16;
   std::vector<uint8_t> keys(wide ? kChunk * bytes : 0);
+  std::vector<int16_t> w16(S == Store::kInt8 && wide_v ? rows * kChunk : 0);  // the V weights in 16 bits
+  std::vector<float> w_scale(w16.empty() ? 0 : rows);
   if (wide && S == Store::kInt8) q16.emplace(q, rows, D);
   for (int64_t c0 = p0; c0 < p1; c0 += kChunk) {
     const int64_t n = std::min(kChunk, p1 - c0);
@@ -484,7 +572,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
         for (int64_t j = 0; j < seen; ++j) row[j] *= (ks ? ks[j] : 1.0f) * p.scale;
       }
       std::fill(row + seen, row + n, kNone);
-      const float top = largest(row, seen);
+      const float top = p.vnni ? largest_wide(row, seen) : largest<f8>(row, seen);
       if (top == kNone) {  // nothing of this chunk for this row
         std::fill(row, row + n, 0.0f);
         continue;
@@ -492,7 +580,7 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
       any = true;
       const float m = std::max(run.max[i], top), rescale = std::exp(run.max[i] - m);  // 0 where nothing ran yet
       run.max[i] = m;
-      const float sum = exps(row, n, m);
+      const float sum = p.vnni ? exps_wide(row, n, m) : exps<f8, i8v>(row, n, m);
       if (p.v_scale)  // the weight of v_j as stored
         for (int64_t j = 0; j < n; ++j) row[j] *= p.v_scale[ch * p.S + c0 + j];
       run.sum[i] = run.sum[i] * rescale + sum;
@@ -503,8 +591,12 @@ QC_INLINE void attend(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_
     const char* stored_v = static_cast<const char*>(p.v) + (ch * p.S + c0) * bytes;
     if (wide_v) {
       const int64_t ahead = std::min(kChunk, p1 - c0 - n);  // the next chunk's positions
-      wide_values<S>(scores.data(), rows, stored_v, n, D, run.acc.data(), ahead > 0 ? stored_k + n * bytes : nullptr,
-                     ahead);
+      const char* next = ahead > 0 ? stored_k + n * bytes : nullptr;
+      if constexpr (S == Store::kInt8)
+        int8_values(scores.data(), rows, reinterpret_cast<const int8_t*>(stored_v), n, D, run.acc.data(), next, ahead,
+                    w16.data(), w_scale.data());
+      else
+        wide_values<S>(scores.data(), rows, stored_v, n, D, run.acc.data(), next, ahead);
       continue;
     }
     const float* v = as_float<S>(stored_v, n * D, v_rows.data());

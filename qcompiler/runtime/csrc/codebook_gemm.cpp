@@ -37,6 +37,7 @@
 #include "bf16_tiles.h"
 #include "kernel_common.h"
 #include "ops.h"
+#include "vnni.h"
 
 #include <atomic>
 #include <cstdint>
@@ -187,14 +188,6 @@ void panel_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, std::atomi
 
 // ------------------------------------------------------------------ AVX-512 VNNI
 
-#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-
-// acc += u8 u x s8 s, four bytes per int32 lane (in asm, as int8_int4_gemm: GCC copies accumulators otherwise).
-QC_VNNI_TARGET __attribute__((always_inline)) inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
-  return acc;
-}
-
 // Sub-block S's indices (a byte each: 4 rows x 16) from a block's words.
 template <int BITS, int S>
 QC_VNNI_TARGET __attribute__((always_inline)) inline __m512i indices_vnni(const __m512i* v) {
@@ -222,7 +215,7 @@ QC_VNNI_TARGET __attribute__((always_inline)) inline void subblocks_vnni(const _
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r) {
     const __m512i a = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u + r * K + 16 * S)));
-    acc[r][j] = dpbusd(acc[r][j], a, w);
+    acc[r][j] = qc::dpbusd(acc[r][j], a, w);
   }
   if constexpr (S + 1 < kSubs) subblocks_vnni<BITS, ROWS, S + 1>(v, table, u, K, j, acc);
 }
@@ -347,12 +340,6 @@ void run_tiles(const Problem& p, const at::Tensor& a) {
   });
 }
 
-// acc += u8 u x the s8 word at s broadcast to every lane (in asm: see dpbusd).
-QC_VNNI_TARGET __attribute__((always_inline)) inline __m512i dpbusd_word(__m512i acc, __m512i u, const int8_t* s) {
-  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(s)));
-  return acc;
-}
-
 // ROWS int8 rows (from r0, ROWS / 2 output rows) x COLS decoded panels (w8 + j * panel, columns from n0): every
 // k-quad, the int32 sums in registers; then y = a_scale * scale * (256 * hi + lo), hi and lo less 128 * row sum.
 template <int ROWS, int COLS>
@@ -371,7 +358,7 @@ QC_VNNI_TARGET void many_tile(const Problem& p, const int32_t* row_sums, const u
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 2
-      for (int j = 0; j < COLS; ++j) acc[r][j] = dpbusd_word(acc[r][j], w[j], a + r * p.K + 4 * q);
+      for (int j = 0; j < COLS; ++j) acc[r][j] = qc::dpbusd_word(acc[r][j], w[j], a + r * p.K + 4 * q);
   }
 #pragma GCC unroll 4
   for (int o = 0; o < ROWS / 2; ++o) {

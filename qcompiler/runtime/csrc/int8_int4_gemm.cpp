@@ -32,6 +32,7 @@
 #include "bf16_tiles.h"
 #include "kernel_common.h"
 #include "ops.h"
+#include "vnni.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -200,16 +201,6 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const Problem& p, int64_t m0
 
 // ------------------------------------------------------------------ AVX-512 VNNI
 
-#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-
-// acc += u8 u x s8 s, four bytes per int32 lane. In asm: GCC copies every accumulator before each
-// _mm512_dpbusd_epi32 in the unrolled tiles (a move per product; 1.6x slower tiles).
-// The s8 operand is 4 bytes in memory, broadcast within the instruction (no broadcast instruction per row).
-QC_VNNI_TARGET inline __m512i dpbusd(__m512i acc, __m512i u, const int8_t* s) {
-  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(s)));
-  return acc;
-}
-
 // 16 scales (or offsets) from element i as float32: bfloat16 ones widened (their bits are a float32's top half).
 QC_VNNI_TARGET __attribute__((always_inline)) inline __m512 scales16(const Problem& p, const void* base, int64_t i) {
   if (!p.bf16) return _mm512_loadu_ps(static_cast<const float*>(base) + i);
@@ -285,8 +276,8 @@ QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t r0, const Panel& panel, 
         const int8_t* x = a + r * p.K + c * kChunk;  // the row's 8 activations of this chunk
 #pragma GCC unroll 4
         for (int j = 0; j < COLS; ++j) {
-          acc[r][j] = dpbusd(acc[r][j], lo[j], x);
-          acc[r][j] = dpbusd(acc[r][j], hi[j], x + 4);
+          acc[r][j] = qc::dpbusd_word(acc[r][j], lo[j], x);
+          acc[r][j] = qc::dpbusd_word(acc[r][j], hi[j], x + 4);
         }
       }
     }

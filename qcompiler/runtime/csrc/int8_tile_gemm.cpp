@@ -33,6 +33,7 @@
 #include "bf16_tiles.h"
 #include "kernel_common.h"
 #include "ops.h"
+#include "vnni.h"
 
 #include <algorithm>
 #include <cmath>
@@ -299,15 +300,6 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Problem& p, int64_t m0,
 
 // ------------------------------------------------------------------ AVX-512 VNNI
 
-#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-
-// acc += u8 x x s8 w, four bytes per int32 lane. In asm: GCC copies every accumulator before each
-// _mm512_dpbusd_epi32 in unrolled tiles (as int8_int4_gemm.cpp found).
-QC_VNNI_TARGET inline __m512i dpbusd(__m512i acc, __m512i x, __m512i w) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
-  return acc;
-}
-
 // Quad q of ROWS rows (u = a ^ 0x80, from a) x a block (w) into acc: the block's 4 weight vectors and a broadcast
 // per row, 4 * ROWS dot products.
 template <int ROWS>
@@ -326,7 +318,7 @@ QC_VNNI_TARGET __attribute__((always_inline)) inline void quad_vnni(__m512i (&ac
     std::memcpy(&quad, a + r * Kp + q * kQuad, 4);
     const __m512i x = _mm512_set1_epi32(quad);
 #pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) acc[r][j] = dpbusd(acc[r][j], x, wv[j]);
+    for (int j = 0; j < 4; ++j) acc[r][j] = qc::dpbusd(acc[r][j], x, wv[j]);
   }
 }
 

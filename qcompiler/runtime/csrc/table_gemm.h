@@ -9,6 +9,7 @@
 
 #include "activation_rows.h"
 #include "kernel_common.h"
+#include "vnni.h"
 
 #include <algorithm>
 #include <cstdint>

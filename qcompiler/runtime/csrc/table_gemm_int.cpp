@@ -69,14 +69,6 @@ IntTable int_table(const float* table, int bits, bool vbmi) {
   return out;
 }
 
-#define QC_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-
-// acc += the u8 weights w x the s8 word at s broadcast to every lane (in asm: GCC copies accumulators otherwise).
-QC_VNNI_TARGET QC_INLINE __m512i dpbusd_word(__m512i acc, __m512i w, const int8_t* s) {
-  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(s)));
-  return acc;
-}
-
 // A table's bytes in registers, and a code's byte looked up in them. vpermb and vpermi2b (AVX512-VBMI) in asm, so
 // the functions around them stay compiled for AVX-512 VNNI alone: they run only where the CPU has VBMI.
 template <Lookup L>
@@ -158,16 +150,16 @@ QC_VNNI_TARGET QC_INLINE void quads(const __m512i* v, const Weights<L, WIDE>& we
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     if constexpr (ONE) {
-      hi[c][r] = dpbusd_word(hi[c][r], w, a + r * K + 4 * Q);
+      hi[c][r] = qc::dpbusd_word(hi[c][r], w, a + r * K + 4 * Q);
     } else {
-      hi[c][r] = dpbusd_word(hi[c][r], w, a + 2 * r * K + 4 * Q);
-      lo[c][r] = dpbusd_word(lo[c][r], w, a + (2 * r + 1) * K + 4 * Q);
+      hi[c][r] = qc::dpbusd_word(hi[c][r], w, a + 2 * r * K + 4 * Q);
+      lo[c][r] = qc::dpbusd_word(lo[c][r], w, a + (2 * r + 1) * K + 4 * Q);
     }
   }
   if constexpr (WIDE) {
     const __m512i wl = weights.low(codes);
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) lo[(c + 1) % C][r] = dpbusd_word(lo[(c + 1) % C][r], wl, a + 2 * r * K + 4 * Q);
+    for (int r = 0; r < R; ++r) lo[(c + 1) % C][r] = qc::dpbusd_word(lo[(c + 1) % C][r], wl, a + 2 * r * K + 4 * Q);
   }
   if constexpr (Q + 1 < END) quads<BITS, L, WIDE, ONE, R, C, Q + 1, END>(v, weights, a, K, hi, lo);
 }
