@@ -15,8 +15,10 @@
 // each chunk's keys are transposed once (16 positions to a register; a row's bytes a multiple of 64) and scored for
 // up to 8 rows per key load: an int8 cache's (D <= 128) in integers, the block's query rows in 16 bits as two int8
 // rows, two vpdpbusd per 4 dims and 16 positions (exact int32, the scales applied as the scores leave the
-// registers); a float32 or bfloat16 cache's in float32, an FMA per dim and 16 positions. Every cache's V rows
-// (D % 32 == 0) are read as stored and widened in registers once for up to 8 rows.
+// registers); a float32 or bfloat16 cache's in float32, an FMA per dim and 16 positions. V rows (D % 32 == 0) are
+// read as stored: a float32 or bfloat16 cache's widened in registers once for up to 8 rows, an int8 cache's summed
+// in integers (each row's weights rounded to 16 bits per chunk, one vpdpwssd per pair of positions and 16 dims for
+// every row, exact int32 sums scaled into the row's float32 sums once per chunk). The softmax runs 16 lanes wide.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
