@@ -16,7 +16,10 @@ CASES = [  # M, N, K, group, weight offset, activation zero point, activation bi
     (130, 16, 512, 256, False, True, 8), (3, 32, 96, 32, True, True, 8), (9, 80, 64, 32, False, False, 8),
     (70, 208, 128, 64, True, True, 8), (1, 64, 64, 32, True, False, 16), (5, 48, 128, 64, False, True, 16),
     (37, 1040, 256, 128, True, False, 16), (70, 208, 256, 256, True, True, 16), (3, 32, 96, 32, False, False, 16),
-    (1, 64, 64, 32, True, False, 32), (37, 1040, 256, 128, False, False, 32), (70, 208, 512, 256, True, False, 32)]
+    (1, 64, 64, 32, True, False, 32), (37, 1040, 256, 128, False, False, 32), (70, 208, 512, 256, True, False, 32),
+    # the tiles that span a panel's 4 blocks for a few rows (VNNI): up to 4 int8 rows, then 6 at a time up to 16
+    (2, 64, 128, 64, True, False, 16), (8, 80, 128, 32, False, True, 16), (16, 80, 64, 32, True, True, 8),
+    (2, 208, 64, 32, True, False, 32), (4, 1040, 256, 128, True, False, 32), (7, 64, 128, 64, False, False, 32)]
 FLOAT_TOLERANCE = 2e-4  # float32 rows go in 16 bits: about 2^-16 of a row's largest value per element
 AMX_TOLERANCE = 8e-3  # bfloat16 tiles: weights (and float rows) rounded to 8 significant bits, 2^-9 each
 

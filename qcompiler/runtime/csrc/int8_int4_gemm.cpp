@@ -262,22 +262,17 @@ QC_VNNI_TARGET void tile_vnni(const Problem& p, int64_t r0, const Panel& panel, 
 #pragma GCC unroll 4
       for (int j = 0; j < COLS; ++j) acc[r][j] = _mm512_setzero_si512();
     for (int64_t c = g * chunks; c < (g + 1) * chunks; ++c) {
-      __m512i lo[COLS], hi[COLS];
       const uint8_t* bc = b + c * stride;
 #pragma GCC unroll 4
-      for (int j = 0; j < COLS; ++j) {
+      for (int j = 0; j < COLS; ++j) {  // a block's nibbles at a time, for every row
         _mm_prefetch(reinterpret_cast<const char*>(bc + kPrefetchAhead + j * 64), _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(bc + j * 64);
-        lo[j] = _mm512_and_si512(v, low);
-        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-      }
+        const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
 #pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) {
-        const int8_t* x = a + r * p.K + c * kChunk;  // the row's 8 activations of this chunk
-#pragma GCC unroll 4
-        for (int j = 0; j < COLS; ++j) {
-          acc[r][j] = qc::dpbusd_word(acc[r][j], lo[j], x);
-          acc[r][j] = qc::dpbusd_word(acc[r][j], hi[j], x + 4);
+        for (int r = 0; r < ROWS; ++r) {
+          const int8_t* x = a + r * p.K + c * kChunk;  // the row's 8 activations of this chunk
+          acc[r][j] = qc::dpbusd_word(acc[r][j], lo, x);
+          acc[r][j] = qc::dpbusd_word(acc[r][j], hi, x + 4);
         }
       }
     }
@@ -318,20 +313,26 @@ QC_VNNI_TARGET void rows_vnni(const Problem& p, int64_t m0, int64_t m1, const Pa
   }
 }
 
-// Few rows: tiles of 2 int8 rows span the panel (4 blocks); more rows: tiles of 8 (int16 rows) or 6 (int8 rows)
-// int8 rows x 2 blocks. Every tile keeps its int32 and float sums in registers.
+// Up to 16 int8 rows (a batched decode step), tiles span the panel's 4 blocks: up to 4 int8 rows in one tile, then 6
+// at a time. Several passes over a panel from memory (tiles of 2 int8 rows, or of 2 of its blocks) took the reads'
+// time plus the later passes' arithmetic; a tile across all 4 blocks streams the panel once while all its rows'
+// arithmetic runs (AMD Zen 4, a TinyLlama MLP GEMM from memory: 2 int16 rows 254 to 195 us, 4 rows 312 to 280, 8
+// rows 548 to 502). More rows, where the arithmetic bounds every pass: tiles of 8 (int16
+// rows) or 6 (int8 rows) int8 rows x 2 blocks, the int32 and float sums all in registers (the 6 x 4 tile spills its
+// float sums, touched once a group).
 template <int PAIR>
 QC_VNNI_TARGET void panel_vnni(const Problem& p, int64_t m0, int64_t m1, int64_t first_block) {
   const Panel panel = panel_of(p, first_block);
   const int64_t n0 = first_block * kLanes;
-  if ((m1 - m0) * PAIR < 8) {
+  if ((m1 - m0) * PAIR <= 4) {
     switch (panel.width) {
-      case 4: return rows_vnni<2, 4, PAIR>(p, m0, m1, panel, 0, n0);
-      case 3: return rows_vnni<2, 3, PAIR>(p, m0, m1, panel, 0, n0);
-      case 2: return rows_vnni<2, 2, PAIR>(p, m0, m1, panel, 0, n0);
-      default: return rows_vnni<2, 1, PAIR>(p, m0, m1, panel, 0, n0);
+      case 4: return rows_vnni<4, 4, PAIR>(p, m0, m1, panel, 0, n0);
+      case 3: return rows_vnni<4, 3, PAIR>(p, m0, m1, panel, 0, n0);
+      case 2: return rows_vnni<4, 2, PAIR>(p, m0, m1, panel, 0, n0);
+      default: return rows_vnni<4, 1, PAIR>(p, m0, m1, panel, 0, n0);
     }
   }
+  if ((m1 - m0) * PAIR <= 16 && panel.width == 4) return rows_vnni<6, 4, PAIR>(p, m0, m1, panel, 0, n0);
   constexpr int kRows = PAIR == 2 ? 8 : 6;  // int8 rows per tile: the int32 and float sums fill the registers
   int64_t j = 0;
   for (; j + 2 <= panel.width; j += 2) rows_vnni<kRows, 2, PAIR>(p, m0, m1, panel, j, n0 + j * kLanes);
