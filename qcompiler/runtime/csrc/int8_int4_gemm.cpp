@@ -317,9 +317,9 @@ QC_VNNI_TARGET void rows_vnni(const Problem& p, int64_t m0, int64_t m1, const Pa
 // at a time. Several passes over a panel from memory (tiles of 2 int8 rows, or of 2 of its blocks) took the reads'
 // time plus the later passes' arithmetic; a tile across all 4 blocks streams the panel once while all its rows'
 // arithmetic runs (AMD Zen 4, a TinyLlama MLP GEMM from memory: 2 int16 rows 254 to 195 us, 4 rows 312 to 280, 8
-// rows 548 to 502). More rows, where the arithmetic bounds every pass: tiles of 8 (int16
-// rows) or 6 (int8 rows) int8 rows x 2 blocks, the int32 and float sums all in registers (the 6 x 4 tile spills its
-// float sums, touched once a group).
+// rows 548 to 502). More rows, where the arithmetic bounds every pass: tiles of 8 (int16 rows) or 6 (int8 rows) int8
+// rows x 2 blocks, the int32 and float sums all in registers (the 6 x 4 tile spills its float sums, touched once a
+// group; narrower panels keep the 2-block tiles).
 template <int PAIR>
 QC_VNNI_TARGET void panel_vnni(const Problem& p, int64_t m0, int64_t m1, int64_t first_block) {
   const Panel panel = panel_of(p, first_block);
